@@ -1,0 +1,119 @@
+"""RFC 9457 problem details for every error the API returns.
+
+One set of handlers: chatkeep's own errors carry their status, title and slug; validation
+errors become 422 with an `errors` list; plain HTTP errors (404 route, 405, 413) keep their
+status with `about:blank`; anything unexpected is a bare 500 whose traceback is only logged.
+"""
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import compile_path
+
+from chatkeep.errors import ChatkeepError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE_BASE = "urn:chatkeep:problem:"
+MEDIA_TYPE = "application/problem+json"
+VALIDATION_SLUG = "invalid-request"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str | None,
+    *,
+    slug: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+    }
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extensions)
+    return Response(orjson.dumps(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str] | None:
+    """Retry-After in whole seconds, rounded up so a client never comes back too early."""
+    return None if seconds is None else {"Retry-After": str(max(1, -int(-seconds // 1)))}
+
+
+async def chatkeep_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ChatkeepError)
+    return problem(
+        exc.status,
+        exc.title,
+        exc.detail,
+        slug=exc.slug,
+        headers=retry_after_header(exc.retry_after),
+        **exc.extensions(),
+    )
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": [str(part) if not isinstance(part, int) else part for part in e["loc"]],
+            "msg": e["msg"],
+            "type": e["type"],
+        }
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else None
+    detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else "the request is invalid"
+    return problem(422, "Invalid request", detail, slug=VALIDATION_SLUG, errors=errors)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        headers = {"Allow": ", ".join(_allowed_methods(request))}
+    return http_problem(exc.status_code, exc.detail, headers=headers)
+
+
+def http_problem(status: int, detail: str | None, *, headers: dict[str, str] | None = None) -> Response:
+    """A plain HTTP error (`about:blank`), titled with the status's reason phrase."""
+    title = _reason(status)
+    return problem(status, title, detail if detail and detail != title else None, headers=headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "Internal Server Error", None)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ChatkeepError, chatkeep_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API serves at this path: Starlette's 405 names only the first route's."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(request.url.path):
+            methods.update(method.upper() for method in operations)
+    return sorted(methods)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

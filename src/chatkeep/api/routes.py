@@ -1,0 +1,113 @@
+"""The v1 routes: chats, their messages (the turn) and their summaries.
+
+Routes translate HTTP to service calls and back, nothing more. Every error a route can return
+is declared, so the OpenAPI document tells clients the whole contract.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+
+from chatkeep.api.deps import ChatPageDep, MessagePageDep, OwnerDep, ServiceDep
+from chatkeep.api.schemas import (
+    ChatCreate,
+    ChatList,
+    ChatOut,
+    ChatUpdate,
+    MessageCreate,
+    MessageList,
+    Problem,
+    SummaryOut,
+    TurnOut,
+)
+from chatkeep.domain import Chat, ChatChanges, Message, Page
+from chatkeep.service import Turn
+
+PROBLEM = "application/problem+json"
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem, "content": {PROBLEM: {}}} for code in statuses}
+
+
+COMMON = _problems(413, 422)
+router = APIRouter(responses=_problems(500))
+
+
+@router.get("/healthz", tags=["operations"], responses=_problems(422))
+async def get_health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.post("/chats", status_code=status.HTTP_201_CREATED, response_model=ChatOut, tags=["chats"], responses=COMMON)
+async def create_chat(
+    service: ServiceDep, owner: OwnerDep, response: Response, body: Annotated[ChatCreate | None, Body()] = None
+) -> Chat:
+    body = body or ChatCreate()
+    chat = await service.create_chat(owner, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt)
+    response.headers["Location"] = f"/chats/{chat.id}"
+    return chat
+
+
+@router.get("/chats", response_model=ChatList, tags=["chats"], responses=COMMON)
+async def list_chats(service: ServiceDep, owner: OwnerDep, page: ChatPageDep) -> Page[Chat]:
+    return await service.list_chats(owner, page)
+
+
+@router.get("/chats/{chat_id}", response_model=ChatOut, tags=["chats"], responses=_problems(404, 422))
+async def get_chat(service: ServiceDep, owner: OwnerDep, chat_id: str) -> Chat:
+    return await service.get_chat(owner, chat_id)
+
+
+@router.patch("/chats/{chat_id}", response_model=ChatOut, tags=["chats"], responses=_problems(404, 413, 422))
+async def update_chat(service: ServiceDep, owner: OwnerDep, chat_id: str, body: ChatUpdate) -> Chat:
+    fields = frozenset(body.model_fields_set)
+    changes = ChatChanges(fields, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt)
+    return await service.update_chat(owner, chat_id, changes)
+
+
+@router.delete(
+    "/chats/{chat_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["chats"], responses=_problems(404, 422)
+)
+async def delete_chat(service: ServiceDep, owner: OwnerDep, chat_id: str) -> None:
+    await service.delete_chat(owner, chat_id)
+
+
+@router.post(
+    "/chats/{chat_id}/messages",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TurnOut,
+    tags=["messages"],
+    responses=_problems(404, 413, 422, 429, 502, 503, 504),
+)
+async def post_message(service: ServiceDep, owner: OwnerDep, chat_id: str, body: MessageCreate) -> Turn:
+    """Answer a user message: the reply sees the chat's earlier turns. Turns on one chat run in order."""
+    limit = service.settings.max_message_chars
+    if len(body.content) > limit:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "content"),
+                    "msg": f"String should have at most {limit} characters",
+                    "type": "string_too_long",
+                }
+            ]
+        )
+    return await service.post_message(owner, chat_id, body.content)
+
+
+@router.get("/chats/{chat_id}/messages", response_model=MessageList, tags=["messages"], responses=_problems(404, 422))
+async def list_messages(service: ServiceDep, owner: OwnerDep, chat_id: str, page: MessagePageDep) -> Page[Message]:
+    return await service.list_messages(owner, chat_id, page)
+
+
+@router.get("/chats/{chat_id}/summary", tags=["chats"], responses=_problems(404, 422))
+async def get_summary(
+    service: ServiceDep,
+    owner: OwnerDep,
+    chat_id: str,
+    refresh: Annotated[bool, Query(description="summarize again from the first message")] = False,
+) -> SummaryOut:
+    """Exact counts, with an LLM summary refreshed when stale; never fails because the LLM does."""
+    return SummaryOut.from_domain(await service.summarize(owner, chat_id, refresh=refresh))

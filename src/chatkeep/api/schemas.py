@@ -1,0 +1,171 @@
+"""Request and response bodies of the v1 API, and the input limits they enforce.
+
+Limits live in the types so they show in the OpenAPI document; the one limit that is a setting
+(`CHATKEEP_MAX_MESSAGE_CHARS`) is checked by the route. Text that cannot be stored or sent on
+(NUL bytes, lone surrogates) is refused here, before anything is stored.
+"""
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from chatkeep.domain import Summary
+
+MAX_TITLE_CHARS = 200
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MAX_SYSTEM_PROMPT_CHARS = 32_000
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    if _UNSTORABLE.search(text):
+        raise ValueError("text must not contain NUL characters or unpaired surrogates")
+    return text
+
+
+def _single_line(text: str) -> str:
+    if _CONTROL.search(text):
+        raise ValueError("text must not contain control characters")
+    return text
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text must not be blank")
+    return text
+
+
+Title = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS), AfterValidator(_single_line)]
+MetadataKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS), AfterValidator(_single_line)
+]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS), AfterValidator(_storable)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)]
+SystemPrompt = Annotated[str, StringConstraints(max_length=MAX_SYSTEM_PROMPT_CHARS), AfterValidator(_storable)]
+Content = Annotated[str, StringConstraints(min_length=1), AfterValidator(_storable), AfterValidator(_not_blank)]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatCreate(_Input):
+    title: Title | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    system_prompt: SystemPrompt | None = Field(
+        default=None, description="null: the server's default system prompt; empty: none"
+    )
+
+
+class ChatUpdate(_Input):
+    """Only the fields present are changed; `metadata` is replaced whole."""
+
+    title: Title | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    system_prompt: SystemPrompt | None = None
+
+
+class MessageCreate(_Input):
+    content: Content
+    stream: bool = False
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ChatOut(_Output):
+    id: str
+    title: str | None
+    metadata: dict[str, str]
+    system_prompt: str | None
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+
+
+class UsageOut(_Output):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class MessageOut(_Output):
+    id: str
+    chat_id: str
+    seq: int
+    role: Literal["user", "assistant"]
+    content: str
+    created_at: datetime
+    model: str | None = Field(description="the model that wrote an assistant message")
+    usage: UsageOut | None = Field(description="tokens of an assistant message, when the provider reported them")
+
+
+class ChatList(_Output):
+    data: list[ChatOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class MessageList(_Output):
+    data: list[MessageOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class TurnOut(_Output):
+    user_message: MessageOut
+    assistant_message: MessageOut
+
+
+class SummaryOut(BaseModel):
+    chat_id: str
+    message_count: int
+    user_message_count: int
+    assistant_message_count: int
+    first_message_at: datetime | None
+    last_message_at: datetime | None
+    summary: str | None
+    highlights: list[str]
+    up_to_seq: int = Field(description="seq of the last message folded into the summary (0: none)")
+    stale: bool = Field(description="true when messages came after up_to_seq, e.g. because the LLM failed")
+
+    @classmethod
+    def from_domain(cls, summary: Summary) -> "SummaryOut":
+        stats, text = summary.stats, summary.text
+        return cls(
+            chat_id=summary.chat_id,
+            message_count=stats.message_count,
+            user_message_count=stats.user_message_count,
+            assistant_message_count=stats.assistant_message_count,
+            first_message_at=stats.first_message_at,
+            last_message_at=stats.last_message_at,
+            summary=text.summary if text else None,
+            highlights=list(text.highlights) if text else [],
+            up_to_seq=summary.up_to_seq,
+            stale=summary.stale,
+        )
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[ValidationIssue] | None = None
+    user_message_id: str | None = Field(default=None, description="the stored user message of a failed turn")

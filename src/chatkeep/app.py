@@ -1,0 +1,56 @@
+"""`create_app(settings)`: builds the store, the LLM client and the service, and wires the API.
+
+The lifespan owns every resource (store, HTTP session, background refreshes) and hands the
+service to requests through typed lifespan state; nothing is created at import time.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from chatkeep import __version__
+from chatkeep.api.body_limit import BodyLimitMiddleware
+from chatkeep.api.problems import install_problem_handlers
+from chatkeep.api.routes import router
+from chatkeep.config import Settings
+from chatkeep.llm import open_llm
+from chatkeep.service import ChatService
+from chatkeep.store import open_store
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class State(TypedDict):
+    service: ChatService
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        async with open_store(settings.store) as store, open_llm(settings) as llm:
+            service = ChatService(store, llm, settings)
+            try:
+                yield {"service": service}
+            finally:
+                await service.aclose()
+
+    app = FastAPI(
+        title="chatkeep",
+        version=__version__,
+        summary="Chat sessions in front of any OpenAI-compatible LLM.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    install_problem_handlers(app)
+    app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

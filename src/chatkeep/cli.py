@@ -1,0 +1,66 @@
+"""The `chatkeep` command: `chatkeep serve` runs the API server.
+
+Every setting of `Settings` becomes a `serve` flag (`llm_model` -> `--llm-model`), so the
+environment and the command line can never drift apart; a flag wins over its env variable.
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+from pydantic import ValidationError
+
+from chatkeep import __version__
+from chatkeep.app import create_app
+from chatkeep.config import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    parser.print_help()
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatkeep", description="Chat sessions in front of any OpenAI-compatible LLM."
+    )
+    parser.add_argument("--version", action="version", version=f"chatkeep {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the HTTP API server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
+    settings = serve.add_argument_group("settings", "each overrides the environment variable named after it")
+    for name, field in Settings.model_fields.items():
+        env = name.upper() if name.startswith("openai_") else f"CHATKEEP_{name.upper()}"
+        settings.add_argument(
+            "--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=f"{field.description} (env {env})"
+        )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {name: value for name in Settings.model_fields if (value := getattr(args, name)) is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"chatkeep: invalid setting {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:%(name)s: %(message)s")
+    print(
+        f"chatkeep {__version__}: store {settings.store}, LLM {settings.provider}"
+        + (f" ({settings.llm_model} at {settings.openai_base_url})" if settings.provider == "openai" else ""),
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
+    )
+    return 0

@@ -1,0 +1,54 @@
+"""Every knob of chatkeep, with its environment name and default.
+
+`Settings` is the single source: the CLI derives one `chatkeep serve` flag per field from it,
+and `create_app` receives an instance, so nothing reads the environment anywhere else.
+"""
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATKEEP_", extra="ignore", populate_by_name=True)
+
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("OPENAI_API_KEY"), description="API key of the LLM endpoint"
+    )
+    openai_base_url: str = Field(
+        default=OPENAI_BASE_URL,
+        validation_alias=_env("OPENAI_BASE_URL"),
+        description="any OpenAI-compatible endpoint (Ollama, vLLM, LM Studio, LiteLLM, OpenRouter...)",
+    )
+    llm_provider: Literal["openai", "offline"] | None = Field(
+        default=None, description="`openai` when a key is set, else `offline`"
+    )
+    llm_model: str = Field(default="gpt-4o-mini", min_length=1, description="model name sent upstream")
+    llm_timeout: float = Field(default=60.0, gt=0, description="seconds for one LLM call, retries included")
+    llm_max_retries: int = Field(default=2, ge=0, le=10, description="retries on connect errors, 429, 5xx")
+    llm_max_connections: int = Field(default=1024, ge=1, description="pooled connections to the LLM endpoint")
+    store: str = Field(default="memory://", description="memory://, sqlite:///path.db or postgresql://user@host/db")
+    api_keys: SecretStr | None = Field(default=None, description="owner=key,owner2=key2 (unset: no auth)")
+    rate_limit: str | None = Field(default=None, description="per owner, for message posts, e.g. 120/minute")
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="system prompt of chats that set none")
+    context_tokens: int = Field(default=8000, ge=256, description="token budget of the context sent upstream")
+    max_message_chars: int = Field(default=32000, ge=1, description="longer message content is refused (422)")
+    max_waiting_turns: int = Field(default=8, ge=0, description="turns that may queue on one chat before 429")
+
+    @model_validator(mode="after")
+    def _choose_provider(self) -> "Settings":
+        if self.llm_provider is None:
+            self.llm_provider = "openai" if self.openai_api_key else "offline"
+        return self
+
+    @property
+    def provider(self) -> Literal["openai", "offline"]:
+        return self.llm_provider or "offline"

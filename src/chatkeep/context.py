@@ -1,0 +1,72 @@
+"""What goes to the LLM for a turn: the system prompt, then the newest messages that fit.
+
+The window is found by walking back from the newest message in growing batches, so a turn costs
+O(window), never O(history). Tokens are estimated offline (see `estimate_tokens`) so nothing has
+to be downloaded at run time; the estimate errs on the generous side so the budget is kept.
+"""
+
+from collections.abc import Sequence
+
+from chatkeep.domain import Message, PromptMessage
+from chatkeep.store import ChatStore
+
+# Chat Completions frames every message with a few tokens (role, separators): OpenAI's cookbook
+# counts 3 per message plus the reply primer; 4 is a safe round figure.
+MESSAGE_OVERHEAD_TOKENS = 4
+FIRST_BATCH = 32
+MAX_BATCH = 1024
+
+
+def estimate_tokens(text: str) -> int:
+    """An offline token estimate for BPE tokenizers of the GPT family (cl100k, o200k).
+
+    ASCII text averages about 4 characters per token (OpenAI's rule of thumb; English prose
+    measures 4.2-4.6), so we count 4 to stay on the safe side. Other scripts cost about one
+    token per character (CJK) down to one per two bytes (accented Latin, Cyrillic); counting a
+    token per 3 UTF-8 bytes lands at one per CJK character and over-counts the rest.
+    """
+    if text.isascii():
+        return len(text) // 4 + 1
+    return len(text.encode()) // 3 + 1
+
+
+def message_tokens(content: str) -> int:
+    return estimate_tokens(content) + MESSAGE_OVERHEAD_TOKENS
+
+
+async def build_context(
+    store: ChatStore, owner: str, chat_id: str, *, system_prompt: str, budget: int
+) -> list[PromptMessage]:
+    """The prompt for the chat's next reply, oldest first.
+
+    The newest message is always kept whole, even over budget (it is what must be answered);
+    older ones are added while they fit, and the walk stops at the first that does not, so the
+    context is always a contiguous tail of the chat.
+    """
+    remaining = budget - (message_tokens(system_prompt) if system_prompt else 0)
+    window: list[Message] = []
+    before_seq: int | None = None
+    batch = FIRST_BATCH
+    while True:
+        older = await store.recent_messages(owner, chat_id, limit=batch, before_seq=before_seq)
+        taken, remaining = _take_fitting(older, remaining, keep_first=not window)
+        window.extend(taken)
+        if len(taken) < len(older) or len(older) < batch:
+            break
+        before_seq = older[-1].seq
+        batch = min(batch * 4, MAX_BATCH)
+    prompt = [PromptMessage("system", system_prompt)] if system_prompt else []
+    prompt.extend(PromptMessage(m.role.value, m.content) for m in reversed(window))
+    return prompt
+
+
+def _take_fitting(newest_first: Sequence[Message], budget: int, *, keep_first: bool) -> tuple[list[Message], int]:
+    """The leading messages that fit `budget`, and the budget left after them."""
+    taken: list[Message] = []
+    for message in newest_first:
+        cost = message_tokens(message.content)
+        if cost > budget and not (keep_first and not taken):
+            break
+        taken.append(message)
+        budget -= cost
+    return taken, budget

@@ -1,0 +1,152 @@
+"""The objects chatkeep is about: chats, messages, summaries. Plain typed values, no I/O.
+
+They are frozen slotted dataclasses because the memory store keeps millions of messages and a
+slotted instance costs a fraction of a regular one. The API edge converts them to pydantic.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Generic, Literal, Protocol, TypeVar
+
+
+class Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+T = TypeVar("T", bound=Identified)
+
+Order = Literal["asc", "desc"]
+
+
+class Role(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+def new_id(prefix: str) -> str:
+    """A random, unguessable id: 128 bits of randomness behind a readable prefix."""
+    return f"{prefix}_{secrets.token_urlsafe(16)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(slots=True, frozen=True)
+class Chat:
+    id: str
+    title: str | None
+    metadata: dict[str, str]
+    system_prompt: str | None
+    created_at: datetime
+    updated_at: datetime
+    message_count: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class ChatChanges:
+    """A partial update: only the fields named in `fields` are changed."""
+
+    fields: frozenset[str]
+    title: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    system_prompt: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    id: str
+    chat_id: str
+    seq: int
+    role: Role
+    content: str
+    created_at: datetime
+    model: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class NewMessage:
+    """What a turn appends; the store assigns id, seq and created_at."""
+
+    role: Role
+    content: str
+    model: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class PageRequest:
+    """A cursor page: `after`/`before` are ids of the listed objects, in the order asked for."""
+
+    limit: int = 20
+    after: str | None = None
+    before: str | None = None
+    order: Order = "asc"
+
+
+@dataclass(slots=True, frozen=True)
+class Page(Generic[T]):
+    data: list[T]
+    has_more: bool
+
+    @property
+    def first_id(self) -> str | None:
+        return self.data[0].id if self.data else None
+
+    @property
+    def last_id(self) -> str | None:
+        return self.data[-1].id if self.data else None
+
+
+@dataclass(slots=True, frozen=True)
+class MessageStats:
+    """Exact counts over a chat's messages; `last_seq` is 0 for an empty chat."""
+
+    message_count: int
+    user_message_count: int
+    assistant_message_count: int
+    first_message_at: datetime | None
+    last_message_at: datetime | None
+    last_seq: int
+
+
+@dataclass(slots=True, frozen=True)
+class SummaryText:
+    """What the LLM wrote about messages 1..up_to_seq of a chat; cached by the store."""
+
+    summary: str
+    highlights: list[str]
+    up_to_seq: int
+    created_at: datetime
+
+
+@dataclass(slots=True, frozen=True)
+class Summary:
+    chat_id: str
+    stats: MessageStats
+    text: SummaryText | None
+    stale: bool
+
+    @property
+    def up_to_seq(self) -> int:
+        return self.text.up_to_seq if self.text else 0
+
+
+@dataclass(slots=True, frozen=True)
+class PromptMessage:
+    """One message of the context sent upstream, in the Chat Completions shape."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str

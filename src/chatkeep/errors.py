@@ -1,0 +1,88 @@
+"""Every failure chatkeep reports, each carrying its HTTP meaning as class variables.
+
+Layers below the API raise these; the API renders them as RFC 9457 problem details without
+knowing where they came from. Upstream (LLM) failures are translated into `LLMError`
+subclasses in the LLM client and nowhere else.
+"""
+
+from typing import Any, ClassVar
+
+
+class ChatkeepError(Exception):
+    """Base of every expected failure. `detail` is safe to show to the client."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    slug: ClassVar[str] = "internal"
+
+    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+    def extensions(self) -> dict[str, Any]:
+        """Extra problem members beyond type, title, status and detail."""
+        return {}
+
+
+class ChatNotFoundError(ChatkeepError):
+    status = 404
+    title = "Chat not found"
+    slug = "chat-not-found"
+
+
+class InvalidCursorError(ChatkeepError):
+    """A pagination cursor names no object in the listed collection."""
+
+    status = 422
+    title = "Invalid cursor"
+    slug = "invalid-cursor"
+
+
+class ChatBusyError(ChatkeepError):
+    """Too many turns already wait on one chat; the client should retry later."""
+
+    status = 429
+    title = "Too many turns waiting on this chat"
+    slug = "chat-busy"
+
+
+class LLMError(ChatkeepError):
+    """The LLM could not produce a reply. The service names the stored user message."""
+
+    status = 502
+    title = "LLM error"
+    slug = "llm-error"
+
+    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.user_message_id: str | None = None
+
+    def extensions(self) -> dict[str, Any]:
+        return {} if self.user_message_id is None else {"user_message_id": self.user_message_id}
+
+
+class LLMBadResponseError(LLMError):
+    """The LLM answered an error status or a body that is not a usable completion."""
+
+    status = 502
+    title = "Bad response from the LLM"
+    slug = "llm-bad-response"
+
+
+class LLMRateLimitedError(LLMError):
+    status = 429
+    title = "The LLM is rate-limiting requests"
+    slug = "llm-rate-limited"
+
+
+class LLMUnavailableError(LLMError):
+    status = 503
+    title = "The LLM is unreachable"
+    slug = "llm-unavailable"
+
+
+class LLMTimeoutError(LLMError):
+    status = 504
+    title = "The LLM timed out"
+    slug = "llm-timeout"

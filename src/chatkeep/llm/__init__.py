@@ -1,0 +1,36 @@
+"""The LLM seam: the `LLM` protocol and `open_llm(settings)` that builds the configured provider."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from chatkeep.config import Settings
+from chatkeep.llm.base import LLM, Reply
+from chatkeep.llm.offline import OfflineLLM
+from chatkeep.llm.openai import OpenAICompatibleLLM
+
+__all__ = ["LLM", "OfflineLLM", "OpenAICompatibleLLM", "Reply", "open_llm"]
+
+KEEPALIVE_SECONDS = 30.0
+
+
+@asynccontextmanager
+async def open_llm(settings: Settings) -> AsyncIterator[LLM]:
+    """The configured provider; an OpenAI-compatible one owns a pooled session for the block."""
+    if settings.provider == "offline":
+        yield OfflineLLM()
+        return
+    connector = aiohttp.TCPConnector(
+        limit=settings.llm_max_connections, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=300
+    )
+    async with aiohttp.ClientSession(connector=connector) as session:
+        key = settings.openai_api_key
+        yield OpenAICompatibleLLM(
+            session,
+            base_url=settings.openai_base_url,
+            api_key=key.get_secret_value() if key else None,
+            model=settings.llm_model,
+            timeout=settings.llm_timeout,
+            max_retries=settings.llm_max_retries,
+        )

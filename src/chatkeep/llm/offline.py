@@ -1,0 +1,49 @@
+"""The provider used when no model is configured: deterministic, no network, and says so.
+
+It lets a newcomer try the whole API with `make run`. Each reply is labelled as offline, tells
+how to connect a real model, and reflects on the conversation it was given (how many turns,
+what was asked first), which also makes it a handy probe of the context chatkeep builds.
+"""
+
+from collections.abc import Sequence
+
+from chatkeep.context import estimate_tokens
+from chatkeep.domain import Message, PromptMessage, Usage
+from chatkeep.llm.base import Reply
+from chatkeep.summaries import SummaryDraft, extractive_summary
+
+OFFLINE_MODEL = "chatkeep-offline"
+QUOTE_CHARS = 200
+HOW_TO_CONNECT = (
+    "To get real answers, set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, vLLM, LM Studio "
+    "or any other OpenAI-compatible server) and restart chatkeep."
+)
+
+
+class OfflineLLM:
+    async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
+        asked = [m.content for m in prompt if m.role == "user"]
+        last = asked[-1] if asked else ""
+        lines = [f"[offline reply: no language model is connected] You said: “{_quote(last)}”."]
+        if len(asked) > 1:
+            lines.append(
+                f"This is message {len(asked)} of yours that I can see in this chat; "
+                f"your first was: “{_quote(asked[0])}”."
+            )
+        else:
+            lines.append("This is the first message of yours that I can see in this chat.")
+        lines.append(HOW_TO_CONNECT)
+        content = " ".join(lines)
+        usage = Usage(
+            prompt_tokens=sum(estimate_tokens(m.content) for m in prompt),
+            completion_tokens=estimate_tokens(content),
+        )
+        return Reply(content=content, model=OFFLINE_MODEL, usage=usage)
+
+    async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
+        return extractive_summary(previous, messages)
+
+
+def _quote(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= QUOTE_CHARS else flat[: QUOTE_CHARS - 1] + "…"

@@ -1,0 +1,72 @@
+"""The storage contract every backend meets; `MemoryStore` is its executable specification.
+
+Every method takes the owner first: a chat of another owner is indistinguishable from a missing
+one (`ChatNotFoundError`), so isolation cannot be forgotten by a caller.
+"""
+
+from typing import Protocol
+
+from chatkeep.domain import Chat, ChatChanges, Message, MessageStats, NewMessage, Page, PageRequest, SummaryText
+
+
+class ChatStore(Protocol):
+    async def create_chat(
+        self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
+    ) -> Chat:
+        """Create and return an empty chat with a fresh random id."""
+        ...
+
+    async def get_chat(self, owner: str, chat_id: str) -> Chat:
+        """Return the chat. Raises ChatNotFoundError when missing or owned by someone else."""
+        ...
+
+    async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
+        """The owner's chats in creation order (`page.order`), by cursor.
+
+        Raises InvalidCursorError when `after`/`before` names no chat of the owner.
+        """
+        ...
+
+    async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
+        """Apply the named fields, bump `updated_at`, return the chat. Raises ChatNotFoundError."""
+        ...
+
+    async def delete_chat(self, owner: str, chat_id: str) -> None:
+        """Delete the chat with its messages and summary. Raises ChatNotFoundError."""
+        ...
+
+    async def append_message(self, owner: str, chat_id: str, message: NewMessage) -> Message:
+        """Store `message` with the chat's next `seq` (gap-free, from 1), durably before returning.
+
+        Concurrent appends to one chat get distinct consecutive seqs. Raises ChatNotFoundError.
+        """
+        ...
+
+    async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
+        """The chat's messages by `seq` in `page.order`, by cursor.
+
+        Raises ChatNotFoundError, or InvalidCursorError when a cursor names no message of the chat.
+        """
+        ...
+
+    async def recent_messages(
+        self, owner: str, chat_id: str, *, limit: int, before_seq: int | None = None, after_seq: int = 0
+    ) -> list[Message]:
+        """Up to `limit` messages with after_seq < seq < before_seq, newest first.
+
+        Costs O(limit), not O(history): the context builder walks back from the newest message with it.
+        Raises ChatNotFoundError.
+        """
+        ...
+
+    async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
+        """Exact counts and first/last timestamps of the chat's messages. Raises ChatNotFoundError."""
+        ...
+
+    async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
+        """The cached summary, or None. Raises ChatNotFoundError."""
+        ...
+
+    async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
+        """Cache `summary` unless the cached one already covers more messages. Raises ChatNotFoundError."""
+        ...

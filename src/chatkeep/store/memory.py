@@ -1,0 +1,207 @@
+"""The default store: everything in this process's memory, gone on restart.
+
+It is the executable specification of `ChatStore`. Its methods never await, so each one is
+atomic on the event loop: concurrent appends cannot interleave and `seq` stays gap-free.
+Messages of a chat live in a list indexed by `seq - 1`, which makes every window and page
+O(page), and a stored message costs little beyond its content.
+"""
+
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+from chatkeep.domain import (
+    Chat,
+    ChatChanges,
+    Message,
+    MessageStats,
+    NewMessage,
+    Page,
+    PageRequest,
+    Role,
+    SummaryText,
+    new_id,
+    utcnow,
+)
+from chatkeep.errors import ChatNotFoundError, InvalidCursorError
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True, eq=False)
+class _ChatRecord:
+    owner: str
+    rank: int
+    id: str
+    title: str | None
+    metadata: dict[str, str]
+    system_prompt: str | None
+    created_at: datetime
+    updated_at: datetime
+    messages: list[Message] = field(default_factory=list)
+    seq_by_id: dict[str, int] = field(default_factory=dict)
+    user_count: int = 0
+    summary: SummaryText | None = None
+
+    def to_chat(self) -> Chat:
+        return Chat(
+            id=self.id,
+            title=self.title,
+            metadata=dict(self.metadata),
+            system_prompt=self.system_prompt,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            message_count=len(self.messages),
+        )
+
+
+@dataclass(slots=True)
+class _OwnerChats:
+    """One owner's chats in creation order: ranks ascending, for bisecting cursors."""
+
+    ranks: list[int] = field(default_factory=list)
+    by_rank: dict[int, _ChatRecord] = field(default_factory=dict)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._chats: dict[str, _ChatRecord] = {}
+        self._owners: dict[str, _OwnerChats] = {}
+        self._next_rank = 0
+
+    def _record(self, owner: str, chat_id: str) -> _ChatRecord:
+        record = self._chats.get(chat_id)
+        if record is None or record.owner != owner:
+            raise ChatNotFoundError(f"no chat {chat_id!r}")
+        return record
+
+    async def create_chat(
+        self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
+    ) -> Chat:
+        now = utcnow()
+        self._next_rank += 1
+        record = _ChatRecord(owner, self._next_rank, new_id("chat"), title, dict(metadata), system_prompt, now, now)
+        self._chats[record.id] = record
+        owned = self._owners.setdefault(owner, _OwnerChats())
+        owned.ranks.append(record.rank)
+        owned.by_rank[record.rank] = record
+        return record.to_chat()
+
+    async def get_chat(self, owner: str, chat_id: str) -> Chat:
+        return self._record(owner, chat_id).to_chat()
+
+    async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
+        owned = self._owners.get(owner, _OwnerChats())
+
+        def position(chat_id: str) -> int:
+            record = self._chats.get(chat_id)
+            if record is None or record.owner != owner:
+                raise InvalidCursorError(f"no chat {chat_id!r} to page from")
+            return bisect_left(owned.ranks, record.rank)
+
+        ranks, has_more = paginate(owned.ranks, page, position)
+        return Page([owned.by_rank[rank].to_chat() for rank in ranks], has_more)
+
+    async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
+        record = self._record(owner, chat_id)
+        if "title" in changes.fields:
+            record.title = changes.title
+        if "metadata" in changes.fields:
+            record.metadata = dict(changes.metadata)
+        if "system_prompt" in changes.fields:
+            record.system_prompt = changes.system_prompt
+        record.updated_at = utcnow()
+        return record.to_chat()
+
+    async def delete_chat(self, owner: str, chat_id: str) -> None:
+        record = self._record(owner, chat_id)
+        del self._chats[chat_id]
+        owned = self._owners[owner]
+        del owned.ranks[bisect_left(owned.ranks, record.rank)]
+        del owned.by_rank[record.rank]
+
+    async def append_message(self, owner: str, chat_id: str, message: NewMessage) -> Message:
+        record = self._record(owner, chat_id)
+        now = utcnow()
+        stored = Message(
+            id=new_id("msg"),
+            chat_id=record.id,
+            seq=len(record.messages) + 1,
+            role=message.role,
+            content=message.content,
+            created_at=now,
+            model=message.model,
+            usage=message.usage,
+        )
+        record.messages.append(stored)
+        record.seq_by_id[stored.id] = stored.seq
+        record.user_count += message.role is Role.USER
+        record.updated_at = now
+        return stored
+
+    async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
+        record = self._record(owner, chat_id)
+
+        def position(message_id: str) -> int:
+            seq = record.seq_by_id.get(message_id)
+            if seq is None:
+                raise InvalidCursorError(f"no message {message_id!r} in chat {chat_id!r} to page from")
+            return seq - 1
+
+        return Page(*paginate(record.messages, page, position))
+
+    async def recent_messages(
+        self, owner: str, chat_id: str, *, limit: int, before_seq: int | None = None, after_seq: int = 0
+    ) -> list[Message]:
+        messages = self._record(owner, chat_id).messages
+        end = len(messages) if before_seq is None else min(before_seq - 1, len(messages))
+        start = max(after_seq, end - limit, 0)
+        return messages[start:end][::-1]
+
+    async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
+        record = self._record(owner, chat_id)
+        messages = record.messages
+        return MessageStats(
+            message_count=len(messages),
+            user_message_count=record.user_count,
+            assistant_message_count=len(messages) - record.user_count,
+            first_message_at=messages[0].created_at if messages else None,
+            last_message_at=messages[-1].created_at if messages else None,
+            last_seq=len(messages),
+        )
+
+    async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
+        return self._record(owner, chat_id).summary
+
+    async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
+        record = self._record(owner, chat_id)
+        if record.summary is None or record.summary.up_to_seq <= summary.up_to_seq:
+            record.summary = summary
+
+
+def paginate(items: Sequence[T], page: PageRequest, position: Callable[[str], int]) -> tuple[list[T], bool]:
+    """One cursor page of `items` (ascending), as DESIGN.md's list contract describes.
+
+    `after` and `before` refer to the order asked for; `position` maps a cursor id to its index
+    (raising InvalidCursorError). Paging with only `before` walks backwards: the page holds the
+    items closest to the cursor and `has_more` tells whether older pages exist.
+    """
+    lo, hi = 0, len(items)
+    ascending = page.order == "asc"
+    if page.after is not None:
+        index = position(page.after)
+        lo, hi = (index + 1, hi) if ascending else (lo, index)
+    if page.before is not None:
+        index = position(page.before)
+        lo, hi = (lo, min(hi, index)) if ascending else (max(lo, index + 1), hi)
+    hi = max(lo, hi)
+    from_low_end = ascending == (page.before is None or page.after is not None)
+    if from_low_end:
+        window = items[lo : min(hi, lo + page.limit)]
+        has_more = lo + len(window) < hi
+    else:
+        window = items[max(lo, hi - page.limit) : hi]
+        has_more = hi - len(window) > lo
+    return (list(window) if ascending else list(reversed(window))), has_more
