@@ -1,8 +1,9 @@
 """What goes to the LLM for a turn: the system prompt, then the newest messages that fit.
 
-The window is found by walking back from the newest message in growing batches, so a turn costs
-O(window), never O(history). Tokens are estimated offline (see `estimate_tokens`) so nothing has
-to be downloaded at run time; the estimate errs on the generous side so the budget is kept.
+The window is found by walking back from the newest message in batches sized by how many more
+messages are likely to fit, so a turn reads O(window) messages, never O(history). Tokens are
+estimated offline (see `estimate_tokens`) so nothing has to be downloaded at run time; the
+estimate errs on the generous side so the budget is kept.
 """
 
 from collections.abc import Sequence
@@ -51,13 +52,19 @@ async def build_context(
         older = await store.recent_messages(owner, chat_id, limit=batch, before_seq=before_seq)
         taken, remaining = _take_fitting(older, remaining, keep_first=not window)
         window.extend(taken)
-        if len(taken) < len(older) or len(older) < batch:
+        if len(taken) < len(older) or len(older) < batch or remaining <= 0:
             break
         before_seq = older[-1].seq
-        batch = min(batch * 4, MAX_BATCH)
+        batch = _next_batch(remaining, spent=budget - remaining, count=len(window))
     prompt = [PromptMessage("system", system_prompt)] if system_prompt else []
     prompt.extend(PromptMessage(m.role.value, m.content) for m in reversed(window))
     return prompt
+
+
+def _next_batch(remaining: int, *, spent: int, count: int) -> int:
+    """How many more messages are likely to fit, judging by the average cost so far (plus one)."""
+    average = max(1, spent // count)
+    return max(1, min(MAX_BATCH, remaining // average + 1))
 
 
 def _take_fitting(newest_first: Sequence[Message], budget: int, *, keep_first: bool) -> tuple[list[Message], int]:

@@ -80,7 +80,7 @@ class ChatService:
         LLMError naming the stored user message (which stays stored: nothing is lost).
         """
         chat = await self.store.get_chat(owner, chat_id)
-        async with self._turns.turn(chat_id):
+        async with self._turns.turn(chat_id), self.store.turn_lease(owner, chat_id):
             question = await self.store.append_message(owner, chat_id, NewMessage(Role.USER, content))
             system_prompt = self.settings.system_prompt if chat.system_prompt is None else chat.system_prompt
             prompt = await build_context(

@@ -40,11 +40,15 @@ UPSTREAM_DETAIL_CHARS = 300
 
 
 class _Retryable(Exception):
-    """An attempt failed in a way another attempt may not: connect errors, 429, 5xx."""
+    """An attempt failed in a way another attempt may not: connect errors, 429, 5xx.
 
-    def __init__(self, error: LLMError) -> None:
+    `wait` is what the upstream asked for in its Retry-After header, if anything.
+    """
+
+    def __init__(self, error: LLMError, *, wait: float | None = None) -> None:
         super().__init__(error.detail)
         self.error = error
+        self.wait = wait
 
 
 class OpenAICompatibleLLM:
@@ -83,8 +87,8 @@ class OpenAICompatibleLLM:
             try:
                 return await self._attempt(body, seconds_left=deadline - loop.time())
             except _Retryable as failure:
-                error = failure.error
-            delay = _backoff(attempt, error.retry_after)
+                error, wait = failure.error, failure.wait
+            delay = _backoff(attempt, wait)
             if attempt == self._max_retries or loop.time() + delay >= deadline:
                 break
             log.warning("LLM attempt %d failed (%s); retrying in %.2fs", attempt + 1, error.detail, delay)
@@ -109,11 +113,12 @@ class OpenAICompatibleLLM:
         if response.status == 200:
             return payload
         detail = f"the LLM answered {response.status}: {_upstream_message(payload)}"
+        wait = _retry_after(response.headers.get("Retry-After"))
         if response.status == 429:
-            retry_after = _retry_after(response.headers.get("Retry-After")) or RATE_LIMITED_RETRY_AFTER_SECONDS
-            raise _Retryable(LLMRateLimitedError(detail, retry_after=retry_after))
+            limited = LLMRateLimitedError(detail, retry_after=max(wait or 0.0, RATE_LIMITED_RETRY_AFTER_SECONDS))
+            raise _Retryable(limited, wait=wait)
         if response.status >= 500:
-            raise _Retryable(LLMBadResponseError(detail))
+            raise _Retryable(LLMBadResponseError(detail), wait=wait)
         raise LLMBadResponseError(detail)
 
 
@@ -162,7 +167,8 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _backoff(attempt: int, retry_after: float | None) -> float:
-    """Full-jitter exponential backoff, never shorter than what the upstream asked for."""
-    jittered = random.uniform(0, min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
-    return max(jittered, retry_after or 0.0)
+def _backoff(attempt: int, wait: float | None) -> float:
+    """What the upstream asked for (Retry-After), else full-jitter exponential backoff."""
+    if wait is not None:
+        return wait
+    return random.uniform(0, min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))

@@ -4,6 +4,7 @@ Every method takes the owner first: a chat of another owner is indistinguishable
 one (`ChatNotFoundError`), so isolation cannot be forgotten by a caller.
 """
 
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from chatkeep.domain import Chat, ChatChanges, Message, MessageStats, NewMessage, Page, PageRequest, SummaryText
@@ -33,6 +34,16 @@ class ChatStore(Protocol):
 
     async def delete_chat(self, owner: str, chat_id: str) -> None:
         """Delete the chat with its messages and summary. Raises ChatNotFoundError."""
+        ...
+
+    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold the chat's turn against every other process sharing this store, for the block.
+
+        The service's in-process `TurnQueue` already orders one process's turns; this orders
+        processes, in request order. No database connection or transaction stays open while it is
+        held (the LLM is called under it), and a holder that dies releases it after a bounded time.
+        A store only one process can use has nothing to do here.
+        """
         ...
 
     async def append_message(self, owner: str, chat_id: str, message: NewMessage) -> Message:

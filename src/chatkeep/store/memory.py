@@ -8,6 +8,7 @@ O(page), and a stored message costs little beyond its content.
 
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
@@ -121,6 +122,9 @@ class MemoryStore:
         owned = self._owners[owner]
         del owned.ranks[bisect_left(owned.ranks, record.rank)]
         del owned.by_rank[record.rank]
+
+    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[None]:
+        return nullcontext()  # one process: the service's TurnQueue is the whole story
 
     async def append_message(self, owner: str, chat_id: str, message: NewMessage) -> Message:
         record = self._record(owner, chat_id)

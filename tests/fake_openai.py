@@ -1,0 +1,103 @@
+"""A fake OpenAI-compatible server on a real socket, speaking the real wire format.
+
+Tests start it, point chatkeep at it and script it: canned replies, error statuses with
+Retry-After, latency, hangs and garbage bodies. It records every request body it was sent, so
+tests assert on the prompt chatkeep really built. By default it answers `echo: <last user
+message>`, which lets concurrency tests check that each reply follows its own question.
+"""
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+MODEL = "fake-model"
+
+
+@dataclass
+class Scripted:
+    """One scripted answer: a status with a JSON body, raw bytes, or a reply text."""
+
+    status: int = 200
+    content: str | None = None
+    json_body: Any = None
+    raw: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    hang: bool = False
+
+
+def completion(content: str, *, prompt_tokens: int = 11, completion_tokens: int = 7) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": 18},
+    }
+
+
+def error_body(message: str, kind: str = "server_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def echo(body: dict[str, Any]) -> str:
+    users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+    return f"echo: {users[-1] if users else ''}"
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.script: deque[Scripted] = deque()
+        self.latency = 0.0
+        self.reply: Callable[[dict[str, Any]], str] = echo
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+
+    def queue(self, *answers: Scripted) -> None:
+        self.script.extend(answers)
+
+    @property
+    def prompts(self) -> list[list[dict[str, str]]]:
+        return [request["messages"] for request in self.requests]
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self.url
+
+    async def stop(self) -> None:
+        self._stopping.set()  # lets hung requests end, so shutdown does not wait for them
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        answer = self.script.popleft() if self.script else Scripted()
+        await asyncio.sleep(answer.delay or self.latency)
+        if answer.hang:
+            await self._stopping.wait()
+        if answer.raw is not None:
+            return web.Response(body=answer.raw, status=answer.status, headers=answer.headers)
+        payload = answer.json_body
+        if payload is None:
+            payload = completion(answer.content if answer.content is not None else self.reply(body))
+        return web.Response(
+            body=orjson.dumps(payload), status=answer.status, headers=answer.headers, content_type="application/json"
+        )
