@@ -29,6 +29,9 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     hang: bool = False
+    chunk_delay: float = 0.0  # between the chunks of a streamed answer
+    cut_after: int | None = None  # a streamed answer ends abruptly after this many chunks
+    garbage_after: int | None = None  # a streamed answer sends a broken chunk after this many
 
 
 def completion(content: str, *, prompt_tokens: int = 11, completion_tokens: int = 7) -> dict[str, Any]:
@@ -40,6 +43,12 @@ def completion(content: str, *, prompt_tokens: int = 11, completion_tokens: int 
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": 18},
     }
+
+
+def chunk(delta: dict[str, str] | None, *, usage: dict[str, int] | None = None) -> bytes:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": None}]
+    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": MODEL}
+    return b"data: " + orjson.dumps(body | {"choices": choices, "usage": usage}) + b"\n\n"
 
 
 def error_body(message: str, kind: str = "server_error") -> dict[str, Any]:
@@ -95,9 +104,34 @@ class FakeOpenAI:
             await self._stopping.wait()
         if answer.raw is not None:
             return web.Response(body=answer.raw, status=answer.status, headers=answer.headers)
+        if body.get("stream") and answer.status == 200 and answer.json_body is None:
+            return await self._stream(
+                request, answer, answer.content if answer.content is not None else self.reply(body)
+            )
         payload = answer.json_body
         if payload is None:
             payload = completion(answer.content if answer.content is not None else self.reply(body))
         return web.Response(
             body=orjson.dumps(payload), status=answer.status, headers=answer.headers, content_type="application/json"
         )
+
+    async def _stream(self, request: web.Request, answer: Scripted, content: str) -> web.StreamResponse:
+        """The answer as Chat Completions chunks: role, a delta per word, usage, [DONE]."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        words = [word + " " for word in content.split(" ")]
+        words[-1] = words[-1][:-1]
+        chunks = [chunk({"role": "assistant", "content": ""}), *(chunk({"content": w}) for w in words)]
+        chunks.append(chunk(None, usage={"prompt_tokens": 11, "completion_tokens": len(words)}))
+        chunks.append(b"data: [DONE]\n\n")
+        for n, data in enumerate(chunks):
+            if n == answer.cut_after:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if n == answer.garbage_after:
+                data = b"data: {this is not json\n\n"
+            await response.write(data)
+            await asyncio.sleep(answer.chunk_delay)
+        await response.write_eof()
+        return response

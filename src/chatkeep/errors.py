@@ -31,6 +31,20 @@ class ChatNotFoundError(ChatkeepError):
     slug = "chat-not-found"
 
 
+class MessageNotFoundError(ChatkeepError):
+    status = 404
+    title = "Message not found"
+    slug = "message-not-found"
+
+
+class ReplyNotFoundError(ChatkeepError):
+    """A turn to resume is neither running in this process nor answered in the store."""
+
+    status = 404
+    title = "Reply not found"
+    slug = "reply-not-found"
+
+
 class InvalidCursorError(ChatkeepError):
     """A pagination cursor names no object in the listed collection."""
 

@@ -8,8 +8,9 @@ before and after it.
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from chatkeep.config import Settings
 from chatkeep.context import build_context, message_tokens
@@ -20,15 +21,17 @@ from chatkeep.domain import (
     NewMessage,
     Page,
     PageRequest,
+    PromptMessage,
     Role,
     Summary,
     SummaryText,
     utcnow,
 )
-from chatkeep.errors import LLMError
-from chatkeep.llm import LLM
+from chatkeep.errors import ChatkeepError, InvalidCursorError, LLMError, MessageNotFoundError, ReplyNotFoundError
+from chatkeep.llm import LLM, Reply
 from chatkeep.store import ChatStore
-from chatkeep.turns import TurnQueue
+from chatkeep.turn_events import TurnLog, TurnLogs
+from chatkeep.turns import Place, TurnQueue
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +51,12 @@ class ChatService:
         self.settings = settings
         self._turns = TurnQueue(max_waiting=settings.max_waiting_turns)
         self._summaries: dict[str, asyncio.Task[SummaryText | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._turn_logs = TurnLogs()
 
     async def aclose(self) -> None:
-        """Wait for summary refreshes still running, so none is cut off mid-write."""
-        await asyncio.gather(*self._summaries.values(), return_exceptions=True)
+        """Wait for streamed turns and summary refreshes still running, so none is cut off mid-write."""
+        await asyncio.gather(*self._tasks, *self._summaries.values(), return_exceptions=True)
 
     async def create_chat(
         self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
@@ -80,21 +85,95 @@ class ChatService:
         LLMError naming the stored user message (which stays stored: nothing is lost).
         """
         chat = await self.store.get_chat(owner, chat_id)
-        async with self._turns.turn(chat_id), self.store.turn_lease(owner, chat_id):
-            question = await self.store.append_message(owner, chat_id, NewMessage(Role.USER, content))
-            system_prompt = self.settings.system_prompt if chat.system_prompt is None else chat.system_prompt
-            prompt = await build_context(
-                self.store, owner, chat_id, system_prompt=system_prompt, budget=self.settings.context_tokens
-            )
+        async with self._turns.reserve(chat_id), self.store.turn_lease(owner, chat_id):
+            question, prompt = await self._ask(owner, chat, content)
             try:
                 reply = await self.llm.complete(prompt)
             except LLMError as error:
                 error.user_message_id = question.id
                 raise
-            answer = await self.store.append_message(
-                owner, chat_id, NewMessage(Role.ASSISTANT, reply.content, model=reply.model, usage=reply.usage)
-            )
+            answer = await self._answer(owner, chat_id, reply)
         return Turn(question, answer)
+
+    async def stream_message(self, owner: str, chat_id: str, content: str) -> TurnLog:
+        """Start a turn whose reply is streamed; its events go to the returned log.
+
+        ChatNotFoundError and ChatBusyError are raised here, before anything streams. The turn
+        runs in its own task, so it completes and is stored whether or not anyone reads the log.
+        """
+        chat = await self.store.get_chat(owner, chat_id)
+        place = self._turns.reserve(chat_id)
+        log = TurnLog(chat_id)
+        self._background(self._streamed_turn(place, owner, chat, content, log))
+        return log
+
+    async def turn_events(self, owner: str, chat_id: str, user_message_id: str) -> TurnLog:
+        """The log of the turn that answers `user_message_id`, to resume a stream from.
+
+        A turn no longer (or never) streamed by this process is rebuilt from the store: its
+        stored reply, or an error event when there is none. Raises ChatNotFoundError, or
+        MessageNotFoundError when the chat has no such message.
+        """
+        await self.store.get_chat(owner, chat_id)
+        log = self._turn_logs.get(user_message_id)
+        if log is not None and log.chat_id == chat_id:
+            return log
+        try:
+            following = await self.store.list_messages(owner, chat_id, PageRequest(limit=1, after=user_message_id))
+        except InvalidCursorError:
+            raise MessageNotFoundError(f"no message {user_message_id!r} in chat {chat_id!r}") from None
+        log = TurnLog(chat_id)
+        reply = following.data[0] if following.data else None
+        if reply is not None and reply.role is Role.ASSISTANT:
+            log.assistant_message(reply)
+        else:
+            log.fail(ReplyNotFoundError(f"no reply to message {user_message_id!r} is stored or being written here"))
+        return log
+
+    async def _streamed_turn(self, place: Place, owner: str, chat: Chat, content: str, events: TurnLog) -> None:
+        question: Message | None = None
+        try:
+            async with place, self.store.turn_lease(owner, chat.id):
+                question, prompt = await self._ask(owner, chat, content)
+                self._turn_logs.running(question.id, events)
+                events.user_message(question)
+                reply = None
+                async for item in self.llm.stream(prompt):
+                    if isinstance(item, Reply):
+                        reply = item
+                    else:
+                        events.delta(item)
+                assert reply is not None, "an LLM stream ends with its Reply"
+                events.assistant_message(await self._answer(owner, chat.id, reply))
+        except ChatkeepError as error:
+            if isinstance(error, LLMError) and question is not None:
+                error.user_message_id = question.id
+            events.fail(error)
+        except Exception:
+            log.exception("streamed turn on chat %s failed", chat.id)
+            events.fail(ChatkeepError("the turn failed unexpectedly"))
+        finally:
+            if question is not None:
+                self._turn_logs.finished(question.id)
+
+    async def _ask(self, owner: str, chat: Chat, content: str) -> tuple[Message, list[PromptMessage]]:
+        """Store the user's message, then build the context that includes it."""
+        question = await self.store.append_message(owner, chat.id, NewMessage(Role.USER, content))
+        system_prompt = self.settings.system_prompt if chat.system_prompt is None else chat.system_prompt
+        prompt = await build_context(
+            self.store, owner, chat.id, system_prompt=system_prompt, budget=self.settings.context_tokens
+        )
+        return question, prompt
+
+    async def _answer(self, owner: str, chat_id: str, reply: Reply) -> Message:
+        message = NewMessage(Role.ASSISTANT, reply.content, model=reply.model, usage=reply.usage)
+        return await self.store.append_message(owner, chat_id, message)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in a task the service owns: shutdown waits for it instead of cutting it off."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def summarize(self, owner: str, chat_id: str, *, refresh: bool = False) -> Summary:
         """Exact counts, and the cached summary brought up to date when stale or asked to.

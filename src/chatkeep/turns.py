@@ -3,12 +3,15 @@
 Each chat that has a turn running gets a line (an `asyncio.Lock`, whose waiters are woken in
 FIFO order); chats never share a line, so they never wait for each other. A line exists only
 while someone holds or waits on it, so idle chats cost nothing.
+
+Taking a turn has two steps so that "too busy" can be answered before any work starts (and
+before a streamed response has begun): `reserve` takes a place in line at once or raises
+ChatBusyError; entering the place waits for the turn.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from chatkeep.errors import ChatBusyError
 
@@ -26,9 +29,11 @@ class TurnQueue:
         self._max_waiting = max_waiting
         self._lines: dict[str, _Line] = {}
 
-    @asynccontextmanager
-    async def turn(self, chat_id: str) -> AsyncIterator[None]:
-        """Hold `chat_id`'s turn for the block. Raises ChatBusyError when too many already wait."""
+    def reserve(self, chat_id: str) -> "Place":
+        """A place in the chat's line, to enter with `async with` (exactly once).
+
+        Raises ChatBusyError when `max_waiting` turns already wait behind the running one.
+        """
         line = self._lines.get(chat_id)
         if line is None:
             line = self._lines[chat_id] = _Line()
@@ -38,15 +43,36 @@ class TurnQueue:
                 retry_after=BUSY_RETRY_AFTER_SECONDS,
             )
         line.members += 1
-        try:
-            async with line.lock:
-                yield
-        finally:
-            line.members -= 1
-            if line.members == 0:
-                del self._lines[chat_id]
+        return Place(self, chat_id, line)
 
     def waiting(self, chat_id: str) -> int:
         """How many turns wait (not counting the one running) on the chat."""
         line = self._lines.get(chat_id)
         return max(0, line.members - 1) if line else 0
+
+    def _leave(self, chat_id: str, line: _Line) -> None:
+        line.members -= 1
+        if line.members == 0:
+            del self._lines[chat_id]
+
+
+class Place:
+    """A reserved place in one chat's line; holds the turn inside `async with`."""
+
+    __slots__ = ("_chat_id", "_line", "_queue")
+
+    def __init__(self, queue: TurnQueue, chat_id: str, line: _Line) -> None:
+        self._queue, self._chat_id, self._line = queue, chat_id, line
+
+    async def __aenter__(self) -> None:
+        try:
+            await self._line.lock.acquire()
+        except BaseException:
+            self._queue._leave(self._chat_id, self._line)
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._line.lock.release()
+        self._queue._leave(self._chat_id, self._line)

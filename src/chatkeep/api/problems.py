@@ -50,16 +50,21 @@ def retry_after_header(seconds: float | None) -> dict[str, str] | None:
     return None if seconds is None else {"Retry-After": str(max(1, -int(-seconds // 1)))}
 
 
+def problem_body(error: ChatkeepError) -> dict[str, Any]:
+    """The problem details of one of chatkeep's errors, as a response body or an SSE `error` event."""
+    return {
+        "type": PROBLEM_TYPE_BASE + error.slug,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        **error.extensions(),
+    }
+
+
 async def chatkeep_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ChatkeepError)
-    return problem(
-        exc.status,
-        exc.title,
-        exc.detail,
-        slug=exc.slug,
-        headers=retry_after_header(exc.retry_after),
-        **exc.extensions(),
-    )
+    headers = retry_after_header(exc.retry_after)
+    return Response(orjson.dumps(problem_body(exc)), status_code=exc.status, media_type=MEDIA_TYPE, headers=headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:

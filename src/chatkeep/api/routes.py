@@ -6,9 +6,10 @@ is declared, so the OpenAPI document tells clients the whole contract.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from chatkeep.api import sse
 from chatkeep.api.deps import ChatPageDep, MessagePageDep, OwnerDep, ServiceDep
 from chatkeep.api.schemas import (
     ChatCreate,
@@ -74,27 +75,57 @@ async def delete_chat(service: ServiceDep, owner: OwnerDep, chat_id: str) -> Non
     await service.delete_chat(owner, chat_id)
 
 
+def _event_stream(description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}}}}
+
+
+STREAMED_TURN = _event_stream(
+    "With `stream: true` or `Accept: text/event-stream`: the turn as server-sent events "
+    "(`user_message`, `delta`..., then `assistant_message` or `error`), each with an `id`."
+)
+
+
 @router.post(
     "/chats/{chat_id}/messages",
     status_code=status.HTTP_201_CREATED,
     response_model=TurnOut,
     tags=["messages"],
-    responses=_problems(404, 413, 422, 429, 502, 503, 504),
+    responses=STREAMED_TURN | _problems(404, 413, 422, 429, 502, 503, 504),
 )
-async def post_message(service: ServiceDep, owner: OwnerDep, chat_id: str, body: MessageCreate) -> Turn:
+async def post_message(
+    service: ServiceDep,
+    owner: OwnerDep,
+    chat_id: str,
+    body: MessageCreate,
+    accept: Annotated[str, Header(include_in_schema=False)] = "",
+) -> Turn | Response:
     """Answer a user message: the reply sees the chat's earlier turns. Turns on one chat run in order."""
     limit = service.settings.max_message_chars
     if len(body.content) > limit:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("body", "content"),
-                    "msg": f"String should have at most {limit} characters",
-                    "type": "string_too_long",
-                }
-            ]
-        )
+        too_long = {"loc": ("body", "content"), "msg": f"String should have at most {limit} characters"}
+        raise RequestValidationError([too_long | {"type": "string_too_long"}])
+    if body.stream or sse.MEDIA_TYPE in accept:
+        events = await service.stream_message(owner, chat_id, body.content)
+        return sse.event_stream(events.follow())
     return await service.post_message(owner, chat_id, body.content)
+
+
+@router.get(
+    "/chats/{chat_id}/messages/{user_message_id}/events",
+    tags=["messages"],
+    response_class=Response,
+    responses=_event_stream("The turn's events after `Last-Event-ID`.") | _problems(404, 422),
+)
+async def resume_turn_events(
+    service: ServiceDep,
+    owner: OwnerDep,
+    chat_id: str,
+    user_message_id: str,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+) -> Response:
+    """Resume a streamed turn after `Last-Event-ID`: live while it runs, else its final event."""
+    events = await service.turn_events(owner, chat_id, user_message_id)
+    return sse.event_stream(events.follow(last_event_id))
 
 
 @router.get("/chats/{chat_id}/messages", response_model=MessageList, tags=["messages"], responses=_problems(404, 422))

@@ -1,6 +1,6 @@
 """The seam between chatkeep and whatever writes replies."""
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +22,15 @@ class LLM(Protocol):
         Raises an LLMError subclass: LLMTimeoutError once the configured timeout is spent
         (retries included), LLMRateLimitedError, LLMUnavailableError or LLMBadResponseError
         after the configured retries.
+        """
+        ...
+
+    def stream(self, prompt: Sequence[PromptMessage]) -> AsyncIterator[str | Reply]:
+        """The reply to `prompt` as it is written: text deltas, then one final Reply.
+
+        The final Reply's content is the deltas joined. Raises like `complete`; a stream the
+        upstream cuts or garbles raises LLMBadResponseError (there is no final Reply then).
+        Retries happen only before the first delta.
         """
         ...
 

@@ -5,7 +5,8 @@ how to connect a real model, and reflects on the conversation it was given (how 
 what was asked first), which also makes it a handy probe of the context chatkeep builds.
 """
 
-from collections.abc import Sequence
+import re
+from collections.abc import AsyncIterator, Sequence
 
 from chatkeep.context import estimate_tokens
 from chatkeep.domain import Message, PromptMessage, Usage
@@ -14,6 +15,7 @@ from chatkeep.summaries import SummaryDraft, extractive_summary
 
 OFFLINE_MODEL = "chatkeep-offline"
 QUOTE_CHARS = 200
+_WORDS = re.compile(r"\S+\s*|\s+")
 HOW_TO_CONNECT = (
     "To get real answers, set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, vLLM, LM Studio "
     "or any other OpenAI-compatible server) and restart chatkeep."
@@ -39,6 +41,12 @@ class OfflineLLM:
             completion_tokens=estimate_tokens(content),
         )
         return Reply(content=content, model=OFFLINE_MODEL, usage=usage)
+
+    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncIterator[str | Reply]:
+        reply = await self.complete(prompt)
+        for word in _WORDS.findall(reply.content):
+            yield word
+        yield reply
 
     async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
         return extractive_summary(previous, messages)

@@ -12,7 +12,8 @@ upstream never holds a client longer than that.
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -73,45 +74,70 @@ class OpenAICompatibleLLM:
 
     async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
         body = orjson.dumps({"model": self._model, "messages": prompt})
-        return _parse_completion(await self._post(body))
+        async with self._response(body) as response:
+            with self._translated():
+                payload = await response.read()
+        return _parse_completion(payload)
+
+    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncIterator[str | Reply]:
+        body = orjson.dumps(
+            {"model": self._model, "messages": prompt, "stream": True, "stream_options": {"include_usage": True}}
+        )
+        chunks = _ChunkReader()
+        async with self._response(body) as response:
+            with self._translated():
+                async for line in response.content:
+                    for delta in chunks.feed(line):
+                        yield delta
+                    if chunks.done:
+                        break
+        yield chunks.reply()
 
     async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
         reply = await self.complete(summary_prompt(previous, messages))
         return parse_summary(reply.content)
 
-    async def _post(self, body: bytes) -> bytes:
-        """POST `body`, retrying what may succeed next time, within one deadline."""
+    @asynccontextmanager
+    async def _response(self, body: bytes) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A 200 response to POST `body`, its body unread; retries what may succeed next time.
+
+        The whole call, retries and reading the body included, has one deadline.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
         for attempt in range(self._max_retries + 1):
             try:
-                return await self._attempt(body, seconds_left=deadline - loop.time())
+                response = await self._attempt(body, limit=timeout)
+                break
             except _Retryable as failure:
                 error, wait = failure.error, failure.wait
             delay = _backoff(attempt, wait)
             if attempt == self._max_retries or loop.time() + delay >= deadline:
-                break
+                raise error
             log.warning("LLM attempt %d failed (%s); retrying in %.2fs", attempt + 1, error.detail, delay)
             await asyncio.sleep(delay)
-        raise error
-
-    async def _attempt(self, body: bytes, *, seconds_left: float) -> bytes:
+            timeout = aiohttp.ClientTimeout(total=deadline - loop.time())
         try:
-            async with self._session.post(
-                self._url, data=body, headers=self._headers, timeout=aiohttp.ClientTimeout(total=seconds_left)
-            ) as response:
+            yield response
+        finally:
+            response.release()
+
+    async def _attempt(self, body: bytes, *, limit: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        with self._translated():
+            try:
+                response = await self._session.post(self._url, data=body, headers=self._headers, timeout=limit)
+            except TimeoutError:
+                raise  # aiohttp's timeouts are connection errors too; they are not retried
+            except aiohttp.ClientConnectionError as exc:
+                unreachable = LLMUnavailableError(
+                    f"cannot reach the LLM at {self._url}: {exc}", retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS
+                )
+                raise _Retryable(unreachable) from exc
+            if response.status == 200:
+                return response
+            async with response:
                 payload = await response.read()
-        except TimeoutError as exc:
-            raise LLMTimeoutError(f"the LLM did not answer within {self._timeout:g}s") from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise LLMBadResponseError(f"the LLM sent a broken response body: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            unreachable = LLMUnavailableError(
-                f"cannot reach the LLM at {self._url}: {exc}", retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS
-            )
-            raise _Retryable(unreachable) from exc
-        if response.status == 200:
-            return payload
         detail = f"the LLM answered {response.status}: {_upstream_message(payload)}"
         wait = _retry_after(response.headers.get("Retry-After"))
         if response.status == 429:
@@ -120,6 +146,55 @@ class OpenAICompatibleLLM:
         if response.status >= 500:
             raise _Retryable(LLMBadResponseError(detail), wait=wait)
         raise LLMBadResponseError(detail)
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Turn the HTTP client's failures into chatkeep's LLM errors, in one place."""
+        try:
+            yield
+        except TimeoutError as exc:
+            raise LLMTimeoutError(f"the LLM did not answer within {self._timeout:g}s") from exc
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            raise LLMBadResponseError(f"the LLM's response was cut off: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise LLMBadResponseError(f"the LLM's response could not be read: {exc}") from exc
+
+
+class _ChunkReader:
+    """Reads a Chat Completions event stream line by line: deltas out, model and usage kept."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._parts: list[str] = []
+        self._model: str | None = None
+        self._usage: Usage | None = None
+
+    def feed(self, line: bytes) -> list[str]:
+        if not line.startswith(b"data:"):
+            return []  # blank separators, comments and other fields
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return []
+        try:
+            chunk = orjson.loads(data)
+            if "error" in chunk:
+                raise LLMBadResponseError(f"the LLM failed mid-stream: {_upstream_message(data)}")
+            choices = chunk.get("choices") or ()
+            delta = choices[0].get("delta", {}).get("content") if choices else None
+        except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+            raise LLMBadResponseError("the LLM's stream holds a chunk that is not a completion chunk") from exc
+        self._model = chunk.get("model") or self._model
+        self._usage = _usage(chunk.get("usage")) or self._usage
+        if isinstance(delta, str) and delta:
+            self._parts.append(delta)
+            return [delta]
+        return []
+
+    def reply(self) -> Reply:
+        if not self.done:
+            raise LLMBadResponseError("the LLM's stream ended before it was complete")
+        return Reply(content="".join(self._parts), model=self._model, usage=self._usage)
 
 
 def _parse_completion(payload: bytes) -> Reply:
