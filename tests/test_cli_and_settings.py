@@ -1,5 +1,6 @@
 """`chatkeep serve` as a user runs it, and settings read from their documented env names."""
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -118,3 +119,48 @@ def test_provider_defaults_to_offline_without_a_key(monkeypatch: pytest.MonkeyPa
     assert Settings().provider == "openai"
     monkeypatch.setenv("CHATKEEP_LLM_PROVIDER", "offline")
     assert Settings().provider == "offline"
+
+
+async def run_chat(client: httpx.AsyncClient, typed: str, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        str(CHATKEEP), "chat", "--url", str(client.base_url), *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=clean_env(),
+    )  # fmt: skip
+    stdout, _ = await asyncio.wait_for(process.communicate(typed.encode()), 30)
+    assert process.returncode == 0
+    return stdout.decode()
+
+
+async def test_chat_client_streams_replies_and_runs_its_commands(offline_client: httpx.AsyncClient) -> None:
+    output = await run_chat(offline_client, "hello there\n/summary\n/list\n/new\n/quit\nnever sent\n")
+    chats = (await offline_client.get("/chats")).json()["data"]
+    assert len(chats) == 2  # the first, and the one /new made
+    first = chats[1]["id"]
+    assert output.startswith(f"new chat {first}")
+    messages = (await offline_client.get(f"/chats/{first}/messages")).json()["data"]
+    assert [m["content"] for m in messages[:1]] == ["hello there"]
+    assert f"assistant> {messages[1]['content']}" in output
+    assert "2 messages (1 yours)" in output
+    assert "  - hello there" in output
+    assert f"* {first}" in output
+    assert f"new chat {chats[0]['id']}" in output
+    assert "never sent" not in str(messages)
+
+
+async def test_chat_client_resumes_a_chat_with_its_latest_messages(offline_client: httpx.AsyncClient) -> None:
+    chat_id = (await offline_client.post("/chats")).json()["id"]
+    await offline_client.post(f"/chats/{chat_id}/messages", json={"content": "earlier question"})
+    output = await run_chat(offline_client, "later question\n", "--chat", chat_id)
+    assert output.startswith(f"chat {chat_id} (2 messages)\nuser> earlier question\nassistant> ")
+    messages = (await offline_client.get(f"/chats/{chat_id}/messages")).json()["data"]
+    assert [m["content"] for m in messages[::2]] == ["earlier question", "later question"]
+
+
+async def test_chat_client_says_when_the_server_is_not_there() -> None:
+    process = await asyncio.create_subprocess_exec(
+        str(CHATKEEP), "chat", "--url", f"http://127.0.0.1:{free_port()}",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=clean_env(),
+    )  # fmt: skip
+    stdout, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert b"cannot start a chat" in stdout

@@ -1,10 +1,11 @@
-"""The `chatkeep` command: `chatkeep serve` runs the API server.
+"""The `chatkeep` command: `chatkeep serve` runs the API server, `chatkeep chat` talks to one.
 
 Every setting of `Settings` becomes a `serve` flag (`llm_model` -> `--llm-model`), so the
 environment and the command line can never drift apart; a flag wins over its env variable.
 """
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import uvicorn
 from pydantic import ValidationError
 
-from chatkeep import __version__
+from chatkeep import __version__, terminal
 from chatkeep.app import create_app
 from chatkeep.config import Settings
 
@@ -22,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "chat":
+        return asyncio.run(terminal.run(args.url, args.chat))
     parser.print_help()
     return 2
 
@@ -37,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
+    chat = commands.add_parser("chat", help="chat with a running server from the terminal")
+    chat.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: %(default)s)")
+    chat.add_argument("--chat", metavar="ID", help="resume this chat instead of starting one")
     settings = serve.add_argument_group("settings", "each overrides the environment variable named after it")
     for name, field in Settings.model_fields.items():
         env = name.upper() if name.startswith("openai_") else f"CHATKEEP_{name.upper()}"
