@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     context_tokens: int = Field(default=8000, ge=256, description="token budget of the context sent upstream")
     max_message_chars: int = Field(default=32000, ge=1, description="longer message content is refused (422)")
     max_waiting_turns: int = Field(default=8, ge=0, description="turns that may queue on one chat before 429")
+    max_turns_in_flight: int = Field(default=2048, ge=1, description="turns running or waiting per process before 503")
+    llm_breaker_failures: int = Field(
+        default=5, ge=1, description="LLM calls failing in a row (unreachable, 5xx, timeout) that open the breaker"
+    )
+    llm_breaker_cooldown: float = Field(
+        default=10.0, gt=0, description="seconds the open breaker answers 503 before letting a probe call through"
+    )
 
     @model_validator(mode="after")
     def _choose_provider(self) -> "Settings":

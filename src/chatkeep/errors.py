@@ -61,6 +61,14 @@ class ChatBusyError(ChatkeepError):
     slug = "chat-busy"
 
 
+class OverloadedError(ChatkeepError):
+    """This server process already has as many turns in flight as it is allowed."""
+
+    status = 503
+    title = "Server over capacity"
+    slug = "overloaded"
+
+
 class LLMError(ChatkeepError):
     """The LLM could not produce a reply. The service names the stored user message."""
 
@@ -82,6 +90,10 @@ class LLMBadResponseError(LLMError):
     status = 502
     title = "Bad response from the LLM"
     slug = "llm-bad-response"
+
+
+class LLMRejectedError(LLMBadResponseError):
+    """The LLM refused the request itself (a 4xx: bad key, unknown model, prompt too long)."""
 
 
 class LLMRateLimitedError(LLMError):

@@ -49,7 +49,7 @@ class ChatService:
         self.store = store
         self.llm = llm
         self.settings = settings
-        self._turns = TurnQueue(max_waiting=settings.max_waiting_turns)
+        self._turns = TurnQueue(max_waiting=settings.max_waiting_turns, max_in_flight=settings.max_turns_in_flight)
         self._summaries: dict[str, asyncio.Task[SummaryText | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._turn_logs = TurnLogs()

@@ -13,9 +13,10 @@ import asyncio
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from chatkeep.errors import ChatBusyError
+from chatkeep.errors import ChatBusyError, OverloadedError
 
 BUSY_RETRY_AFTER_SECONDS = 1.0
+OVERLOADED_RETRY_AFTER_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -25,15 +26,23 @@ class _Line:
 
 
 class TurnQueue:
-    def __init__(self, *, max_waiting: int) -> None:
+    def __init__(self, *, max_waiting: int, max_in_flight: int) -> None:
         self._max_waiting = max_waiting
+        self._max_in_flight = max_in_flight
         self._lines: dict[str, _Line] = {}
+        self.in_flight = 0  # turns running or waiting, over every chat
 
     def reserve(self, chat_id: str) -> "Place":
         """A place in the chat's line, to enter with `async with` (exactly once).
 
-        Raises ChatBusyError when `max_waiting` turns already wait behind the running one.
+        Raises OverloadedError when `max_in_flight` turns are already running or waiting in this
+        process, and ChatBusyError when `max_waiting` turns already wait behind the chat's running one.
         """
+        if self.in_flight >= self._max_in_flight:
+            raise OverloadedError(
+                f"{self.in_flight} turns are in flight on this server; retry later",
+                retry_after=OVERLOADED_RETRY_AFTER_SECONDS,
+            )
         line = self._lines.get(chat_id)
         if line is None:
             line = self._lines[chat_id] = _Line()
@@ -43,6 +52,7 @@ class TurnQueue:
                 retry_after=BUSY_RETRY_AFTER_SECONDS,
             )
         line.members += 1
+        self.in_flight += 1
         return Place(self, chat_id, line)
 
     def waiting(self, chat_id: str) -> int:
@@ -51,6 +61,7 @@ class TurnQueue:
         return max(0, line.members - 1) if line else 0
 
     def _leave(self, chat_id: str, line: _Line) -> None:
+        self.in_flight -= 1
         line.members -= 1
         if line.members == 0:
             del self._lines[chat_id]

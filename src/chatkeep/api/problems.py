@@ -84,6 +84,11 @@ async def validation_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        # FastAPI answers 400 when the JSON parser itself gives up (bytes that are not UTF-8,
+        # nesting too deep, an integer too long); like any other invalid body, that is a 422.
+        reason = f"the body could not be parsed as JSON: {type(exc.__cause__).__name__}"
+        return problem(422, "Invalid request", reason, slug=VALIDATION_SLUG, errors=[_body_issue(reason)])
     headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 405:
         headers = {"Allow": ", ".join(_allowed_methods(request))}
@@ -106,6 +111,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
+
+
+def _body_issue(message: str) -> dict[str, Any]:
+    return {"loc": ["body"], "msg": message, "type": "json_invalid"}
 
 
 def _allowed_methods(request: Request) -> list[str]:

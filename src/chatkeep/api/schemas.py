@@ -2,14 +2,13 @@
 
 Limits live in the types so they show in the OpenAPI document; the one limit that is a setting
 (`CHATKEEP_MAX_MESSAGE_CHARS`) is checked by the route. Text that cannot be stored or sent on
-(NUL bytes, lone surrogates) is refused here, before anything is stored.
+(NUL characters) is refused here, before anything is stored.
 """
 
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from chatkeep.domain import Summary
 
@@ -19,36 +18,29 @@ MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 MAX_SYSTEM_PROMPT_CHARS = 32_000
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+# Patterns rather than validator functions, so the OpenAPI document states the rules too. NUL
+# cannot be stored (PostgreSQL text refuses it); single-line fields take no control characters.
+# Lone surrogates never get this far: the JSON body itself is refused.
+NO_NUL = r"^[^\x00]*$"
+SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
-
-def _storable(text: str) -> str:
-    if _UNSTORABLE.search(text):
-        raise ValueError("text must not contain NUL characters or unpaired surrogates")
-    return text
-
-
-def _single_line(text: str) -> str:
-    if _CONTROL.search(text):
-        raise ValueError("text must not contain control characters")
-    return text
-
-
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("text must not be blank")
-    return text
-
-
-Title = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS), AfterValidator(_single_line)]
-MetadataKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS), AfterValidator(_single_line)
+Title = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS, pattern=SINGLE_LINE)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS, pattern=SINGLE_LINE)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS, pattern=NO_NUL)]
+# Stated by hand: pydantic would put the key pattern in `patternProperties`, which leaves keys
+# that do not match it unconstrained in the document (though refused by the validation).
+METADATA_SCHEMA = {
+    "type": "object",
+    "maxProperties": MAX_METADATA_PAIRS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY_CHARS, "pattern": SINGLE_LINE},
+    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE_CHARS, "pattern": NO_NUL},
+}
+Metadata = Annotated[
+    dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS), WithJsonSchema(METADATA_SCHEMA)
 ]
-MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS), AfterValidator(_storable)]
-Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)]
-SystemPrompt = Annotated[str, StringConstraints(max_length=MAX_SYSTEM_PROMPT_CHARS), AfterValidator(_storable)]
-Content = Annotated[str, StringConstraints(min_length=1), AfterValidator(_storable), AfterValidator(_not_blank)]
+SystemPrompt = Annotated[str, StringConstraints(max_length=MAX_SYSTEM_PROMPT_CHARS, pattern=NO_NUL)]
+Content = Annotated[str, StringConstraints(min_length=1, pattern=NOT_BLANK)]
 
 
 class _Input(BaseModel):

@@ -7,6 +7,7 @@ import aiohttp
 
 from chatkeep.config import Settings
 from chatkeep.llm.base import LLM, Reply
+from chatkeep.llm.breaker import CircuitBreaker
 from chatkeep.llm.offline import OfflineLLM
 from chatkeep.llm.openai import OpenAICompatibleLLM
 
@@ -33,4 +34,5 @@ async def open_llm(settings: Settings) -> AsyncIterator[LLM]:
             model=settings.llm_model,
             timeout=settings.llm_timeout,
             max_retries=settings.llm_max_retries,
+            breaker=CircuitBreaker(failures=settings.llm_breaker_failures, cooldown=settings.llm_breaker_cooldown),
         )

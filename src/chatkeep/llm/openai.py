@@ -25,10 +25,12 @@ from chatkeep.errors import (
     LLMBadResponseError,
     LLMError,
     LLMRateLimitedError,
+    LLMRejectedError,
     LLMTimeoutError,
     LLMUnavailableError,
 )
 from chatkeep.llm.base import Reply
+from chatkeep.llm.breaker import CircuitBreaker
 from chatkeep.summaries import SummaryDraft, parse_summary, summary_prompt
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,10 @@ class OpenAICompatibleLLM:
         model: str,
         timeout: float,
         max_retries: int,
+        breaker: CircuitBreaker,
     ) -> None:
         self._session = session
+        self._breaker = breaker
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
@@ -99,29 +103,42 @@ class OpenAICompatibleLLM:
 
     @asynccontextmanager
     async def _response(self, body: bytes) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A 200 response to POST `body`, its body unread; retries what may succeed next time.
+        """A 200 response to POST `body`, its body unread, with the breaker told how it went."""
+        self._breaker.before_call()
+        try:
+            response = await self._first_good_response(body)
+        except (LLMRateLimitedError, LLMRejectedError):
+            self._breaker.record(failed=None)
+            raise
+        except LLMError:
+            self._breaker.record(failed=True)
+            raise
+        self._breaker.record(failed=False)
+        try:
+            yield response
+        finally:
+            response.release()
 
-        The whole call, retries and reading the body included, has one deadline.
+    async def _first_good_response(self, body: bytes) -> aiohttp.ClientResponse:
+        """POST `body` until a 200 comes, retrying what may succeed next time, within one deadline.
+
+        The deadline also covers reading the body of the response returned.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         for attempt in range(self._max_retries + 1):
             try:
-                response = await self._attempt(body, limit=timeout)
-                break
+                return await self._attempt(body, limit=timeout)
             except _Retryable as failure:
                 error, wait = failure.error, failure.wait
             delay = _backoff(attempt, wait)
             if attempt == self._max_retries or loop.time() + delay >= deadline:
-                raise error
+                break
             log.warning("LLM attempt %d failed (%s); retrying in %.2fs", attempt + 1, error.detail, delay)
             await asyncio.sleep(delay)
             timeout = aiohttp.ClientTimeout(total=deadline - loop.time())
-        try:
-            yield response
-        finally:
-            response.release()
+        raise error
 
     async def _attempt(self, body: bytes, *, limit: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         with self._translated():
@@ -145,7 +162,7 @@ class OpenAICompatibleLLM:
             raise _Retryable(limited, wait=wait)
         if response.status >= 500:
             raise _Retryable(LLMBadResponseError(detail), wait=wait)
-        raise LLMBadResponseError(detail)
+        raise LLMRejectedError(detail)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
