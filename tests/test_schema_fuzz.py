@@ -1,7 +1,8 @@
 """Schemathesis against the app's own OpenAPI document: a bounded, seeded run with zero 5xx.
 
 Every generated request must get an answer that the schema declares (status, content type,
-body), and every error must be a problem+json whose `status` is the HTTP status. Schema-valid
+body), and every error must be a problem+json whose `status` is the HTTP status. The app runs
+with an API key, so schemathesis also checks that requests without it are refused. Schema-valid
 requests must be accepted, with one exception the schema cannot express: a cursor that names no
 object (ids are opaque strings) is a 422 by contract.
 """
@@ -16,15 +17,17 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from chatkeep.app import create_app
 from chatkeep.config import Settings
 
-app = create_app(Settings(llm_provider="offline", store="memory://"))
+KEY = "fuzz-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+app = create_app(Settings(llm_provider="offline", store="memory://", api_keys=f"fuzzer={KEY}"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @schema.parametrize()
 @settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_answer_conforms_to_the_schema(case: Case[Any]) -> None:
-    response = case.call()
-    case.validate_response(response, excluded_checks=[positive_data_acceptance])
+    response = case.call(headers=AUTH)
+    case.validate_response(response, headers=AUTH, excluded_checks=[positive_data_acceptance])
     assert response.status_code < 500
     if response.status_code >= 400:
         assert response.headers["content-type"] == ["application/problem+json"]

@@ -14,7 +14,8 @@ from fastapi.responses import RedirectResponse
 from chatkeep import __version__
 from chatkeep.api.body_limit import BodyLimitMiddleware
 from chatkeep.api.problems import install_problem_handlers
-from chatkeep.api.routes import router
+from chatkeep.api.routes import operations, router
+from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
 from chatkeep.llm import open_llm
 from chatkeep.service import ChatService
@@ -25,17 +26,19 @@ MAX_BODY_BYTES = 1024 * 1024
 
 class State(TypedDict):
     service: ChatService
+    api_keys: ApiKeys | None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    api_keys = ApiKeys(settings.api_keys.get_secret_value()) if settings.api_keys else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         async with open_store(settings.store) as store, open_llm(settings) as llm:
             service = ChatService(store, llm, settings)
             try:
-                yield {"service": service}
+                yield {"service": service, "api_keys": api_keys}
             finally:
                 await service.aclose()
 
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     install_problem_handlers(app)
+    app.include_router(operations)
     app.include_router(router)
 
     @app.get("/", include_in_schema=False)

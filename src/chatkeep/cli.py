@@ -6,7 +6,9 @@ environment and the command line can never drift apart; a flag wins over its env
 
 import argparse
 import asyncio
+import ipaddress
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "chat":
-        return asyncio.run(terminal.run(args.url, args.chat))
+        return asyncio.run(terminal.run(args.url, args.chat, api_key=args.api_key))
     parser.print_help()
     return 2
 
@@ -40,9 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen beyond loopback without API keys (e.g. behind a proxy that authenticates)",
+    )
     chat = commands.add_parser("chat", help="chat with a running server from the terminal")
     chat.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: %(default)s)")
     chat.add_argument("--chat", metavar="ID", help="resume this chat instead of starting one")
+    chat.add_argument(
+        "--api-key", default=os.environ.get("CHATKEEP_API_KEY"), help="the key to send (env CHATKEEP_API_KEY)"
+    )
     settings = serve.add_argument_group("settings", "each overrides the environment variable named after it")
     for name, field in Settings.model_fields.items():
         env = name.upper() if name.startswith("openai_") else f"CHATKEEP_{name.upper()}"
@@ -52,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {name: value for name in Settings.model_fields if (value := getattr(args, name)) is not None}
     try:
@@ -59,6 +76,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         for error in exc.errors():
             print(f"chatkeep: invalid setting {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        return 2
+    if not settings.api_keys and not _is_loopback(args.host) and not args.allow_unauthenticated:
+        print(
+            f"chatkeep: refusing to listen on {args.host} without CHATKEEP_API_KEYS: anyone who can reach it could "
+            "read and write every chat. Set API keys, listen on 127.0.0.1, or pass --allow-unauthenticated.",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:%(name)s: %(message)s")
     print(

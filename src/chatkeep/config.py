@@ -6,8 +6,11 @@ and `create_app` receives an instance, so nothing reads the environment anywhere
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chatkeep.api_keys import parse_api_keys
+from chatkeep.rate_limit import parse_rate_limit
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -49,6 +52,23 @@ class Settings(BaseSettings):
     llm_breaker_cooldown: float = Field(
         default=10.0, gt=0, description="seconds the open breaker answers 503 before letting a probe call through"
     )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _readable_rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_rate_limit(value)
+            except ValueError as exc:
+                raise ValueError(f"expected a rate such as 120/minute, not {value!r}") from exc
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _readable_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_api_keys(value.get_secret_value())
+        return value
 
     @model_validator(mode="after")
     def _choose_provider(self) -> "Settings":

@@ -61,6 +61,18 @@ class ChatBusyError(ChatkeepError):
     slug = "chat-busy"
 
 
+class RateLimitedError(ChatkeepError):
+    status = 429
+    title = "Rate limit exceeded"
+    slug = "rate-limited"
+
+
+class UnauthorizedError(ChatkeepError):
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+
 class OverloadedError(ChatkeepError):
     """This server process already has as many turns in flight as it is allowed."""
 

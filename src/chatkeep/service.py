@@ -29,6 +29,7 @@ from chatkeep.domain import (
 )
 from chatkeep.errors import ChatkeepError, InvalidCursorError, LLMError, MessageNotFoundError, ReplyNotFoundError
 from chatkeep.llm import LLM, Reply
+from chatkeep.rate_limit import RateLimit
 from chatkeep.store import ChatStore
 from chatkeep.turn_events import TurnLog, TurnLogs
 from chatkeep.turns import Place, TurnQueue
@@ -49,6 +50,7 @@ class ChatService:
         self.store = store
         self.llm = llm
         self.settings = settings
+        self._rate_limit = RateLimit(settings.rate_limit) if settings.rate_limit else None
         self._turns = TurnQueue(max_waiting=settings.max_waiting_turns, max_in_flight=settings.max_turns_in_flight)
         self._summaries: dict[str, asyncio.Task[SummaryText | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -84,7 +86,7 @@ class ChatService:
         Raises ChatNotFoundError, ChatBusyError when too many turns wait on the chat, or an
         LLMError naming the stored user message (which stays stored: nothing is lost).
         """
-        chat = await self.store.get_chat(owner, chat_id)
+        chat = await self._chat_to_post_to(owner, chat_id)
         async with self._turns.reserve(chat_id), self.store.turn_lease(owner, chat_id):
             question, prompt = await self._ask(owner, chat, content)
             try:
@@ -101,7 +103,7 @@ class ChatService:
         ChatNotFoundError and ChatBusyError are raised here, before anything streams. The turn
         runs in its own task, so it completes and is stored whether or not anyone reads the log.
         """
-        chat = await self.store.get_chat(owner, chat_id)
+        chat = await self._chat_to_post_to(owner, chat_id)
         place = self._turns.reserve(chat_id)
         log = TurnLog(chat_id)
         self._background(self._streamed_turn(place, owner, chat, content, log))
@@ -155,6 +157,13 @@ class ChatService:
         finally:
             if question is not None:
                 self._turn_logs.finished(question.id)
+
+    async def _chat_to_post_to(self, owner: str, chat_id: str) -> Chat:
+        """The chat, once the owner may post: raises ChatNotFoundError, or RateLimitedError."""
+        chat = await self.store.get_chat(owner, chat_id)
+        if self._rate_limit is not None:
+            await self._rate_limit.check(owner)
+        return chat
 
     async def _ask(self, owner: str, chat: Chat, content: str) -> tuple[Message, list[PromptMessage]]:
         """Store the user's message, then build the context that includes it."""

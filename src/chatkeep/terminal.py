@@ -92,8 +92,9 @@ async def _events(body: aiohttp.StreamReader) -> AsyncIterator[tuple[str, Any]]:
             event, data = "", b""
 
 
-async def run(url: str, chat_id: str | None, *, out: TextIO = sys.stdout) -> int:
-    async with aiohttp.ClientSession() as session:
+async def run(url: str, chat_id: str | None, *, api_key: str | None = None, out: TextIO = sys.stdout) -> int:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    async with aiohttp.ClientSession(headers=headers) as session:
         client = ChatClient(session, url, out)
         try:
             await (client.resume(chat_id) if chat_id else client.new_chat())

@@ -1,14 +1,16 @@
 """FastAPI dependencies: the one place that reads `request.state`.
 
-The owner is the default one until API keys arrive; every route already takes it, so the store
-is always asked on someone's behalf.
+Every chat route takes the owner: the holder of the API key presented, or the default owner
+when the server runs without keys. The store is always asked on someone's behalf.
 """
 
 from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
 from chatkeep.domain import Order, PageRequest
 from chatkeep.service import ChatService
@@ -26,8 +28,14 @@ def get_settings(request: Request) -> Settings:
     return get_service(request).settings
 
 
-def get_owner() -> str:
-    return DEFAULT_OWNER
+_bearer = HTTPBearer(auto_error=False, description="an API key of CHATKEEP_API_KEYS")
+
+
+def get_owner(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    api_keys: ApiKeys | None = request.state.api_keys
+    if api_keys is None:
+        return DEFAULT_OWNER
+    return api_keys.owner(credentials.credentials if credentials else None)
 
 
 ServiceDep = Annotated[ChatService, Depends(get_service)]

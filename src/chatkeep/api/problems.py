@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 
-from chatkeep.errors import ChatkeepError
+from chatkeep.errors import ChatkeepError, UnauthorizedError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def problem_body(error: ChatkeepError) -> dict[str, Any]:
 async def chatkeep_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ChatkeepError)
     headers = retry_after_header(exc.retry_after)
+    if isinstance(exc, UnauthorizedError):
+        headers = {"WWW-Authenticate": 'Bearer realm="chatkeep"'}
     return Response(orjson.dumps(problem_body(exc)), status_code=exc.status, media_type=MEDIA_TYPE, headers=headers)
 
 

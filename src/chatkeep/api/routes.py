@@ -33,11 +33,13 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 COMMON = _problems(413, 422)
-router = APIRouter(responses=_problems(500))
+operations = APIRouter(tags=["operations"], responses=_problems(500))
+router = APIRouter(responses=_problems(401, 500))
 
 
-@router.get("/healthz", tags=["operations"], responses=_problems(422))
+@operations.get("/healthz")
 async def get_health() -> dict[str, str]:
+    """Answers while the server runs; needs no API key."""
     return {"status": "ok"}
 
 

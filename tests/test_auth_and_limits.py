@@ -1,0 +1,107 @@
+"""API keys decide the owner; owners never see each other's chats; message posts are rate limited."""
+
+import subprocess
+
+import pytest
+from pydantic import ValidationError
+
+from chatkeep.config import Settings
+from tests.conftest import serve
+from tests.test_cli_and_settings import CHATKEEP, clean_env, run_chat
+
+ALICE_KEY, BOB_KEY = "alice-key-0123456789", "bob-key-0123456789ab"
+KEYS = f"alice={ALICE_KEY}, bob={BOB_KEY}"
+
+
+def as_owner(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_requests_without_a_valid_key_are_401_problems() -> None:
+    async with serve(Settings(llm_provider="offline", api_keys=KEYS)) as client:
+        for headers in ({}, as_owner("not-a-key-at-all-xx"), {"Authorization": f"Basic {ALICE_KEY}"}):
+            response = await client.get("/chats", headers=headers)
+            assert response.status_code == 401
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert ALICE_KEY not in response.text
+        assert (await client.post("/chats")).status_code == 401
+        assert (await client.get("/chats", headers=as_owner(ALICE_KEY))).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
+        spec = (await client.get("/openapi.json")).json()
+        assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert "401" in spec["paths"]["/chats"]["get"]["responses"]
+
+
+async def test_owners_never_see_each_others_chats() -> None:
+    async with serve(Settings(llm_provider="offline", api_keys=KEYS)) as client:
+        alice, bob = as_owner(ALICE_KEY), as_owner(BOB_KEY)
+        chat_id = (await client.post("/chats", json={"title": "Alice's"}, headers=alice)).json()["id"]
+        turn = (await client.post(f"/chats/{chat_id}/messages", json={"content": "secret"}, headers=alice)).json()
+        user_message_id = turn["user_message"]["id"]
+        for method, path in [
+            ("GET", f"/chats/{chat_id}"),
+            ("PATCH", f"/chats/{chat_id}"),
+            ("DELETE", f"/chats/{chat_id}"),
+            ("GET", f"/chats/{chat_id}/messages"),
+            ("POST", f"/chats/{chat_id}/messages"),
+            ("GET", f"/chats/{chat_id}/summary"),
+            ("GET", f"/chats/{chat_id}/messages/{user_message_id}/events"),
+        ]:
+            body = {"content": "mine now"} if method == "POST" else {} if method == "PATCH" else None
+            response = await client.request(method, path, json=body, headers=bob)
+            assert response.status_code == 404, (method, path)
+        assert (await client.get("/chats", headers=bob)).json()["data"] == []
+        assert (await client.get("/chats", params={"after": chat_id}, headers=bob)).status_code == 422
+        mine = (await client.get(f"/chats/{chat_id}", headers=alice)).json()
+        assert (mine["title"], mine["message_count"]) == ("Alice's", 2)
+
+
+@pytest.mark.parametrize(
+    "keys", ["alice", "alice=", "=key-0123456789abcdef", "alice=short", f"a={ALICE_KEY},b={ALICE_KEY}", ","]
+)
+def test_malformed_api_keys_are_refused_at_start(keys: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(api_keys=keys)
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_keys() -> None:
+    result = subprocess.run(
+        [str(CHATKEEP), "serve", "--host", "0.0.0.0", "--port", "1"], env=clean_env(), capture_output=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "without CHATKEEP_API_KEYS" in result.stderr.decode()
+
+
+async def test_message_posts_past_the_rate_limit_are_429_and_store_nothing() -> None:
+    async with serve(Settings(llm_provider="offline", api_keys=KEYS, rate_limit="3/minute")) as client:
+        alice, bob = as_owner(ALICE_KEY), as_owner(BOB_KEY)
+        chat_id = (await client.post("/chats", headers=alice)).json()["id"]
+        statuses = [
+            (await client.post(f"/chats/{chat_id}/messages", json={"content": f"m{n}"}, headers=alice)).status_code
+            for n in range(4)
+        ]
+        assert statuses == [201, 201, 201, 429]
+        refused = await client.post(f"/chats/{chat_id}/messages", json={"content": "again"}, headers=alice)
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert refused.json()["type"].endswith("rate-limited")
+        assert (await client.get(f"/chats/{chat_id}", headers=alice)).json()["message_count"] == 6
+        streamed = await client.post(f"/chats/{chat_id}/messages", json={"content": "s", "stream": True}, headers=alice)
+        assert streamed.status_code == 429
+        bobs = (await client.post("/chats", headers=bob)).json()["id"]
+        assert (await client.post(f"/chats/{bobs}/messages", json={"content": "hi"}, headers=bob)).status_code == 201
+        assert (await client.get(f"/chats/{chat_id}/messages", headers=alice)).status_code == 200
+
+
+def test_an_unreadable_rate_limit_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="120/minute"):
+        Settings(rate_limit="lots")
+
+
+async def test_chat_client_sends_its_api_key() -> None:
+    async with serve(Settings(llm_provider="offline", api_keys=KEYS)) as client:
+        output = await run_chat(client, "hello\n", "--api-key", BOB_KEY)
+        assert output.startswith("new chat ")
+        chats = (await client.get("/chats", headers=as_owner(BOB_KEY))).json()["data"]
+        assert chats[0]["message_count"] == 2
