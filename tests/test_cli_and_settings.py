@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -164,3 +165,32 @@ async def test_chat_client_says_when_the_server_is_not_there() -> None:
     stdout, _ = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
     assert b"cannot start a chat" in stdout
+
+
+def test_serve_refuses_several_workers_on_the_memory_store() -> None:
+    command = [str(CHATKEEP), "serve", "--workers", "2"]
+    result = subprocess.run(command, env=clean_env(), capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert "--workers needs a store the processes can share" in result.stderr.decode()
+
+
+def test_several_workers_on_sqlite_share_the_chats(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(CHATKEEP), "serve", "--port", str(port), "--workers", "2", "--store", f"sqlite:///{tmp_path}/w.db"]
+    process = subprocess.Popen(command, env=clean_env(), stderr=subprocess.PIPE)
+    try:
+        wait_until_serving(url, process)
+        with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(8) as pool:
+            chat_id = client.post("/chats").json()["id"]
+            path = f"/chats/{chat_id}/messages"
+            posts = pool.map(lambda n: client.post(path, json={"content": f"q{n}"}).status_code, range(8))
+            assert list(posts) == [201] * 8
+            messages = client.get(path).json()["data"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+    assert [m["seq"] for m in messages] == list(range(1, 17))
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 8
+    for question, answer in zip(messages[::2], messages[1::2], strict=True):
+        assert f"“{question['content']}”" in answer["content"]

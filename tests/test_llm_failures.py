@@ -161,3 +161,14 @@ async def test_llm_without_usage_still_stores_the_reply(client: httpx.AsyncClien
     response = await post(client, await new_chat(client), "hi")
     assert response.status_code == 201
     assert response.json()["assistant_message"]["usage"] is None
+
+
+async def test_nul_in_a_reply_is_stored_as_a_replacement_character(
+    client: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.queue(Scripted(content="before\x00after"), Scripted(content="streamed\x00reply"))
+    chat_id = await new_chat(client)
+    assert (await post(client, chat_id, "hi")).json()["assistant_message"]["content"] == "before\ufffdafter"
+    await client.post(f"/chats/{chat_id}/messages", json={"content": "and?", "stream": True})
+    stored = (await client.get(f"/chats/{chat_id}/messages")).json()["data"]
+    assert [m["content"] for m in stored[1::2]] == ["before\ufffdafter", "streamed\ufffdreply"]

@@ -3,20 +3,22 @@
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from chatkeep.domain import ChatChanges, NewMessage, PageRequest, Role, SummaryText, Usage, utcnow
 from chatkeep.errors import ChatNotFoundError, InvalidCursorError
 from chatkeep.store import ChatStore
+from chatkeep.store.memory import paginate
 from tests.stores import STORES, open_test_store
 
 ALICE, BOB = "alice", "bob"
 
 
 @pytest.fixture(params=STORES)
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[ChatStore]:
-    async with open_test_store(request.param) as store:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
+    async with open_test_store(request.param, tmp_path) as store:
         yield store
 
 
@@ -188,3 +190,121 @@ async def test_turn_lease_can_be_taken_again_once_released(store: ChatStore) -> 
     for _ in range(2):
         async with store.turn_lease(ALICE, chat_id):
             await add(store, chat_id, "inside a turn")
+
+
+def expected_page(ids: list[str], page: PageRequest) -> tuple[list[str], bool]:
+    """What MemoryStore's `paginate` answers for `ids` (ascending): the specification of paging."""
+
+    def position(cursor: str) -> int:
+        if cursor not in ids:
+            raise InvalidCursorError(cursor)
+        return ids.index(cursor)
+
+    return paginate(ids, page, position)
+
+
+def every_page(ids: list[str]) -> list[PageRequest]:
+    cursors = [None, *ids]
+    return [
+        PageRequest(limit=limit, after=after, before=before, order=order)
+        for order in ("asc", "desc")
+        for limit in (1, 2, 5)
+        for after in cursors
+        for before in cursors
+    ]
+
+
+async def test_message_pages_match_the_specification(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    await add(store, chat_id, *[f"m{n}" for n in range(1, 6)])
+    ids = [m.id for m in (await store.list_messages(ALICE, chat_id, PageRequest(limit=100))).data]
+    for page in every_page(ids):
+        listed = await store.list_messages(ALICE, chat_id, page)
+        assert ([m.id for m in listed.data], listed.has_more) == expected_page(ids, page), page
+
+
+async def test_chat_pages_match_the_specification(store: ChatStore) -> None:
+    ids = [await new_chat(store) for _ in range(2)]
+    await new_chat(store, BOB)
+    ids += [await new_chat(store) for _ in range(3)]
+    await store.delete_chat(ALICE, ids.pop(1))
+    for page in every_page(ids):
+        listed = await store.list_chats(ALICE, page)
+        assert ([c.id for c in listed.data], listed.has_more) == expected_page(ids, page), page
+
+
+async def test_cursors_must_name_an_object_of_the_listed_collection(store: ChatStore) -> None:
+    chat_id, other = await new_chat(store), await new_chat(store)
+    bobs = await new_chat(store, BOB)
+    await add(store, other, "elsewhere")
+    elsewhere = (await store.list_messages(ALICE, other, PageRequest())).data[0].id
+    await add(store, chat_id, "here")
+    gone = await new_chat(store)
+    await store.delete_chat(ALICE, gone)
+    for cursor in (bobs, gone, "chat_nope"):
+        for page in (PageRequest(after=cursor), PageRequest(before=cursor, order="desc")):
+            with pytest.raises(InvalidCursorError):
+                await store.list_chats(ALICE, page)
+    for page in (PageRequest(after=elsewhere), PageRequest(before=elsewhere), PageRequest(before=chat_id)):
+        with pytest.raises(InvalidCursorError):
+            await store.list_messages(ALICE, chat_id, page)
+    with pytest.raises(ChatNotFoundError):
+        await store.list_messages(BOB, chat_id, PageRequest(after=elsewhere))
+
+
+async def test_content_and_metadata_round_trip_exactly(store: ChatStore) -> None:
+    metadata = {"ключ": "значение 🙂", "quote": 'it\'s "quoted"', "empty": ""}
+    chat = await store.create_chat(ALICE, title="Ünïcode 标题", metadata=metadata, system_prompt="S\nT")
+    content = "naïve café 👩‍💻 ' \" \\ \t end\n" * 800
+    stored = await store.append_message(ALICE, chat.id, NewMessage(Role.USER, content))
+    assert (await store.get_chat(ALICE, chat.id)).metadata == metadata
+    assert (await store.list_chats(ALICE, PageRequest())).data == [await store.get_chat(ALICE, chat.id)]
+    assert (await store.list_messages(ALICE, chat.id, PageRequest())).data == [stored]
+    assert await store.recent_messages(ALICE, chat.id, limit=1) == [stored]
+
+
+async def test_chat_reads_follow_appends_and_updates(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    await add(store, chat_id, "q", "a", "q2")
+    newest = (await store.recent_messages(ALICE, chat_id, limit=1))[0]
+    chat = await store.get_chat(ALICE, chat_id)
+    assert (chat.message_count, chat.updated_at) == (3, newest.created_at)
+    assert (await store.list_chats(ALICE, PageRequest())).data == [chat]
+    renamed = await store.update_chat(ALICE, chat_id, ChatChanges(frozenset({"title"}), title="new"))
+    assert renamed.message_count == 3
+    assert renamed.updated_at >= newest.created_at
+    stats = await store.message_stats(ALICE, chat_id)
+    assert (stats.last_message_at, stats.last_seq) == (newest.created_at, 3)
+
+
+async def test_concurrent_appends_to_many_chats_stay_gap_free(store: ChatStore) -> None:
+    chats = [await new_chat(store) for _ in range(4)]
+    roles = [Role.USER, Role.ASSISTANT]
+    stored = await asyncio.gather(
+        *(store.append_message(ALICE, c, NewMessage(roles[n % 2], f"{c} {n}")) for n in range(15) for c in chats)
+    )
+    for chat_id in chats:
+        seqs = sorted(m.seq for m in stored if m.chat_id == chat_id)
+        assert seqs == list(range(1, 16))
+        stats = await store.message_stats(ALICE, chat_id)
+        assert (stats.message_count, stats.user_message_count, stats.assistant_message_count) == (15, 8, 7)
+
+
+async def test_a_delete_racing_appends_leaves_no_trace(store: ChatStore) -> None:
+    doomed, kept = await new_chat(store), await new_chat(store)
+
+    async def append(chat_id: str, n: int) -> int | None:
+        try:
+            return (await store.append_message(ALICE, chat_id, NewMessage(Role.USER, f"m{n}"))).seq
+        except ChatNotFoundError:
+            return None
+
+    appends = [append(chat_id, n) for n in range(20) for chat_id in (doomed, kept)]
+    results = await asyncio.gather(store.delete_chat(ALICE, doomed), *appends)
+    doomed_seqs = sorted(seq for seq in results[1::2] if seq is not None)
+    assert doomed_seqs == list(range(1, len(doomed_seqs) + 1))  # the ones that made it were consecutive
+    assert sorted(seq for seq in results[2::2] if seq is not None) == list(range(1, 21))
+    with pytest.raises(ChatNotFoundError):
+        await store.recent_messages(ALICE, doomed, limit=5)
+    assert [c.id for c in (await store.list_chats(ALICE, PageRequest())).data] == [kept]
+    assert (await store.message_stats(ALICE, kept)).message_count == 20

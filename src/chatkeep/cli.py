@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP API server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    serve.add_argument(
+        "--workers", type=int, default=1, choices=range(1, 65), metavar="N", help="server processes (default: 1)"
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
     serve.add_argument(
@@ -55,11 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     settings = serve.add_argument_group("settings", "each overrides the environment variable named after it")
     for name, field in Settings.model_fields.items():
-        env = name.upper() if name.startswith("openai_") else f"CHATKEEP_{name.upper()}"
         settings.add_argument(
-            "--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=f"{field.description} (env {env})"
+            "--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=f"{field.description} (env {_env(name)})"
         )
     return parser
+
+
+def _env(setting: str) -> str:
+    """The environment variable of a setting."""
+    return setting.upper() if setting.startswith("openai_") else f"CHATKEEP_{setting.upper()}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -90,7 +97,17 @@ def _serve(args: argparse.Namespace) -> int:
         + (f" ({settings.llm_model} at {settings.openai_base_url})" if settings.provider == "openai" else ""),
         file=sys.stderr,
     )
-    uvicorn.run(
-        create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
-    )
+    options = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log}
+    if args.workers <= 1:
+        uvicorn.run(create_app(settings), **options)
+        return 0
+    if settings.store.startswith("memory:"):
+        print(
+            "chatkeep: --workers needs a store the processes can share (CHATKEEP_STORE=sqlite:///path.db or "
+            "postgresql://...): with the memory store each process would hold its own chats.",
+            file=sys.stderr,
+        )
+        return 2
+    os.environ.update({_env(name): str(value) for name, value in overrides.items()})  # each worker reads them
+    uvicorn.run("chatkeep.app:create_app", factory=True, workers=args.workers, **options)
     return 0

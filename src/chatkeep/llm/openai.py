@@ -201,9 +201,10 @@ class _ChunkReader:
             delta = choices[0].get("delta", {}).get("content") if choices else None
         except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
             raise LLMBadResponseError("the LLM's stream holds a chunk that is not a completion chunk") from exc
-        self._model = chunk.get("model") or self._model
+        self._model = _model(chunk.get("model")) or self._model
         self._usage = _usage(chunk.get("usage")) or self._usage
         if isinstance(delta, str) and delta:
+            delta = _storable(delta)
             self._parts.append(delta)
             return [delta]
         return []
@@ -223,7 +224,16 @@ def _parse_completion(payload: bytes) -> Reply:
     if not isinstance(content, str):
         raise LLMBadResponseError("the LLM's answer has no text content")
     model = data.get("model")
-    return Reply(content=content, model=model if isinstance(model, str) else None, usage=_usage(data.get("usage")))
+    return Reply(content=_storable(content), model=_model(model), usage=_usage(data.get("usage")))
+
+
+def _storable(text: str) -> str:
+    """NUL, which no SQL text column takes, as the replacement character."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _model(raw: Any) -> str | None:
+    return _storable(raw) if isinstance(raw, str) and raw else None
 
 
 def _usage(raw: Any) -> Usage | None:

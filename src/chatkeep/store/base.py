@@ -1,7 +1,8 @@
 """The storage contract every backend meets; `MemoryStore` is its executable specification.
 
 Every method takes the owner first: a chat of another owner is indistinguishable from a missing
-one (`ChatNotFoundError`), so isolation cannot be forgotten by a caller.
+one (`ChatNotFoundError`), so isolation cannot be forgotten by a caller. Text handed to a store
+holds no NUL characters (PostgreSQL's `text` cannot store them; the API refuses them).
 """
 
 from contextlib import AbstractAsyncContextManager
@@ -42,7 +43,9 @@ class ChatStore(Protocol):
         The service's in-process `TurnQueue` already orders one process's turns; this orders
         processes, in request order. No database connection or transaction stays open while it is
         held (the LLM is called under it), and a holder that dies releases it after a bounded time.
-        A store only one process can use has nothing to do here.
+        A store only one process can use has nothing to do here. A store that queues on the chat's
+        row (the SQL stores) raises ChatNotFoundError on entry when the owner has no such chat,
+        also when the chat is deleted while the turn waits.
         """
         ...
 

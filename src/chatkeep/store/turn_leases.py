@@ -1,0 +1,161 @@
+"""Per-chat turns across processes: tickets granted in order, kept alive by a heartbeat.
+
+A turn takes a ticket row for its chat (the database hands a chat's tickets out in arrival
+order) and holds the turn while its ticket is the lowest live one. Nothing stays open between
+calls: a ticket is a row with an expiry that one background heartbeat per store extends for
+every ticket this process holds or waits with. A process that dies stops extending, so its
+tickets lapse after at most `lease_seconds` and the chat moves on. Waiters wake on a nudge
+(PostgreSQL LISTEN/NOTIFY, or a release in this process) and otherwise poll with a growing
+pause, so a lost nudge costs latency, never correctness. The SQL lives in each store's
+`TicketBook`; this module is the protocol they share.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol, Self
+
+log = logging.getLogger(__name__)
+
+HEARTBEATS_PER_LEASE = 3
+
+
+class TicketState(Enum):
+    HEAD = "head"  # the lowest live ticket of its chat: the turn is ours
+    WAITING = "waiting"
+    GONE = "gone"  # lapsed (this process stalled past its lease) or the chat was deleted
+
+
+class TicketBook(Protocol):
+    """A store's ticket rows. Tickets are unique across chats; expiries use one shared clock."""
+
+    async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float) -> tuple[int, bool]:
+        """A new ticket, last in the chat's line, and whether it is already the head.
+
+        Raises ChatNotFoundError when the owner has no such chat.
+        """
+        ...
+
+    async def ticket_state(self, chat_id: str, ticket: int) -> TicketState: ...
+
+    async def return_ticket(self, chat_id: str, ticket: int) -> None:
+        """Drop the ticket (no-op when gone) and nudge the chat's waiters in other processes."""
+        ...
+
+    async def extend_tickets(self, tickets: Collection[int], lease_seconds: float) -> set[int]:
+        """Push the live ones among `tickets` to expire `lease_seconds` from now; return those."""
+        ...
+
+
+def state_of(ticket: int, live: Sequence[int]) -> TicketState:
+    """Where `ticket` stands among a chat's live tickets, lowest first."""
+    if ticket not in live:
+        return TicketState.GONE
+    return TicketState.HEAD if live[0] == ticket else TicketState.WAITING
+
+
+@dataclass(slots=True)
+class _Claim:
+    chat_id: str
+    ticket: int | None = None
+
+
+class TurnLeases:
+    def __init__(self, book: TicketBook, *, lease_seconds: float, poll_seconds: tuple[float, float]) -> None:
+        self._book = book
+        self._lease = lease_seconds
+        self._poll = poll_seconds
+        self._tickets: set[int] = set()
+        self._wakers: dict[str, set[asyncio.Event]] = {}
+        self._returning: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._heartbeat = asyncio.create_task(self._beat(), name="chatkeep-turn-heartbeat")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop extending. Tickets still held lapse on their own, as if this process had died."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await asyncio.gather(*self._returning, return_exceptions=True)
+
+    def wake(self, chat_id: str) -> None:
+        """The chat's line moved: let this process's waiters on it look again."""
+        for waker in self._wakers.get(chat_id, ()):
+            waker.set()
+
+    @asynccontextmanager
+    async def hold(self, owner: str, chat_id: str) -> AsyncIterator[None]:
+        claim = _Claim(chat_id)
+        waker = asyncio.Event()
+        wakers = self._wakers.setdefault(chat_id, set())
+        wakers.add(waker)
+        try:
+            await self._queue(owner, claim, waker)
+            yield
+        finally:
+            wakers.discard(waker)
+            if not wakers:
+                del self._wakers[chat_id]
+            if claim.ticket is not None:
+                await self._return(claim.chat_id, claim.ticket)
+
+    async def _queue(self, owner: str, claim: _Claim, waker: asyncio.Event) -> None:
+        """Take a ticket and wait until it is the chat's head."""
+        head = await self._take(owner, claim)
+        pause = self._poll[0]
+        while not head:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await waker.wait()
+            waker.clear()  # before looking, so a nudge that comes while we look is not lost
+            pause = min(pause * 2, self._poll[1])
+            assert claim.ticket is not None
+            state = await self._book.ticket_state(claim.chat_id, claim.ticket)
+            if state is TicketState.GONE:
+                log.warning(
+                    "turn ticket %s of chat %s lapsed while waiting; queueing again", claim.ticket, claim.chat_id
+                )
+                self._tickets.discard(claim.ticket)
+                claim.ticket = None
+                head = await self._take(owner, claim)
+            else:
+                head = state is TicketState.HEAD
+
+    async def _take(self, owner: str, claim: _Claim) -> bool:
+        # A cancellation during this call can leave a ticket we never learn of; it lapses
+        # after one lease, which only delays the chat's next turns.
+        claim.ticket, head = await self._book.take_ticket(owner, claim.chat_id, self._lease)
+        self._tickets.add(claim.ticket)
+        return head
+
+    async def _return(self, chat_id: str, ticket: int) -> None:
+        """Give the ticket back even when the turn is being cancelled: the next one need not wait out the lease."""
+        self._tickets.discard(ticket)
+        task = asyncio.ensure_future(self._book.return_ticket(chat_id, ticket))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
+        await asyncio.shield(task)
+        self.wake(chat_id)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / HEARTBEATS_PER_LEASE)
+            if not self._tickets:
+                continue
+            tickets = set(self._tickets)
+            try:
+                live = await self._book.extend_tickets(tickets, self._lease)
+            except Exception:
+                log.exception("extending %d turn tickets failed; they lapse unless a later beat succeeds", len(tickets))
+                continue
+            lost = (tickets - live) & self._tickets
+            if lost:
+                log.warning("turn tickets %s lapsed before their heartbeat: another turn may run alongside", lost)
