@@ -3,8 +3,9 @@
 Every generated request must get an answer that the schema declares (status, content type,
 body), and every error must be a problem+json whose `status` is the HTTP status. The app runs
 with an API key, so schemathesis also checks that requests without it are refused. Schema-valid
-requests must be accepted, with one exception the schema cannot express: a cursor that names no
-object (ids are opaque strings) is a 422 by contract.
+requests must be accepted, but for two refusals the schema cannot express, 422 by contract: a
+cursor that names no object (ids are opaque strings), and an Idempotency-Key already used for
+another request (the fuzzer repeats keys).
 """
 
 from typing import Any
@@ -18,6 +19,7 @@ from chatkeep.app import create_app
 from chatkeep.config import Settings
 
 KEY = "fuzz-key-0123456789abcdef"
+CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused")
 AUTH = {"Authorization": f"Bearer {KEY}"}
 app = create_app(Settings(llm_provider="offline", store="memory://", api_keys=f"fuzzer={KEY}"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -33,4 +35,4 @@ def test_every_answer_conforms_to_the_schema(case: Case[Any]) -> None:
         assert response.headers["content-type"] == ["application/problem+json"]
         assert response.json()["status"] == response.status_code
     if response.status_code == 422 and case.meta is not None and not case.meta.generation.mode.is_negative:
-        assert response.json()["type"].endswith("invalid-cursor"), response.text
+        assert response.json()["type"].endswith(CONTRACTUAL_422), response.text

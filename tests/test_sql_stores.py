@@ -6,13 +6,14 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from chatkeep.domain import NewMessage, PageRequest, Role, SummaryText, utcnow
+from chatkeep.domain import KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
 from chatkeep.errors import ChatNotFoundError
-from chatkeep.store import ChatStore, open_store
+from chatkeep.store import ChatStore, open_store, postgres, sqlite
 from chatkeep.store.migrations import Migration, pending
 from chatkeep.store.postgres import pool_options
 from chatkeep.store.sqlite import sqlite_location
@@ -20,6 +21,7 @@ from tests.stores import SQL_STORES, applied_migrations, fresh_database, open_sq
 
 ALICE = "alice"
 SHORT_LEASE = 1.0
+ALL_MIGRATIONS = ["m001_initial", "m002_turn_tickets", "m003_idempotency_keys"]
 
 HOLD_AND_HANG = """
 import asyncio, sys
@@ -73,7 +75,7 @@ async def test_migrations_are_applied_once_and_recorded(url: str) -> None:
         async with open_store(url):
             pass
     applied = await applied_migrations(url)
-    assert [name for name, _ in applied] == ["m001_initial", "m002_turn_tickets"]
+    assert [name for name, _ in applied] == ALL_MIGRATIONS
     async with open_store(url):
         assert await applied_migrations(url) == applied  # nothing re-applied, nothing re-recorded
 
@@ -93,17 +95,29 @@ async def test_reopening_keeps_every_write(url: str) -> None:
         assert [c.id for c in (await store.list_chats(ALICE, PageRequest())).data] == [chat_id, newer]
 
 
-async def test_an_old_database_upgrades_and_keeps_its_data(url: str) -> None:
-    async with open_sql_store(url, migrations=1) as store:
+def test_both_dialects_know_every_migration() -> None:
+    for dialect in (sqlite, postgres):
+        assert [migration.name for migration in dialect.MIGRATIONS] == ALL_MIGRATIONS
+
+
+@pytest.mark.parametrize("old_steps", range(1, len(ALL_MIGRATIONS)))
+async def test_an_old_database_upgrades_and_keeps_its_data(url: str, old_steps: int) -> None:
+    async with open_sql_store(url, migrations=old_steps) as store:
         chat_id = await new_chat(store)
         await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "from the old version"))
-    assert [name for name, _ in await applied_migrations(url)] == ["m001_initial"]
+    assert [name for name, _ in await applied_migrations(url)] == ALL_MIGRATIONS[:old_steps]
     async with open_store(url) as store:
-        assert [name for name, _ in await applied_migrations(url)] == ["m001_initial", "m002_turn_tickets"]
+        assert [name for name, _ in await applied_migrations(url)] == ALL_MIGRATIONS
         async with store.turn_lease(ALICE, chat_id):
             await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "from the new one"))
         messages = (await store.list_messages(ALICE, chat_id, PageRequest())).data
         assert [(m.seq, m.content) for m in messages] == [(1, "from the old version"), (2, "from the new one")]
+        now = utcnow()
+        claim = await store.claim_key(
+            ALICE, "key", "request", expired_before=now - timedelta(days=1), abandoned_before=now
+        )
+        assert claim.claimed
+        assert await store.purge_keys(expired_before=utcnow()) == 1
 
 
 async def test_turns_are_fifo_and_exclusive_across_two_stores(url: str) -> None:
@@ -129,6 +143,21 @@ async def test_turns_are_fifo_and_exclusive_across_two_stores(url: str) -> None:
             *(turn(s, label, n * 0.02) for n, (s, label) in enumerate(zip(stores, labels, strict=True)))
         )
         assert entered == labels
+
+
+async def test_one_of_two_stores_racing_for_a_key_claims_it(url: str) -> None:
+    """Two store instances on one database stand for two server processes."""
+    async with open_sql_store(url) as first, open_sql_store(url) as second:
+        for key in (f"key {n}" for n in range(20)):
+            now = utcnow()
+            window = {"expired_before": now - timedelta(days=1), "abandoned_before": now - timedelta(minutes=1)}
+            stores = [first, second] * 10
+            outcomes = await asyncio.gather(*(s.claim_key(ALICE, key, "request", **window) for s in stores))
+            assert [outcome.claimed for outcome in outcomes].count(True) == 1
+            for outcome in outcomes:
+                if not outcome.claimed:
+                    assert outcome.previous is not None
+                    assert (outcome.previous.state, outcome.previous.fingerprint) == (KeyState.RUNNING, "request")
 
 
 async def test_a_turn_on_a_missing_chat_is_refused(url: str) -> None:

@@ -2,18 +2,33 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from chatkeep.domain import ChatChanges, NewMessage, PageRequest, Role, SummaryText, Usage, utcnow
-from chatkeep.errors import ChatNotFoundError, InvalidCursorError
+from chatkeep.domain import (
+    ChatChanges,
+    IdempotencyRecord,
+    KeyClaim,
+    KeyState,
+    NewMessage,
+    PageRequest,
+    Role,
+    SummaryText,
+    Usage,
+    utcnow,
+)
+from chatkeep.errors import ChatNotFoundError, InvalidCursorError, MessageNotFoundError
 from chatkeep.store import ChatStore
 from chatkeep.store.memory import paginate
 from tests.stores import STORES, open_test_store
 
 ALICE, BOB = "alice", "bob"
+KEY, REQUEST, OTHER_REQUEST = "key-1", "fingerprint-1", "fingerprint-2"
+KEEP = timedelta(hours=24)
+ABANDON = timedelta(minutes=1)
+LATER = 0.002  # a pause after which the clock reads later, for tests that compare timestamps
 
 
 @pytest.fixture(params=STORES)
@@ -308,3 +323,208 @@ async def test_a_delete_racing_appends_leaves_no_trace(store: ChatStore) -> None
         await store.recent_messages(ALICE, doomed, limit=5)
     assert [c.id for c in (await store.list_chats(ALICE, PageRequest())).data] == [kept]
     assert (await store.message_stats(ALICE, kept)).message_count == 20
+
+
+async def test_get_message_reads_one_message_of_the_chat(store: ChatStore) -> None:
+    chat_id, other = await new_chat(store), await new_chat(store)
+    question = await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "q"))
+    usage = Usage(prompt_tokens=1, completion_tokens=2)
+    answer = await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "a", model="m", usage=usage))
+    elsewhere = await store.append_message(ALICE, other, NewMessage(Role.USER, "elsewhere"))
+    assert await store.get_message(ALICE, chat_id, question.id) == question
+    assert await store.get_message(ALICE, chat_id, answer.id) == answer
+    for missing in ("msg_nope", elsewhere.id):
+        with pytest.raises(MessageNotFoundError):
+            await store.get_message(ALICE, chat_id, missing)
+    with pytest.raises(ChatNotFoundError):
+        await store.get_message(BOB, chat_id, question.id)
+    with pytest.raises(ChatNotFoundError):
+        await store.get_message(ALICE, "chat_nope", question.id)
+
+
+async def claim(
+    store: ChatStore,
+    fingerprint: str = REQUEST,
+    *,
+    key: str = KEY,
+    owner: str = ALICE,
+    expired: bool = False,
+    abandoned: bool = False,
+    at: datetime | None = None,
+) -> KeyClaim:
+    """Claim as the service does at `at` (now); `expired`/`abandoned` make that moment the cut-off,
+    so every record written before it counts as expired or abandoned."""
+    now = at or utcnow()
+    return await store.claim_key(
+        owner,
+        key,
+        fingerprint,
+        expired_before=now if expired else now - KEEP,
+        abandoned_before=now if abandoned else now - ABANDON,
+    )
+
+
+async def stored_key(store: ChatStore, *, key: str = KEY, owner: str = ALICE) -> IdempotencyRecord:
+    """The record of a present key, read by a claim that cannot take it (another request's)."""
+    outcome = await claim(store, "someone else's request", key=key, owner=owner)
+    assert not outcome.claimed
+    assert outcome.previous is not None
+    return outcome.previous
+
+
+async def test_a_new_key_is_claimed_and_then_in_flight(store: ChatStore) -> None:
+    before = utcnow()
+    assert await claim(store) == KeyClaim(claimed=True, previous=None)
+    after = utcnow()
+    again = await claim(store)
+    assert not again.claimed
+    record = again.previous
+    assert record is not None
+    assert (record.fingerprint, record.state, record.result, record.user_message_id) == (
+        REQUEST,
+        KeyState.RUNNING,
+        None,
+        None,
+    )
+    assert before <= record.created_at == record.updated_at <= after
+    assert await stored_key(store) == record  # refusing a claim changes nothing
+
+
+async def test_a_key_used_for_another_request_is_never_claimed(store: ChatStore) -> None:
+    await claim(store)
+    first = await stored_key(store)
+    await asyncio.sleep(LATER)
+    assert await claim(store, OTHER_REQUEST, abandoned=True) == KeyClaim(claimed=False, previous=first)
+    await store.update_key(ALICE, KEY, state=KeyState.FAILED, user_message_id="msg_q")
+    failed = await stored_key(store)
+    assert await claim(store, OTHER_REQUEST) == KeyClaim(claimed=False, previous=failed)
+
+
+async def test_a_done_key_is_replayed_not_claimed(store: ChatStore) -> None:
+    await claim(store)
+    await store.update_key(ALICE, KEY, state=KeyState.DONE, result='{"id": 1}', user_message_id="msg_q")
+    done = await stored_key(store)
+    assert (done.state, done.result, done.user_message_id) == (KeyState.DONE, '{"id": 1}', "msg_q")
+    await asyncio.sleep(LATER)
+    for abandoned in (False, True):
+        assert await claim(store, abandoned=abandoned) == KeyClaim(claimed=False, previous=done)
+
+
+async def test_a_running_key_is_taken_over_only_once_abandoned(store: ChatStore) -> None:
+    await claim(store)
+    await store.update_key(ALICE, KEY, state=KeyState.RUNNING, user_message_id="msg_q")
+    running = await stored_key(store)
+    assert await claim(store) == KeyClaim(claimed=False, previous=running)
+    await asyncio.sleep(LATER)
+    assert await claim(store, abandoned=True) == KeyClaim(claimed=True, previous=running)
+    taken = await stored_key(store)
+    assert (taken.state, taken.created_at, taken.user_message_id) == (KeyState.RUNNING, running.created_at, "msg_q")
+    assert taken.updated_at > running.updated_at
+    assert not (await claim(store)).claimed  # in flight again, for the new holder
+
+
+async def test_a_failed_key_is_claimed_again(store: ChatStore) -> None:
+    await claim(store)
+    await store.update_key(ALICE, KEY, state=KeyState.RUNNING, user_message_id="msg_q")
+    await store.update_key(ALICE, KEY, state=KeyState.FAILED)
+    failed = await stored_key(store)
+    assert (failed.state, failed.user_message_id) == (KeyState.FAILED, "msg_q")
+    await asyncio.sleep(LATER)
+    assert await claim(store) == KeyClaim(claimed=True, previous=failed)
+    retried = await stored_key(store)
+    assert (retried.state, retried.user_message_id) == (KeyState.RUNNING, "msg_q")
+    assert retried.created_at == failed.created_at
+    assert retried.updated_at > failed.updated_at
+
+
+async def test_an_expired_key_is_replaced_by_a_fresh_one(store: ChatStore) -> None:
+    await claim(store)
+    await store.update_key(ALICE, KEY, state=KeyState.DONE, result="old answer", user_message_id="msg_q")
+    old = await stored_key(store)
+    await asyncio.sleep(LATER)
+    assert await claim(store, OTHER_REQUEST, expired=True) == KeyClaim(claimed=True, previous=None)
+    fresh = await stored_key(store)
+    assert (fresh.fingerprint, fresh.state, fresh.result, fresh.user_message_id) == (
+        OTHER_REQUEST,
+        KeyState.RUNNING,
+        None,
+        None,
+    )
+    assert fresh.created_at == fresh.updated_at > old.updated_at
+
+
+async def test_keys_are_scoped_per_owner(store: ChatStore) -> None:
+    assert (await claim(store, owner=ALICE)).claimed
+    assert await claim(store, OTHER_REQUEST, owner=BOB) == KeyClaim(claimed=True, previous=None)
+    assert (await stored_key(store, owner=ALICE)).fingerprint == REQUEST
+    assert (await stored_key(store, owner=BOB)).fingerprint == OTHER_REQUEST
+
+
+@pytest.mark.parametrize("before", ["absent", "failed", "abandoned", "expired"])
+async def test_concurrent_claims_of_one_key_claim_it_once(store: ChatStore, before: str) -> None:
+    for key in ("k1", "k2", "k3"):
+        if before != "absent":
+            await claim(store, key=key)
+        if before == "failed":
+            await store.update_key(ALICE, key, state=KeyState.FAILED, user_message_id="msg_q")
+        await asyncio.sleep(LATER)
+        cutoff = utcnow()  # one moment for all: the winner's own record is neither abandoned nor expired
+        outcomes = await asyncio.gather(
+            *(
+                claim(store, key=key, abandoned=before == "abandoned", expired=before == "expired", at=cutoff)
+                for _ in range(20)
+            )
+        )
+        assert [outcome.claimed for outcome in outcomes].count(True) == 1
+        refused = [outcome.previous for outcome in outcomes if not outcome.claimed]
+        assert all(previous is not None and previous.state is KeyState.RUNNING for previous in refused)
+
+
+async def test_update_key_records_how_far_the_request_got(store: ChatStore) -> None:
+    await claim(store)
+    claimed = await stored_key(store)
+    await asyncio.sleep(LATER)
+    await store.update_key(ALICE, KEY, state=KeyState.RUNNING, user_message_id="msg_q")
+    questioned = await stored_key(store)
+    assert (questioned.state, questioned.result, questioned.user_message_id) == (KeyState.RUNNING, None, "msg_q")
+    assert (questioned.created_at, questioned.fingerprint) == (claimed.created_at, REQUEST)
+    assert questioned.updated_at > claimed.updated_at
+    await asyncio.sleep(LATER)
+    await store.update_key(ALICE, KEY, state=KeyState.DONE, result="answer")
+    done = await stored_key(store)
+    assert (done.state, done.result, done.user_message_id) == (KeyState.DONE, "answer", "msg_q")
+    assert done.updated_at > questioned.updated_at
+    await store.update_key(ALICE, KEY, state=KeyState.FAILED, user_message_id="msg_other")
+    failed = await stored_key(store)
+    assert (failed.state, failed.result, failed.user_message_id) == (KeyState.FAILED, None, "msg_other")
+
+
+async def test_updating_an_unknown_key_does_nothing(store: ChatStore) -> None:
+    await store.update_key(ALICE, KEY, state=KeyState.DONE, result="answer", user_message_id="msg_q")
+    await claim(store, key="other")
+    await store.update_key(BOB, "other", state=KeyState.DONE, result="answer")
+    assert await claim(store) == KeyClaim(claimed=True, previous=None)
+    assert (await stored_key(store, key="other")).state is KeyState.RUNNING
+
+
+async def test_a_released_key_can_be_claimed_afresh(store: ChatStore) -> None:
+    await claim(store)
+    await store.release_key(ALICE, KEY)
+    await store.release_key(ALICE, KEY)  # gone already: nothing to do
+    assert await claim(store, OTHER_REQUEST) == KeyClaim(claimed=True, previous=None)
+    assert (await stored_key(store)).fingerprint == OTHER_REQUEST
+
+
+async def test_purge_deletes_the_keys_of_every_owner_created_before_the_cutoff(store: ChatStore) -> None:
+    for owner, key in ((ALICE, "a"), (ALICE, "b"), (BOB, "a")):
+        await claim(store, key=key, owner=owner)
+    await store.update_key(ALICE, "b", state=KeyState.DONE, result="answer")  # updated later: still old
+    await asyncio.sleep(LATER)
+    cutoff = utcnow()
+    await asyncio.sleep(LATER)
+    await claim(store, key="c", owner=BOB)
+    assert await store.purge_keys(expired_before=cutoff) == 3
+    assert await store.purge_keys(expired_before=cutoff) == 0
+    assert (await stored_key(store, key="c", owner=BOB)).state is KeyState.RUNNING
+    for owner, key in ((ALICE, "a"), (ALICE, "b"), (BOB, "a")):
+        assert await claim(store, OTHER_REQUEST, key=key, owner=owner) == KeyClaim(claimed=True, previous=None)

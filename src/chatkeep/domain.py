@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypedDict, TypeVar
 
 
 class Identified(Protocol):
@@ -144,9 +144,38 @@ class Summary:
         return self.text.up_to_seq if self.text else 0
 
 
-@dataclass(slots=True, frozen=True)
-class PromptMessage:
-    """One message of the context sent upstream, in the Chat Completions shape."""
+class PromptMessage(TypedDict):
+    """One message of the context sent upstream, in the Chat Completions shape.
 
-    role: Literal["system", "user", "assistant"]
+    A plain dict, not a dataclass: a turn builds one per message of its window, and a dict is
+    several times cheaper to build and to encode (orjson writes the Role enum as its value).
+    """
+
+    role: Literal["system", "user", "assistant"] | Role
     content: str
+
+
+class KeyState(StrEnum):
+    RUNNING = "running"  # a request holds the key now
+    DONE = "done"  # answered: `result` replays it
+    FAILED = "failed"  # the LLM failed after the question was stored: a retry re-runs the reply
+
+
+@dataclass(slots=True, frozen=True)
+class IdempotencyRecord:
+    """What an Idempotency-Key stands for: which request, how far it got, what it answered."""
+
+    fingerprint: str
+    state: KeyState
+    result: str | None  # JSON the service wrote once DONE
+    user_message_id: str | None  # the question a message post stored, once stored
+    created_at: datetime  # the key expires a fixed time after this
+    updated_at: datetime  # a RUNNING key not updated for long was abandoned by a dead process
+
+
+@dataclass(slots=True, frozen=True)
+class KeyClaim:
+    """The outcome of claiming a key: whether this request now holds it, and what was there before."""
+
+    claimed: bool
+    previous: IdempotencyRecord | None

@@ -45,6 +45,27 @@ class ReplyNotFoundError(ChatkeepError):
     slug = "reply-not-found"
 
 
+class IdempotencyKeyReusedError(ChatkeepError):
+    status = 422
+    title = "Idempotency-Key reused"
+    slug = "idempotency-key-reused"
+
+
+class IdempotencyKeyInFlightError(ChatkeepError):
+    status = 409
+    title = "Request with this Idempotency-Key in flight"
+    slug = "idempotency-key-in-flight"
+
+
+class ChatMovedOnError(ChatkeepError):
+    """A retried turn's question is no longer the chat's latest message: answering it now would
+    put its reply after messages that came later."""
+
+    status = 409
+    title = "The chat has moved on"
+    slug = "chat-moved-on"
+
+
 class InvalidCursorError(ChatkeepError):
     """A pagination cursor names no object in the listed collection."""
 

@@ -38,11 +38,13 @@ class TurnEvent:
 class TurnLog:
     def __init__(self, chat_id: str) -> None:
         self.chat_id = chat_id
+        self.user_message_id: str | None = None
         self.events: list[TurnEvent] = []
         self.done = False
         self._waiters: list[asyncio.Future[None]] = []
 
     def user_message(self, message: Message) -> None:
+        self.user_message_id = message.id
         self._add(TurnEvent("0", "user_message", message=message))
 
     def delta(self, text: str) -> None:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from chatkeep.api import sse
+from chatkeep.api.bodies import json_response, page_body
 from chatkeep.api.deps import ChatPageDep, MessagePageDep, OwnerDep, ServiceDep
 from chatkeep.api.schemas import (
     ChatCreate,
@@ -22,8 +23,8 @@ from chatkeep.api.schemas import (
     SummaryOut,
     TurnOut,
 )
-from chatkeep.domain import Chat, ChatChanges, Message, Page
-from chatkeep.service import Turn
+from chatkeep.domain import ChatChanges
+from chatkeep.idempotency import IdempotencyKey
 
 PROBLEM = "application/problem+json"
 
@@ -33,6 +34,24 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 COMMON = _problems(413, 422)
+MAX_KEY_CHARS = 255
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_KEY_CHARS,
+        pattern=r"^[\x21-\x7e]+$",
+        description="retries with the same key and body are answered once (kept 24 h, per owner)",
+    ),
+]
+
+
+def _key(value: str | None, route: str, body: dict[str, Any]) -> IdempotencyKey | None:
+    return None if value is None else IdempotencyKey.for_request(value, route, body)
+
+
 operations = APIRouter(tags=["operations"], responses=_problems(500))
 router = APIRouter(responses=_problems(401, 500))
 
@@ -43,31 +62,43 @@ async def get_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.post("/chats", status_code=status.HTTP_201_CREATED, response_model=ChatOut, tags=["chats"], responses=COMMON)
+@router.post(
+    "/chats",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ChatOut,
+    tags=["chats"],
+    responses=_problems(409, 413, 422),
+)
 async def create_chat(
-    service: ServiceDep, owner: OwnerDep, response: Response, body: Annotated[ChatCreate | None, Body()] = None
-) -> Chat:
+    service: ServiceDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+    body: Annotated[ChatCreate | None, Body()] = None,
+) -> Response:
+    """Create a chat. With an `Idempotency-Key`, a retry gets the chat the first try created."""
     body = body or ChatCreate()
-    chat = await service.create_chat(owner, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt)
-    response.headers["Location"] = f"/chats/{chat.id}"
-    return chat
+    key = _key(idempotency_key, "POST /chats", body.model_dump(mode="json"))
+    chat = await service.create_chat(
+        owner, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt, key=key
+    )
+    return json_response(chat, status=201, headers={"Location": f"/chats/{chat.id}"})
 
 
 @router.get("/chats", response_model=ChatList, tags=["chats"], responses=COMMON)
-async def list_chats(service: ServiceDep, owner: OwnerDep, page: ChatPageDep) -> Page[Chat]:
-    return await service.list_chats(owner, page)
+async def list_chats(service: ServiceDep, owner: OwnerDep, page: ChatPageDep) -> Response:
+    return json_response(page_body(await service.list_chats(owner, page)))
 
 
 @router.get("/chats/{chat_id}", response_model=ChatOut, tags=["chats"], responses=_problems(404, 422))
-async def get_chat(service: ServiceDep, owner: OwnerDep, chat_id: str) -> Chat:
-    return await service.get_chat(owner, chat_id)
+async def get_chat(service: ServiceDep, owner: OwnerDep, chat_id: str) -> Response:
+    return json_response(await service.get_chat(owner, chat_id))
 
 
 @router.patch("/chats/{chat_id}", response_model=ChatOut, tags=["chats"], responses=_problems(404, 413, 422))
-async def update_chat(service: ServiceDep, owner: OwnerDep, chat_id: str, body: ChatUpdate) -> Chat:
+async def update_chat(service: ServiceDep, owner: OwnerDep, chat_id: str, body: ChatUpdate) -> Response:
     fields = frozenset(body.model_fields_set)
     changes = ChatChanges(fields, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt)
-    return await service.update_chat(owner, chat_id, changes)
+    return json_response(await service.update_chat(owner, chat_id, changes))
 
 
 @router.delete(
@@ -92,24 +123,30 @@ STREAMED_TURN = _event_stream(
     status_code=status.HTTP_201_CREATED,
     response_model=TurnOut,
     tags=["messages"],
-    responses=STREAMED_TURN | _problems(404, 413, 422, 429, 502, 503, 504),
+    responses=STREAMED_TURN | _problems(404, 409, 413, 422, 429, 502, 503, 504),
 )
 async def post_message(
     service: ServiceDep,
     owner: OwnerDep,
     chat_id: str,
     body: MessageCreate,
+    idempotency_key: IdempotencyKeyHeader = None,
     accept: Annotated[str, Header(include_in_schema=False)] = "",
-) -> Turn | Response:
-    """Answer a user message: the reply sees the chat's earlier turns. Turns on one chat run in order."""
+) -> Response:
+    """Answer a user message: the reply sees the chat's earlier turns. Turns on one chat run in order.
+
+    With an `Idempotency-Key`, a retry is answered once: the stored turn is replayed, or, when the
+    LLM failed, only the reply to the stored question is run again. Each try may stream or not.
+    """
     limit = service.settings.max_message_chars
     if len(body.content) > limit:
         too_long = {"loc": ("body", "content"), "msg": f"String should have at most {limit} characters"}
         raise RequestValidationError([too_long | {"type": "string_too_long"}])
+    key = _key(idempotency_key, f"POST /chats/{chat_id}/messages", body.model_dump(mode="json", exclude={"stream"}))
     if body.stream or sse.MEDIA_TYPE in accept:
-        events = await service.stream_message(owner, chat_id, body.content)
+        events = await service.stream_message(owner, chat_id, body.content, key=key)
         return sse.event_stream(events.follow())
-    return await service.post_message(owner, chat_id, body.content)
+    return json_response(await service.post_message(owner, chat_id, body.content, key=key), status=201)
 
 
 @router.get(
@@ -131,8 +168,8 @@ async def resume_turn_events(
 
 
 @router.get("/chats/{chat_id}/messages", response_model=MessageList, tags=["messages"], responses=_problems(404, 422))
-async def list_messages(service: ServiceDep, owner: OwnerDep, chat_id: str, page: MessagePageDep) -> Page[Message]:
-    return await service.list_messages(owner, chat_id, page)
+async def list_messages(service: ServiceDep, owner: OwnerDep, chat_id: str, page: MessagePageDep) -> Response:
+    return json_response(page_body(await service.list_messages(owner, chat_id, page)))
 
 
 @router.get("/chats/{chat_id}/summary", tags=["chats"], responses=_problems(404, 422))

@@ -6,9 +6,21 @@ holds no NUL characters (PostgreSQL's `text` cannot store them; the API refuses 
 """
 
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import Protocol
 
-from chatkeep.domain import Chat, ChatChanges, Message, MessageStats, NewMessage, Page, PageRequest, SummaryText
+from chatkeep.domain import (
+    Chat,
+    ChatChanges,
+    KeyClaim,
+    KeyState,
+    Message,
+    MessageStats,
+    NewMessage,
+    Page,
+    PageRequest,
+    SummaryText,
+)
 
 
 class ChatStore(Protocol):
@@ -83,4 +95,47 @@ class ChatStore(Protocol):
 
     async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
         """Cache `summary` unless the cached one already covers more messages. Raises ChatNotFoundError."""
+        ...
+
+    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
+        """One message of the chat. Raises ChatNotFoundError, or MessageNotFoundError."""
+        ...
+
+    async def claim_key(
+        self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
+    ) -> KeyClaim:
+        """Claim the owner's Idempotency-Key `key` for a request, atomically across processes.
+
+        - No record, or one created before `expired_before`: a new RUNNING record is written
+          (created and updated now, no result, no user message); claimed, previous None.
+        - A record with another fingerprint: not claimed; previous is that record.
+        - DONE, or RUNNING updated at or after `abandoned_before` (in flight): not claimed.
+        - FAILED, or RUNNING updated before `abandoned_before` (its process died): claimed
+          again; the record becomes RUNNING, updated now, keeping created_at and user_message_id;
+          previous is the record as it was.
+        Of concurrent claims of one absent key exactly one is claimed.
+        """
+        ...
+
+    async def update_key(
+        self,
+        owner: str,
+        key: str,
+        *,
+        state: KeyState,
+        result: str | None = None,
+        user_message_id: str | None = None,
+    ) -> None:
+        """Record how far a claimed key's request got; bumps updated_at.
+
+        `result` replaces the stored one; a `user_message_id` of None keeps the one recorded.
+        """
+        ...
+
+    async def release_key(self, owner: str, key: str) -> None:
+        """Forget a claimed key whose request stored nothing, so that a retry starts afresh."""
+        ...
+
+    async def purge_keys(self, *, expired_before: datetime) -> int:
+        """Delete every key (of every owner) created before `expired_before`; how many went."""
         ...

@@ -7,15 +7,19 @@ O(page), and a stored message costs little beyond its content.
 """
 
 from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
 
 from chatkeep.domain import (
     Chat,
     ChatChanges,
+    IdempotencyRecord,
+    KeyClaim,
+    KeyState,
     Message,
     MessageStats,
     NewMessage,
@@ -26,7 +30,7 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, InvalidCursorError
+from chatkeep.errors import ChatNotFoundError, InvalidCursorError, MessageNotFoundError
 
 T = TypeVar("T")
 
@@ -71,6 +75,7 @@ class MemoryStore:
         self._chats: dict[str, _ChatRecord] = {}
         self._owners: dict[str, _OwnerChats] = {}
         self._next_rank = 0
+        self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()  # oldest first
 
     def _record(self, owner: str, chat_id: str) -> _ChatRecord:
         record = self._chats.get(chat_id)
@@ -183,6 +188,53 @@ class MemoryStore:
         record = self._record(owner, chat_id)
         if record.summary is None or record.summary.up_to_seq <= summary.up_to_seq:
             record.summary = summary
+
+    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
+        record = self._record(owner, chat_id)
+        seq = record.seq_by_id.get(message_id)
+        if seq is None:
+            raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
+        return record.messages[seq - 1]
+
+    async def claim_key(
+        self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
+    ) -> KeyClaim:
+        now = utcnow()
+        record = self._keys.get((owner, key))
+        if record is None or record.created_at < expired_before:
+            self._keys.pop((owner, key), None)
+            self._keys[owner, key] = IdempotencyRecord(fingerprint, KeyState.RUNNING, None, None, now, now)
+            return KeyClaim(claimed=True, previous=None)
+        in_flight = record.state is KeyState.RUNNING and record.updated_at >= abandoned_before
+        if record.fingerprint != fingerprint or record.state is KeyState.DONE or in_flight:
+            return KeyClaim(claimed=False, previous=record)
+        self._keys[owner, key] = replace(record, state=KeyState.RUNNING, updated_at=now)
+        return KeyClaim(claimed=True, previous=record)
+
+    async def update_key(
+        self,
+        owner: str,
+        key: str,
+        *,
+        state: KeyState,
+        result: str | None = None,
+        user_message_id: str | None = None,
+    ) -> None:
+        record = self._keys.get((owner, key))
+        if record is not None:
+            user_message_id = user_message_id or record.user_message_id
+            updated = replace(record, state=state, result=result, user_message_id=user_message_id, updated_at=utcnow())
+            self._keys[owner, key] = updated
+
+    async def release_key(self, owner: str, key: str) -> None:
+        self._keys.pop((owner, key), None)
+
+    async def purge_keys(self, *, expired_before: datetime) -> int:
+        purged = 0
+        while self._keys and next(iter(self._keys.values())).created_at < expired_before:
+            self._keys.popitem(last=False)
+            purged += 1
+        return purged
 
 
 def paginate(items: Sequence[T], page: PageRequest, position: Callable[[str], int]) -> tuple[list[T], bool]:

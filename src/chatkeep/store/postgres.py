@@ -7,8 +7,9 @@ one statement: the chat row's lock makes concurrent appends, from any process, t
 consecutive seqs. Turns across processes are ticket rows (`turn_leases`) taken and returned by
 two small PL/pgSQL functions that lock the chat row, so a chat's tickets commit in number order;
 a returned ticket NOTIFYs `chatkeep_turns`, which one listening connection per process turns
-into wake-ups (polling covers a lost one). Timestamps are `timestamptz`; ticket expiries use
-the database clock, which every process shares.
+into wake-ups (polling covers a lost one). An Idempotency-Key claim is one statement too, sent
+again only when another claim inserted the same key while it ran. Timestamps are `timestamptz`;
+ticket expiries use the database clock, which every process shares.
 """
 
 import asyncio
@@ -25,6 +26,8 @@ import asyncpg
 from chatkeep.domain import (
     Chat,
     ChatChanges,
+    KeyClaim,
+    KeyState,
     Message,
     MessageStats,
     NewMessage,
@@ -40,10 +43,14 @@ from chatkeep.store.migrations import MIGRATIONS_TABLE, Migration, pending
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
     CHAT_COLUMNS,
+    JOINED_MESSAGE_COLUMNS,
+    KEY_COLUMNS,
     MESSAGE_COLUMNS,
     STATS_COLUMNS,
     SUMMARY_COLUMNS,
     chat_from_row,
+    claim_from_row,
+    joined_message_from_row,
     message_from_row,
     stats_from_row,
     summary_from_row,
@@ -148,6 +155,23 @@ MIGRATIONS = (
             END $$""",
         ),
     ),
+    Migration(
+        "m003_idempotency_keys",
+        (
+            """CREATE TABLE idempotency_keys (
+                owner text NOT NULL,
+                key text NOT NULL,
+                fingerprint text NOT NULL,
+                state text NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+                result text,
+                user_message_id text,
+                created_at timestamptz NOT NULL,
+                updated_at timestamptz NOT NULL,
+                PRIMARY KEY (owner, key)
+            )""",
+            "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
+        ),
+    ),
 )
 
 INSERT_CHAT = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at)
@@ -195,6 +219,39 @@ saved AS (
     WHERE summaries.up_to_seq <= excluded.up_to_seq
 )
 SELECT count(*) FROM chat"""
+SELECT_MESSAGE = f"""SELECT {JOINED_MESSAGE_COLUMNS} FROM chats c
+    LEFT JOIN messages m ON m.chat_id = c.id AND m.id = $3 WHERE c.id = $1 AND c.owner = $2"""
+# The rules of `ChatStore.claim_key` in one statement. `old` locks the record and reads its latest
+# version (FOR UPDATE in READ COMMITTED follows concurrent updates), and both writes read `old`
+# first. A record that another claim inserted after this statement's snapshot is invisible to
+# `old` and makes `fresh` do nothing: the caller sees neither a claim nor a record and asks again.
+CLAIM_KEY = f"""WITH old AS (
+    SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE owner = $1 AND key = $2 FOR UPDATE
+),
+fresh AS (
+    INSERT INTO idempotency_keys (owner, key, {KEY_COLUMNS})
+    SELECT $1, $2, $3, 'running', NULL, NULL, $4, $4 WHERE NOT EXISTS (SELECT FROM old)
+    ON CONFLICT (owner, key) DO NOTHING
+    RETURNING true
+),
+renewed AS (
+    UPDATE idempotency_keys k SET
+        fingerprint = $3,
+        state = 'running',
+        result = CASE WHEN old.created_at < $5 THEN NULL ELSE old.result END,
+        user_message_id = CASE WHEN old.created_at < $5 THEN NULL ELSE old.user_message_id END,
+        created_at = CASE WHEN old.created_at < $5 THEN $4 ELSE old.created_at END,
+        updated_at = $4
+    FROM old
+    WHERE k.owner = $1 AND k.key = $2 AND (old.created_at < $5 OR (old.fingerprint = $3
+        AND (old.state = 'failed' OR (old.state = 'running' AND old.updated_at < $6))))
+    RETURNING true
+)
+SELECT EXISTS (SELECT FROM fresh) OR EXISTS (SELECT FROM renewed), old.*
+    FROM (VALUES (true)) AS one LEFT JOIN old ON true"""
+UPDATE_KEY = """UPDATE idempotency_keys
+    SET state = $3, result = $4, user_message_id = COALESCE($5, user_message_id), updated_at = $6
+    WHERE owner = $1 AND key = $2"""
 LIVE_TICKETS = "SELECT ticket FROM turn_tickets WHERE chat_id = $1 AND expires_at > now() ORDER BY ticket"
 EXTEND_TICKETS = """UPDATE turn_tickets SET expires_at = now() + make_interval(secs => $2)
     WHERE ticket = ANY($1::bigint[]) AND expires_at > now() RETURNING ticket"""
@@ -333,6 +390,40 @@ class PostgresStore:
             found = 0
         if not found:
             raise _no_chat(chat_id)
+
+    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
+        row = await self._pool.fetchrow(SELECT_MESSAGE, chat_id, owner, message_id)
+        return joined_message_from_row(row, _when, chat_id, message_id)
+
+    async def claim_key(
+        self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
+    ) -> KeyClaim:
+        request = (owner, key, fingerprint)
+        while True:
+            row = await self._pool.fetchrow(CLAIM_KEY, *request, utcnow(), expired_before, abandoned_before)
+            assert row is not None  # the statement answers one row, always
+            claimed, *previous = row
+            if claimed or previous[0] is not None:
+                return claim_from_row(claimed, None if previous[0] is None else previous, _when, expired_before)
+            log.debug("a concurrent claim inserted key %r first; claiming again", key)
+
+    async def update_key(
+        self,
+        owner: str,
+        key: str,
+        *,
+        state: KeyState,
+        result: str | None = None,
+        user_message_id: str | None = None,
+    ) -> None:
+        await self._pool.execute(UPDATE_KEY, owner, key, state.value, result, user_message_id, utcnow())
+
+    async def release_key(self, owner: str, key: str) -> None:
+        await self._pool.execute("DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2", owner, key)
+
+    async def purge_keys(self, *, expired_before: datetime) -> int:
+        status = await self._pool.execute("DELETE FROM idempotency_keys WHERE created_at < $1", expired_before)
+        return int(status.rpartition(" ")[2])  # "DELETE <count>"
 
 
 class PostgresTickets:

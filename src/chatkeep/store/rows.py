@@ -12,7 +12,18 @@ from typing import Any, Protocol
 
 import orjson
 
-from chatkeep.domain import Chat, Message, MessageStats, Role, SummaryText, Usage
+from chatkeep.domain import (
+    Chat,
+    IdempotencyRecord,
+    KeyClaim,
+    KeyState,
+    Message,
+    MessageStats,
+    Role,
+    SummaryText,
+    Usage,
+)
+from chatkeep.errors import ChatNotFoundError, MessageNotFoundError
 
 
 class Row(Protocol):
@@ -27,7 +38,11 @@ CHAT_COLUMNS = "id, title, metadata, system_prompt, created_at, updated_at, mess
 MESSAGE_COLUMNS = "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens"
 STATS_COLUMNS = "message_count, user_message_count, first_message_at, last_message_at"
 SUMMARY_COLUMNS = "summary, highlights, up_to_seq, created_at"
+KEY_COLUMNS = "fingerprint, state, result, user_message_id, created_at, updated_at"
+# A chat left-joined to one of its messages: no row, no chat; a row of NULLs, no such message.
+JOINED_MESSAGE_COLUMNS = ", ".join(f"m.{column}" for column in MESSAGE_COLUMNS.split(", "))
 ROLES = {role.value: role for role in Role}
+KEY_STATES = {state.value: state for state in KeyState}
 
 
 def to_json(value: object) -> str:
@@ -70,3 +85,27 @@ def stats_from_row(row: Row, when: When) -> MessageStats:
 def summary_from_row(row: Row, when: When) -> SummaryText:
     summary, highlights, up_to_seq, created_at = row
     return SummaryText(summary, orjson.loads(highlights), up_to_seq, when(created_at))
+
+
+def joined_message_from_row(row: Row | None, when: When, chat_id: str, message_id: str) -> Message:
+    """The message of a row selected with JOINED_MESSAGE_COLUMNS. Raises ChatNotFoundError or MessageNotFoundError."""
+    if row is None:
+        raise ChatNotFoundError(f"no chat {chat_id!r}")
+    values = tuple(row)
+    if values[0] is None:
+        raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
+    return message_from_row(values, when)
+
+
+def key_from_row(row: Row, when: When) -> IdempotencyRecord:
+    fingerprint, state, result, user_message_id, created_at, updated_at = row
+    created, updated = when(created_at), when(updated_at)
+    return IdempotencyRecord(fingerprint, KEY_STATES[state], result, user_message_id, created, updated)
+
+
+def claim_from_row(claimed: bool, row: Row | None, when: When, expired_before: datetime) -> KeyClaim:
+    """The claim of a key whose record was `row` (KEY_COLUMNS) before: an expired one counts as none."""
+    previous = None if row is None else key_from_row(row, when)
+    if previous is not None and previous.created_at < expired_before:
+        previous = None
+    return KeyClaim(claimed, previous)

@@ -27,6 +27,8 @@ from urllib.parse import parse_qs
 from chatkeep.domain import (
     Chat,
     ChatChanges,
+    KeyClaim,
+    KeyState,
     Message,
     MessageStats,
     NewMessage,
@@ -42,10 +44,14 @@ from chatkeep.store.migrations import MIGRATIONS_TABLE, Migration, pending
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
     CHAT_COLUMNS,
+    JOINED_MESSAGE_COLUMNS,
+    KEY_COLUMNS,
     MESSAGE_COLUMNS,
     STATS_COLUMNS,
     SUMMARY_COLUMNS,
     chat_from_row,
+    claim_from_row,
+    joined_message_from_row,
     message_from_row,
     stats_from_row,
     summary_from_row,
@@ -117,6 +123,23 @@ MIGRATIONS = (
             "CREATE INDEX turn_tickets_by_chat ON turn_tickets (chat_id, ticket)",
         ),
     ),
+    Migration(
+        "m003_idempotency_keys",
+        (
+            """CREATE TABLE idempotency_keys (
+                owner TEXT NOT NULL,
+                key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+                result TEXT,
+                user_message_id TEXT,
+                created_at INTEGER NOT NULL,
+                updated_at INTEGER NOT NULL,
+                PRIMARY KEY (owner, key)
+            )""",
+            "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
+        ),
+    ),
 )
 
 INSERT_CHAT = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at)
@@ -148,6 +171,26 @@ SAVE_SUMMARY = f"""INSERT INTO summaries (chat_id, {SUMMARY_COLUMNS}) VALUES (?,
     ON CONFLICT (chat_id) DO UPDATE SET summary = excluded.summary, highlights = excluded.highlights,
         up_to_seq = excluded.up_to_seq, created_at = excluded.created_at
     WHERE summaries.up_to_seq <= excluded.up_to_seq"""
+SELECT_MESSAGE = f"""SELECT {JOINED_MESSAGE_COLUMNS} FROM chats c
+    LEFT JOIN messages m ON m.chat_id = c.id AND m.id = ? WHERE c.id = ? AND c.owner = ?"""
+SELECT_KEY = f"SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE owner = :owner AND key = :key"
+# Every rule of `ChatStore.claim_key` in one upsert; `_claim_key` reads the record first in the
+# same write transaction, which no other process can enter, so the two agree.
+CLAIM_KEY = f"""INSERT INTO idempotency_keys (owner, key, {KEY_COLUMNS})
+    VALUES (:owner, :key, :fingerprint, 'running', NULL, NULL, :now, :now)
+    ON CONFLICT (owner, key) DO UPDATE SET
+        fingerprint = excluded.fingerprint,
+        state = 'running',
+        result = CASE WHEN created_at < :expired_before THEN NULL ELSE result END,
+        user_message_id = CASE WHEN created_at < :expired_before THEN NULL ELSE user_message_id END,
+        created_at = CASE WHEN created_at < :expired_before THEN :now ELSE created_at END,
+        updated_at = :now
+    WHERE created_at < :expired_before OR (fingerprint = :fingerprint
+        AND (state = 'failed' OR (state = 'running' AND updated_at < :abandoned_before)))
+    RETURNING true"""
+UPDATE_KEY = """UPDATE idempotency_keys
+    SET state = ?, result = ?, user_message_id = COALESCE(?, user_message_id), updated_at = ?
+    WHERE owner = ? AND key = ?"""
 CREATE_MIGRATIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
     name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)"""
 LIVE_TICKETS = "SELECT ticket FROM turn_tickets WHERE chat_id = ? AND expires_at > ? ORDER BY ticket"
@@ -283,6 +326,32 @@ def _save_summary(db: sqlite3.Connection, owner: str, chat_id: str, summary: Sum
         db.execute(SAVE_SUMMARY, values)
 
 
+def _message(db: sqlite3.Connection, owner: str, chat_id: str, message_id: str) -> Message:
+    row = db.execute(SELECT_MESSAGE, (message_id, chat_id, owner)).fetchone()
+    return joined_message_from_row(row, _when, chat_id, message_id)
+
+
+def _claim_key(db: sqlite3.Connection, values: dict[str, Any]) -> tuple[bool, tuple[Any, ...] | None]:
+    """The record as it was and whether the claim took it, under the write lock every process shares."""
+    with _writing(db):
+        previous = db.execute(SELECT_KEY, values).fetchone()
+        claimed = db.execute(CLAIM_KEY, values).fetchone() is not None
+    return claimed, previous
+
+
+def _update_key(db: sqlite3.Connection, values: Sequence[Any]) -> None:
+    db.execute(UPDATE_KEY, values)
+
+
+def _release_key(db: sqlite3.Connection, owner: str, key: str) -> None:
+    db.execute("DELETE FROM idempotency_keys WHERE owner = ? AND key = ?", (owner, key))
+
+
+def _purge_keys(db: sqlite3.Connection, expired_before: int) -> int:
+    purged: int = db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (expired_before,)).rowcount
+    return purged
+
+
 class SqliteStore:
     def __init__(self, thread: SqliteThread, leases: TurnLeases) -> None:
         self._thread = thread
@@ -344,6 +413,41 @@ class SqliteStore:
 
     async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
         await self._thread.run(_save_summary, owner, chat_id, summary)
+
+    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
+        return await self._thread.run(_message, owner, chat_id, message_id)
+
+    async def claim_key(
+        self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
+    ) -> KeyClaim:
+        values = {
+            "owner": owner,
+            "key": key,
+            "fingerprint": fingerprint,
+            "now": _micros(utcnow()),
+            "expired_before": _micros(expired_before),
+            "abandoned_before": _micros(abandoned_before),
+        }
+        claimed, previous = await self._thread.run(_claim_key, values)
+        return claim_from_row(claimed, previous, _when, expired_before)
+
+    async def update_key(
+        self,
+        owner: str,
+        key: str,
+        *,
+        state: KeyState,
+        result: str | None = None,
+        user_message_id: str | None = None,
+    ) -> None:
+        values = (state.value, result, user_message_id, _micros(utcnow()), owner, key)
+        await self._thread.run(_update_key, values)
+
+    async def release_key(self, owner: str, key: str) -> None:
+        await self._thread.run(_release_key, owner, key)
+
+    async def purge_keys(self, *, expired_before: datetime) -> int:
+        return await self._thread.run(_purge_keys, _micros(expired_before))
 
 
 class SqliteTickets:
