@@ -4,6 +4,7 @@ The lifespan owns every resource (store, HTTP session, background refreshes) and
 service to requests through typed lifespan state; nothing is created at import time.
 """
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -29,6 +30,21 @@ class State(TypedDict):
     api_keys: ApiKeys | None
 
 
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def _tune_garbage_collector() -> None:
+    """Collect less often, and never walk what startup built again.
+
+    With many requests in flight, short-lived objects of each turn get promoted and set off
+    full collections, each of which walks every stored message of the memory store (tens of
+    ms at a few hundred thousand). Measured under load: about 35 full collections in 20 s
+    with pauses up to 170 ms by default, about 1 with these settings.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     api_keys = ApiKeys(settings.api_keys.get_secret_value()) if settings.api_keys else None
@@ -37,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         async with open_store(settings.store) as store, open_llm(settings) as llm:
             service = ChatService(store, llm, settings)
+            _tune_garbage_collector()
             try:
                 yield {"service": service, "api_keys": api_keys}
             finally:

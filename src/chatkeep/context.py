@@ -56,8 +56,8 @@ async def build_context(
             break
         before_seq = older[-1].seq
         batch = _next_batch(remaining, spent=budget - remaining, count=len(window))
-    prompt = [PromptMessage("system", system_prompt)] if system_prompt else []
-    prompt.extend(PromptMessage(m.role.value, m.content) for m in reversed(window))
+    prompt: list[PromptMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    prompt.extend({"role": m.role, "content": m.content} for m in reversed(window))
     return prompt
 
 

@@ -38,7 +38,7 @@ def summary_prompt(previous: SummaryDraft | None, messages: Sequence[Message]) -
         parts.append("Previous highlights:\n" + "\n".join(f"- {h}" for h in highlights))
     transcript = "\n".join(f"{m.role.value}: {m.content}" for m in messages)
     parts.append(("New messages:\n" if previous else "Conversation:\n") + transcript)
-    return [PromptMessage("system", INSTRUCTIONS), PromptMessage("user", "\n\n".join(parts))]
+    return [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 def parse_summary(answer: str) -> SummaryDraft:

@@ -4,7 +4,7 @@ Every chat route takes the owner: the holder of the API key presented, or the de
 when the server runs without keys. The store is always asked on someone's behalf.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
@@ -19,19 +19,26 @@ DEFAULT_OWNER = "default"
 MAX_PAGE = 100
 
 
-def get_service(request: Request) -> ChatService:
+# Dependencies are `async def` although none awaits: FastAPI runs plain `def` ones in a worker
+# thread, a hop that cost more than a whole turn's own work.
+
+
+async def get_service(request: Request) -> ChatService:
     service: ChatService = request.state.service
     return service
 
 
-def get_settings(request: Request) -> Settings:
-    return get_service(request).settings
+async def get_settings(request: Request) -> Settings:
+    service: ChatService = request.state.service
+    return service.settings
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key of CHATKEEP_API_KEYS")
 
 
-def get_owner(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+async def get_owner(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
     api_keys: ApiKeys | None = request.state.api_keys
     if api_keys is None:
         return DEFAULT_OWNER
@@ -46,8 +53,8 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")]
 Cursor = Annotated[str | None, Query(min_length=1, max_length=100, description="an object id")]
 
 
-def _page(default_order: Order) -> Callable[..., PageRequest]:
-    def page(
+def _page(default_order: Order) -> Callable[..., Awaitable[PageRequest]]:
+    async def page(
         limit: Limit = 20,
         after: Cursor = None,
         before: Cursor = None,

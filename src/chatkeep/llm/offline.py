@@ -24,7 +24,7 @@ HOW_TO_CONNECT = (
 
 class OfflineLLM:
     async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
-        asked = [m.content for m in prompt if m.role == "user"]
+        asked = [m["content"] for m in prompt if m["role"] == "user"]
         last = asked[-1] if asked else ""
         lines = [f"[offline reply: no language model is connected] You said: “{_quote(last)}”."]
         if len(asked) > 1:
@@ -37,7 +37,7 @@ class OfflineLLM:
         lines.append(HOW_TO_CONNECT)
         content = " ".join(lines)
         usage = Usage(
-            prompt_tokens=sum(estimate_tokens(m.content) for m in prompt),
+            prompt_tokens=sum(estimate_tokens(m["content"]) for m in prompt),
             completion_tokens=estimate_tokens(content),
         )
         return Reply(content=content, model=OFFLINE_MODEL, usage=usage)
