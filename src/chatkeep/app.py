@@ -15,7 +15,7 @@ from fastapi.responses import RedirectResponse
 from chatkeep import __version__
 from chatkeep.api.body_limit import BodyLimitMiddleware
 from chatkeep.api.problems import install_problem_handlers
-from chatkeep.api.routes import operations, router
+from chatkeep.api.routes import operations, router, turns
 from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
 from chatkeep.llm import open_llm
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     install_problem_handlers(app)
+    app.include_router(turns)  # first: the route most requests take
     app.include_router(operations)
     app.include_router(router)
 

@@ -57,7 +57,7 @@ async def build_context(
         before_seq = older[-1].seq
         batch = _next_batch(remaining, spent=budget - remaining, count=len(window))
     prompt: list[PromptMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    prompt.extend({"role": m.role, "content": m.content} for m in reversed(window))
+    prompt += [{"role": m.role, "content": m.content} for m in reversed(window)]
     return prompt
 
 
@@ -71,7 +71,7 @@ def _take_fitting(newest_first: Sequence[Message], budget: int, *, keep_first: b
     """The leading messages that fit `budget`, and the budget left after them."""
     taken: list[Message] = []
     for message in newest_first:
-        cost = message_tokens(message.content)
+        cost = estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS  # inlined: the hot loop of a turn
         if cost > budget and not (keep_first and not taken):
             break
         taken.append(message)

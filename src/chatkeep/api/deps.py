@@ -24,13 +24,11 @@ MAX_PAGE = 100
 
 
 async def get_service(request: Request) -> ChatService:
-    service: ChatService = request.state.service
-    return service
+    return service_of(request)
 
 
 async def get_settings(request: Request) -> Settings:
-    service: ChatService = request.state.service
-    return service.settings
+    return service_of(request).settings
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key of CHATKEEP_API_KEYS")
@@ -39,10 +37,23 @@ _bearer = HTTPBearer(auto_error=False, description="an API key of CHATKEEP_API_K
 async def get_owner(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
+    return _owner(request, credentials.credentials if credentials else None)
+
+
+def owner_of(request: Request) -> str:
+    """The owner, read by hand for routes that take no dependencies (see `post_message`)."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return _owner(request, credentials if scheme.lower() == "bearer" else None)
+
+
+def service_of(request: Request) -> ChatService:
+    service: ChatService = request.state.service
+    return service
+
+
+def _owner(request: Request, api_key: str | None) -> str:
     api_keys: ApiKeys | None = request.state.api_keys
-    if api_keys is None:
-        return DEFAULT_OWNER
-    return api_keys.owner(credentials.credentials if credentials else None)
+    return DEFAULT_OWNER if api_keys is None else api_keys.owner(api_key)
 
 
 ServiceDep = Annotated[ChatService, Depends(get_service)]

@@ -4,14 +4,15 @@ Routes translate HTTP to service calls and back, nothing more. Every error a rou
 is declared, so the OpenAPI document tells clients the whole contract.
 """
 
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from chatkeep.api import sse
+from chatkeep.api import by_hand, sse
 from chatkeep.api.bodies import json_response, page_body
-from chatkeep.api.deps import ChatPageDep, MessagePageDep, OwnerDep, ServiceDep
+from chatkeep.api.deps import ChatPageDep, MessagePageDep, OwnerDep, ServiceDep, owner_of, service_of
 from chatkeep.api.schemas import (
     ChatCreate,
     ChatList,
@@ -35,6 +36,8 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 COMMON = _problems(413, 422)
 MAX_KEY_CHARS = 255
+KEY_PATTERN = re.compile(r"^[\x21-\x7e]+$")
+IDEMPOTENCY_KEY_HELP = "retries with the same key and body are answered once (kept 24 h, per owner)"
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -42,8 +45,8 @@ IdempotencyKeyHeader = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=MAX_KEY_CHARS,
-        pattern=r"^[\x21-\x7e]+$",
-        description="retries with the same key and body are answered once (kept 24 h, per owner)",
+        pattern=KEY_PATTERN.pattern,
+        description=IDEMPOTENCY_KEY_HELP,
     ),
 ]
 
@@ -53,6 +56,7 @@ def _key(value: str | None, route: str, body: dict[str, Any]) -> IdempotencyKey 
 
 
 operations = APIRouter(tags=["operations"], responses=_problems(500))
+turns = APIRouter(route_class=by_hand.ByHandRoute, responses=_problems(401, 500))
 router = APIRouter(responses=_problems(401, 500))
 
 
@@ -118,32 +122,48 @@ STREAMED_TURN = _event_stream(
 )
 
 
-@router.post(
+# Documented by hand because the route reads its body and headers by hand (see by_hand.py).
+TURN_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": MessageCreate.model_json_schema()}},
+    },
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": IDEMPOTENCY_KEY_HELP,
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": KEY_PATTERN.pattern},
+        }
+    ],
+    "security": [{"HTTPBearer": []}],
+}
+
+
+@turns.post(
     "/chats/{chat_id}/messages",
     status_code=status.HTTP_201_CREATED,
     response_model=TurnOut,
     tags=["messages"],
     responses=STREAMED_TURN | _problems(404, 409, 413, 422, 429, 502, 503, 504),
+    openapi_extra=TURN_OPENAPI,
 )
-async def post_message(
-    service: ServiceDep,
-    owner: OwnerDep,
-    chat_id: str,
-    body: MessageCreate,
-    idempotency_key: IdempotencyKeyHeader = None,
-    accept: Annotated[str, Header(include_in_schema=False)] = "",
-) -> Response:
+async def post_message(request: Request, chat_id: str) -> Response:
     """Answer a user message: the reply sees the chat's earlier turns. Turns on one chat run in order.
 
     With an `Idempotency-Key`, a retry is answered once: the stored turn is replayed, or, when the
     LLM failed, only the reply to the stored question is run again. Each try may stream or not.
     """
+    service, owner = service_of(request), owner_of(request)
+    body = by_hand.json_body(MessageCreate, request, await request.body())
+    idempotency_key = by_hand.header(request, "Idempotency-Key", max_length=MAX_KEY_CHARS, pattern=KEY_PATTERN)
     limit = service.settings.max_message_chars
     if len(body.content) > limit:
         too_long = {"loc": ("body", "content"), "msg": f"String should have at most {limit} characters"}
         raise RequestValidationError([too_long | {"type": "string_too_long"}])
     key = _key(idempotency_key, f"POST /chats/{chat_id}/messages", body.model_dump(mode="json", exclude={"stream"}))
-    if body.stream or sse.MEDIA_TYPE in accept:
+    if body.stream or sse.MEDIA_TYPE in request.headers.get("accept", ""):
         events = await service.stream_message(owner, chat_id, body.content, key=key)
         return sse.event_stream(events.follow())
     return json_response(await service.post_message(owner, chat_id, body.content, key=key), status=201)
