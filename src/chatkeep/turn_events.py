@@ -10,7 +10,7 @@ Event ids: the user message is "0", deltas count up from "1", the final event is
 """
 
 import asyncio
-from collections import OrderedDict
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +26,7 @@ KEEP_FINISHED_COUNT = 1000
 EventKind = Literal["user_message", "delta", "assistant_message", "error"]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: a streamed reply makes one per delta, and frozen init is slow
 class TurnEvent:
     id: str
     kind: EventKind
@@ -91,6 +91,8 @@ class TurnLog:
         self._wake()
 
     def _wake(self) -> None:
+        if not self._waiters:
+            return
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -110,7 +112,8 @@ class TurnLogs:
 
     def __init__(self) -> None:
         self._running: dict[str, TurnLog] = {}
-        self._finished: OrderedDict[str, tuple[float, TurnLog]] = OrderedDict()
+        self._finished: dict[str, TurnLog] = {}
+        self._finish_times: deque[tuple[float, str]] = deque()  # oldest first
 
     def running(self, user_message_id: str, log: TurnLog) -> None:
         self._running[user_message_id] = log
@@ -118,20 +121,16 @@ class TurnLogs:
     def finished(self, user_message_id: str) -> None:
         log = self._running.pop(user_message_id, None)
         if log is not None:
-            self._finished[user_message_id] = (asyncio.get_running_loop().time(), log)
+            self._finished[user_message_id] = log
+            self._finish_times.append((asyncio.get_running_loop().time(), user_message_id))
             self._forget_old()
 
     def get(self, user_message_id: str) -> TurnLog | None:
-        log = self._running.get(user_message_id)
-        if log is not None:
-            return log
         self._forget_old()
-        kept = self._finished.get(user_message_id)
-        return kept[1] if kept else None
+        return self._running.get(user_message_id) or self._finished.get(user_message_id)
 
     def _forget_old(self) -> None:
         horizon = asyncio.get_running_loop().time() - KEEP_FINISHED_SECONDS
-        while self._finished and (
-            len(self._finished) > KEEP_FINISHED_COUNT or next(iter(self._finished.values()))[0] < horizon
-        ):
-            self._finished.popitem(last=False)
+        times = self._finish_times
+        while times and (len(times) > KEEP_FINISHED_COUNT or times[0][0] < horizon):
+            del self._finished[times.popleft()[1]]

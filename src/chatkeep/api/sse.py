@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import orjson
 from starlette.responses import StreamingResponse
 
+from chatkeep.api import bodies
 from chatkeep.api.problems import problem_body
-from chatkeep.api.schemas import MessageOut
 from chatkeep.turn_events import TurnEvent
 
 MEDIA_TYPE = "text/event-stream"
@@ -32,7 +32,7 @@ def encode(event: TurnEvent) -> bytes:
     if event.kind == "delta":
         data = orjson.dumps({"content": event.text})
     elif event.message is not None:
-        data = MessageOut.model_validate(event.message).model_dump_json().encode()
+        data = orjson.dumps(event.message, option=bodies.OPTIONS)  # a MessageOut, as in bodies.py
     else:
         assert event.error is not None
         data = orjson.dumps(problem_body(event.error))

@@ -213,12 +213,14 @@ class _ChunkReader:
             chunk = orjson.loads(data)
             if "error" in chunk:
                 raise LLMBadResponseError(f"the LLM failed mid-stream: {_upstream_message(data)}")
-            choices = chunk.get("choices") or ()
+            choices = chunk.get("choices")
             delta = choices[0].get("delta", {}).get("content") if choices else None
         except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
             raise LLMBadResponseError("the LLM's stream holds a chunk that is not a completion chunk") from exc
-        self._model = _model(chunk.get("model")) or self._model
-        self._usage = _usage(chunk.get("usage")) or self._usage
+        if self._model is None:
+            self._model = _model(chunk.get("model"))
+        if chunk.get("usage") is not None:
+            self._usage = _usage(chunk["usage"]) or self._usage
         if isinstance(delta, str) and delta:
             delta = _storable(delta)
             self._parts.append(delta)
