@@ -1,0 +1,183 @@
+"""The measures of DESIGN.md's performance table, each chatkeep against its baseline in one run.
+
+Every measure takes the `Rig` and returns its rows. Medians are taken over the runs; the raw
+runs go into the row too. A measure whose feature chatkeep lacks yet (streaming, SQL stores)
+returns a row that says so and lights up by itself once chatkeep has it.
+"""
+
+import asyncio
+import json
+from collections.abc import Callable
+from contextlib import ExitStack
+from statistics import median
+
+import asyncpg
+
+from bench import client
+from bench.postgres import scratch_database
+from bench.processes import PYTHON, SERVER_CORE, Server, StartError, pinned
+from bench.report import Row, Target
+from bench.rig import LoadRun, Rig
+
+THROUGHPUT_TARGET = Target(">=", 0.5)
+BURST_TARGET = Target("<=", 1.15)
+HISTORY_TARGET = Target("<=", 1.2)
+MEMORY_TARGET = Target("<=", 400, on="value")
+LONG_CHATS = 8
+SHORT_FILL_TURNS = 2
+WARM_TURNS = 20
+MEMORY_TIMEOUT_SECONDS = 600
+NO_STREAMING = "n/a (no streaming yet)"
+
+
+def turns(rig: Rig) -> list[Row]:
+    """1. Turns/s with an instant LLM."""
+    llm = rig.llm()
+    servers = {"chatkeep": rig.chatkeep(llm), "relay": rig.relay(llm)}
+    results = rig.turn_rates(servers, stream=False, runs=rig.plan.runs)
+    measure = f"turns/s, instant LLM, {rig.plan.connections} connections, {rig.plan.chats} chats"
+    return [_rate_row("turns", measure, results)]
+
+
+def streamed(rig: Rig) -> list[Row]:
+    """2. Streamed turns/s with replies of `stream_chunks` chunks, once chatkeep streams."""
+    llm = rig.llm()
+    chatkeep, relay = rig.chatkeep(llm), rig.relay(llm)
+    measure = f"streamed turns/s, {rig.plan.stream_chunks}-chunk replies, {rig.plan.connections} connections"
+    gap = asyncio.run(client.streaming_gap(chatkeep.url))
+    if gap is None:
+        results = rig.turn_rates({"chatkeep": chatkeep, "relay": relay}, stream=True, runs=rig.plan.runs)
+        return [_rate_row("streamed", measure, results)]
+    print(f"bench: chatkeep does not stream a turn ({gap}); measuring the relay alone", flush=True)
+    results = rig.turn_rates({"relay": relay}, stream=True, runs=max(1, rig.plan.runs // 2))
+    rates = _rates(results)
+    return [Row("streamed", measure, "turns/s", None, median(rates["relay"]), note=NO_STREAMING, runs=rates)]
+
+
+def burst(rig: Rig) -> list[Row]:
+    """3. Many chats post one turn each at once to a slow LLM: wall time until the last answer."""
+    plan = rig.plan
+    llm = rig.llm(latency=plan.burst_latency)
+    servers = {"chatkeep": rig.chatkeep(llm), "relay": rig.relay(llm)}
+    results = rig.bursts(servers, runs=plan.burst_runs)
+    for server in [*servers.values(), llm]:
+        rig.stop(server)
+    seconds = {label: [run["seconds"] for run in runs] for label, runs in results.items()}
+    failed = sum(int(run["failed"]) for runs in results.values() for run in runs)
+    measure = f"{plan.burst_chats:,} chats post one turn each at once, {plan.burst_latency:g} s LLM: wall time"
+    note = f"{failed} turns failed" if failed else ""
+    chatkeep, relay = median(seconds["chatkeep"]), median(seconds["relay"])
+    return [Row("burst", measure, "s", chatkeep, relay, target=BURST_TARGET, note=note, runs=seconds, failures=failed)]
+
+
+def history(rig: Rig) -> list[Row]:
+    """4. Turn latency on chats with 400 messages of history against chats with 5 (chatkeep alone)."""
+    plan = rig.plan
+    url = rig.chatkeep(rig.llm()).url
+    long_ids = asyncio.run(client.create_chats(url, LONG_CHATS))
+    short_ids = asyncio.run(client.create_chats(url, plan.history_samples))
+    warm_ids = asyncio.run(client.create_chats(url, 1))
+    asyncio.run(client.fill_chats(url, long_ids, plan.history_fill_turns))
+    asyncio.run(client.fill_chats(url, short_ids, SHORT_FILL_TURNS))
+    asyncio.run(client.fill_chats(url, warm_ids, WARM_TURNS))
+    order = [chat for i, short in enumerate(short_ids) for chat in (long_ids[i % LONG_CHATS], short)]
+    latencies = [seconds * 1000 for seconds in asyncio.run(client.turn_latencies(url, order, 1))]
+    runs = {"long": latencies[0::2], "short": latencies[1::2]}
+    long_messages, short_messages = 2 * plan.history_fill_turns, 2 * SHORT_FILL_TURNS + 1
+    measure = f"turn latency at {long_messages} vs {short_messages} messages of history (sequential)"
+    return [
+        Row(
+            "history",
+            measure,
+            "ms",
+            median(runs["long"]),
+            median(runs["short"]),
+            chatkeep_name=f"at {long_messages} msgs",
+            baseline_name=f"at {short_messages} msgs",
+            target=HISTORY_TARGET,
+            runs=runs,
+        )
+    ]
+
+
+def memory(rig: Rig) -> list[Row]:
+    """5. Bytes per stored message beyond its content, in the memory store (its own process)."""
+    turns = rig.plan.memory_turns
+    argv = pinned(SERVER_CORE, [PYTHON, "-m", "bench.memory_probe", "--turns", str(turns)])
+    found = json.loads(rig.processes.run(argv, timeout=MEMORY_TIMEOUT_SECONDS).strip().splitlines()[-1])
+    measure = f"memory per stored message beyond its content (memory store, {turns:,} turns)"
+    runs = {name: [float(value)] for name, value in found.items()}
+    return [Row("memory", measure, "B", found["beyond_content_per_message"], None, target=MEMORY_TARGET, runs=runs)]
+
+
+def stores(rig: Rig) -> list[Row]:
+    """6. Turns/s as in 1, with the SQLite and PostgreSQL stores, once chatkeep has them."""
+    urls = {"sqlite": f"sqlite:///{rig.processes.workdir / 'bench.db'}"}
+    with ExitStack() as stack:
+        try:
+            urls["postgresql"] = stack.enter_context(scratch_database())
+        except (OSError, asyncpg.PostgresError) as error:
+            print(f"bench: no scratch PostgreSQL database ({error}); measuring SQLite alone", flush=True)
+        rows = _store_rows(rig, urls)
+    if "postgresql" not in urls:
+        rows.append(_store_row("postgresql", {}, note="n/a (PostgreSQL not reachable)"))
+    return rows
+
+
+def _store_rows(rig: Rig, urls: dict[str, str]) -> list[Row]:
+    llm = rig.llm()
+    servers: dict[str, Server] = {}
+    notes: dict[str, str] = {}
+    for name, url in urls.items():
+        try:
+            servers[name] = rig.chatkeep(llm, store=url)
+        except StartError as error:
+            print(f"bench: chatkeep refused {name} ({error.detail.splitlines()[-1]})", flush=True)
+            notes[name] = f"n/a (chatkeep refused {name}://)"
+    if not servers:
+        return [_store_row(name, {}, note=notes[name]) for name in urls]
+    results = rig.turn_rates({**servers, "relay": rig.relay(llm)}, stream=False, runs=rig.plan.store_runs)
+    for server in servers.values():
+        rig.stop(server)
+    rates = _rates(results)
+    for name in servers:
+        failed = _failed_requests(results[name])
+        notes[name] = f"{failed} failed requests" if failed else ""
+    return [_store_row(name, rates, note=notes[name]) for name in urls]
+
+
+def _store_row(name: str, rates: dict[str, list[float]], *, note: str) -> Row:
+    measure = f"turns/s as in 1, {'PostgreSQL' if name == 'postgresql' else 'SQLite'} store"
+    chatkeep = median(rates[name]) if name in rates else None
+    relay = median(rates["relay"]) if "relay" in rates else None
+    runs = {key: rates[key] for key in (name, "relay", f"{name} cpu_us", "relay cpu_us") if key in rates}
+    return Row(name, measure, "turns/s", chatkeep, relay, note=note, runs=runs)
+
+
+def _failed_requests(runs: list[LoadRun]) -> int:
+    return sum(run.wrk.errors for run in runs)
+
+
+def _rates(results: dict[str, list[LoadRun]]) -> dict[str, list[float]]:
+    """Turns/s of each run by label, and the server's CPU microseconds per turn as `label cpu_us`."""
+    rates = {label: [run.rate for run in runs] for label, runs in results.items()}
+    return rates | {f"{label} cpu_us": [run.cpu_us_per_turn for run in runs] for label, runs in results.items()}
+
+
+def _rate_row(key: str, measure: str, results: dict[str, list[LoadRun]]) -> Row:
+    rates = _rates(results)
+    failures = sum(_failed_requests(runs) for runs in results.values())
+    note = f"{failures} failed requests" if failures else ""
+    chatkeep, relay = median(rates["chatkeep"]), median(rates["relay"])
+    target = THROUGHPUT_TARGET
+    return Row(key, measure, "turns/s", chatkeep, relay, target=target, note=note, runs=rates, failures=failures)
+
+
+MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
+    "turns": turns,
+    "streamed": streamed,
+    "burst": burst,
+    "history": history,
+    "memory": memory,
+    "stores": stores,
+}

@@ -1,0 +1,143 @@
+"""The servers of a run and the timed runs against them, shared by every measure.
+
+A `Rig` starts each fake LLM, relay and chatkeep once (keyed by what they differ in) and keeps
+them for the measures that follow. Timed runs alternate between the servers compared, round
+after round, so a burst of noise from elsewhere on the machine hits both sides alike, and every
+run posts to chats created for it, so no run inherits the history of the one before.
+"""
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench import client
+from bench.load import WrkResult, run_wrk
+from bench.processes import LOAD_CORE, PYTHON, SERVER_CORE, Processes, Server, free_port, pinned
+
+CHATKEEP = str(Path(sys.executable).with_name("chatkeep"))
+BENCH_API_KEY = "bench"
+BURST_TIMEOUT_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    """One wrk run, with the CPU the server spent on it: a figure that noise elsewhere barely moves."""
+
+    wrk: WrkResult
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.wrk.rate
+
+    @property
+    def cpu_us_per_turn(self) -> float:
+        return self.cpu_seconds / self.wrk.requests * 1e6 if self.wrk.requests else 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often each measure runs; `quick()` is for trying the benchmark out."""
+
+    runs: int = 5
+    seconds: float = 5.0
+    warmup_seconds: float = 3.0
+    connections: int = 64
+    chats: int = 200
+    stream_chunks: int = 70
+    burst_chats: int = 1000
+    burst_runs: int = 3
+    burst_latency: float = 1.0
+    history_fill_turns: int = 200
+    history_samples: int = 100
+    memory_turns: int = 100_000
+    store_runs: int = 3
+
+    @classmethod
+    def quick(cls) -> "Plan":
+        return cls(runs=1, seconds=2, warmup_seconds=1, burst_runs=1, history_samples=10, store_runs=1)
+
+
+class Rig:
+    def __init__(self, processes: Processes, wrk: str, plan: Plan) -> None:
+        self.processes = processes
+        self.wrk = wrk
+        self.plan = plan
+        self._servers: dict[str, Server] = {}
+
+    def llm(self, *, latency: float = 0.0) -> Server:
+        key = f"llm-{latency:g}s"
+        if key not in self._servers:
+            argv = [PYTHON, "-m", "bench.fake_llm", "--latency", str(latency), "--chunks", str(self.plan.stream_chunks)]
+            self._servers[key] = self._serve(key, argv, LOAD_CORE)
+        return self._servers[key]
+
+    def relay(self, llm: Server) -> Server:
+        key = f"relay-{llm.name}"
+        if key not in self._servers:
+            argv = [PYTHON, "-m", "bench.relay", "--llm-url", llm.url + "/v1"]
+            self._servers[key] = self._serve(key, argv, SERVER_CORE)
+        return self._servers[key]
+
+    def chatkeep(self, llm: Server, *, store: str = "memory://") -> Server:
+        """chatkeep on `llm` and `store`; raises StartError when it refuses to start."""
+        key = f"chatkeep-{store.partition(':')[0]}-{llm.name}"
+        if key not in self._servers:
+            argv = [CHATKEEP, "serve", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
+            env = {name: value for name, value in os.environ.items() if not name.startswith("CHATKEEP_")}
+            env |= {"OPENAI_API_KEY": BENCH_API_KEY, "OPENAI_BASE_URL": llm.url + "/v1", "CHATKEEP_STORE": store}
+            self._servers[key] = self._serve(key, argv, SERVER_CORE, env=env)
+        return self._servers[key]
+
+    def stop(self, server: Server) -> None:
+        self.processes.stop(server.process)
+        self._servers.pop(server.name, None)
+
+    def _serve(self, name: str, argv: list[str], core: int, *, env: dict[str, str] | None = None) -> Server:
+        port = free_port()
+        return self.processes.serve(name, pinned(core, [*argv, "--port", str(port)]), port, env=env)
+
+    def chat_file(self, server: Server, count: int) -> Path:
+        """A file of `count` new chats of `server`, one id per line (for wrk and the burst client)."""
+        chat_ids = asyncio.run(client.create_chats(server.url, count))
+        path = self.processes.workdir / f"chats-{server.name}-{free_port()}.txt"
+        path.write_text("\n".join(chat_ids) + "\n")
+        return path
+
+    def turn_rates(self, servers: dict[str, Server], *, stream: bool, runs: int) -> dict[str, list[LoadRun]]:
+        """wrk runs against each server, alternating, after one warm-up run each."""
+        results: dict[str, list[LoadRun]] = {label: [] for label in servers}
+        for server in servers.values():
+            self._wrk(server, stream=stream, seconds=self.plan.warmup_seconds)
+        for round_ in range(runs):
+            order = list(servers.items())
+            for label, server in order if round_ % 2 == 0 else reversed(order):
+                results[label].append(self._wrk(server, stream=stream, seconds=self.plan.seconds))
+        return results
+
+    def _wrk(self, server: Server, *, stream: bool, seconds: float) -> LoadRun:
+        chats = self.chat_file(server, self.plan.chats)
+        cpu = psutil.Process(server.process.pid)
+        before = sum(cpu.cpu_times()[:2])
+        connections = self.plan.connections
+        result = run_wrk(
+            self.processes, self.wrk, server.url, chats, stream=stream, connections=connections, seconds=seconds
+        )
+        return LoadRun(result, sum(cpu.cpu_times()[:2]) - before)
+
+    def bursts(self, servers: dict[str, Server], *, runs: int) -> dict[str, list[dict[str, float]]]:
+        """`bench.burst` runs against each server, alternating; each on chats created for it."""
+        results: dict[str, list[dict[str, float]]] = {label: [] for label in servers}
+        for round_ in range(runs):
+            order = list(servers.items())
+            for label, server in order if round_ % 2 == 0 else reversed(order):
+                chats = self.chat_file(server, self.plan.burst_chats)
+                argv = pinned(LOAD_CORE, [PYTHON, "-m", "bench.burst", server.url, str(chats)])
+                output = self.processes.run(argv, timeout=BURST_TIMEOUT_SECONDS)
+                results[label].append(json.loads(output.strip().splitlines()[-1]))
+        return results
