@@ -17,17 +17,35 @@ from bench import client
 from bench.postgres import scratch_database
 from bench.processes import PYTHON, SERVER_CORE, Server, StartError, pinned
 from bench.report import Row, Target
-from bench.rig import LoadRun, Rig
+from bench.rig import LoadRun, Plan, Rig
+from chatkeep.config import Settings
 
 THROUGHPUT_TARGET = Target(">=", 0.5)
 BURST_TARGET = Target("<=", 1.15)
 HISTORY_TARGET = Target("<=", 1.2)
 MEMORY_TARGET = Target("<=", 400, on="value")
+# p99 ms to a 503 with 5x the bound offered: refusals must come at once, not after waiting on the
+# LLM as queued turns would (its latency is 1 s); on one core they still wait behind the CPU work
+# of the whole burst, which is why the bar is a quarter of the LLM's latency, not zero.
+OVERLOAD_TARGET = Target("<=", 250, on="value")
 LONG_CHATS = 8
 SHORT_FILL_TURNS = 2
 WARM_TURNS = 20
 MEMORY_TIMEOUT_SECONDS = 600
 NO_STREAMING = "n/a (no streaming yet)"
+OVERLOAD_FACTOR = 5
+OVERLOAD_SLACK = 3  # turns accepted beyond (or short of) the bound that still count as the bound held
+DEFAULT_TURNS_IN_FLIGHT = int(Settings.model_fields["max_turns_in_flight"].default)
+# What an overload run counts against the contract (each turn once per way it breaks it): any is a FAIL.
+BREACHES = {
+    "other": "answered neither 201 nor 503",
+    "refused_without_retry_after": "503s without Retry-After",
+    "refused_untyped": "503s not typed overloaded",
+    "lost": "accepted turns not stored whole",
+    "doubled": "turns stored twice",
+    "stored_refused": "refused turns stored",
+    "off_bound": "turns accepted off the bound",
+}
 
 
 def turns(rig: Rig) -> list[Row]:
@@ -154,6 +172,64 @@ def _store_row(name: str, rates: dict[str, list[float]], *, note: str) -> Row:
     return Row(name, measure, "turns/s", chatkeep, relay, note=note, runs=runs)
 
 
+def overload(rig: Rig) -> list[Row]:
+    """7. 5x the bound on turns in flight posted at once to a slow LLM: 503s at once, none lost."""
+    plan = rig.plan
+    offered = OVERLOAD_FACTOR * plan.overload_bound
+    llm = rig.llm(latency=plan.overload_latency)
+    servers = {"bounded": rig.chatkeep(llm, max_turns_in_flight=plan.overload_bound), "default": rig.chatkeep(llm)}
+    results = rig.bursts(servers, runs=plan.overload_runs, chats=offered, client="bench.overload")
+    for server in [*servers.values(), llm]:
+        rig.stop(server)
+    expected = {"bounded": plan.overload_bound, "default": min(offered, DEFAULT_TURNS_IN_FLIGHT)}
+    for label, found in results.items():
+        for run in found:
+            run["off_bound"] = max(0, abs(run["accepted"] - expected[label]) - OVERLOAD_SLACK)
+    return [_overload_row(plan, _figures(results))]
+
+
+def _figures(results: dict[str, list[dict[str, float]]]) -> dict[str, list[float]]:
+    """Every figure of every run as `label figure`: one value per run that has it."""
+    runs: dict[str, list[float]] = {}
+    for label, found in results.items():
+        for run in found:
+            for name, value in run.items():
+                runs.setdefault(f"{label} {name}", []).append(value)
+    return runs
+
+
+def _overload_row(plan: Plan, runs: dict[str, list[float]]) -> Row:
+    def shown(key: str, spec: str) -> str:
+        return "n/a" if key not in runs else format(median(runs[key]), spec)
+
+    offered = OVERLOAD_FACTOR * plan.overload_bound
+    breaches = {
+        name: sum(sum(runs.get(f"{label} {name}", [])) for label in ("bounded", "default")) for name in BREACHES
+    }
+    refusals = (
+        f"503 in p50 {shown('bounded refused_p50_ms', '.1f')} ms, p99 {shown('bounded refused_p99_ms', '.1f')} ms"
+    )
+    accepted = f"accepted {shown('bounded accepted', 'g')}, refused {shown('bounded refused', 'g')} ({refusals})"
+    default = f"accepted {shown('default accepted', 'g')} of {offered} (default bound {DEFAULT_TURNS_IN_FLIGHT:,})"
+    measure = f"overload: {offered} turns at once, {OVERLOAD_FACTOR}x a bound of {plan.overload_bound}"
+    return Row(
+        "overload",
+        f"{measure}, {plan.overload_latency:g} s LLM: p99 time to a 503",
+        "ms",
+        median(runs["bounded refused_p99_ms"]) if "bounded refused_p99_ms" in runs else None,
+        None,
+        chatkeep_name="503 p99",
+        baseline_name="default bound",
+        target=OVERLOAD_TARGET,
+        note="; ".join(f"{count:g} {BREACHES[name]}" for name, count in breaches.items() if count)
+        or "Retry-After on every 503, none lost or doubled",
+        runs=runs,
+        failures=int(sum(breaches.values())),
+        chatkeep_text=f"{accepted}, accepted done in {shown('bounded accepted_seconds', '.2f')} s",
+        baseline_text=f"{default}, done in {shown('default accepted_seconds', '.2f')} s",
+    )
+
+
 def _failed_requests(runs: list[LoadRun]) -> int:
     return sum(run.wrk.errors for run in runs)
 
@@ -180,4 +256,5 @@ MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "history": history,
     "memory": memory,
     "stores": stores,
+    "overload": overload,
 }

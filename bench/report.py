@@ -2,8 +2,9 @@
 
 A row holds chatkeep's median and its baseline's (the bare relay, or for the history measure
 chatkeep itself at a short history), the raw runs behind both, and the target the ratio (or,
-for memory, the value) must meet. A measure that cannot run yet says why in `note` and passes
-nothing and fails nothing.
+for memory and overload, the value) must meet. A row whose figures need words (overload's
+accepted and refused turns) carries the text the table shows for them. A measure that cannot
+run yet says why in `note` and passes nothing and fails nothing.
 """
 
 import json
@@ -47,6 +48,8 @@ class Row:
     note: str = ""
     runs: dict[str, list[float]] = field(default_factory=dict)
     failures: int = 0
+    chatkeep_text: str = ""  # what the table shows instead of the number, when one number would not say it
+    baseline_text: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -89,9 +92,10 @@ def table(rows: list[Row]) -> str:
     lines = [header]
     for row in rows:
         baseline = f"{_number(row.baseline, row.unit)} ({row.baseline_name})" if row.baseline is not None else "-"
+        chatkeep = row.chatkeep_text or _number(row.chatkeep, row.unit)
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
         target = row.target.describe(row.unit) if row.target else "-"
-        lines.append((row.measure, _number(row.chatkeep, row.unit), baseline, ratio, target, verdict(row)))
+        lines.append((row.measure, chatkeep, row.baseline_text or baseline, ratio, target, verdict(row)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))

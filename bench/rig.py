@@ -57,10 +57,13 @@ class Plan:
     history_samples: int = 100
     memory_turns: int = 100_000
     store_runs: int = 3
+    overload_bound: int = 100
+    overload_latency: float = 1.0
+    overload_runs: int = 3
 
     @classmethod
     def quick(cls) -> "Plan":
-        return cls(runs=1, seconds=2, warmup_seconds=1, burst_runs=1, history_samples=10, store_runs=1)
+        return cls(runs=1, seconds=2, warmup_seconds=1, burst_runs=1, history_samples=10, store_runs=1, overload_runs=1)
 
 
 class Rig:
@@ -84,11 +87,16 @@ class Rig:
             self._servers[key] = self._serve(key, argv, SERVER_CORE)
         return self._servers[key]
 
-    def chatkeep(self, llm: Server, *, store: str = "memory://") -> Server:
-        """chatkeep on `llm` and `store`; raises StartError when it refuses to start."""
+    def chatkeep(self, llm: Server, *, store: str = "memory://", max_turns_in_flight: int | None = None) -> Server:
+        """chatkeep on `llm` and `store`, with its default bound on turns in flight unless one is
+        given; raises StartError when it refuses to start."""
         key = f"chatkeep-{store.partition(':')[0]}-{llm.name}"
+        bound: list[str] = []
+        if max_turns_in_flight is not None:
+            key += f"-bound{max_turns_in_flight}"
+            bound = ["--max-turns-in-flight", str(max_turns_in_flight)]
         if key not in self._servers:
-            argv = [CHATKEEP, "serve", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
+            argv = [CHATKEEP, "serve", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning", *bound]
             env = {name: value for name, value in os.environ.items() if not name.startswith("CHATKEEP_")}
             env |= {"OPENAI_API_KEY": BENCH_API_KEY, "OPENAI_BASE_URL": llm.url + "/v1", "CHATKEEP_STORE": store}
             self._servers[key] = self._serve(key, argv, SERVER_CORE, env=env)
@@ -130,14 +138,17 @@ class Rig:
         )
         return LoadRun(result, sum(cpu.cpu_times()[:2]) - before)
 
-    def bursts(self, servers: dict[str, Server], *, runs: int) -> dict[str, list[dict[str, float]]]:
-        """`bench.burst` runs against each server, alternating; each on chats created for it."""
+    def bursts(
+        self, servers: dict[str, Server], *, runs: int, chats: int | None = None, client: str = "bench.burst"
+    ) -> dict[str, list[dict[str, float]]]:
+        """Runs of `client` against each server, alternating; each on `chats` chats (by default
+        `burst_chats`) created for it. The client takes URL CHATS_FILE and prints one JSON line."""
         results: dict[str, list[dict[str, float]]] = {label: [] for label in servers}
         for round_ in range(runs):
             order = list(servers.items())
             for label, server in order if round_ % 2 == 0 else reversed(order):
-                chats = self.chat_file(server, self.plan.burst_chats)
-                argv = pinned(LOAD_CORE, [PYTHON, "-m", "bench.burst", server.url, str(chats)])
+                chat_file = self.chat_file(server, chats or self.plan.burst_chats)
+                argv = pinned(LOAD_CORE, [PYTHON, "-m", client, server.url, str(chat_file)])
                 output = self.processes.run(argv, timeout=BURST_TIMEOUT_SECONDS)
                 results[label].append(json.loads(output.strip().splitlines()[-1]))
         return results

@@ -238,7 +238,8 @@ class ChatService:
         return Turn(question, await self.store.get_message(owner, chat_id, assistant_message_id))
 
     async def _chat_to_post_to(self, owner: str, chat_id: str) -> Chat:
-        """The chat, once the owner may post: raises ChatNotFoundError, or RateLimitedError."""
+        """The chat, once the owner may post: raises OverloadedError, ChatNotFoundError, or RateLimitedError."""
+        self._turns.check_capacity()
         chat = await self.store.get_chat(owner, chat_id)
         if self._rate_limit is not None:
             await self._rate_limit.check(owner)

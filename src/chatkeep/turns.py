@@ -38,11 +38,7 @@ class TurnQueue:
         Raises OverloadedError when `max_in_flight` turns are already running or waiting in this
         process, and ChatBusyError when `max_waiting` turns already wait behind the chat's running one.
         """
-        if self.in_flight >= self._max_in_flight:
-            raise OverloadedError(
-                f"{self.in_flight} turns are in flight on this server; retry later",
-                retry_after=OVERLOADED_RETRY_AFTER_SECONDS,
-            )
+        self.check_capacity()
         line = self._lines.get(chat_id)
         if line is None:
             line = self._lines[chat_id] = _Line()
@@ -54,6 +50,17 @@ class TurnQueue:
         line.members += 1
         self.in_flight += 1
         return Place(self, chat_id, line)
+
+    def check_capacity(self) -> None:
+        """Raise OverloadedError when `max_in_flight` turns are already running or waiting here.
+
+        Cheap, so a full server can refuse before doing any work for the request.
+        """
+        if self.in_flight >= self._max_in_flight:
+            raise OverloadedError(
+                f"{self.in_flight} turns are in flight on this server; retry later",
+                retry_after=OVERLOADED_RETRY_AFTER_SECONDS,
+            )
 
     def waiting(self, chat_id: str) -> int:
         """How many turns wait (not counting the one running) on the chat."""
