@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from chatkeep.api import by_hand, sse
 from chatkeep.api.bodies import json_response, page_body
@@ -51,8 +52,11 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
-def _key(value: str | None, route: str, body: dict[str, Any]) -> IdempotencyKey | None:
-    return None if value is None else IdempotencyKey.for_request(value, route, body)
+def _key(value: str | None, route: str, body: BaseModel, *, exclude: set[str] | None = None) -> IdempotencyKey | None:
+    """The request's key, fingerprinted by its route and body (what `exclude` names aside)."""
+    if value is None:
+        return None
+    return IdempotencyKey.for_request(value, route, body.model_dump(mode="json", exclude=exclude))
 
 
 operations = APIRouter(tags=["operations"], responses=_problems(500))
@@ -81,7 +85,7 @@ async def create_chat(
 ) -> Response:
     """Create a chat. With an `Idempotency-Key`, a retry gets the chat the first try created."""
     body = body or ChatCreate()
-    key = _key(idempotency_key, "POST /chats", body.model_dump(mode="json"))
+    key = _key(idempotency_key, "POST /chats", body)
     chat = await service.create_chat(
         owner, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt, key=key
     )
@@ -162,7 +166,7 @@ async def post_message(request: Request, chat_id: str) -> Response:
     if len(body.content) > limit:
         too_long = {"loc": ("body", "content"), "msg": f"String should have at most {limit} characters"}
         raise RequestValidationError([too_long | {"type": "string_too_long"}])
-    key = _key(idempotency_key, f"POST /chats/{chat_id}/messages", body.model_dump(mode="json", exclude={"stream"}))
+    key = _key(idempotency_key, f"POST /chats/{chat_id}/messages", body, exclude={"stream"})
     if body.stream or sse.MEDIA_TYPE in request.headers.get("accept", ""):
         events = await service.stream_message(owner, chat_id, body.content, key=key)
         return sse.event_stream(events.follow())

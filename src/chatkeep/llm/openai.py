@@ -12,8 +12,7 @@ upstream never holds a client longer than that.
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -74,13 +73,17 @@ class OpenAICompatibleLLM:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._model = model
         self._timeout = timeout
+        self._whole_call = aiohttp.ClientTimeout(total=timeout)
         self._max_retries = max_retries
 
     async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
-        body = orjson.dumps({"model": self._model, "messages": prompt})
-        async with self._response(body) as response:
-            with self._translated():
-                payload = await response.read()
+        response = await self._good_response(orjson.dumps({"model": self._model, "messages": prompt}))
+        try:
+            payload = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failure(exc) from exc
+        finally:
+            response.release()
         return _parse_completion(payload)
 
     async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncIterator[str | Reply]:
@@ -88,22 +91,26 @@ class OpenAICompatibleLLM:
             {"model": self._model, "messages": prompt, "stream": True, "stream_options": {"include_usage": True}}
         )
         chunks = _ChunkReader()
-        async with self._response(body) as response:
-            with self._translated():
-                async for data in response.content.iter_any():
-                    for delta in chunks.feed(data):
-                        yield delta
-                    if chunks.done:
-                        break
+        response = await self._good_response(body)
+        try:
+            async for data in response.content.iter_any():
+                for delta in chunks.feed(data):
+                    yield delta
+                if chunks.done:
+                    break
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failure(exc) from exc
+        finally:
+            response.release()
         yield chunks.reply()
 
     async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
         reply = await self.complete(summary_prompt(previous, messages))
         return parse_summary(reply.content)
 
-    @asynccontextmanager
-    async def _response(self, body: bytes) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A 200 response to POST `body`, its body unread, with the breaker told how it went."""
+    async def _good_response(self, body: bytes) -> aiohttp.ClientResponse:
+        """A 200 response to POST `body`, its body unread (the caller releases it), with the
+        breaker told how the call went."""
         self._breaker.before_call()
         try:
             response = await self._first_good_response(body)
@@ -114,10 +121,7 @@ class OpenAICompatibleLLM:
             self._breaker.record(failed=True)
             raise
         self._breaker.record(failed=False)
-        try:
-            yield response
-        finally:
-            response.release()
+        return response
 
     async def _first_good_response(self, body: bytes) -> aiohttp.ClientResponse:
         """POST `body` until a 200 comes, retrying what may succeed next time, within one deadline.
@@ -126,10 +130,10 @@ class OpenAICompatibleLLM:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        limit = self._whole_call
         for attempt in range(self._max_retries + 1):
             try:
-                return await self._attempt(body, limit=timeout)
+                return await self._attempt(body, limit=limit)
             except _Retryable as failure:
                 error, wait = failure.error, failure.wait
             delay = _backoff(attempt, wait)
@@ -137,24 +141,29 @@ class OpenAICompatibleLLM:
                 break
             log.warning("LLM attempt %d failed (%s); retrying in %.2fs", attempt + 1, error.detail, delay)
             await asyncio.sleep(delay)
-            timeout = aiohttp.ClientTimeout(total=deadline - loop.time())
+            limit = aiohttp.ClientTimeout(total=deadline - loop.time())
         raise error
 
     async def _attempt(self, body: bytes, *, limit: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-        with self._translated():
-            try:
-                response = await self._session.post(self._url, data=body, headers=self._headers, timeout=limit)
-            except TimeoutError:
-                raise  # aiohttp's timeouts are connection errors too; they are not retried
-            except aiohttp.ClientConnectionError as exc:
-                unreachable = LLMUnavailableError(
-                    f"cannot reach the LLM at {self._url}: {exc}", retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS
-                )
-                raise _Retryable(unreachable) from exc
-            if response.status == 200:
-                return response
-            async with response:
-                payload = await response.read()
+        try:
+            response = await self._session.post(self._url, data=body, headers=self._headers, timeout=limit)
+        except TimeoutError as exc:
+            raise self._failure(exc) from exc  # aiohttp's timeouts are connection errors too: not retried
+        except aiohttp.ClientConnectionError as exc:
+            unreachable = LLMUnavailableError(
+                f"cannot reach the LLM at {self._url}: {exc}", retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS
+            )
+            raise _Retryable(unreachable) from exc
+        except aiohttp.ClientError as exc:
+            raise self._failure(exc) from exc
+        if response.status == 200:
+            return response
+        try:
+            payload = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failure(exc) from exc
+        finally:
+            response.release()
         detail = f"the LLM answered {response.status}: {_upstream_message(payload)}"
         wait = _retry_after(response.headers.get("Retry-After"))
         if response.status == 429:
@@ -164,17 +173,13 @@ class OpenAICompatibleLLM:
             raise _Retryable(LLMBadResponseError(detail), wait=wait)
         raise LLMRejectedError(detail)
 
-    @contextmanager
-    def _translated(self) -> Iterator[None]:
-        """Turn the HTTP client's failures into chatkeep's LLM errors, in one place."""
-        try:
-            yield
-        except TimeoutError as exc:
-            raise LLMTimeoutError(f"the LLM did not answer within {self._timeout:g}s") from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise LLMBadResponseError(f"the LLM's response was cut off: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise LLMBadResponseError(f"the LLM's response could not be read: {exc}") from exc
+    def _failure(self, exc: BaseException) -> LLMError:
+        """The HTTP client's failure as one of chatkeep's LLM errors: translated here and nowhere else."""
+        if isinstance(exc, TimeoutError):
+            return LLMTimeoutError(f"the LLM did not answer within {self._timeout:g}s")
+        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+            return LLMBadResponseError(f"the LLM's response was cut off: {exc}")
+        return LLMBadResponseError(f"the LLM's response could not be read: {exc}")
 
 
 class _ChunkReader:
