@@ -1,14 +1,18 @@
 """Server-sent events for streamed turns: the wire encoding of `TurnEvent`s and the response.
 
-A plain `StreamingResponse` over the turn's log, not `BaseHTTPMiddleware`-wrapped (that would
-buffer) and not FastAPI's generator SSE (its per-event task hops cost more than the turn).
-Events that arrive together are written in one chunk; a comment line keeps idle streams alive.
+The response writes the turn's log straight to the ASGI server: not `BaseHTTPMiddleware`-
+wrapped (that would buffer), not FastAPI's generator SSE nor Starlette's `StreamingResponse`
+(their per-response tasks and per-event hops cost more than the turn). It needs no disconnect
+watcher: the turn runs in its own task whatever the client does, the ASGI server drops writes
+to a client that left, and the log ends when the turn does. Events that arrive together are
+written in one chunk; a comment line keeps idle streams alive.
 """
 
 from collections.abc import AsyncIterator
 
 import orjson
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from chatkeep.api import bodies
 from chatkeep.api.problems import problem_body
@@ -19,13 +23,25 @@ HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 KEEPALIVE = b": keep-alive\n\n"
 
 
-def event_stream(batches: AsyncIterator[list[TurnEvent]]) -> StreamingResponse:
-    return StreamingResponse(_encoded(batches), media_type=MEDIA_TYPE, headers=HEADERS)
+class EventStream(Response):
+    media_type = MEDIA_TYPE
+
+    def __init__(self, batches: AsyncIterator[list[TurnEvent]]) -> None:
+        super().__init__(headers=HEADERS)
+        # A stream has no length: drop the content-length of the empty body Response set.
+        self.raw_headers = [(name, value) for name, value in self.raw_headers if name != b"content-length"]
+        self._batches = batches
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for batch in self._batches:
+            body = b"".join(map(encode, batch)) if batch else KEEPALIVE
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _encoded(batches: AsyncIterator[list[TurnEvent]]) -> AsyncIterator[bytes]:
-    async for batch in batches:
-        yield b"".join(map(encode, batch)) if batch else KEEPALIVE
+def event_stream(batches: AsyncIterator[list[TurnEvent]]) -> EventStream:
+    return EventStream(batches)
 
 
 def encode(event: TurnEvent) -> bytes:
