@@ -11,7 +11,6 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chatkeep.api_keys import ApiKeys
-from chatkeep.config import Settings
 from chatkeep.domain import Order, PageRequest
 from chatkeep.service import ChatService
 
@@ -25,10 +24,6 @@ MAX_PAGE = 100
 
 async def get_service(request: Request) -> ChatService:
     return service_of(request)
-
-
-async def get_settings(request: Request) -> Settings:
-    return service_of(request).settings
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key of CHATKEEP_API_KEYS")
@@ -57,7 +52,6 @@ def _owner(request: Request, api_key: str | None) -> str:
 
 
 ServiceDep = Annotated[ChatService, Depends(get_service)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")]

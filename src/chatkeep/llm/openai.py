@@ -78,13 +78,7 @@ class OpenAICompatibleLLM:
 
     async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
         response = await self._good_response(orjson.dumps({"model": self._model, "messages": prompt}))
-        try:
-            payload = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._failure(exc) from exc
-        finally:
-            response.release()
-        return _parse_completion(payload)
+        return _parse_completion(await self._read(response))
 
     async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncIterator[str | Reply]:
         body = orjson.dumps(
@@ -158,12 +152,7 @@ class OpenAICompatibleLLM:
             raise self._failure(exc) from exc
         if response.status == 200:
             return response
-        try:
-            payload = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._failure(exc) from exc
-        finally:
-            response.release()
+        payload = await self._read(response)
         detail = f"the LLM answered {response.status}: {_upstream_message(payload)}"
         wait = _retry_after(response.headers.get("Retry-After"))
         if response.status == 429:
@@ -172,6 +161,15 @@ class OpenAICompatibleLLM:
         if response.status >= 500:
             raise _Retryable(LLMBadResponseError(detail), wait=wait)
         raise LLMRejectedError(detail)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body, with the connection given back to the pool whatever happens."""
+        try:
+            return await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failure(exc) from exc
+        finally:
+            response.release()
 
     def _failure(self, exc: BaseException) -> LLMError:
         """The HTTP client's failure as one of chatkeep's LLM errors: translated here and nowhere else."""
