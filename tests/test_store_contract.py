@@ -21,7 +21,6 @@ from chatkeep.domain import (
 )
 from chatkeep.errors import ChatNotFoundError, InvalidCursorError, MessageNotFoundError
 from chatkeep.store import ChatStore
-from chatkeep.store.memory import paginate
 from tests.stores import STORES, open_test_store
 
 ALICE, BOB = "alice", "bob"
@@ -208,14 +207,32 @@ async def test_turn_lease_can_be_taken_again_once_released(store: ChatStore) -> 
 
 
 def expected_page(ids: list[str], page: PageRequest) -> tuple[list[str], bool]:
-    """What MemoryStore's `paginate` answers for `ids` (ascending): the specification of paging."""
+    """The specification of paging, worked out on the index of `ids` (ascending).
 
-    def position(cursor: str) -> int:
-        if cursor not in ids:
-            raise InvalidCursorError(cursor)
-        return ids.index(cursor)
+    Written independently of the stores' key ranges (`store/paging.py`), which it checks.
+    """
+    lo, hi = 0, len(ids)
+    ascending = page.order == "asc"
+    if page.after is not None:
+        index = position(ids, page.after)
+        lo, hi = (index + 1, hi) if ascending else (lo, index)
+    if page.before is not None:
+        index = position(ids, page.before)
+        lo, hi = (lo, min(hi, index)) if ascending else (max(lo, index + 1), hi)
+    hi = max(lo, hi)
+    if ascending == (page.before is None or page.after is not None):  # read from the low end
+        window = ids[lo : min(hi, lo + page.limit)]
+        has_more = lo + len(window) < hi
+    else:
+        window = ids[max(lo, hi - page.limit) : hi]
+        has_more = hi - len(window) > lo
+    return (window if ascending else window[::-1]), has_more
 
-    return paginate(ids, page, position)
+
+def position(ids: list[str], cursor: str) -> int:
+    if cursor not in ids:
+        raise InvalidCursorError(cursor)
+    return ids.index(cursor)
 
 
 def every_page(ids: list[str]) -> list[PageRequest]:

@@ -8,6 +8,7 @@ Keys are scoped per owner and kept KEY_TTL.
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,7 +57,7 @@ class KeyHold:
         self.replay = replay
         self.retry_of = retry_of
         self._question = retry_of
-        self._result: str | None = None
+        self._result: Callable[[], str] | None = None
 
     async def question_stored(self, user_message_id: str) -> None:
         """From here on a failure is retried by re-running only the reply."""
@@ -66,7 +67,8 @@ class KeyHold:
                 self._owner, self._key, state=KeyState.RUNNING, user_message_id=user_message_id
             )
 
-    def succeeded(self, result: str) -> None:
+    def succeeded(self, result: Callable[[], str]) -> None:
+        """The request succeeded; `result` renders what a retry replays (only when a key is held)."""
         self._result = result
 
     async def settle(self) -> None:
@@ -74,7 +76,7 @@ class KeyHold:
         if self._store is None or self.replay is not None:
             return
         if self._result is not None:
-            await self._store.update_key(self._owner, self._key, state=KeyState.DONE, result=self._result)
+            await self._store.update_key(self._owner, self._key, state=KeyState.DONE, result=self._result())
         elif self._question is not None:
             await self._store.update_key(self._owner, self._key, state=KeyState.FAILED)
         else:

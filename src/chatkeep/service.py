@@ -92,7 +92,7 @@ class ChatService:
             if hold.replay is not None:
                 return chat_from_result(hold.replay)
             chat = await self.store.create_chat(owner, title=title, metadata=metadata, system_prompt=system_prompt)
-            hold.succeeded(chat_result(chat))
+            hold.succeeded(lambda: chat_result(chat))
             return chat
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
@@ -192,7 +192,7 @@ class ChatService:
             raise
         stored = NewMessage(Role.ASSISTANT, reply.content, model=reply.model, usage=reply.usage)
         answer = await self.store.append_message(owner, chat.id, stored)
-        hold.succeeded(turn_result(question.id, answer.id))
+        hold.succeeded(lambda: turn_result(question.id, answer.id))
         if events is not None:
             events.assistant_message(answer)
         return Turn(question, answer)

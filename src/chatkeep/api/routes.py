@@ -169,7 +169,7 @@ async def post_message(request: Request, chat_id: str) -> Response:
     key = _key(idempotency_key, f"POST /chats/{chat_id}/messages", body, exclude={"stream"})
     if body.stream or sse.MEDIA_TYPE in request.headers.get("accept", ""):
         events = await service.stream_message(owner, chat_id, body.content, key=key)
-        return sse.event_stream(events.follow())
+        return sse.EventStream(events.follow())
     return json_response(await service.post_message(owner, chat_id, body.content, key=key), status=201)
 
 
@@ -188,7 +188,7 @@ async def resume_turn_events(
 ) -> Response:
     """Resume a streamed turn after `Last-Event-ID`: live while it runs, else its final event."""
     events = await service.turn_events(owner, chat_id, user_message_id)
-    return sse.event_stream(events.follow(last_event_id))
+    return sse.EventStream(events.follow(last_event_id))
 
 
 @router.get("/chats/{chat_id}/messages", response_model=MessageList, tags=["messages"], responses=_problems(404, 422))

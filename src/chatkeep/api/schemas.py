@@ -68,11 +68,10 @@ class MessageCreate(_Input):
     stream: bool = False
 
 
-class _Output(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+# The answers: documentation of what bodies.py writes straight from the domain objects.
 
 
-class ChatOut(_Output):
+class ChatOut(BaseModel):
     id: str
     title: str | None
     metadata: dict[str, str]
@@ -82,12 +81,12 @@ class ChatOut(_Output):
     message_count: int
 
 
-class UsageOut(_Output):
+class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
 
 
-class MessageOut(_Output):
+class MessageOut(BaseModel):
     id: str
     chat_id: str
     seq: int
@@ -98,21 +97,21 @@ class MessageOut(_Output):
     usage: UsageOut | None = Field(description="tokens of an assistant message, when the provider reported them")
 
 
-class ChatList(_Output):
+class ChatList(BaseModel):
     data: list[ChatOut]
     first_id: str | None
     last_id: str | None
     has_more: bool
 
 
-class MessageList(_Output):
+class MessageList(BaseModel):
     data: list[MessageOut]
     first_id: str | None
     last_id: str | None
     has_more: bool
 
 
-class TurnOut(_Output):
+class TurnOut(BaseModel):
     user_message: MessageOut
     assistant_message: MessageOut
 

@@ -40,10 +40,6 @@ class EventStream(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def event_stream(batches: AsyncIterator[list[TurnEvent]]) -> EventStream:
-    return EventStream(batches)
-
-
 def encode(event: TurnEvent) -> bytes:
     if event.kind == "delta":
         data = orjson.dumps({"content": event.text})

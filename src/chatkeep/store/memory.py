@@ -6,9 +6,9 @@ Messages of a chat live in a list indexed by `seq - 1`, which makes every window
 O(page), and a stored message costs little beyond its content.
 """
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -30,7 +30,8 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, InvalidCursorError, MessageNotFoundError
+from chatkeep.errors import ChatNotFoundError, MessageNotFoundError
+from chatkeep.store.paging import KeyRange, key_range, page_rows
 
 T = TypeVar("T")
 
@@ -100,14 +101,10 @@ class MemoryStore:
 
     async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
         owned = self._owners.get(owner, _OwnerChats())
-
-        def position(chat_id: str) -> int:
-            record = self._chats.get(chat_id)
-            if record is None or record.owner != owner:
-                raise InvalidCursorError(f"no chat {chat_id!r} to page from")
-            return bisect_left(owned.ranks, record.rank)
-
-        ranks, has_more = paginate(owned.ranks, page, position)
+        cursors = (self._chats.get(cursor) for cursor in (page.after, page.before) if cursor is not None)
+        span = key_range(page, {c.id: c.rank for c in cursors if c is not None and c.owner == owner}, "chat")
+        lo, hi = bisect_right(owned.ranks, span.above), bisect_left(owned.ranks, span.below)
+        ranks, has_more = page_rows(_read(owned.ranks, lo, hi, span), page, span)
         return Page([owned.by_rank[rank].to_chat() for rank in ranks], has_more)
 
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
@@ -152,14 +149,11 @@ class MemoryStore:
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         record = self._record(owner, chat_id)
-
-        def position(message_id: str) -> int:
-            seq = record.seq_by_id.get(message_id)
-            if seq is None:
-                raise InvalidCursorError(f"no message {message_id!r} in chat {chat_id!r} to page from")
-            return seq - 1
-
-        return Page(*paginate(record.messages, page, position))
+        cursors = (page.after, page.before)
+        span = key_range(page, {c: record.seq_by_id[c] for c in cursors if c in record.seq_by_id}, "message")
+        messages = record.messages  # message `seq` sits at index seq - 1
+        lo, hi = min(span.above, len(messages)), min(span.below - 1, len(messages))
+        return Page(*page_rows(_read(messages, lo, hi, span), page, span))
 
     async def recent_messages(
         self, owner: str, chat_id: str, *, limit: int, before_seq: int | None = None, after_seq: int = 0
@@ -237,27 +231,8 @@ class MemoryStore:
         return purged
 
 
-def paginate(items: Sequence[T], page: PageRequest, position: Callable[[str], int]) -> tuple[list[T], bool]:
-    """One cursor page of `items` (ascending), as DESIGN.md's list contract describes.
-
-    `after` and `before` refer to the order asked for; `position` maps a cursor id to its index
-    (raising InvalidCursorError). Paging with only `before` walks backwards: the page holds the
-    items closest to the cursor and `has_more` tells whether older pages exist.
-    """
-    lo, hi = 0, len(items)
-    ascending = page.order == "asc"
-    if page.after is not None:
-        index = position(page.after)
-        lo, hi = (index + 1, hi) if ascending else (lo, index)
-    if page.before is not None:
-        index = position(page.before)
-        lo, hi = (lo, min(hi, index)) if ascending else (max(lo, index + 1), hi)
-    hi = max(lo, hi)
-    from_low_end = ascending == (page.before is None or page.after is not None)
-    if from_low_end:
-        window = items[lo : min(hi, lo + page.limit)]
-        has_more = lo + len(window) < hi
-    else:
-        window = items[max(lo, hi - page.limit) : hi]
-        has_more = hi - len(window) > lo
-    return (list(window) if ascending else list(reversed(window))), has_more
+def _read(items: Sequence[T], lo: int, hi: int, span: KeyRange) -> Sequence[T]:
+    """Up to `span.fetch` of `items[lo:hi]`, from the end `span` reads from, in that order."""
+    if span.descending:
+        return items[max(lo, hi - span.fetch) : hi][::-1]
+    return items[lo : min(hi, lo + span.fetch)]

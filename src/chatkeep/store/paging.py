@@ -1,9 +1,10 @@
-"""Cursor pages as key ranges, so the SQL stores page exactly like `memory.paginate`.
+"""Cursor pages as key ranges: DESIGN.md's list contract, in one place for every store.
 
 A listed object has a monotonic integer key (a chat's `rank`, a message's `seq`, both from 1).
 A page request becomes an exclusive key range plus the end to read from; reading one row more
-than the limit tells `has_more` without counting. Both SQL stores share this, so the two
-cannot drift from the memory store's semantics separately.
+than the limit tells `has_more` without counting. `after` and `before` refer to the order
+asked for; paging with only `before` walks backwards, so the page holds the items closest to
+the cursor. Every store reads its rows through this, so none can drift from the others.
 """
 
 from collections.abc import Mapping, Sequence
@@ -27,10 +28,6 @@ class KeyRange:
     below: int
     descending: bool
     fetch: int  # rows to read: the limit plus one that tells has_more
-
-
-def cursor_ids(page: PageRequest) -> list[str]:
-    return [cursor for cursor in (page.after, page.before) if cursor is not None]
 
 
 def key_range(page: PageRequest, keys: Mapping[str, int], what: str) -> KeyRange:
