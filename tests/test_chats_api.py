@@ -170,9 +170,12 @@ async def test_malformed_json_is_a_422_problem(offline_client: httpx.AsyncClient
     assert response.json()["errors"][0]["type"] == "json_invalid"
 
 
-async def test_body_over_one_mebibyte_is_a_413_problem(offline_client: httpx.AsyncClient) -> None:
-    big = b'{"title": "' + b"x" * (1024 * 1024) + b'"}'
-    response = await offline_client.post("/chats", content=big, headers={"content-type": "application/json"})
+@pytest.mark.parametrize("path", ["/chats", "/chats/{chat_id}/messages"])
+async def test_body_over_one_mebibyte_is_a_413_problem(offline_client: httpx.AsyncClient, path: str) -> None:
+    chat_id = (await offline_client.post("/chats", json={})).json()["id"]
+    url = path.format(chat_id=chat_id)
+    big = b'{"content": "' + b"x" * (1024 * 1024) + b'"}'
+    response = await offline_client.post(url, content=big, headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["status"] == 413
@@ -181,10 +184,11 @@ async def test_body_over_one_mebibyte_is_a_413_problem(offline_client: httpx.Asy
         for _ in range(20):
             yield b"x" * 65536
 
-    chunked = await offline_client.post("/chats", content=chunks(), headers={"content-type": "application/json"})
+    chunked = await offline_client.post(url, content=chunks(), headers={"content-type": "application/json"})
     assert chunked.status_code == 413
     assert chunked.json()["status"] == 413
-    assert (await offline_client.get("/chats")).json()["data"] == []
+    assert [chat["id"] for chat in (await offline_client.get("/chats")).json()["data"]] == [chat_id]
+    assert (await offline_client.get(f"/chats/{chat_id}/messages")).json()["data"] == []
 
 
 async def test_unknown_route_is_a_404_problem(offline_client: httpx.AsyncClient) -> None:

@@ -3,6 +3,7 @@
 import httpx
 import pytest
 
+from chatkeep.store import MemoryStore
 from tests.conftest import new_chat
 
 JSON = {"content-type": "application/json"}
@@ -123,3 +124,21 @@ async def test_oversized_and_odd_path_ids_are_404(offline_client: httpx.AsyncCli
         response = await offline_client.get(f"/chats/{chat_id}")
         assert response.status_code in (404, 422), (chat_id, response.status_code)
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_fault_inside_a_turn_is_a_500_problem_that_reveals_nothing(
+    offline_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No client input can cause this; a bug or a broken store can. The turn is served outside
+    # FastAPI's router (by_hand.RouteShortcut), so this checks it still ends in the same 500.
+    chat_id = await new_chat(offline_client)
+
+    async def broken_append(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(MemoryStore, "append_message", broken_append)
+    response = await offline_client.post(f"/chats/{chat_id}/messages", json={"content": "hi"})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {"type": "about:blank", "title": "Internal Server Error", "status": 500}
+    assert "secret internal detail" in caplog.text

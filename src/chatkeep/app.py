@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse
 
 from chatkeep import __version__
 from chatkeep.api.body_limit import BodyLimitMiddleware
+from chatkeep.api.by_hand import RouteShortcut
 from chatkeep.api.problems import install_problem_handlers
 from chatkeep.api.routes import operations, router, turns
 from chatkeep.api_keys import ApiKeys
@@ -64,12 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Chat sessions in front of any OpenAI-compatible LLM.",
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry asks the global providers whether they are set on every
+        # request (about 5 µs each time); chatkeep exports no telemetry, so it is off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.add_middleware(RouteShortcut, routes=turns.routes)  # the turn, past FastAPI's inner layers
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     install_problem_handlers(app)
-    # The turn route goes first and straight into the app's own route list: most requests take
-    # it, and an included router adds a layer of matching to each of them.
-    app.router.routes[:0] = turns.routes
+    app.include_router(turns)
     app.include_router(operations)
     app.include_router(router)
 

@@ -6,6 +6,7 @@ status with `about:blank`; anything unexpected is a bare 500 whose traceback is 
 """
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -108,11 +109,25 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return problem(500, "Internal Server Error", None)
 
 
+_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+    ChatkeepError: chatkeep_error,
+    RequestValidationError: validation_error,
+    HTTPException: http_error,
+}
+# The errors a response is rendered for; anything else is unexpected (a 500).
+PROBLEM_ERRORS = tuple(_HANDLERS)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ChatkeepError, chatkeep_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
+    for kind, handler in _HANDLERS.items():
+        app.add_exception_handler(kind, handler)
     app.add_exception_handler(Exception, unexpected_error)
+
+
+async def render_problem(request: Request, error: Exception) -> Response:
+    """The problem response for one of PROBLEM_ERRORS, for code that runs outside the app's handlers."""
+    handler = next(_HANDLERS[kind] for kind in type(error).__mro__ if kind in _HANDLERS)
+    return await handler(request, error)
 
 
 def _body_issue(message: str) -> dict[str, Any]:

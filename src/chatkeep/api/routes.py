@@ -60,7 +60,7 @@ def _key(value: str | None, route: str, body: BaseModel, *, exclude: set[str] | 
 
 
 operations = APIRouter(tags=["operations"], responses=_problems(500))
-turns = APIRouter(route_class=by_hand.ByHandRoute, responses=_problems(401, 500))
+turns = APIRouter(responses=_problems(401, 500))  # served by app.RouteShortcut; see by_hand.py
 router = APIRouter(responses=_problems(401, 500))
 
 
