@@ -6,9 +6,7 @@ estimated offline (see `estimate_tokens`) so nothing has to be downloaded at run
 estimate errs on the generous side so the budget is kept.
 """
 
-from collections.abc import Sequence
-
-from chatkeep.domain import Message, PromptMessage
+from chatkeep.domain import PromptMessage
 from chatkeep.store import ChatStore
 
 # Chat Completions frames every message with a few tokens (role, separators): OpenAI's cookbook
@@ -42,22 +40,33 @@ async def build_context(
 
     The newest message is always kept whole, even over budget (it is what must be answered);
     older ones are added while they fit, and the walk stops at the first that does not, so the
-    context is always a contiguous tail of the chat.
+    context is always a contiguous tail of the chat. Each message is read once, in the same pass
+    that prices it: the window is most of a turn's own work, and most of its memory reads.
     """
     remaining = budget - (message_tokens(system_prompt) if system_prompt else 0)
-    window: list[Message] = []
+    newest_first: list[PromptMessage] = []
     before_seq: int | None = None
     batch = FIRST_BATCH
-    while True:
+    while remaining > 0 or not newest_first:
         older = await store.recent_messages(owner, chat_id, limit=batch, before_seq=before_seq)
-        taken, remaining = _take_fitting(older, remaining, keep_first=not window)
-        window.extend(taken)
-        if len(taken) < len(older) or len(older) < batch or remaining <= 0:
+        for message in older:
+            text = message.content
+            # estimate_tokens inlined for ASCII: this runs for every message of every turn's window
+            cost = (len(text) // 4 + 1 if text.isascii() else estimate_tokens(text)) + MESSAGE_OVERHEAD_TOKENS
+            if cost > remaining and newest_first:
+                return _prompt(system_prompt, newest_first)
+            newest_first.append({"role": message.role, "content": text})
+            remaining -= cost
+        if len(older) < batch:
             break
         before_seq = older[-1].seq
-        batch = _next_batch(remaining, spent=budget - remaining, count=len(window))
+        batch = _next_batch(remaining, spent=budget - remaining, count=len(newest_first))
+    return _prompt(system_prompt, newest_first)
+
+
+def _prompt(system_prompt: str, newest_first: list[PromptMessage]) -> list[PromptMessage]:
     prompt: list[PromptMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    prompt += [{"role": m.role, "content": m.content} for m in reversed(window)]
+    prompt += reversed(newest_first)
     return prompt
 
 
@@ -65,17 +74,3 @@ def _next_batch(remaining: int, *, spent: int, count: int) -> int:
     """How many more messages are likely to fit, judging by the average cost so far (plus one)."""
     average = max(1, spent // count)
     return max(1, min(MAX_BATCH, remaining // average + 1))
-
-
-def _take_fitting(newest_first: Sequence[Message], budget: int, *, keep_first: bool) -> tuple[list[Message], int]:
-    """The leading messages that fit `budget`, and the budget left after them."""
-    taken: list[Message] = []
-    for message in newest_first:
-        text = message.content
-        # estimate_tokens inlined for ASCII: this loop runs over every message of every turn's window
-        cost = (len(text) // 4 + 1 if text.isascii() else estimate_tokens(text)) + MESSAGE_OVERHEAD_TOKENS
-        if cost > budget and not (keep_first and not taken):
-            break
-        taken.append(message)
-        budget -= cost
-    return taken, budget
