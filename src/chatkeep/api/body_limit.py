@@ -1,8 +1,9 @@
 """Refuse request bodies over a size limit with a 413 problem, before the app reads them.
 
 A pure ASGI middleware (no `BaseHTTPMiddleware`, which would buffer streamed responses). A body
-announced too large by Content-Length is refused without reading it; a chunked body is counted
-as it arrives and the read fails with an HTTPException that the problem handlers render.
+announced too large by Content-Length is refused without reading it (one announced small cannot
+grow: the server reads no more than announced); a chunked body is counted as it arrives and the
+read fails with an HTTPException that the problem handlers render.
 Starlette's own limiter answers such requests in plain text, hence this one.
 """
 
@@ -21,9 +22,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large()(scope, receive, send)
+        declared = _content_length(scope)
+        if declared is not None:
+            # The HTTP server reads exactly the declared length, so that is all there is to check.
+            if declared > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         received = 0
 
@@ -42,3 +47,10 @@ class BodyLimitMiddleware:
 
     def _detail(self) -> str:
         return f"the request body is over the limit of {self.max_bytes} bytes"
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
