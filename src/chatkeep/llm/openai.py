@@ -12,6 +12,7 @@ upstream never holds a client longer than that.
 import asyncio
 import logging
 import random
+import sys
 from collections.abc import AsyncIterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -254,7 +255,8 @@ def _storable(text: str) -> str:
 
 
 def _model(raw: Any) -> str | None:
-    return _storable(raw) if isinstance(raw, str) and raw else None
+    """The model named by a reply, one shared string per name: every stored reply keeps it."""
+    return sys.intern(_storable(raw)) if isinstance(raw, str) and raw else None
 
 
 def _usage(raw: Any) -> Usage | None:
