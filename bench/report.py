@@ -2,7 +2,7 @@
 
 A row holds chatkeep's median and its baseline's (the bare relay, or for the history measure
 chatkeep itself at a short history), the raw runs behind both, and the target the ratio (or,
-for memory and overload, the value) must meet. A row whose figures need words (overload's
+for memory, the value) must meet. A row whose figures need words (overload's
 accepted and refused turns) carries the text the table shows for them. A measure that cannot
 run yet says why in `note` and passes nothing and fails nothing.
 """
