@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -57,10 +57,29 @@ class RouteShortcut:
         await response(scope, receive, send)
 
 
-def json_body(model: type[M], request: Request, raw: bytes) -> M:
+async def read_body(request: Request) -> bytes:
+    """The whole body, read straight from `receive` (Starlette's `Request.body()` runs an async
+    generator for it). Raises ClientDisconnect, as Starlette does, when the client goes away."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def headers_of(request: Request) -> dict[str, str]:
+    """The headers by lower-case name (the first of a repeated one), read in one pass: each
+    `Request.headers.get` scans them all again."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(request.scope["headers"])}
+
+
+def json_body(model: type[M], content_type: str | None, raw: bytes) -> M:
     """`raw` validated as `model`. Raises RequestValidationError (422) for anything else."""
-    content_type = request.headers.get("content-type", "application/json").partition(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
+    media_type = (content_type or "application/json").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
         raise RequestValidationError([_issue(("body",), "the body must be JSON (application/json)", "json_type")])
     try:
         return model.model_validate_json(raw)
@@ -70,9 +89,9 @@ def json_body(model: type[M], request: Request, raw: bytes) -> M:
         ) from None
 
 
-def header(request: Request, name: str, *, max_length: int, pattern: re.Pattern[str]) -> str | None:
+def header(headers: dict[str, str], name: str, *, max_length: int, pattern: re.Pattern[str]) -> str | None:
     """The header `name`, if sent; raises RequestValidationError when too long or off `pattern`."""
-    value = request.headers.get(name)
+    value = headers.get(name.lower())
     if value is None:
         return None
     if not 1 <= len(value) <= max_length or not pattern.fullmatch(value):

@@ -35,9 +35,9 @@ async def get_owner(
     return _owner(request, credentials.credentials if credentials else None)
 
 
-def owner_of(request: Request) -> str:
-    """The owner, read by hand for routes that take no dependencies (see `post_message`)."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+def owner_of(request: Request, authorization: str | None) -> str:
+    """The owner, from the Authorization header read by hand (see `post_message`)."""
+    scheme, _, credentials = (authorization or "").partition(" ")
     return _owner(request, credentials if scheme.lower() == "bearer" else None)
 
 

@@ -60,7 +60,7 @@ def _key(value: str | None, route: str, body: BaseModel, *, exclude: set[str] | 
 
 
 operations = APIRouter(tags=["operations"], responses=_problems(500))
-turns = APIRouter(responses=_problems(401, 500))  # served by app.RouteShortcut; see by_hand.py
+turns = APIRouter(responses=_problems(401, 500))  # served by by_hand.RouteShortcut (see app.py)
 router = APIRouter(responses=_problems(401, 500))
 
 
@@ -159,15 +159,16 @@ async def post_message(request: Request, chat_id: str) -> Response:
     With an `Idempotency-Key`, a retry is answered once: the stored turn is replayed, or, when the
     LLM failed, only the reply to the stored question is run again. Each try may stream or not.
     """
-    service, owner = service_of(request), owner_of(request)
-    body = by_hand.json_body(MessageCreate, request, await request.body())
-    idempotency_key = by_hand.header(request, "Idempotency-Key", max_length=MAX_KEY_CHARS, pattern=KEY_PATTERN)
+    headers = by_hand.headers_of(request)
+    service, owner = service_of(request), owner_of(request, headers.get("authorization"))
+    body = by_hand.json_body(MessageCreate, headers.get("content-type"), await by_hand.read_body(request))
+    idempotency_key = by_hand.header(headers, "Idempotency-Key", max_length=MAX_KEY_CHARS, pattern=KEY_PATTERN)
     limit = service.settings.max_message_chars
     if len(body.content) > limit:
         too_long = {"loc": ("body", "content"), "msg": f"String should have at most {limit} characters"}
         raise RequestValidationError([too_long | {"type": "string_too_long"}])
     key = _key(idempotency_key, f"POST /chats/{chat_id}/messages", body, exclude={"stream"})
-    if body.stream or sse.MEDIA_TYPE in request.headers.get("accept", ""):
+    if body.stream or sse.MEDIA_TYPE in headers.get("accept", ""):
         events = await service.stream_message(owner, chat_id, body.content, key=key)
         return sse.EventStream(events.follow())
     return json_response(await service.post_message(owner, chat_id, body.content, key=key), status=201)
