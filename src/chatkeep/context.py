@@ -41,7 +41,7 @@ async def build_context(
     The newest message is always kept whole, even over budget (it is what must be answered);
     older ones are added while they fit, and the walk stops at the first that does not, so the
     context is always a contiguous tail of the chat. Each message is read once, in the same pass
-    that prices it: the window is most of a turn's own work, and most of its memory reads.
+    that prices it: this is the part of a turn that grows with the chat.
     """
     remaining = budget - (message_tokens(system_prompt) if system_prompt else 0)
     newest_first: list[PromptMessage] = []
