@@ -1,42 +1,63 @@
 # Thin targets: CI and the README call these, nothing else.
+#
+# Installs take the locks as they are (`--no-deps --require-hashes`): each lock is a complete
+# closure, so pip resolves nothing and a new release on the index can neither break nor change
+# an install. `make run` installs the runtime lock; `make test` and `make bench` the dev lock,
+# which holds the runtime one at the same versions.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+RUN_LOCK := requirements/run.lock
+DEV_LOCK := requirements/dev.lock
+INSTALL_LOCK := $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r
+LOCK_OPTIONS := --python-version 3.11 --universal --generate-hashes --custom-compile-command "make lock" --quiet
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck pytest bench lock clean
+.PHONY: install install-dev run test check-locks lint typecheck pytest bench lock clean
 
-install: $(STAMP)
+install: $(VENV)/.run-installed
 
-$(STAMP): pyproject.toml requirements.lock
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
-	touch $(STAMP)
+install-dev: $(VENV)/.dev-installed
+
+$(VENV)/.run-installed: pyproject.toml $(RUN_LOCK)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(INSTALL_LOCK) $(RUN_LOCK)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.run-installed $(DEV_LOCK)
+	$(INSTALL_LOCK) $(DEV_LOCK)
+	touch $@
 
 run: install
 	$(BIN)/chatkeep serve --host $(HOST) --port $(PORT)
 
-test: lint typecheck pytest
+test: check-locks lint typecheck pytest
 
-lint: install
+check-locks:
+	PYTHON=$(PYTHON) sh scripts/check-locks $(RUN_LOCK) $(DEV_LOCK)
+
+lint: install-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-typecheck: install
+typecheck: install-dev
 	$(BIN)/mypy
 
-pytest: install
+pytest: install-dev
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
-bench: install
+bench: install-dev
 	$(BIN)/python -m bench
 
-# Re-pin every dependency after editing pyproject.toml (needs `uv` on PATH).
-lock:
-	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+# Re-pin both locks after editing pyproject.toml or requirements/build.in: the dev lock first,
+# then the runtime lock constrained to it, so the two agree on every version they share.
+# Pins already in a lock are kept where they still fit; `make lock LOCK_OPTIONS+=--upgrade`
+# moves everything to the newest releases.
+lock: install-dev
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra dev $(LOCK_OPTIONS) -o $(DEV_LOCK)
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --constraint $(DEV_LOCK) $(LOCK_OPTIONS) -o $(RUN_LOCK)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
