@@ -51,11 +51,20 @@ def ensure_wrk() -> str:
 
 
 def run_wrk(
-    processes: Processes, wrk: str, url: str, chat_ids: Path, *, stream: bool, connections: int, seconds: float
+    processes: Processes,
+    wrk: str,
+    url: str,
+    chat_ids: Path,
+    *,
+    stream: bool,
+    connections: int,
+    seconds: float,
+    request_ids: bool = False,
 ) -> WrkResult:
-    """Post turns to `url` for `seconds` over `connections` keep-alive connections."""
+    """Post turns to `url` for `seconds` over `connections` keep-alive connections, each with an
+    X-Request-ID when `request_ids`."""
     argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={TIMEOUT_SECONDS}s", "-s", str(SCRIPT)]
-    argv += [url, "--", str(chat_ids), "stream" if stream else "json"]
+    argv += [url, "--", str(chat_ids), "stream" if stream else "json", "id" if request_ids else "no-id"]
     output = processes.run(pinned(LOAD_CORE, argv), timeout=seconds + 3 * TIMEOUT_SECONDS)
     line = next((line for line in output.splitlines() if line.startswith(MARKER)), None)
     if line is None:

@@ -23,6 +23,7 @@ from chatkeep.config import Settings
 THROUGHPUT_TARGET = Target(">=", 0.5)
 BURST_TARGET = Target("<=", 1.15)
 HISTORY_TARGET = Target("<=", 1.2)
+OBSERVED_TARGET = Target(">=", 0.95)
 MEMORY_TARGET = Target("<=", 400, on="value")
 # p99 time to a 503, with 5x the bound offered at once, against the time the bare relay takes to
 # answer every request of the same burst from an instant LLM (same client, machine and run). The
@@ -71,6 +72,32 @@ def streamed(rig: Rig) -> list[Row]:
     results = rig.turn_rates({"relay": relay}, stream=True, runs=max(1, rig.plan.runs // 2))
     rates = _rates(results)
     return [Row("streamed", measure, "turns/s", None, median(rates["relay"]), note=NO_STREAMING, runs=rates)]
+
+
+def observed(rig: Rig) -> list[Row]:
+    """8. Turns/s as in 1 with /metrics on and an X-Request-ID sent, against /metrics off and none sent."""
+    llm = rig.llm()
+    servers = {"observed": rig.chatkeep(llm), "unobserved": rig.chatkeep(llm, metrics=False)}
+    # A cost of a few percent is measured against noise of about as much: twice the usual runs.
+    results = rig.turn_rates(servers, stream=False, runs=2 * rig.plan.runs, request_ids={"observed"})
+    rig.stop(servers["unobserved"])
+    rates = _rates(results)
+    failures = sum(_failed_requests(runs) for runs in results.values())
+    return [
+        Row(
+            "observed",
+            "turns/s as in 1, /metrics on and X-Request-ID sent vs /metrics off and none sent",
+            "turns/s",
+            median(rates["observed"]),
+            median(rates["unobserved"]),
+            chatkeep_name="metrics on",
+            baseline_name="metrics off",
+            target=OBSERVED_TARGET,
+            note=f"{failures} failed requests" if failures else "",
+            runs=rates,
+            failures=failures,
+        )
+    ]
 
 
 def burst(rig: Rig) -> list[Row]:
@@ -263,4 +290,5 @@ MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "memory": memory,
     "stores": stores,
     "overload": overload,
+    "observed": observed,
 }

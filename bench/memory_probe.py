@@ -16,6 +16,7 @@ import psutil
 
 from chatkeep.config import Settings
 from chatkeep.llm import OfflineLLM
+from chatkeep.metrics import NoMetrics
 from chatkeep.service import ChatService
 from chatkeep.store import MemoryStore
 
@@ -32,7 +33,7 @@ def payload_bytes(text: str) -> int:
 
 async def probe(turns: int) -> dict[str, float]:
     store = MemoryStore()
-    service = ChatService(store, OfflineLLM(), Settings(llm_provider="offline"))
+    service = ChatService(store, OfflineLLM(), Settings(llm_provider="offline"), NoMetrics())
     chats = [await service.create_chat(OWNER, title=None, metadata={}, system_prompt=None) for _ in range(CHATS)]
     gc.collect()
     before = psutil.Process().memory_info().rss

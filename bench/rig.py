@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,16 +88,21 @@ class Rig:
             self._servers[key] = self._serve(key, argv, SERVER_CORE)
         return self._servers[key]
 
-    def chatkeep(self, llm: Server, *, store: str = "memory://", max_turns_in_flight: int | None = None) -> Server:
+    def chatkeep(
+        self, llm: Server, *, store: str = "memory://", max_turns_in_flight: int | None = None, metrics: bool = True
+    ) -> Server:
         """chatkeep on `llm` and `store`, with its default bound on turns in flight unless one is
-        given; raises StartError when it refuses to start."""
+        given and /metrics on unless told; raises StartError when it refuses to start."""
         key = f"chatkeep-{store.partition(':')[0]}-{llm.name}"
-        bound: list[str] = []
+        options: list[str] = []
         if max_turns_in_flight is not None:
             key += f"-bound{max_turns_in_flight}"
-            bound = ["--max-turns-in-flight", str(max_turns_in_flight)]
+            options += ["--max-turns-in-flight", str(max_turns_in_flight)]
+        if not metrics:
+            key += "-unobserved"
+            options += ["--metrics", "false"]
         if key not in self._servers:
-            argv = [CHATKEEP, "serve", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning", *bound]
+            argv = [CHATKEEP, "serve", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning", *options]
             env = {name: value for name, value in os.environ.items() if not name.startswith("CHATKEEP_")}
             env |= {"OPENAI_API_KEY": BENCH_API_KEY, "OPENAI_BASE_URL": llm.url + "/v1", "CHATKEEP_STORE": store}
             self._servers[key] = self._serve(key, argv, SERVER_CORE, env=env)
@@ -117,24 +123,34 @@ class Rig:
         path.write_text("\n".join(chat_ids) + "\n")
         return path
 
-    def turn_rates(self, servers: dict[str, Server], *, stream: bool, runs: int) -> dict[str, list[LoadRun]]:
-        """wrk runs against each server, alternating, after one warm-up run each."""
+    def turn_rates(
+        self, servers: dict[str, Server], *, stream: bool, runs: int, request_ids: Collection[str] = ()
+    ) -> dict[str, list[LoadRun]]:
+        """wrk runs against each server, alternating, after one warm-up run each; the servers
+        labelled in `request_ids` are sent an X-Request-ID with every turn."""
         results: dict[str, list[LoadRun]] = {label: [] for label in servers}
-        for server in servers.values():
-            self._wrk(server, stream=stream, seconds=self.plan.warmup_seconds)
+        for label, server in servers.items():
+            self._wrk(server, stream=stream, seconds=self.plan.warmup_seconds, request_ids=label in request_ids)
         for round_ in range(runs):
             order = list(servers.items())
             for label, server in order if round_ % 2 == 0 else reversed(order):
-                results[label].append(self._wrk(server, stream=stream, seconds=self.plan.seconds))
+                run = self._wrk(server, stream=stream, seconds=self.plan.seconds, request_ids=label in request_ids)
+                results[label].append(run)
         return results
 
-    def _wrk(self, server: Server, *, stream: bool, seconds: float) -> LoadRun:
+    def _wrk(self, server: Server, *, stream: bool, seconds: float, request_ids: bool) -> LoadRun:
         chats = self.chat_file(server, self.plan.chats)
         cpu = psutil.Process(server.process.pid)
         before = sum(cpu.cpu_times()[:2])
-        connections = self.plan.connections
         result = run_wrk(
-            self.processes, self.wrk, server.url, chats, stream=stream, connections=connections, seconds=seconds
+            self.processes,
+            self.wrk,
+            server.url,
+            chats,
+            stream=stream,
+            connections=self.plan.connections,
+            seconds=seconds,
+            request_ids=request_ids,
         )
         return LoadRun(result, sum(cpu.cpu_times()[:2]) - before)
 

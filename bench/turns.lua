@@ -1,6 +1,7 @@
 -- wrk script: POST one turn per request, spreading them round-robin over the chat ids listed
 -- (one per line) in the file named by the first script argument. A second argument "stream"
--- asks for streamed turns. done() prints one machine-readable line for bench/load.py.
+-- asks for streamed turns; a third, "id", sends an X-Request-ID with each (one per chat). done()
+-- prints one machine-readable line for bench/load.py.
 
 local turns = {}
 local index = 1
@@ -10,8 +11,11 @@ function init(args)
   if args[2] == "stream" then
     body = '{"content":"Hello! Please summarize what a benchmark of a chat relay should measure.","stream":true}'
   end
-  local headers = { ["Content-Type"] = "application/json" }
   for id in io.lines(args[1]) do
+    local headers = { ["Content-Type"] = "application/json" }
+    if args[3] == "id" then
+      headers["X-Request-ID"] = "bench-" .. id
+    end
     turns[#turns + 1] = wrk.format("POST", "/chats/" .. id .. "/messages", headers, body)
   end
   math.randomseed(os.time())

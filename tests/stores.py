@@ -21,6 +21,7 @@ import pytest
 
 from chatkeep.store import ChatStore, open_store, postgres, sqlite
 from chatkeep.store.migrations import MIGRATIONS_TABLE
+from chatkeep.store.urls import sqlite_location
 
 STORES = ["memory", "sqlite", "postgres"]
 SQL_STORES = ["sqlite", "postgres"]
@@ -96,7 +97,7 @@ async def applied_migrations(url: str) -> list[tuple[str, object]]:
     """The rows of the migrations table: (name, applied_at), in order of name."""
     query = f"SELECT name, applied_at FROM {MIGRATIONS_TABLE} ORDER BY name"
     if url.startswith("sqlite:"):
-        db = sqlite_driver.connect(sqlite.sqlite_location(url)[0])
+        db = sqlite_driver.connect(sqlite_location(url)[0])
         try:
             return [(name, applied_at) for name, applied_at in db.execute(query)]
         finally:
@@ -104,5 +105,26 @@ async def applied_migrations(url: str) -> list[tuple[str, object]]:
     connection = await asyncpg.connect(url)
     try:
         return [(row[0], row[1]) for row in await connection.fetch(query)]
+    finally:
+        await connection.close()
+
+
+async def execute_sql(url: str, script: str, *args: str) -> None:
+    """Run `script` (statements separated by `;`, each taking `args`) on the database `url` names."""
+    statements = [statement for statement in script.split(";") if statement.strip()]
+    if url.startswith("sqlite:"):
+        db = sqlite_driver.connect(sqlite_location(url)[0])
+        try:
+            with db:
+                for statement in statements:
+                    db.execute(statement, args)
+        finally:
+            db.close()
+        return
+    connection = await asyncpg.connect(url)
+    try:
+        async with connection.transaction():
+            for statement in statements:
+                await connection.execute(statement, *args)
     finally:
         await connection.close()

@@ -2,12 +2,17 @@
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 
 import httpx
 import pytest
 
-from chatkeep.errors import LLMUnavailableError
-from chatkeep.llm.breaker import CircuitBreaker
+from chatkeep.domain import PromptMessage
+from chatkeep.errors import LLMCircuitOpenError
+from chatkeep.llm import Reply
+from chatkeep.llm.breaker import CircuitBreaker, CircuitBreakerLLM
+from chatkeep.metrics import NoMetrics
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI, Scripted
 
@@ -20,52 +25,100 @@ class Clock:
         return self.now
 
 
+def call(breaker: CircuitBreaker, *, failed: bool | None) -> None:
+    """One call through the breaker that ends as `failed` says."""
+    probe = breaker.before_call()
+    breaker.record(failed=failed, probe=probe)
+
+
 def test_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() -> None:
     clock = Clock()
     breaker = CircuitBreaker(failures=3, cooldown=10, clock=clock)
     for _ in range(2):
-        breaker.before_call()
-        breaker.record(failed=True)
-    breaker.before_call()
-    breaker.record(failed=False)  # a success in between: the count starts again
+        call(breaker, failed=True)
+    call(breaker, failed=False)  # a success in between: the count starts again
     for _ in range(3):
-        breaker.before_call()
-        breaker.record(failed=True)
-    with pytest.raises(LLMUnavailableError) as refused:
+        call(breaker, failed=True)
+    with pytest.raises(LLMCircuitOpenError) as refused:
         breaker.before_call()
     assert refused.value.retry_after == 10
     clock.now += 10
-    breaker.before_call()  # the probe
-    with pytest.raises(LLMUnavailableError):
+    assert breaker.before_call()  # the probe
+    with pytest.raises(LLMCircuitOpenError):
         breaker.before_call()  # only one probe at a time
-    breaker.record(failed=False)
-    breaker.before_call()
+    breaker.record(failed=False, probe=True)
+    assert not breaker.before_call()
     assert not breaker.is_open
 
 
 def test_a_failed_probe_opens_the_breaker_again() -> None:
     clock = Clock()
     breaker = CircuitBreaker(failures=1, cooldown=5, clock=clock)
-    breaker.before_call()
-    breaker.record(failed=True)
+    call(breaker, failed=True)
     clock.now += 5
-    breaker.before_call()
-    breaker.record(failed=True)
-    with pytest.raises(LLMUnavailableError) as refused:
+    call(breaker, failed=True)
+    with pytest.raises(LLMCircuitOpenError) as refused:
         breaker.before_call()
     assert refused.value.retry_after == 5
 
 
 def test_calls_that_say_nothing_about_health_leave_the_breaker_alone() -> None:
     breaker = CircuitBreaker(failures=2, cooldown=5, clock=Clock())
-    breaker.before_call()
-    breaker.record(failed=True)
+    call(breaker, failed=True)
     for _ in range(5):
-        breaker.before_call()
-        breaker.record(failed=None)
-    breaker.before_call()
-    breaker.record(failed=True)
+        call(breaker, failed=None)
+    call(breaker, failed=True)
     assert breaker.is_open
+
+
+class HangingLLM:
+    """An LLM whose calls never end until cancelled, or raise what they are told to."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
+        if self.error is not None:
+            raise self.error
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
+        yield "partial"
+        if self.error is not None:
+            raise self.error
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("ending", ["cancelled", "unexpected error"])
+async def test_a_probe_that_ends_without_an_answer_frees_the_breaker(streamed: bool, ending: str) -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=1, cooldown=5, clock=clock)
+    llm = HangingLLM()
+    wrapped = CircuitBreakerLLM(llm, breaker, NoMetrics())
+    call(breaker, failed=True)
+    clock.now += 5  # cooldown over: the next call is the probe
+
+    async def ask() -> None:
+        if streamed:
+            async with aclosing(wrapped.stream([])) as items:
+                async for _ in items:
+                    pass
+        else:
+            await wrapped.complete([])
+
+    if ending == "cancelled":
+        probe = asyncio.create_task(ask())
+        await asyncio.sleep(0.01)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+    else:
+        llm.error = RuntimeError("a bug")
+        with pytest.raises(RuntimeError):
+            await ask()
+    assert breaker.before_call(), "a new probe goes through instead of 503 for good"
 
 
 async def test_a_failing_upstream_gets_503s_fast_until_a_probe_succeeds(fake_llm: FakeOpenAI) -> None:
@@ -79,7 +132,7 @@ async def test_a_failing_upstream_gets_503s_fast_until_a_probe_succeeds(fake_llm
         refused = await post(client, chat_id, "while open")
         assert time.monotonic() - started < 0.3
         assert refused.status_code == 503
-        assert refused.json()["type"].endswith("llm-unavailable")
+        assert refused.json()["type"].endswith("llm-circuit-open")
         assert refused.json()["user_message_id"]
         assert 1 <= int(refused.headers["retry-after"]) <= 1
         assert len(fake_llm.requests) == calls  # the upstream was left alone

@@ -195,7 +195,12 @@ async def test_unknown_route_is_a_404_problem(offline_client: httpx.AsyncClient)
     response = await offline_client.get("/nowhere")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404}
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "request_id": response.headers["x-request-id"],
+    }
 
 
 async def test_wrong_method_is_a_405_naming_every_allowed_method(offline_client: httpx.AsyncClient) -> None:

@@ -81,7 +81,7 @@ def test_serve_refuses_an_invalid_setting_clearly() -> None:
         [str(CHATKEEP), "serve", "--context-tokens", "five"], env=clean_env(), capture_output=True, timeout=30
     )
     assert result.returncode == 2
-    assert "invalid setting context_tokens" in result.stderr.decode()
+    assert "invalid CHATKEEP_CONTEXT_TOKENS (--context-tokens)" in result.stderr.decode()
 
 
 def test_every_setting_is_a_serve_flag() -> None:

@@ -1,15 +1,8 @@
-"""Real `chatkeep serve` processes on the SQL stores: killed with SIGKILL, or two on one database.
-
-Each server is a subprocess on 127.0.0.1 with port 0; the port is read from its log, so tests
-never race for a port. The fake LLM runs in the test process and the servers reach it by URL.
-"""
+"""Real `chatkeep serve` processes on the SQL stores: killed with SIGKILL, or two on one database."""
 
 import asyncio
-import os
-import re
-import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,68 +12,17 @@ import pytest
 
 from tests.conftest import new_chat, post
 from tests.fake_openai import FakeOpenAI
+from tests.servers import all_messages, chatkeep_server
 from tests.stores import SQL_STORES, fresh_database
 
-CHATKEEP = str(Path(sys.executable).parent / "chatkeep")
-LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-STARTUP_SECONDS = 30
 WRITERS = 4
 ACKS_BEFORE_KILL = 40
-
-
-@dataclass
-class Server:
-    process: asyncio.subprocess.Process
-    client: httpx.AsyncClient
 
 
 @pytest.fixture(params=SQL_STORES)
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     async with fresh_database(request.param, tmp_path) as url:
         yield url
-
-
-@asynccontextmanager
-async def chatkeep_server(env: dict[str, str], log: Path) -> AsyncIterator[Server]:
-    """`chatkeep serve` in a subprocess for the block; killed at the end if still running."""
-    with log.open("ab") as output:
-        process = await asyncio.create_subprocess_exec(
-            *(CHATKEEP, "serve", "--host", "127.0.0.1", "--port", "0", "--no-access-log"),
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=output,
-        )
-    try:
-        port = await _port_from(log, process)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield Server(process, client)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
-async def _port_from(log: Path, process: asyncio.subprocess.Process) -> int:
-    for _ in range(STARTUP_SECONDS * 20):
-        found = LISTENING.search(await asyncio.to_thread(log.read_bytes))
-        if found:
-            return int(found.group(1))
-        if process.returncode is not None:
-            break
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"chatkeep did not start: {await asyncio.to_thread(log.read_text)}")
-
-
-async def all_messages(client: httpx.AsyncClient, chat_id: str) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    while True:
-        params: dict[str, Any] = {"limit": 100, **({"after": messages[-1]["id"]} if messages else {})}
-        response = await client.get(f"/chats/{chat_id}/messages", params=params)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        messages += page["data"]
-        if not page["has_more"]:
-            return messages
 
 
 @dataclass

@@ -116,7 +116,12 @@ async def test_unknown_routes_are_404_problems(offline_client: httpx.AsyncClient
     response = await offline_client.get(path)
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404}
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "request_id": response.headers["x-request-id"],
+    }
 
 
 async def test_oversized_and_odd_path_ids_are_404(offline_client: httpx.AsyncClient) -> None:
@@ -140,5 +145,10 @@ async def test_a_fault_inside_a_turn_is_a_500_problem_that_reveals_nothing(
     response = await offline_client.post(f"/chats/{chat_id}/messages", json={"content": "hi"})
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": "Internal Server Error", "status": 500}
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "request_id": response.headers["x-request-id"],
+    }
     assert "secret internal detail" in caplog.text

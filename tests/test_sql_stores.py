@@ -15,13 +15,22 @@ from chatkeep.domain import KeyState, NewMessage, PageRequest, Role, SummaryText
 from chatkeep.errors import ChatNotFoundError
 from chatkeep.store import ChatStore, open_store, postgres, sqlite
 from chatkeep.store.migrations import Migration, pending
-from chatkeep.store.postgres import pool_options
-from chatkeep.store.sqlite import sqlite_location
-from tests.stores import SQL_STORES, applied_migrations, fresh_database, open_sql_store
+from chatkeep.store.urls import pool_options, sqlite_location
+from tests.stores import SQL_STORES, applied_migrations, execute_sql, fresh_database, open_sql_store
 
 ALICE = "alice"
 SHORT_LEASE = 1.0
-ALL_MIGRATIONS = ["m001_initial", "m002_turn_tickets", "m003_idempotency_keys"]
+ALL_MIGRATIONS = ["m001_initial", "m002_turn_tickets", "m003_idempotency_keys", "m004_message_status"]
+
+# A message as the first schema (m001) stores it, for the upgrade tests: later code writes more columns.
+OLD_VERSION_MESSAGE = {
+    "sqlite": """INSERT INTO messages (id, chat_id, seq, role, content, created_at)
+        VALUES ('msg_old', ?1, 1, 'user', 'from the old version', 0);
+        UPDATE chats SET message_count = 1, user_message_count = 1 WHERE id = ?1""",
+    "postgresql": """INSERT INTO messages (id, chat_id, seq, role, content, created_at)
+        VALUES ('msg_old', $1, 1, 'user', 'from the old version', now());
+        UPDATE chats SET message_count = 1, user_message_count = 1 WHERE id = $1""",
+}
 
 HOLD_AND_HANG = """
 import asyncio, sys
@@ -104,7 +113,7 @@ def test_both_dialects_know_every_migration() -> None:
 async def test_an_old_database_upgrades_and_keeps_its_data(url: str, old_steps: int) -> None:
     async with open_sql_store(url, migrations=old_steps) as store:
         chat_id = await new_chat(store)
-        await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "from the old version"))
+    await execute_sql(url, OLD_VERSION_MESSAGE[url.partition(":")[0]], chat_id)  # written as the first schema allows
     assert [name for name, _ in await applied_migrations(url)] == ALL_MIGRATIONS[:old_steps]
     async with open_store(url) as store:
         assert [name for name, _ in await applied_migrations(url)] == ALL_MIGRATIONS

@@ -5,11 +5,12 @@ import asyncio
 import pytest
 
 from chatkeep.errors import ChatBusyError
+from chatkeep.metrics import NoMetrics
 from chatkeep.turns import TurnQueue
 
 
 async def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order() -> None:
-    queue = TurnQueue(max_waiting=10, max_in_flight=100)
+    queue = TurnQueue(NoMetrics(), max_waiting=10, max_in_flight=100)
     order: list[int] = []
     running = 0
 
@@ -27,7 +28,7 @@ async def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order() -> None:
 
 
 async def test_different_chats_run_at_once() -> None:
-    queue = TurnQueue(max_waiting=0, max_in_flight=100)
+    queue = TurnQueue(NoMetrics(), max_waiting=0, max_in_flight=100)
     inside = asyncio.Event()
     both = 0
 
@@ -43,7 +44,7 @@ async def test_different_chats_run_at_once() -> None:
 
 
 async def test_waiting_is_bounded_and_the_line_is_dropped_when_idle() -> None:
-    queue = TurnQueue(max_waiting=2, max_in_flight=100)
+    queue = TurnQueue(NoMetrics(), max_waiting=2, max_in_flight=100)
     release = asyncio.Event()
 
     async def hold() -> None:
@@ -64,7 +65,7 @@ async def test_waiting_is_bounded_and_the_line_is_dropped_when_idle() -> None:
 
 
 async def test_a_cancelled_waiter_gives_up_its_place() -> None:
-    queue = TurnQueue(max_waiting=1, max_in_flight=100)
+    queue = TurnQueue(NoMetrics(), max_waiting=1, max_in_flight=100)
     release = asyncio.Event()
 
     async def hold() -> None:

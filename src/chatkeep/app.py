@@ -1,25 +1,30 @@
 """`create_app(settings)`: builds the store, the LLM client and the service, and wires the API.
 
 The lifespan owns every resource (store, HTTP session, background refreshes) and hands the
-service to requests through typed lifespan state; nothing is created at import time.
+service to requests through typed lifespan state; nothing is created at import time. The
+`Observe` layer (request ids, access log, HTTP metrics) wraps the whole middleware stack, the
+server-error layer included, so every answer is identified and counted.
 """
 
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from starlette.types import ASGIApp
 
 from chatkeep import __version__
 from chatkeep.api.body_limit import BodyLimitMiddleware
 from chatkeep.api.by_hand import RouteShortcut
+from chatkeep.api.observe import Observe
 from chatkeep.api.problems import install_problem_handlers
-from chatkeep.api.routes import operations, router, turns
+from chatkeep.api.routes import metrics_router, operations, router, turns
 from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
 from chatkeep.llm import open_llm
+from chatkeep.metrics import Metrics, NoMetrics, PrometheusMetrics
 from chatkeep.service import ChatService
 from chatkeep.store import open_store
 
@@ -29,6 +34,18 @@ MAX_BODY_BYTES = 1024 * 1024
 class State(TypedDict):
     service: ChatService
     api_keys: ApiKeys | None
+    metrics: Metrics
+
+
+class ChatkeepAPI(FastAPI):
+    """FastAPI with `Observe` outside its whole middleware stack."""
+
+    def __init__(self, *, metrics: Metrics, **options: Any) -> None:
+        super().__init__(**options)
+        self.metrics = metrics
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return Observe(super().build_middleware_stack(), metrics=self.metrics)
 
 
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -49,18 +66,21 @@ def _tune_garbage_collector() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     api_keys = ApiKeys(settings.api_keys.get_secret_value()) if settings.api_keys else None
+    metrics: Metrics = PrometheusMetrics() if settings.metrics else NoMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        async with open_store(settings.store) as store, open_llm(settings) as llm:
-            service = ChatService(store, llm, settings)
+        async with open_store(settings.store) as store, open_llm(settings, metrics) as llm:
+            service = ChatService(store, llm, settings, metrics)
             _tune_garbage_collector()
             try:
-                yield {"service": service, "api_keys": api_keys}
+                yield {"service": service, "api_keys": api_keys, "metrics": metrics}
             finally:
                 await service.aclose()
+                metrics.close()
 
-    app = FastAPI(
+    app = ChatkeepAPI(
+        metrics=metrics,
         title="chatkeep",
         version=__version__,
         summary="Chat sessions in front of any OpenAI-compatible LLM.",
@@ -74,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(turns)
     app.include_router(operations)
+    if settings.metrics:
+        app.include_router(metrics_router)
     app.include_router(router)
 
     @app.get("/", include_in_schema=False)

@@ -7,17 +7,25 @@ environment and the command line can never drift apart; a flag wins over its env
 import argparse
 import asyncio
 import ipaddress
-import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from chatkeep import __version__, terminal
 from chatkeep.app import create_app
 from chatkeep.config import Settings
+from chatkeep.errors import StoreUnavailableError
+from chatkeep.logs import configure_logging
+from chatkeep.metrics import MULTIPROCESS_DIR_VARIABLE
+from chatkeep.store import open_store
+from chatkeep.store.urls import redacted
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,8 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=1, choices=range(1, 65), metavar="N", help="server processes (default: 1)"
     )
-    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
+    serve.add_argument(
+        "--no-access-log", dest="access_log", action="store_const", const="false", help="same as --access-log false"
+    )
     serve.add_argument(
         "--allow-unauthenticated",
         action="store_true",
@@ -58,10 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     settings = serve.add_argument_group("settings", "each overrides the environment variable named after it")
     for name, field in Settings.model_fields.items():
-        settings.add_argument(
-            "--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=f"{field.description} (env {_env(name)})"
-        )
+        if name == "access_log":
+            serve.set_defaults(access_log=None)  # shares its dest with --no-access-log
+        settings.add_argument(_flag(name), dest=name, metavar="VALUE", help=f"{field.description} (env {_env(name)})")
     return parser
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
 
 
 def _env(setting: str) -> str:
@@ -76,38 +89,89 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _fail(message: str) -> int:
+    """A configuration error: one line on stderr, no traceback, exit status 2."""
+    print(f"chatkeep: {message}", file=sys.stderr)
+    return 2
+
+
+def _settings(overrides: dict[str, str]) -> Settings | str:
+    """The settings, or a line naming the first one that is wrong and what is wrong with it."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        problem = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:
+            return f"invalid settings: {problem}"
+        name = str(error["loc"][0])
+        return f"invalid {_env(name)} ({_flag(name)}): {problem}"
+
+
+async def _check_store(url: str) -> None:
+    """Open the store once, migrations and all, so a store that cannot serve fails here, in one line."""
+    async with open_store(url):
+        pass
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {name: value for name in Settings.model_fields if (value := getattr(args, name)) is not None}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        for error in exc.errors():
-            print(f"chatkeep: invalid setting {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
-        return 2
+    settings = _settings(overrides)
+    if isinstance(settings, str):
+        return _fail(settings)
     if not settings.api_keys and not _is_loopback(args.host) and not args.allow_unauthenticated:
-        print(
-            f"chatkeep: refusing to listen on {args.host} without CHATKEEP_API_KEYS: anyone who can reach it could "
-            "read and write every chat. Set API keys, listen on 127.0.0.1, or pass --allow-unauthenticated.",
-            file=sys.stderr,
+        return _fail(
+            f"refusing to listen on {args.host} without CHATKEEP_API_KEYS: anyone who can reach it could "
+            "read and write every chat. Set API keys, listen on 127.0.0.1, or pass --allow-unauthenticated."
         )
-        return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:%(name)s: %(message)s")
+    if args.workers > 1 and settings.store.startswith("memory:"):
+        return _fail(
+            "--workers needs a store the processes can share (CHATKEEP_STORE=sqlite:///path.db or "
+            "postgresql://...): with the memory store each process would hold its own chats."
+        )
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
+    try:
+        asyncio.run(_check_store(settings.store))
+    except StoreUnavailableError as error:
+        return _fail(f"invalid CHATKEEP_STORE (--store): {error.detail}")
     print(
-        f"chatkeep {__version__}: store {settings.store}, LLM {settings.provider}"
+        f"chatkeep {__version__}: store {redacted(settings.store)}, LLM {settings.provider}"
         + (f" ({settings.llm_model} at {settings.openai_base_url})" if settings.provider == "openai" else ""),
         file=sys.stderr,
     )
-    options = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log}
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,  # configure_logging did it, for uvicorn's loggers too
+        "log_level": settings.log_level,
+        "access_log": False,  # chatkeep writes its own access lines (api/observe.py)
+        "timeout_graceful_shutdown": settings.shutdown_grace,
+    }
     if args.workers <= 1:
         uvicorn.run(create_app(settings), **options)
         return 0
-    if settings.store.startswith("memory:"):
-        print(
-            "chatkeep: --workers needs a store the processes can share (CHATKEEP_STORE=sqlite:///path.db or "
-            "postgresql://...): with the memory store each process would hold its own chats.",
-            file=sys.stderr,
-        )
-        return 2
     os.environ.update({_env(name): str(value) for name, value in overrides.items()})  # each worker reads them
-    uvicorn.run("chatkeep.app:create_app", factory=True, workers=args.workers, **options)
+    with _metrics_directory():
+        uvicorn.run("chatkeep.cli:worker_app", factory=True, workers=args.workers, **options)
     return 0
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker under `--workers N`: settings and logging from the environment."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
+    return create_app(settings)
+
+
+@contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """A fresh directory where the workers' metrics meet, unless PROMETHEUS_MULTIPROC_DIR names one already."""
+    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="chatkeep-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR_VARIABLE] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR_VARIABLE]

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatkeep.api_keys import parse_api_keys
 from chatkeep.rate_limit import parse_rate_limit
+from chatkeep.store.urls import check_store_url
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -52,6 +53,18 @@ class Settings(BaseSettings):
     llm_breaker_cooldown: float = Field(
         default=10.0, gt=0, description="seconds the open breaker answers 503 before letting a probe call through"
     )
+    metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
+    metrics_key: SecretStr | None = Field(
+        default=None, min_length=16, description="a key /metrics then asks for as a Bearer token (unset: open)"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="the least severe level logged"
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="text lines, or one JSON object per line")
+    access_log: bool = Field(default=True, description="log one line per request")
+    shutdown_grace: float = Field(
+        default=30.0, ge=0, description="seconds requests and streams in flight get to finish on SIGTERM"
+    )
 
     @field_validator("rate_limit")
     @classmethod
@@ -61,6 +74,19 @@ class Settings(BaseSettings):
                 parse_rate_limit(value)
             except ValueError as exc:
                 raise ValueError(f"expected a rate such as 120/minute, not {value!r}") from exc
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _readable_store(cls, value: str) -> str:
+        check_store_url(value)
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or not value.partition("://")[2].strip("/"):
+            raise ValueError(f"expected an http:// or https:// URL such as {OPENAI_BASE_URL}, not {value!r}")
         return value
 
     @field_validator("api_keys")
@@ -74,6 +100,10 @@ class Settings(BaseSettings):
     def _choose_provider(self) -> "Settings":
         if self.llm_provider is None:
             self.llm_provider = "openai" if self.openai_api_key else "offline"
+        if self.llm_provider == "openai" and not self.openai_api_key and self.openai_base_url == OPENAI_BASE_URL:
+            raise ValueError(
+                f"OPENAI_API_KEY is needed for {OPENAI_BASE_URL}; for a server that needs no key, set OPENAI_BASE_URL"
+            )
         return self
 
     @property

@@ -28,6 +28,11 @@ class Role(StrEnum):
     ASSISTANT = "assistant"
 
 
+class MessageStatus(StrEnum):
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"  # a reply cut short (stopped, or the server shut down): what was written by then
+
+
 def new_id(prefix: str) -> str:
     """A random, unguessable id: 128 bits of randomness behind a readable prefix."""
     return f"{prefix}_{secrets.token_urlsafe(16)}"
@@ -74,6 +79,7 @@ class Message:
     created_at: datetime
     model: str | None = None
     usage: Usage | None = None
+    status: MessageStatus = MessageStatus.COMPLETED
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,6 +90,7 @@ class NewMessage:
     content: str
     model: str | None = None
     usage: Usage | None = None
+    status: MessageStatus = MessageStatus.COMPLETED
 
 
 @dataclass(slots=True, frozen=True)

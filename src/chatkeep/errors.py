@@ -102,6 +102,14 @@ class OverloadedError(ChatkeepError):
     slug = "overloaded"
 
 
+class StoreUnavailableError(ChatkeepError):
+    """The store cannot answer now: it cannot be opened or reached, or it stays locked."""
+
+    status = 503
+    title = "Store unavailable"
+    slug = "store-unavailable"
+
+
 class LLMError(ChatkeepError):
     """The LLM could not produce a reply. The service names the stored user message."""
 
@@ -139,6 +147,13 @@ class LLMUnavailableError(LLMError):
     status = 503
     title = "The LLM is unreachable"
     slug = "llm-unavailable"
+
+
+class LLMCircuitOpenError(LLMUnavailableError):
+    """The LLM failed so often lately that it is not called for a while (the circuit breaker)."""
+
+    title = "The LLM is failing; calls are paused"
+    slug = "llm-circuit-open"
 
 
 class LLMTimeoutError(LLMError):

@@ -8,16 +8,28 @@ a task of their own, writing their events to a `TurnLog` that HTTP streams read.
 """
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from chatkeep.config import Settings
 from chatkeep.context import build_context
-from chatkeep.domain import Chat, ChatChanges, Message, NewMessage, Page, PageRequest, PromptMessage, Role, Summary
+from chatkeep.domain import (
+    Chat,
+    ChatChanges,
+    Message,
+    MessageStatus,
+    NewMessage,
+    Page,
+    PageRequest,
+    PromptMessage,
+    Role,
+    Summary,
+)
 from chatkeep.errors import (
     ChatkeepError,
     ChatMovedOnError,
@@ -25,6 +37,7 @@ from chatkeep.errors import (
     LLMError,
     MessageNotFoundError,
     ReplyNotFoundError,
+    StoreUnavailableError,
 )
 from chatkeep.idempotency import (
     IdempotencyKey,
@@ -36,8 +49,10 @@ from chatkeep.idempotency import (
     turn_result,
 )
 from chatkeep.llm import LLM, Reply
+from chatkeep.metrics import Metrics
 from chatkeep.rate_limit import RateLimit
 from chatkeep.store import ChatStore
+from chatkeep.summaries import ExtractiveSummarizer, LLMSummarizer, Summarizer
 from chatkeep.summary_keeper import SummaryKeeper
 from chatkeep.turn_events import TurnLog, TurnLogs
 from chatkeep.turns import Place, TurnQueue
@@ -45,6 +60,7 @@ from chatkeep.turns import Place, TurnQueue
 log = logging.getLogger(__name__)
 
 PURGE_KEYS_EVERY_SECONDS = 3600.0
+READY_TIMEOUT_SECONDS = 2.0
 ABANDONED_KEY_MARGIN = timedelta(minutes=1)
 
 
@@ -55,13 +71,17 @@ class Turn:
 
 
 class ChatService:
-    def __init__(self, store: ChatStore, llm: LLM, settings: Settings) -> None:
+    def __init__(self, store: ChatStore, llm: LLM, settings: Settings, metrics: Metrics) -> None:
         self.store = store
         self.llm = llm
         self.settings = settings
+        self._metrics = metrics
         self._rate_limit = RateLimit(settings.rate_limit) if settings.rate_limit else None
-        self._turns = TurnQueue(max_waiting=settings.max_waiting_turns, max_in_flight=settings.max_turns_in_flight)
-        self._summaries = SummaryKeeper(store, llm, budget=settings.context_tokens // 2)
+        self._turns = TurnQueue(
+            metrics, max_waiting=settings.max_waiting_turns, max_in_flight=settings.max_turns_in_flight
+        )
+        summarizer: Summarizer = ExtractiveSummarizer() if settings.provider == "offline" else LLMSummarizer(llm)
+        self._summaries = SummaryKeeper(store, summarizer, metrics, budget=settings.context_tokens // 2)
         # A key held longer than the longest a turn can take (its wait in line included) was
         # abandoned by a process that died; a retry may then claim it again.
         longest_turn = timedelta(seconds=(settings.max_waiting_turns + 1) * settings.llm_timeout)
@@ -71,12 +91,27 @@ class ChatService:
         self._janitor = asyncio.create_task(self._purge_expired_keys(), name="chatkeep-key-purge")
 
     async def aclose(self) -> None:
-        """Wait for streamed turns and summary refreshes still running, so none is cut off mid-write."""
+        """Stop the turns still running and wait while they store what they wrote.
+
+        The server gives requests in flight their grace before it closes the service (a
+        streamed turn's request lasts as long as the turn, even when its client has gone), so
+        what still runs now has had its time: a streamed turn stops and stores its reply so
+        far, marked incomplete; summary refreshes finish their current write.
+        """
         self._janitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._janitor
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(self._janitor, *self._tasks, return_exceptions=True)
         await self._summaries.aclose()
+
+    async def readiness(self) -> dict[str, str]:
+        """What serves: the store (answering, schema current) and the LLM provider. Raises StoreUnavailableError."""
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                await self.store.check_ready()
+        except TimeoutError:
+            raise StoreUnavailableError(f"the store did not answer within {READY_TIMEOUT_SECONDS:g}s") from None
+        return {"status": "ready", "store": "ok", "llm": self.settings.provider}
 
     async def create_chat(
         self,
@@ -123,8 +158,9 @@ class ChatService:
         chat = await self._chat_to_post_to(owner, chat_id)
         async with await self._keys.hold(owner, key) as hold:
             if hold.replay is not None:
+                self._metrics.idempotent_replay()
                 return await self._replayed(owner, chat_id, hold.replay)
-            async with self._turns.reserve(chat_id), self.store.turn_lease(owner, chat_id):
+            async with self._holding_turn(self._turns.reserve(chat_id), owner, chat_id):
                 return await self._turn(owner, chat, content, hold)
 
     async def stream_message(
@@ -140,6 +176,7 @@ class ChatService:
         hold = await self._keys.hold(owner, key)
         events = TurnLog(chat_id)
         if hold.replay is not None:
+            self._metrics.idempotent_replay()
             turn = await self._replayed(owner, chat_id, hold.replay)
             events.user_message(turn.user_message)
             events.assistant_message(turn.assistant_message)
@@ -175,6 +212,22 @@ class ChatService:
             events.fail(ReplyNotFoundError(f"no reply to message {user_message_id!r} is stored or being written here"))
         return events
 
+    @asynccontextmanager
+    async def _holding_turn(self, place: Place, owner: str, chat_id: str) -> AsyncIterator[None]:
+        """The chat's turn for the block: this process's line first, then other processes'."""
+        asked = time.perf_counter()
+        self._metrics.turns_waiting(1)
+        waiting = True
+        try:
+            async with place, self.store.turn_lease(owner, chat_id):
+                self._metrics.turns_waiting(-1)
+                waiting = False
+                self._metrics.turn_waited(time.perf_counter() - asked)
+                yield
+        finally:
+            if waiting:
+                self._metrics.turns_waiting(-1)
+
     async def _turn(self, owner: str, chat: Chat, content: str, hold: KeyHold, events: TurnLog | None = None) -> Turn:
         """The turn itself, its place in line held: question, context, reply, stored reply."""
         question = await self._question(owner, chat, content, hold)
@@ -185,17 +238,26 @@ class ChatService:
         prompt = await build_context(
             self.store, owner, chat.id, system_prompt=system_prompt, budget=self.settings.context_tokens
         )
-        try:
-            reply = await (self.llm.complete(prompt) if events is None else self._streamed_reply(prompt, events))
-        except LLMError as error:
-            error.user_message_id = question.id
-            raise
-        stored = NewMessage(Role.ASSISTANT, reply.content, model=reply.model, usage=reply.usage)
-        answer = await self.store.append_message(owner, chat.id, stored)
+        if events is None:
+            try:
+                reply = await self.llm.complete(prompt)
+            except LLMError as error:
+                error.user_message_id = question.id
+                raise
+        else:
+            reply = await self._streamed_reply(prompt, events, question)
+        return Turn(question, await self._answer(owner, chat.id, question, reply, hold, events))
+
+    async def _answer(
+        self, owner: str, chat_id: str, question: Message, reply: Reply, hold: KeyHold, events: TurnLog | None
+    ) -> Message:
+        """Store the reply to `question`: the turn's answer, for the key to replay and the stream to end with."""
+        stored = NewMessage(Role.ASSISTANT, reply.content, model=reply.model, usage=reply.usage, status=reply.status)
+        answer = await self.store.append_message(owner, chat_id, stored)
         hold.succeeded(lambda: turn_result(question.id, answer.id))
         if events is not None:
             events.assistant_message(answer)
-        return Turn(question, answer)
+        return answer
 
     async def _question(self, owner: str, chat: Chat, content: str, hold: KeyHold) -> Message:
         """The stored user message: a new one, or the one whose reply a retried key re-runs."""
@@ -210,18 +272,32 @@ class ChatService:
             )
         return question
 
-    async def _streamed_reply(self, prompt: list[PromptMessage], events: TurnLog) -> Reply:
-        async for item in self.llm.stream(prompt):
-            if isinstance(item, Reply):
-                return item
-            events.delta(item)
+    async def _streamed_reply(self, prompt: list[PromptMessage], events: TurnLog, question: Message) -> Reply:
+        """The reply as it streams into `events`; when the turn is stopped, what was written by then."""
+        parts: list[str] = []
+        try:
+            async with aclosing(self.llm.stream(prompt)) as items:
+                async for item in items:
+                    if isinstance(item, Reply):
+                        return item
+                    parts.append(item)
+                    events.delta(item)
+        except LLMError as error:
+            error.user_message_id = question.id
+            raise
+        except asyncio.CancelledError:
+            # Stopped: the turn goes on to store what was written, and ends its stream with it.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE)
         raise AssertionError("an LLM stream ends with its Reply")
 
     async def _streamed_turn(
         self, place: Place, owner: str, chat: Chat, content: str, hold: KeyHold, events: TurnLog
     ) -> None:
         try:
-            async with hold, place, self.store.turn_lease(owner, chat.id):
+            async with hold, self._holding_turn(place, owner, chat.id):
                 await self._turn(owner, chat, content, hold, events)
         except ChatkeepError as error:
             events.fail(error)

@@ -1,16 +1,21 @@
-"""How a chat is summarized: the one-call prompt, parsing its answer, and the offline extractive way.
+"""How a chat is summarized: by the LLM in one plain completion, or extractively without one.
 
 Summaries are folded incrementally: the previous summary plus the messages that came after it
 make the next one, so refreshing a long chat costs one call per new batch, not per history.
+`Summarizer` is the strategy the `SummaryKeeper` is given: `LLMSummarizer` asks the model
+(any `LLM`: summaries are not part of that seam), `ExtractiveSummarizer` serves the offline
+provider.
 """
 
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
 import orjson
 
 from chatkeep.domain import Message, PromptMessage, Role
 from chatkeep.errors import LLMBadResponseError
+from chatkeep.llm import LLM
 
 MIN_HIGHLIGHTS = 3
 MAX_HIGHLIGHTS = 5
@@ -27,6 +32,26 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"\w+")
 
 SummaryDraft = tuple[str, list[str]]
+
+
+class Summarizer(Protocol):
+    async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
+        """A summary and highlights covering `previous` plus `messages`. Raises LLMError."""
+        ...
+
+
+class LLMSummarizer:
+    def __init__(self, llm: LLM) -> None:
+        self._llm = llm
+
+    async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
+        reply = await self._llm.complete(summary_prompt(previous, messages))
+        return parse_summary(reply.content)
+
+
+class ExtractiveSummarizer:
+    async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
+        return extractive_summary(previous, messages)
 
 
 def summary_prompt(previous: SummaryDraft | None, messages: Sequence[Message]) -> list[PromptMessage]:

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from chatkeep.context import message_tokens
 from chatkeep.domain import Message, Summary, SummaryText, utcnow
 from chatkeep.errors import LLMError
-from chatkeep.llm import LLM
+from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore
+from chatkeep.summaries import Summarizer
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,10 @@ SUMMARY_BATCH = 256
 
 
 class SummaryKeeper:
-    def __init__(self, store: ChatStore, llm: LLM, *, budget: int) -> None:
+    def __init__(self, store: ChatStore, summarizer: Summarizer, metrics: Metrics, *, budget: int) -> None:
         self._store = store
-        self._llm = llm
+        self._summarizer = summarizer
+        self._metrics = metrics
         self._budget = budget  # tokens of messages folded per LLM call
         self._refreshing: dict[str, asyncio.Task[SummaryText | None]] = {}
 
@@ -62,10 +64,12 @@ class SummaryKeeper:
                 return summary
             previous = (summary.summary, summary.highlights) if summary else None
             try:
-                text, highlights = await self._llm.summarize(previous, batch)
+                text, highlights = await self._summarizer.summarize(previous, batch)
             except LLMError as error:
                 log.warning("summary of chat %s failed: %s", chat_id, error.detail)
+                self._metrics.summary_made("failed")
                 return summary
+            self._metrics.summary_made("made")
             summary = SummaryText(text, highlights, up_to_seq=batch[-1].seq, created_at=utcnow())
             await self._store.save_summary(owner, chat_id, summary)
 

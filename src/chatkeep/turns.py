@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from chatkeep.errors import ChatBusyError, OverloadedError
+from chatkeep.metrics import Metrics
 
 BUSY_RETRY_AFTER_SECONDS = 1.0
 OVERLOADED_RETRY_AFTER_SECONDS = 1.0
@@ -26,7 +27,8 @@ class _Line:
 
 
 class TurnQueue:
-    def __init__(self, *, max_waiting: int, max_in_flight: int) -> None:
+    def __init__(self, metrics: Metrics, *, max_waiting: int, max_in_flight: int) -> None:
+        self._metrics = metrics
         self._max_waiting = max_waiting
         self._max_in_flight = max_in_flight
         self._lines: dict[str, _Line] = {}
@@ -49,6 +51,7 @@ class TurnQueue:
             )
         line.members += 1
         self.in_flight += 1
+        self._metrics.turns_in_flight(1)
         return Place(self, chat_id, line)
 
     def check_capacity(self) -> None:
@@ -69,6 +72,7 @@ class TurnQueue:
 
     def _leave(self, chat_id: str, line: _Line) -> None:
         self.in_flight -= 1
+        self._metrics.turns_in_flight(-1)
         line.members -= 1
         if line.members == 0:
             del self._lines[chat_id]

@@ -43,6 +43,7 @@ class RouteShortcut:
             for route in self.routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
+                    scope["route"] = route  # as Starlette's router sets it: access log and metrics read it
                     scope.update(child_scope)
                     await self._serve(route, scope, receive, send)
                     return

@@ -12,6 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chatkeep.api_keys import ApiKeys
 from chatkeep.domain import Order, PageRequest
+from chatkeep.metrics import Metrics
+from chatkeep.request_context import current_request
 from chatkeep.service import ChatService
 
 DEFAULT_OWNER = "default"
@@ -48,10 +50,20 @@ def service_of(request: Request) -> ChatService:
 
 def _owner(request: Request, api_key: str | None) -> str:
     api_keys: ApiKeys | None = request.state.api_keys
-    return DEFAULT_OWNER if api_keys is None else api_keys.owner(api_key)
+    owner = DEFAULT_OWNER if api_keys is None else api_keys.owner(api_key)
+    context = current_request()
+    if context is not None:
+        context.owner = owner  # for the request's access log line
+    return owner
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.state.metrics
+    return metrics
 
 
 ServiceDep = Annotated[ChatService, Depends(get_service)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")]

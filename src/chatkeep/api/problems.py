@@ -3,6 +3,7 @@
 One set of handlers: chatkeep's own errors carry their status, title and slug; validation
 errors become 422 with an `errors` list; plain HTTP errors (404 route, 405, 413) keep their
 status with `about:blank`; anything unexpected is a bare 500 whose traceback is only logged.
+Every problem names the request it answers (`request_id`), the id its log lines carry.
 """
 
 import logging
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 
 from chatkeep.errors import ChatkeepError, UnauthorizedError
+from chatkeep.request_context import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,14 @@ def problem(
     if detail is not None:
         body["detail"] = detail
     body.update(extensions)
-    return Response(orjson.dumps(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    return Response(orjson.dumps(_identified(body)), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _identified(body: dict[str, Any]) -> dict[str, Any]:
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def retry_after_header(seconds: float | None) -> dict[str, str] | None:
@@ -53,13 +62,14 @@ def retry_after_header(seconds: float | None) -> dict[str, str] | None:
 
 def problem_body(error: ChatkeepError) -> dict[str, Any]:
     """The problem details of one of chatkeep's errors, as a response body or an SSE `error` event."""
-    return {
+    body = {
         "type": PROBLEM_TYPE_BASE + error.slug,
         "title": error.title,
         "status": error.status,
         "detail": error.detail,
         **error.extensions(),
     }
+    return _identified(body)
 
 
 async def chatkeep_error(request: Request, exc: Exception) -> Response:
@@ -105,7 +115,7 @@ def http_problem(status: int, detail: str | None, *, headers: dict[str, str] | N
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "Internal Server Error", None)
 
 

@@ -4,6 +4,7 @@ Routes translate HTTP to service calls and back, nothing more. Every error a rou
 is declared, so the OpenAPI document tells clients the whole contract.
 """
 
+import hmac
 import re
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from chatkeep.api import by_hand, sse
 from chatkeep.api.bodies import json_response, page_body
-from chatkeep.api.deps import ChatPageDep, MessagePageDep, OwnerDep, ServiceDep, owner_of, service_of
+from chatkeep.api.deps import ChatPageDep, MessagePageDep, MetricsDep, OwnerDep, ServiceDep, owner_of, service_of
 from chatkeep.api.schemas import (
     ChatCreate,
     ChatList,
@@ -26,7 +27,9 @@ from chatkeep.api.schemas import (
     TurnOut,
 )
 from chatkeep.domain import ChatChanges
+from chatkeep.errors import UnauthorizedError
 from chatkeep.idempotency import IdempotencyKey
+from chatkeep.metrics import CONTENT_TYPE
 
 PROBLEM = "application/problem+json"
 
@@ -66,8 +69,34 @@ router = APIRouter(responses=_problems(401, 500))
 
 @operations.get("/healthz")
 async def get_health() -> dict[str, str]:
-    """Answers while the server runs; needs no API key."""
+    """Liveness: answers while the server runs, whatever its store and LLM do; needs no API key."""
     return {"status": "ok"}
+
+
+@operations.get("/readyz", responses=_problems(503))
+async def get_readiness(service: ServiceDep) -> dict[str, str]:
+    """Readiness: 200 once the store answers with its schema up to date and an LLM provider is
+    configured, else a 503 problem saying what is missing; needs no API key."""
+    return await service.readiness()
+
+
+TEXT = {"type": "string"}
+metrics_router = APIRouter(tags=["operations"], responses=_problems(401, 500))
+
+
+@metrics_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE: {"schema": TEXT}}}},
+)
+async def get_metrics(request: Request, service: ServiceDep, metrics: MetricsDep) -> Response:
+    """Prometheus metrics of every server process; with `CHATKEEP_METRICS_KEY`, only for that Bearer token."""
+    key = service.settings.metrics_key
+    if key is not None:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), key.get_secret_value().encode()):
+            raise UnauthorizedError("/metrics needs the CHATKEEP_METRICS_KEY as `Authorization: Bearer <key>`")
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.post(

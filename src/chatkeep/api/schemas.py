@@ -95,6 +95,9 @@ class MessageOut(BaseModel):
     created_at: datetime
     model: str | None = Field(description="the model that wrote an assistant message")
     usage: UsageOut | None = Field(description="tokens of an assistant message, when the provider reported them")
+    status: Literal["completed", "incomplete"] = Field(
+        description="`incomplete`: a reply cut short (stopped, or the server shut down), with what was written by then"
+    )
 
 
 class ChatList(BaseModel):
@@ -160,3 +163,4 @@ class Problem(BaseModel):
     detail: str | None = None
     errors: list[ValidationIssue] | None = None
     user_message_id: str | None = Field(default=None, description="the stored user message of a failed turn")
+    request_id: str | None = Field(default=None, description="the request's X-Request-ID, which its log lines carry")

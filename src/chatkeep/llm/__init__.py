@@ -7,9 +7,11 @@ import aiohttp
 
 from chatkeep.config import Settings
 from chatkeep.llm.base import LLM, Reply
-from chatkeep.llm.breaker import CircuitBreaker
+from chatkeep.llm.breaker import CircuitBreaker, CircuitBreakerLLM
+from chatkeep.llm.instrumented import InstrumentedLLM
 from chatkeep.llm.offline import OfflineLLM
 from chatkeep.llm.openai import OpenAICompatibleLLM
+from chatkeep.metrics import Metrics
 
 __all__ = ["LLM", "OfflineLLM", "OpenAICompatibleLLM", "Reply", "open_llm"]
 
@@ -17,22 +19,24 @@ KEEPALIVE_SECONDS = 30.0
 
 
 @asynccontextmanager
-async def open_llm(settings: Settings) -> AsyncIterator[LLM]:
-    """The configured provider; an OpenAI-compatible one owns a pooled session for the block."""
+async def open_llm(settings: Settings, metrics: Metrics) -> AsyncIterator[LLM]:
+    """The configured provider, counted in `metrics`; an OpenAI-compatible one owns a pooled
+    session for the block and sits behind a circuit breaker."""
     if settings.provider == "offline":
-        yield OfflineLLM()
+        yield InstrumentedLLM(OfflineLLM(), metrics)
         return
     connector = aiohttp.TCPConnector(
         limit=settings.llm_max_connections, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=300
     )
     async with aiohttp.ClientSession(connector=connector) as session:
         key = settings.openai_api_key
-        yield OpenAICompatibleLLM(
+        upstream = OpenAICompatibleLLM(
             session,
             base_url=settings.openai_base_url,
             api_key=key.get_secret_value() if key else None,
             model=settings.llm_model,
             timeout=settings.llm_timeout,
             max_retries=settings.llm_max_retries,
-            breaker=CircuitBreaker(failures=settings.llm_breaker_failures, cooldown=settings.llm_breaker_cooldown),
         )
+        breaker = CircuitBreaker(failures=settings.llm_breaker_failures, cooldown=settings.llm_breaker_cooldown)
+        yield InstrumentedLLM(CircuitBreakerLLM(upstream, breaker, metrics), metrics)

@@ -1,11 +1,15 @@
-"""The seam between chatkeep and whatever writes replies."""
+"""The seam between chatkeep and whatever writes replies: transport only.
 
-from collections.abc import AsyncIterator, Sequence
+An `LLM` turns a prompt into a reply and nothing more. What applies to any model (the circuit
+breaker, metrics) wraps one (`breaker.py`, `instrumented.py`); what chatkeep asks of a model
+(summaries) is built on `complete` where it is needed (`summaries.py`).
+"""
+
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from chatkeep.domain import Message, PromptMessage, Usage
-from chatkeep.summaries import SummaryDraft
+from chatkeep.domain import MessageStatus, PromptMessage, Usage
 
 
 @dataclass(slots=True, frozen=True)
@@ -13,6 +17,7 @@ class Reply:
     content: str
     model: str | None
     usage: Usage | None
+    status: MessageStatus = MessageStatus.COMPLETED
 
 
 class LLM(Protocol):
@@ -25,15 +30,11 @@ class LLM(Protocol):
         """
         ...
 
-    def stream(self, prompt: Sequence[PromptMessage]) -> AsyncIterator[str | Reply]:
+    def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
         """The reply to `prompt` as it is written: text deltas, then one final Reply.
 
         The final Reply's content is the deltas joined. Raises like `complete`; a stream the
         upstream cuts or garbles raises LLMBadResponseError (there is no final Reply then).
         Retries happen only before the first delta.
         """
-        ...
-
-    async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
-        """A summary and highlights covering `previous` plus `messages`. Raises LLMError like `complete`."""
         ...

@@ -6,12 +6,11 @@ what was asked first), which also makes it a handy probe of the context chatkeep
 """
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from chatkeep.context import estimate_tokens
-from chatkeep.domain import Message, PromptMessage, Usage
+from chatkeep.domain import PromptMessage, Usage
 from chatkeep.llm.base import Reply
-from chatkeep.summaries import SummaryDraft, extractive_summary
 
 OFFLINE_MODEL = "chatkeep-offline"
 QUOTE_CHARS = 200
@@ -42,14 +41,11 @@ class OfflineLLM:
         )
         return Reply(content=content, model=OFFLINE_MODEL, usage=usage)
 
-    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncIterator[str | Reply]:
+    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
         reply = await self.complete(prompt)
         for word in _WORDS.findall(reply.content):
             yield word
         yield reply
-
-    async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
-        return extractive_summary(previous, messages)
 
 
 def _quote(text: str) -> str:

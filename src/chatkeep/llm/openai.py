@@ -13,14 +13,14 @@ import asyncio
 import logging
 import random
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import orjson
 
-from chatkeep.domain import Message, PromptMessage, Usage, utcnow
+from chatkeep.domain import PromptMessage, Usage, utcnow
 from chatkeep.errors import (
     LLMBadResponseError,
     LLMError,
@@ -30,8 +30,7 @@ from chatkeep.errors import (
     LLMUnavailableError,
 )
 from chatkeep.llm.base import Reply
-from chatkeep.llm.breaker import CircuitBreaker
-from chatkeep.summaries import SummaryDraft, parse_summary, summary_prompt
+from chatkeep.request_context import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,7 @@ BACKOFF_MAX_SECONDS = 8.0
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5.0
 RATE_LIMITED_RETRY_AFTER_SECONDS = 1.0
 UPSTREAM_DETAIL_CHARS = 300
+REQUEST_ID_HEADER = "X-Request-ID"  # the upstream's logs can then be matched with chatkeep's
 
 
 class _Retryable(Exception):
@@ -64,10 +64,8 @@ class OpenAICompatibleLLM:
         model: str,
         timeout: float,
         max_retries: int,
-        breaker: CircuitBreaker,
     ) -> None:
         self._session = session
-        self._breaker = breaker
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
@@ -78,15 +76,15 @@ class OpenAICompatibleLLM:
         self._max_retries = max_retries
 
     async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
-        response = await self._good_response(orjson.dumps({"model": self._model, "messages": prompt}))
+        response = await self._first_good_response(orjson.dumps({"model": self._model, "messages": prompt}))
         return _parse_completion(await self._read(response))
 
-    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncIterator[str | Reply]:
+    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
         body = orjson.dumps(
             {"model": self._model, "messages": prompt, "stream": True, "stream_options": {"include_usage": True}}
         )
         chunks = _ChunkReader()
-        response = await self._good_response(body)
+        response = await self._first_good_response(body)
         try:
             async for data in response.content.iter_any():
                 for delta in chunks.feed(data):
@@ -98,25 +96,6 @@ class OpenAICompatibleLLM:
         finally:
             response.release()
         yield chunks.reply()
-
-    async def summarize(self, previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
-        reply = await self.complete(summary_prompt(previous, messages))
-        return parse_summary(reply.content)
-
-    async def _good_response(self, body: bytes) -> aiohttp.ClientResponse:
-        """A 200 response to POST `body`, its body unread (the caller releases it), with the
-        breaker told how the call went."""
-        self._breaker.before_call()
-        try:
-            response = await self._first_good_response(body)
-        except (LLMRateLimitedError, LLMRejectedError):
-            self._breaker.record(failed=None)
-            raise
-        except LLMError:
-            self._breaker.record(failed=True)
-            raise
-        self._breaker.record(failed=False)
-        return response
 
     async def _first_good_response(self, body: bytes) -> aiohttp.ClientResponse:
         """POST `body` until a 200 comes, retrying what may succeed next time, within one deadline.
@@ -140,8 +119,12 @@ class OpenAICompatibleLLM:
         raise error
 
     async def _attempt(self, body: bytes, *, limit: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        headers = self._headers
+        request_id = current_request_id()
+        if request_id is not None:
+            headers = {**headers, REQUEST_ID_HEADER: request_id}
         try:
-            response = await self._session.post(self._url, data=body, headers=self._headers, timeout=limit)
+            response = await self._session.post(self._url, data=body, headers=headers, timeout=limit)
         except TimeoutError as exc:
             raise self._failure(exc) from exc  # aiohttp's timeouts are connection errors too: not retried
         except aiohttp.ClientConnectionError as exc:

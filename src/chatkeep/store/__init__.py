@@ -1,14 +1,24 @@
 """State behind one protocol: `ChatStore`, and `open_store(url)` that picks the backend."""
 
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
+import asyncpg
+
+from chatkeep.errors import StoreUnavailableError
 from chatkeep.store.base import ChatStore
 from chatkeep.store.memory import MemoryStore
 from chatkeep.store.postgres import PostgresStore, open_postgres_store
 from chatkeep.store.sqlite import SqliteStore, open_sqlite_store
+from chatkeep.store.urls import POSTGRES_SCHEMES, check_store_url, redacted
 
 __all__ = ["ChatStore", "MemoryStore", "PostgresStore", "SqliteStore", "open_store"]
+
+
+# How opening a store fails when the database is not there to open: unreachable, refused,
+# missing, or a file that cannot be created or written.
+OPEN_ERRORS = (OSError, TimeoutError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @asynccontextmanager
@@ -17,17 +27,28 @@ async def open_store(url: str) -> AsyncIterator[ChatStore]:
 
     `memory://`; `sqlite:///relative.db` or `sqlite:////absolute.db` (`?synchronous=full` to
     survive power loss too); `postgresql://user@host/db` or `postgres://...` (`?pool_size=20`).
+    Raises ValueError for a URL that names no store, and StoreUnavailableError, saying why,
+    when the store cannot be opened.
     """
+    check_store_url(url)
+    async with AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(_opened(url))
+        except OPEN_ERRORS as error:
+            reason = str(error).strip() or type(error).__name__
+            raise StoreUnavailableError(f"cannot open {redacted(url)}: {reason}") from error
+        yield store
+
+
+def _opened(url: str) -> AbstractAsyncContextManager[ChatStore]:
     scheme = url.partition("://")[0]
-    if scheme == "memory":
-        yield MemoryStore()
-    elif scheme == "sqlite":
-        async with open_sqlite_store(url) as sqlite:
-            yield sqlite
-    elif scheme in ("postgresql", "postgres"):
-        async with open_postgres_store(url) as postgres:
-            yield postgres
-    else:
-        raise ValueError(
-            f"unsupported store URL {url!r}: expected memory://, sqlite:///path.db or postgresql://user@host/db"
-        )
+    if scheme == "sqlite":
+        return open_sqlite_store(url)
+    if scheme in POSTGRES_SCHEMES:
+        return open_postgres_store(url)
+    return _memory()
+
+
+@asynccontextmanager
+async def _memory() -> AsyncIterator[ChatStore]:
+    yield MemoryStore()

@@ -24,6 +24,13 @@ from chatkeep.domain import (
 
 
 class ChatStore(Protocol):
+    async def check_ready(self) -> None:
+        """Return once the store answers with its schema up to date; raise StoreUnavailableError otherwise.
+
+        Cheap (one round trip at most): readiness probes call it every few seconds.
+        """
+        ...
+
     async def create_chat(
         self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
     ) -> Chat:

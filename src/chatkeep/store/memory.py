@@ -78,6 +78,9 @@ class MemoryStore:
         self._next_rank = 0
         self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()  # oldest first
 
+    async def check_ready(self) -> None:
+        return None  # in this process: answering is being here
+
     def _record(self, owner: str, chat_id: str) -> _ChatRecord:
         record = self._chats.get(chat_id)
         if record is None or record.owner != owner:
@@ -140,6 +143,7 @@ class MemoryStore:
             created_at=now,
             model=message.model,
             usage=message.usage,
+            status=message.status,
         )
         record.messages.append(stored)
         record.seq_by_id[stored.id] = stored.seq

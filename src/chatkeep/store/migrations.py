@@ -11,6 +11,8 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from chatkeep.errors import StoreUnavailableError
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_TABLE = "chatkeep_migrations"
@@ -35,3 +37,11 @@ def pending(migrations: Sequence[Migration], applied: Collection[str]) -> list[M
     if unknown:
         log.warning("the database has migrations this version does not know: %s", ", ".join(unknown))
     return [migration for migration in migrations if migration.name not in applied]
+
+
+def check_schema(latest_applied: str | None, migrations: Sequence[Migration]) -> None:
+    """Raise StoreUnavailableError when the database lacks a migration this version needs."""
+    needed = migrations[-1].name if migrations else None
+    if needed is not None and (latest_applied is None or latest_applied < needed):
+        at = latest_applied or "nothing"
+        raise StoreUnavailableError(f"the database schema is at {at}, this version needs {needed}")

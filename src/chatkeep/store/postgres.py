@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -38,8 +37,8 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError
-from chatkeep.store.migrations import MIGRATIONS_TABLE, Migration, pending
+from chatkeep.errors import ChatNotFoundError, StoreUnavailableError
+from chatkeep.store.migrations import MIGRATIONS_TABLE, Migration, check_schema, pending
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
     CHAT_COLUMNS,
@@ -57,18 +56,19 @@ from chatkeep.store.rows import (
     to_json,
 )
 from chatkeep.store.turn_leases import TicketState, TurnLeases, state_of
+from chatkeep.store.urls import pool_options
 
 log = logging.getLogger(__name__)
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # generic only to the type checker
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
-POOL_SIZE = 20
 MIN_POOL_SIZE = 2
 LEASE_SECONDS = 15.0
 MAX_POLL_SECONDS = 1.0  # LISTEN/NOTIFY wakes waiters; polling only covers a lost nudge or a dead holder
 RELISTEN_SECONDS = 1.0
 CHANNEL = "chatkeep_turns"
+READY_TIMEOUT_SECONDS = 2.0
 MIGRATION_LOCK = 0x63686174_6B656570  # "chatkeep": one process migrates a database at a time
 
 MIGRATIONS = (
@@ -172,6 +172,13 @@ MIGRATIONS = (
             "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
         ),
     ),
+    Migration(
+        "m004_message_status",
+        (
+            """ALTER TABLE messages ADD COLUMN status text NOT NULL DEFAULT 'completed'
+                CHECK (status IN ('completed', 'incomplete'))""",
+        ),
+    ),
 )
 
 INSERT_CHAT = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at)
@@ -197,7 +204,7 @@ APPEND_MESSAGE = f"""WITH counted AS (
     RETURNING id, message_count
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
-    SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10 FROM counted
+    SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11 FROM counted
     RETURNING seq"""
 MESSAGE_CURSORS = """SELECT m.id, m.seq FROM chats c
     LEFT JOIN messages m ON m.chat_id = c.id AND m.id IN ($3, $4)
@@ -257,6 +264,7 @@ EXTEND_TICKETS = """UPDATE turn_tickets SET expires_at = now() + make_interval(s
     WHERE ticket = ANY($1::bigint[]) AND expires_at > now() RETURNING ticket"""
 CREATE_MIGRATIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
     name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
+LATEST_MIGRATION = f"SELECT max(name) FROM {MIGRATIONS_TABLE}"
 
 
 def _when(moment: datetime) -> datetime:
@@ -272,9 +280,17 @@ def _direction(span: KeyRange) -> str:
 
 
 class PostgresStore:
-    def __init__(self, pool: Pool, leases: TurnLeases) -> None:
+    def __init__(self, pool: Pool, leases: TurnLeases, migrations: Sequence[Migration]) -> None:
         self._pool = pool
         self._leases = leases
+        self._migrations = migrations
+
+    async def check_ready(self) -> None:
+        try:
+            latest = await self._pool.fetchval(LATEST_MIGRATION, timeout=READY_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise StoreUnavailableError(f"PostgreSQL does not answer: {error or type(error).__name__}") from error
+        check_schema(latest, self._migrations)
 
     async def create_chat(
         self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
@@ -339,10 +355,13 @@ class PostgresStore:
             message.model,
             usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None,
+            message.status.value,
         )
         if seq is None:
             raise _no_chat(chat_id)
-        return Message(message_id, chat_id, seq, message.role, message.content, now, message.model, usage)
+        return Message(
+            message_id, chat_id, seq, message.role, message.content, now, message.model, usage, message.status
+        )
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         keys: dict[str, int] = {}
@@ -467,22 +486,6 @@ async def migrate(connection: Connection, migrations: Sequence[Migration]) -> No
             log.info("applied migration %s", migration.name)
 
 
-def pool_options(url: str) -> tuple[str, int]:
-    """The DSN for asyncpg and the pool size, taken out of the URL's `pool_size` parameter.
-
-    Other query parameters go to asyncpg, which sends unknown ones as server settings
-    (e.g. `?search_path=tenant`).
-    """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    sizes = [int(value) for name, value in query if name == "pool_size"]
-    pool_size = sizes[-1] if sizes else POOL_SIZE
-    if pool_size < 1:
-        raise ValueError(f"pool_size must be at least 1, got {pool_size}")
-    rest = urlencode([(name, value) for name, value in query if name != "pool_size"])
-    return urlunsplit(parts._replace(query=rest)), pool_size
-
-
 async def _keep_session(connection: Connection) -> None:
     """Skip asyncpg's reset query on release (a round trip per call): we leave no session state."""
 
@@ -540,6 +543,6 @@ async def open_postgres_store(
         poll = (0.05, min(MAX_POLL_SECONDS, lease_seconds / 4))
         leases = TurnLeases(PostgresTickets(pool), lease_seconds=lease_seconds, poll_seconds=poll)
         async with leases, _listening(dsn, leases):
-            yield PostgresStore(pool, leases)
+            yield PostgresStore(pool, leases, migrations)
     finally:
         await pool.close()

@@ -19,6 +19,7 @@ from chatkeep.domain import (
     KeyState,
     Message,
     MessageStats,
+    MessageStatus,
     Role,
     SummaryText,
     Usage,
@@ -35,13 +36,14 @@ class Row(Protocol):
 When = Callable[[Any], datetime]
 
 CHAT_COLUMNS = "id, title, metadata, system_prompt, created_at, updated_at, message_count"
-MESSAGE_COLUMNS = "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens"
+MESSAGE_COLUMNS = "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status"
 STATS_COLUMNS = "message_count, user_message_count, first_message_at, last_message_at"
 SUMMARY_COLUMNS = "summary, highlights, up_to_seq, created_at"
 KEY_COLUMNS = "fingerprint, state, result, user_message_id, created_at, updated_at"
 # A chat left-joined to one of its messages: no row, no chat; a row of NULLs, no such message.
 JOINED_MESSAGE_COLUMNS = ", ".join(f"m.{column}" for column in MESSAGE_COLUMNS.split(", "))
 ROLES = {role.value: role for role in Role}
+STATUSES = {status.value: status for status in MessageStatus}
 KEY_STATES = {state.value: state for state in KeyState}
 
 
@@ -65,9 +67,9 @@ def chat_from_row(row: Row, when: When) -> Chat:
 def message_from_row(row: Row, when: When) -> Message:
     # Hot: a turn reads a window of messages. Positional arguments and a dict for the role
     # halve the cost of building each one.
-    message_id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens = row
+    message_id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status = row
     usage = None if prompt_tokens is None else Usage(prompt_tokens, completion_tokens)
-    return Message(message_id, chat_id, seq, ROLES[role], content, when(created_at), model, usage)
+    return Message(message_id, chat_id, seq, ROLES[role], content, when(created_at), model, usage, STATUSES[status])
 
 
 def stats_from_row(row: Row, when: When) -> MessageStats:

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import parse_qs
 
 from chatkeep.domain import (
     Chat,
@@ -40,7 +39,7 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError
-from chatkeep.store.migrations import MIGRATIONS_TABLE, Migration, pending
+from chatkeep.store.migrations import MIGRATIONS_TABLE, Migration, check_schema, pending
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
     CHAT_COLUMNS,
@@ -58,6 +57,7 @@ from chatkeep.store.rows import (
     to_json,
 )
 from chatkeep.store.turn_leases import TicketState, TurnLeases, state_of
+from chatkeep.store.urls import sqlite_location
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,6 @@ R = TypeVar("R")
 LEASE_SECONDS = 15.0
 POLL_SECONDS = (0.005, 0.1)  # no cross-process nudge on SQLite: short sleeps, growing
 BUSY_TIMEOUT_MS = 10_000
-URL_PREFIX = "sqlite:///"
-SYNCHRONOUS_MODES = ("normal", "full")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 MIGRATIONS = (
@@ -140,6 +138,13 @@ MIGRATIONS = (
             "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
         ),
     ),
+    Migration(
+        "m004_message_status",
+        (
+            """ALTER TABLE messages ADD COLUMN status TEXT NOT NULL DEFAULT 'completed'
+                CHECK (status IN ('completed', 'incomplete'))""",
+        ),
+    ),
 )
 
 INSERT_CHAT = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at)
@@ -163,7 +168,7 @@ COUNT_MESSAGE = """UPDATE chats SET
     WHERE id = :chat_id AND owner = :owner
     RETURNING message_count"""
 INSERT_MESSAGE = f"""INSERT INTO messages ({MESSAGE_COLUMNS})
-    VALUES (:id, :chat_id, :seq, :role, :content, :now, :model, :prompt_tokens, :completion_tokens)"""
+    VALUES (:id, :chat_id, :seq, :role, :content, :now, :model, :prompt_tokens, :completion_tokens, :status)"""
 MESSAGE_CURSORS = "SELECT id, seq FROM messages WHERE chat_id = ? AND id IN (?, ?)"
 MESSAGE_PAGE = f"""SELECT {MESSAGE_COLUMNS} FROM messages
     WHERE chat_id = ? AND seq > ? AND seq < ? ORDER BY seq %s LIMIT ?"""
@@ -193,6 +198,7 @@ UPDATE_KEY = """UPDATE idempotency_keys
     WHERE owner = ? AND key = ?"""
 CREATE_MIGRATIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
     name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)"""
+LATEST_MIGRATION = f"SELECT max(name) FROM {MIGRATIONS_TABLE}"
 LIVE_TICKETS = "SELECT ticket FROM turn_tickets WHERE chat_id = ? AND expires_at > ? ORDER BY ticket"
 EXTEND_TICKETS = """UPDATE turn_tickets SET expires_at = ?
     WHERE ticket IN (SELECT value FROM json_each(?)) AND expires_at > ? RETURNING ticket"""
@@ -353,9 +359,13 @@ def _purge_keys(db: sqlite3.Connection, expired_before: int) -> int:
 
 
 class SqliteStore:
-    def __init__(self, thread: SqliteThread, leases: TurnLeases) -> None:
+    def __init__(self, thread: SqliteThread, leases: TurnLeases, migrations: Sequence[Migration]) -> None:
         self._thread = thread
         self._leases = leases
+        self._migrations = migrations
+
+    async def check_ready(self) -> None:
+        check_schema(await self._thread.run(_latest_migration), self._migrations)
 
     async def create_chat(
         self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
@@ -392,9 +402,12 @@ class SqliteStore:
             "model": message.model,
             "prompt_tokens": message.usage.prompt_tokens if message.usage else None,
             "completion_tokens": message.usage.completion_tokens if message.usage else None,
+            "status": message.status.value,
         }
         seq = await self._thread.run(_append, owner, chat_id, values)
-        return Message(message_id, chat_id, seq, message.role, message.content, now, message.model, message.usage)
+        return Message(
+            message_id, chat_id, seq, message.role, message.content, now, message.model, message.usage, message.status
+        )
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         return Page(*await self._thread.run(_messages, owner, chat_id, page))
@@ -448,6 +461,11 @@ class SqliteStore:
 
     async def purge_keys(self, *, expired_before: datetime) -> int:
         return await self._thread.run(_purge_keys, _micros(expired_before))
+
+
+def _latest_migration(db: sqlite3.Connection) -> str | None:
+    row = db.execute(LATEST_MIGRATION).fetchone()
+    return None if row is None else str(row[0])
 
 
 class SqliteTickets:
@@ -524,18 +542,6 @@ def _connect(path: str, synchronous: str, migrations: Sequence[Migration]) -> sq
     return db
 
 
-def sqlite_location(url: str) -> tuple[str, str]:
-    """The file path and synchronous mode of `sqlite:///relative.db` or `sqlite:////abs.db?synchronous=full`."""
-    path, _, query = url.removeprefix(URL_PREFIX).partition("?")
-    options = parse_qs(query)
-    synchronous = options.pop("synchronous", ["normal"])[-1].lower()
-    if not url.startswith(URL_PREFIX) or not path or options:
-        raise ValueError(f"expected sqlite:///relative.db or sqlite:////absolute.db, got {url!r}")
-    if synchronous not in SYNCHRONOUS_MODES:
-        raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
-    return path, synchronous
-
-
 @asynccontextmanager
 async def open_sqlite_store(
     url: str, *, lease_seconds: float = LEASE_SECONDS, migrations: Sequence[Migration] = MIGRATIONS
@@ -550,7 +556,7 @@ async def open_sqlite_store(
         try:
             leases = TurnLeases(SqliteTickets(thread), lease_seconds=lease_seconds, poll_seconds=POLL_SECONDS)
             async with leases:
-                yield SqliteStore(thread, leases)
+                yield SqliteStore(thread, leases, migrations)
         finally:
             await loop.run_in_executor(executor, db.close)
     finally:
