@@ -2,13 +2,14 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from chatkeep import turn_events
+from chatkeep import turn_streams
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI, Scripted
 from tests.test_concurrency import assert_paired, messages_of
@@ -224,8 +225,57 @@ async def test_streamed_and_plain_turns_mixed_on_one_chat_stay_paired(
 async def test_an_idle_stream_gets_keep_alive_comments(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(turn_events, "KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr(turn_streams, "KEEPALIVE_SECONDS", 0.1)
     fake_llm.queue(Scripted(delay=0.5))
     events = await stream_turn(client, await new_chat(client), "slow")
     assert {"comment": "keep-alive"} in events
     assert events[-1]["event"] == "assistant_message"
+
+
+@pytest.mark.parametrize("last_event_id", ["2", "12", "999", "not-an-id"])
+async def test_resume_on_another_process_after_the_end_always_ends_with_the_reply(
+    fake_llm: FakeOpenAI, tmp_path: Path, last_event_id: str
+) -> None:
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    async with serve(llm_settings(fake_llm, store=store)) as first, serve(llm_settings(fake_llm, store=store)) as other:
+        chat_id = await new_chat(first)
+        streamed = await stream_turn(first, chat_id, " ".join(f"w{n}" for n in range(20)))
+        url = f"/chats/{chat_id}/messages/{streamed[0]['data']['id']}/events"
+        async with other.stream("GET", url, headers={"last-event-id": last_event_id}) as r:
+            rest = await events_of(r.aiter_lines())
+    assert rest == [streamed[-1]], "the process that did not run the turn sends its stored reply"
+
+
+async def test_resume_after_the_log_was_forgotten_ends_with_the_reply(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turn_streams, "KEEP_FINISHED_SECONDS", 0.0)
+    chat_id = await new_chat(client)
+    streamed = await stream_turn(client, chat_id, "one two three four five")
+    url = f"/chats/{chat_id}/messages/{streamed[0]['data']['id']}/events"
+    async with client.stream("GET", url, headers={"last-event-id": "3"}) as r:
+        assert await events_of(r.aiter_lines()) == [streamed[-1]]
+
+
+async def test_a_streamed_retry_of_a_failed_streamed_turn_breaks_nothing_later(
+    client: httpx.AsyncClient, fake_llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turn_streams, "KEEP_FINISHED_SECONDS", 0.2)
+    fake_llm.queue(Scripted(status=400))
+    chat_id = await new_chat(client)
+    request = {"content": "retry me", "stream": True}
+    headers = {"Idempotency-Key": "streamed-retry"}
+    tries = []
+    for _ in range(2):  # the retry re-runs the reply to the same question
+        async with client.stream("POST", f"/chats/{chat_id}/messages", json=request, headers=headers) as r:
+            tries.append(await events_of(r.aiter_lines()))
+    assert [events[-1]["event"] for events in tries] == ["error", "assistant_message"]
+    await asyncio.sleep(0.3)  # both ends of the one turn are now old enough to be forgotten
+    url = f"/chats/{chat_id}/messages/{tries[0][0]['data']['id']}/events"
+    async with client.stream("GET", url, headers={"last-event-id": "1"}) as r:
+        assert r.status_code == 200
+        assert (await events_of(r.aiter_lines())) == [tries[1][-1]]
+    for _ in range(3):
+        assert (await stream_turn(client, chat_id, "later"))[-1]["event"] == "assistant_message"
+        assert (await post(client, chat_id, "plain")).status_code == 201
+    assert [m["content"] for m in await messages_of(client, chat_id)][:2] == ["retry me", "echo: retry me"]

@@ -5,7 +5,28 @@ knowing where they came from. Upstream (LLM) failures are translated into `LLMEr
 subclasses in the LLM client and nowhere else.
 """
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
+
+
+class Problem(Protocol):
+    """What a client is told of a failure: one of chatkeep's errors, or one relayed from another process."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def slug(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
+
+    @property
+    def retry_after(self) -> float | None: ...
+
+    def extensions(self) -> dict[str, Any]: ...
 
 
 class ChatkeepError(Exception):
@@ -100,6 +121,14 @@ class OverloadedError(ChatkeepError):
     status = 503
     title = "Server over capacity"
     slug = "overloaded"
+
+
+class TurnStoppedError(ChatkeepError):
+    """A turn was stopped (its server shutting down) before it had anything to store."""
+
+    status = 503
+    title = "The turn was stopped"
+    slug = "turn-stopped"
 
 
 class StoreUnavailableError(ChatkeepError):

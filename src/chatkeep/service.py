@@ -33,11 +33,9 @@ from chatkeep.domain import (
 from chatkeep.errors import (
     ChatkeepError,
     ChatMovedOnError,
-    InvalidCursorError,
     LLMError,
-    MessageNotFoundError,
-    ReplyNotFoundError,
     StoreUnavailableError,
+    TurnStoppedError,
 )
 from chatkeep.idempotency import (
     IdempotencyKey,
@@ -54,7 +52,7 @@ from chatkeep.rate_limit import RateLimit
 from chatkeep.store import ChatStore
 from chatkeep.summaries import ExtractiveSummarizer, LLMSummarizer, Summarizer
 from chatkeep.summary_keeper import SummaryKeeper
-from chatkeep.turn_events import TurnLog, TurnLogs
+from chatkeep.turn_streams import TurnEvent, TurnLog, TurnStreams
 from chatkeep.turns import Place, TurnQueue
 
 log = logging.getLogger(__name__)
@@ -86,7 +84,7 @@ class ChatService:
         # abandoned by a process that died; a retry may then claim it again.
         longest_turn = timedelta(seconds=(settings.max_waiting_turns + 1) * settings.llm_timeout)
         self._keys = IdempotencyKeys(store, abandoned_after=longest_turn + ABANDONED_KEY_MARGIN)
-        self._turn_logs = TurnLogs()
+        self._streams = TurnStreams(store)
         self._tasks: set[asyncio.Task[None]] = set()
         self._janitor = asyncio.create_task(self._purge_expired_keys(), name="chatkeep-key-purge")
 
@@ -174,13 +172,11 @@ class ChatService:
         """
         chat = await self._chat_to_post_to(owner, chat_id)
         hold = await self._keys.hold(owner, key)
-        events = TurnLog(chat_id)
         if hold.replay is not None:
             self._metrics.idempotent_replay()
             turn = await self._replayed(owner, chat_id, hold.replay)
-            events.user_message(turn.user_message)
-            events.assistant_message(turn.assistant_message)
-            return events
+            return self._streams.ended_log(turn.user_message, turn.assistant_message)
+        events = self._streams.new_log(chat_id)
         try:
             place = self._turns.reserve(chat_id)
         except BaseException:
@@ -189,28 +185,15 @@ class ChatService:
         self._background(self._streamed_turn(place, owner, chat, content, hold, events))
         return events
 
-    async def turn_events(self, owner: str, chat_id: str, user_message_id: str) -> TurnLog:
-        """The log of the turn that answers `user_message_id`, to resume a stream from.
+    async def turn_events(
+        self, owner: str, chat_id: str, user_message_id: str, last_event_id: str | None
+    ) -> AsyncIterator[list[TurnEvent]]:
+        """The events of the turn answering `user_message_id` after `last_event_id`, to resume a
+        stream with; ends with the final event whatever id the client last saw.
 
-        A turn no longer (or never) streamed by this process is rebuilt from the store: its
-        stored reply, or an error event when there is none. Raises ChatNotFoundError, or
-        MessageNotFoundError when the chat has no such message.
+        Raises ChatNotFoundError, or MessageNotFoundError when the chat has no such message.
         """
-        await self.store.get_chat(owner, chat_id)
-        events = self._turn_logs.get(user_message_id)
-        if events is not None and events.chat_id == chat_id:
-            return events
-        try:
-            following = await self.store.list_messages(owner, chat_id, PageRequest(limit=1, after=user_message_id))
-        except InvalidCursorError:
-            raise MessageNotFoundError(f"no message {user_message_id!r} in chat {chat_id!r}") from None
-        events = TurnLog(chat_id)
-        reply = following.data[0] if following.data else None
-        if reply is not None and reply.role is Role.ASSISTANT:
-            events.assistant_message(reply)
-        else:
-            events.fail(ReplyNotFoundError(f"no reply to message {user_message_id!r} is stored or being written here"))
-        return events
+        return await self._streams.resume(owner, chat_id, user_message_id, last_event_id)
 
     @asynccontextmanager
     async def _holding_turn(self, place: Place, owner: str, chat_id: str) -> AsyncIterator[None]:
@@ -232,7 +215,6 @@ class ChatService:
         """The turn itself, its place in line held: question, context, reply, stored reply."""
         question = await self._question(owner, chat, content, hold)
         if events is not None:
-            self._turn_logs.running(question.id, events)
             events.user_message(question)
         system_prompt = self.settings.system_prompt if chat.system_prompt is None else chat.system_prompt
         prompt = await build_context(
@@ -305,8 +287,8 @@ class ChatService:
             log.exception("streamed turn on chat %s failed", chat.id)
             events.fail(ChatkeepError("the turn failed unexpectedly"))
         finally:
-            if events.user_message_id is not None:
-                self._turn_logs.finished(events.user_message_id)
+            if not events.done:  # stopped before its reply began (the server is shutting down)
+                events.fail(TurnStoppedError("the turn was stopped before its reply began; post it again"))
 
     async def _replayed(self, owner: str, chat_id: str, result: str) -> Turn:
         user_message_id, assistant_message_id = turn_from_result(result)

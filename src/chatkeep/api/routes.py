@@ -217,8 +217,7 @@ async def resume_turn_events(
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> Response:
     """Resume a streamed turn after `Last-Event-ID`: live while it runs, else its final event."""
-    events = await service.turn_events(owner, chat_id, user_message_id)
-    return sse.EventStream(events.follow(last_event_id))
+    return sse.EventStream(await service.turn_events(owner, chat_id, user_message_id, last_event_id))
 
 
 @router.get("/chats/{chat_id}/messages", response_model=MessageList, tags=["messages"], responses=_problems(404, 422))

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from chatkeep.api import bodies
 from chatkeep.api.problems import problem_body
-from chatkeep.turn_events import TurnEvent
+from chatkeep.turn_streams import TurnEvent
 
 MEDIA_TYPE = "text/event-stream"
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
