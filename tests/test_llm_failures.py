@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from chatkeep.config import Settings
+from chatkeep.logs import RequestIdFilter
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI, Scripted, completion, error_body
 
@@ -48,7 +49,7 @@ async def test_server_errors_past_the_retries_are_a_502(client: httpx.AsyncClien
     fake_llm.queue(*[Scripted(status=500, json_body=error_body("model overloaded"))] * 3)
     chat_id = await new_chat(client)
     problem = await assert_turn_failed(client, chat_id, await post(client, chat_id, "hello"), 502, "llm-bad-response")
-    assert "model overloaded" in problem["detail"]
+    assert "HTTP 500" in problem["detail"]
     assert len(fake_llm.requests) == 3  # the first try and two retries
     await assert_chat_still_works(client, chat_id)
 
@@ -57,7 +58,7 @@ async def test_client_error_upstream_is_a_502_without_retry(client: httpx.AsyncC
     fake_llm.queue(Scripted(status=404, json_body=error_body("The model `gpt-x` does not exist", "invalid_request")))
     chat_id = await new_chat(client)
     problem = await assert_turn_failed(client, chat_id, await post(client, chat_id, "hello"), 502, "llm-bad-response")
-    assert "does not exist" in problem["detail"]
+    assert "HTTP 404" in problem["detail"]
     assert len(fake_llm.requests) == 1
 
 
@@ -123,12 +124,14 @@ def _closed_port() -> int:
 
 
 async def test_unreachable_llm_is_a_503_with_retry_after() -> None:
-    settings = Settings(openai_api_key="k", openai_base_url=f"http://127.0.0.1:{_closed_port()}/v1", llm_max_retries=1)
+    port = _closed_port()
+    settings = Settings(openai_api_key="k", openai_base_url=f"http://127.0.0.1:{port}/v1", llm_max_retries=1)
     async with serve(settings) as client:
         chat_id = await new_chat(client)
         response = await post(client, chat_id, "anyone there?")
         await assert_turn_failed(client, chat_id, response, 503, "llm-unavailable")
         assert int(response.headers["retry-after"]) >= 1
+        assert str(port) not in response.text
 
 
 async def test_hung_llm_is_a_504_within_the_timeout(fake_llm: FakeOpenAI) -> None:
@@ -172,3 +175,35 @@ async def test_nul_in_a_reply_is_stored_as_a_replacement_character(
     await client.post(f"/chats/{chat_id}/messages", json={"content": "and?", "stream": True})
     stored = (await client.get(f"/chats/{chat_id}/messages")).json()["data"]
     assert [m["content"] for m in stored[1::2]] == ["before\ufffdafter", "streamed\ufffdreply"]
+
+
+async def test_what_the_upstream_said_stays_in_the_server_log(
+    client: httpx.AsyncClient, fake_llm: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(RequestIdFilter())
+    leaky = "Incorrect API key provided: sk-test****1234. You can find your API key at https://platform.openai.com"
+    fake_llm.queue(Scripted(status=401, json_body=error_body(leaky, "invalid_request_error")))
+    chat_id = await new_chat(client)
+    response = await post(client, chat_id, "hello")
+    problem = await assert_turn_failed(client, chat_id, response, 502, "llm-bad-response")
+    assert "sk-" not in response.text
+    assert fake_llm.url.split("/v1")[0] not in response.text
+    assert "HTTP 401" in problem["detail"]
+    logged = [r for r in caplog.records if "sk-test****1234" in r.getMessage()]
+    assert [getattr(r, "request_id", None) for r in logged] == [response.headers["x-request-id"]]
+
+
+@pytest.mark.parametrize(
+    "answer", [Scripted(cut_after=3), Scripted(raw=b'data: {"error": {"message": "upstream secret"}}\n\n')]
+)
+async def test_a_failed_stream_tells_the_client_nothing_of_the_upstream(
+    client: httpx.AsyncClient, fake_llm: FakeOpenAI, answer: Scripted
+) -> None:
+    fake_llm.queue(answer)
+    chat_id = await new_chat(client)
+    body = {"content": "hello", "stream": True}
+    async with client.stream("POST", f"/chats/{chat_id}/messages", json=body) as r:
+        text = (await r.aread()).decode()
+    assert "event: error" in text
+    assert "upstream secret" not in text
+    assert "127.0.0.1" not in text

@@ -7,6 +7,11 @@ here and nowhere else.
 
 One call has one deadline, `timeout` seconds, that covers every retry: a hung or flapping
 upstream never holds a client longer than that.
+
+What the upstream said when it failed (its error message can quote part of the API key), its
+URL and the HTTP client's own error text are logged here, under the request's id, and never
+put in an error a client sees: that says what happened (the status, a cut-off stream) and
+where to look.
 """
 
 import asyncio
@@ -39,6 +44,7 @@ BACKOFF_MAX_SECONDS = 8.0
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5.0
 RATE_LIMITED_RETRY_AFTER_SECONDS = 1.0
 UPSTREAM_DETAIL_CHARS = 300
+SEE_LOG = "; the server log has the details under this request's id"
 REQUEST_ID_HEADER = "X-Request-ID"  # the upstream's logs can then be matched with chatkeep's
 
 
@@ -113,7 +119,7 @@ class OpenAICompatibleLLM:
             delay = _backoff(attempt, wait)
             if attempt == self._max_retries or loop.time() + delay >= deadline:
                 break
-            log.warning("LLM attempt %d failed (%s); retrying in %.2fs", attempt + 1, error.detail, delay)
+            log.warning("LLM attempt %d failed (%s); retrying in %.2fs", attempt + 1, error.title, delay)
             await asyncio.sleep(delay)
             limit = aiohttp.ClientTimeout(total=deadline - loop.time())
         raise error
@@ -128,8 +134,9 @@ class OpenAICompatibleLLM:
         except TimeoutError as exc:
             raise self._failure(exc) from exc  # aiohttp's timeouts are connection errors too: not retried
         except aiohttp.ClientConnectionError as exc:
+            log.warning("cannot reach the LLM at %s: %s", self._url, exc)
             unreachable = LLMUnavailableError(
-                f"cannot reach the LLM at {self._url}: {exc}", retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS
+                "cannot reach the LLM" + SEE_LOG, retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS
             )
             raise _Retryable(unreachable) from exc
         except aiohttp.ClientError as exc:
@@ -137,7 +144,8 @@ class OpenAICompatibleLLM:
         if response.status == 200:
             return response
         payload = await self._read(response)
-        detail = f"the LLM answered {response.status}: {_upstream_message(payload)}"
+        log.warning("the LLM answered %d: %s", response.status, _upstream_message(payload))
+        detail = f"the LLM answered HTTP {response.status}" + SEE_LOG
         wait = _retry_after(response.headers.get("Retry-After"))
         if response.status == 429:
             limited = LLMRateLimitedError(detail, retry_after=max(wait or 0.0, RATE_LIMITED_RETRY_AFTER_SECONDS))
@@ -159,9 +167,10 @@ class OpenAICompatibleLLM:
         """The HTTP client's failure as one of chatkeep's LLM errors: translated here and nowhere else."""
         if isinstance(exc, TimeoutError):
             return LLMTimeoutError(f"the LLM did not answer within {self._timeout:g}s")
+        log.warning("reading the LLM's response failed: %r", exc)
         if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-            return LLMBadResponseError(f"the LLM's response was cut off: {exc}")
-        return LLMBadResponseError(f"the LLM's response could not be read: {exc}")
+            return LLMBadResponseError("the LLM's response was cut off" + SEE_LOG)
+        return LLMBadResponseError("the LLM's response could not be read" + SEE_LOG)
 
 
 class _ChunkReader:
@@ -199,7 +208,8 @@ class _ChunkReader:
         try:
             chunk = orjson.loads(data)
             if "error" in chunk:
-                raise LLMBadResponseError(f"the LLM failed mid-stream: {_upstream_message(data)}")
+                log.warning("the LLM failed mid-stream: %s", _upstream_message(data))
+                raise LLMBadResponseError("the LLM failed mid-stream" + SEE_LOG)
             choices = chunk.get("choices")
             delta = choices[0].get("delta", {}).get("content") if choices else None
         except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
