@@ -1,4 +1,8 @@
-"""Schemathesis against the app's own OpenAPI document: a bounded, seeded run with zero 5xx.
+"""Schemathesis against the app's own OpenAPI document: bounded, seeded runs with zero 5xx.
+
+`schemathesis run --checks all` against a live server, as a user would run it (every check,
+streamed turns' events included, with the contract's two 422s allowed in tests/schemathesis.toml),
+and an in-process run that looks closer at every answer:
 
 Every generated request must get an answer that the schema declares (status, content type,
 body), and every error must be a problem+json whose `status` is the HTTP status. The app runs
@@ -8,6 +12,9 @@ cursor that names no object (ids are opaque strings), and an Idempotency-Key alr
 another request (the fuzzer repeats keys).
 """
 
+import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
 import schemathesis
@@ -18,10 +25,13 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from chatkeep.app import create_app
 from chatkeep.config import Settings
+from tests.servers import chatkeep_server
 
 KEY = "fuzz-key-0123456789abcdef"
 CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused")
 AUTH = {"Authorization": f"Bearer {KEY}"}
+SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
+CONFIG = str(Path(__file__).with_name("schemathesis.toml"))
 app = create_app(Settings(llm_provider="offline", store="memory://", api_keys=f"fuzzer={KEY}"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
@@ -39,3 +49,16 @@ def test_every_answer_conforms_to_the_schema(case: Case[Any]) -> None:
         assert response.json()["status"] == response.status_code
     if response.status_code == 422 and case.meta is not None and not case.meta.generation.mode.is_negative:
         assert response.json()["type"].endswith(CONTRACTUAL_422), response.text
+
+
+async def test_schemathesis_run_with_every_check_passes_against_a_live_server(tmp_path: Path) -> None:
+    env = {"CHATKEEP_LLM_PROVIDER": "offline", "CHATKEEP_API_KEYS": f"fuzzer={KEY}"}
+    async with chatkeep_server(env, tmp_path / "server.log") as server:
+        run = await asyncio.create_subprocess_exec(
+            *(SCHEMATHESIS, "--config-file", CONFIG, "run", f"{server.client.base_url}/openapi.json"),
+            *("--checks", "all", "--header", f"Authorization: Bearer {KEY}", "--max-examples", "30", "--seed", "1"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await run.communicate()
+    assert run.returncode == 0, output.decode()[-6000:]

@@ -146,7 +146,7 @@ async def delete_chat(service: ServiceDep, owner: OwnerDep, chat_id: str) -> Non
 
 
 def _event_stream(description: str) -> dict[int | str, dict[str, Any]]:
-    return {200: {"description": description, "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}}}}
+    return {200: {"description": description, "content": {sse.MEDIA_TYPE: {"itemSchema": sse.EVENT_SCHEMA}}}}
 
 
 STREAMED_TURN = _event_stream(

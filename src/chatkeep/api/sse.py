@@ -9,6 +9,7 @@ written in one chunk; a comment line keeps idle streams alive.
 """
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.responses import Response
@@ -16,9 +17,38 @@ from starlette.types import Receive, Scope, Send
 
 from chatkeep.api import bodies
 from chatkeep.api.problems import problem_body
-from chatkeep.turn_streams import TurnEvent
+from chatkeep.turn_streams import END_ID, TurnEvent
 
 MEDIA_TYPE = "text/event-stream"
+
+
+def _event(kind: str, event_id: dict[str, str], data: dict[str, Any]) -> dict[str, Any]:
+    """One kind of event as OpenAPI 3.2's `itemSchema` describes it: its name, its id, its JSON data."""
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"const": kind},
+            "id": {"type": "string", **event_id},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+    }
+
+
+# Each event of a streamed turn (the same for a resumed one), documented for clients and checked
+# against every stream by the schemathesis run in `make test`.
+EVENT_SCHEMA = {
+    "oneOf": [
+        _event("user_message", {"const": "0"}, {"$ref": "#/components/schemas/MessageOut"}),
+        _event(
+            "delta",
+            {"pattern": "^[1-9][0-9]*$"},
+            {"type": "object", "required": ["content"], "properties": {"content": {"type": "string"}}},
+        ),
+        _event("assistant_message", {"const": END_ID}, {"$ref": "#/components/schemas/MessageOut"}),
+        _event("error", {"const": END_ID}, {"$ref": "#/components/schemas/Problem"}),
+    ]
+}
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 KEEPALIVE = b": keep-alive\n\n"
 
