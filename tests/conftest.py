@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from chatkeep.app import create_app
 from chatkeep.config import Settings
@@ -45,12 +46,15 @@ def llm_settings(fake: FakeOpenAI, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+def serve(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     """chatkeep on a real socket for the block, with an HTTP client pointed at it."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
-    )
+    return serve_app(create_app(settings))
+
+
+@asynccontextmanager
+async def serve_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` on a real socket for the block, with an HTTP client pointed at it."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -135,7 +135,7 @@ async def test_a_fault_inside_a_turn_is_a_500_problem_that_reveals_nothing(
     offline_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # No client input can cause this; a bug or a broken store can. The turn is served outside
-    # FastAPI's router (by_hand.RouteShortcut), so this checks it still ends in the same 500.
+    # FastAPI's router (fast_turn_route.RouteShortcut), so this checks it still ends in the same 500.
     chat_id = await new_chat(offline_client)
 
     async def broken_append(*args: object, **kwargs: object) -> None:

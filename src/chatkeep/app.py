@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 
 from chatkeep import __version__
 from chatkeep.api.body_limit import BodyLimitMiddleware
-from chatkeep.api.by_hand import RouteShortcut
+from chatkeep.api.fast_turn_route import RouteShortcut
 from chatkeep.api.observe import Observe
 from chatkeep.api.problems import install_problem_handlers
 from chatkeep.api.routes import metrics_router, operations, router, turns

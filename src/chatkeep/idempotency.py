@@ -3,11 +3,12 @@
 A request that carries a key claims it in the store (shared by every process). The claim tells
 what to do: run the request, replay the answer of one that succeeded, re-run only the reply of
 a turn whose LLM call failed after the question was stored, or refuse (the key is in flight,
-409; or was used for another request, 422). A `KeyHold` then records how the request ended.
+409; or was used for another request, 422). A `HeldKey` then records how the request ended.
 Keys are scoped per owner and kept KEY_TTL.
 """
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,9 @@ from chatkeep.errors import IdempotencyKeyInFlightError, IdempotencyKeyReusedErr
 from chatkeep.store import ChatStore
 
 KEY_TTL = timedelta(hours=24)
+MAX_KEY_CHARS = 255
+KEY_PATTERN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII
+IDEMPOTENCY_KEY_HELP = "retries with the same key and body are answered once (kept 24 h, per owner)"
 IN_FLIGHT_RETRY_AFTER_SECONDS = 1.0
 
 
@@ -37,7 +41,7 @@ class IdempotencyKey:
         return cls(value, hashlib.sha256(canonical).hexdigest())
 
 
-class KeyHold:
+class HeldKey:
     """One request's hold on its key: what to replay or retry, and how the request ended.
 
     `replay` is the stored result of a request that already succeeded (nothing to run);
@@ -82,14 +86,14 @@ class KeyHold:
         else:
             await self._store.release_key(self._owner, self._key)
 
-    async def __aenter__(self) -> "KeyHold":
+    async def __aenter__(self) -> "HeldKey":
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.settle()
 
 
-NO_KEY = KeyHold(None, "", "")
+NO_KEY = HeldKey(None, "", "")
 
 
 class IdempotencyKeys:
@@ -97,7 +101,7 @@ class IdempotencyKeys:
         self._store = store
         self._abandoned_after = abandoned_after  # a RUNNING key this old belongs to a dead process
 
-    async def hold(self, owner: str, key: IdempotencyKey | None) -> KeyHold:
+    async def hold(self, owner: str, key: IdempotencyKey | None) -> HeldKey:
         """Claim `key` for a request. Raises IdempotencyKeyReusedError or IdempotencyKeyInFlightError."""
         if key is None:
             return NO_KEY
@@ -111,12 +115,12 @@ class IdempotencyKeys:
         )
         previous = claim.previous
         if claim.claimed:
-            return KeyHold(self._store, owner, key.value, retry_of=previous.user_message_id if previous else None)
+            return HeldKey(self._store, owner, key.value, retry_of=previous.user_message_id if previous else None)
         assert previous is not None
         if previous.fingerprint != key.fingerprint:
             raise IdempotencyKeyReusedError(f"the Idempotency-Key {key.value!r} was used for a different request")
         if previous.state is KeyState.DONE and previous.result is not None:
-            return KeyHold(self._store, owner, key.value, replay=previous.result)
+            return HeldKey(self._store, owner, key.value, replay=previous.result)
         raise IdempotencyKeyInFlightError(
             f"a request with the Idempotency-Key {key.value!r} is still in flight",
             retry_after=IN_FLIGHT_RETRY_AFTER_SECONDS,

@@ -1,6 +1,6 @@
 """ChatService: the turn, the only place that combines the store and the LLM.
 
-A turn holds its chat's place in the `TurnQueue` (and the store's cross-process lease) for its
+A turn holds its slot in its chat's line (`TurnQueue`, and the store's cross-process lease) for its
 whole length, so turns on one chat run one at a time in arrival order and each reply is stored
 right after its question. Nothing else is held across the LLM call: other chats go on, and the
 store is only touched in short calls before and after it. Streamed turns run the same steps in
@@ -38,9 +38,9 @@ from chatkeep.errors import (
     TurnStoppedError,
 )
 from chatkeep.idempotency import (
+    HeldKey,
     IdempotencyKey,
     IdempotencyKeys,
-    KeyHold,
     chat_from_result,
     chat_result,
     turn_from_result,
@@ -53,7 +53,7 @@ from chatkeep.store import ChatStore
 from chatkeep.summaries import ExtractiveSummarizer, LLMSummarizer, Summarizer
 from chatkeep.summary_keeper import SummaryKeeper
 from chatkeep.turn_streams import TurnEvent, TurnLog, TurnStreams
-from chatkeep.turns import Place, TurnQueue
+from chatkeep.turns import TurnQueue, TurnSlot
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,11 @@ class ChatService:
             return self._streams.ended_log(turn.user_message, turn.assistant_message)
         events = self._streams.new_log(chat_id)
         try:
-            place = self._turns.reserve(chat_id)
+            slot = self._turns.reserve(chat_id)
         except BaseException:
             await hold.settle()
             raise
-        self._background(self._streamed_turn(place, owner, chat, content, hold, events))
+        self._background(self._streamed_turn(slot, owner, chat, content, hold, events))
         return events
 
     async def turn_events(
@@ -196,13 +196,13 @@ class ChatService:
         return await self._streams.resume(owner, chat_id, user_message_id, last_event_id)
 
     @asynccontextmanager
-    async def _holding_turn(self, place: Place, owner: str, chat_id: str) -> AsyncIterator[None]:
+    async def _holding_turn(self, slot: TurnSlot, owner: str, chat_id: str) -> AsyncIterator[None]:
         """The chat's turn for the block: this process's line first, then other processes'."""
         asked = time.perf_counter()
         self._metrics.turns_waiting(1)
         waiting = True
         try:
-            async with place, self.store.turn_lease(owner, chat_id):
+            async with slot, self.store.turn_lease(owner, chat_id):
                 self._metrics.turns_waiting(-1)
                 waiting = False
                 self._metrics.turn_waited(time.perf_counter() - asked)
@@ -211,8 +211,8 @@ class ChatService:
             if waiting:
                 self._metrics.turns_waiting(-1)
 
-    async def _turn(self, owner: str, chat: Chat, content: str, hold: KeyHold, events: TurnLog | None = None) -> Turn:
-        """The turn itself, its place in line held: question, context, reply, stored reply."""
+    async def _turn(self, owner: str, chat: Chat, content: str, hold: HeldKey, events: TurnLog | None = None) -> Turn:
+        """The turn itself, its slot in line held: question, context, reply, stored reply."""
         question = await self._question(owner, chat, content, hold)
         if events is not None:
             events.user_message(question)
@@ -231,7 +231,7 @@ class ChatService:
         return Turn(question, await self._answer(owner, chat.id, question, reply, hold, events))
 
     async def _answer(
-        self, owner: str, chat_id: str, question: Message, reply: Reply, hold: KeyHold, events: TurnLog | None
+        self, owner: str, chat_id: str, question: Message, reply: Reply, hold: HeldKey, events: TurnLog | None
     ) -> Message:
         """Store the reply to `question`: the turn's answer, for the key to replay and the stream to end with."""
         stored = NewMessage(Role.ASSISTANT, reply.content, model=reply.model, usage=reply.usage, status=reply.status)
@@ -241,7 +241,7 @@ class ChatService:
             events.assistant_message(answer)
         return answer
 
-    async def _question(self, owner: str, chat: Chat, content: str, hold: KeyHold) -> Message:
+    async def _question(self, owner: str, chat: Chat, content: str, hold: HeldKey) -> Message:
         """The stored user message: a new one, or the one whose reply a retried key re-runs."""
         if hold.retry_of is None:
             question = await self.store.append_message(owner, chat.id, NewMessage(Role.USER, content))
@@ -276,10 +276,10 @@ class ChatService:
         raise AssertionError("an LLM stream ends with its Reply")
 
     async def _streamed_turn(
-        self, place: Place, owner: str, chat: Chat, content: str, hold: KeyHold, events: TurnLog
+        self, slot: TurnSlot, owner: str, chat: Chat, content: str, hold: HeldKey, events: TurnLog
     ) -> None:
         try:
-            async with hold, self._holding_turn(place, owner, chat.id):
+            async with hold, self._holding_turn(slot, owner, chat.id):
                 await self._turn(owner, chat, content, hold, events)
         except ChatkeepError as error:
             events.fail(error)

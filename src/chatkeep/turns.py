@@ -5,8 +5,8 @@ FIFO order); chats never share a line, so they never wait for each other. A line
 while someone holds or waits on it, so idle chats cost nothing.
 
 Taking a turn has two steps so that "too busy" can be answered before any work starts (and
-before a streamed response has begun): `reserve` takes a place in line at once or raises
-ChatBusyError; entering the place waits for the turn.
+before a streamed response has begun): `reserve` takes a slot in line at once or raises
+ChatBusyError; entering the slot waits for the turn.
 """
 
 import asyncio
@@ -21,7 +21,7 @@ OVERLOADED_RETRY_AFTER_SECONDS = 1.0
 
 
 @dataclass(slots=True)
-class _Line:
+class _ChatLine:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     members: int = 0  # the holder plus the waiters
 
@@ -31,11 +31,11 @@ class TurnQueue:
         self._metrics = metrics
         self._max_waiting = max_waiting
         self._max_in_flight = max_in_flight
-        self._lines: dict[str, _Line] = {}
+        self._lines: dict[str, _ChatLine] = {}
         self.in_flight = 0  # turns running or waiting, over every chat
 
-    def reserve(self, chat_id: str) -> "Place":
-        """A place in the chat's line, to enter with `async with` (exactly once).
+    def reserve(self, chat_id: str) -> "TurnSlot":
+        """A slot in the chat's line, to enter with `async with` (exactly once).
 
         Raises OverloadedError when `max_in_flight` turns are already running or waiting in this
         process, and ChatBusyError when `max_waiting` turns already wait behind the chat's running one.
@@ -43,7 +43,7 @@ class TurnQueue:
         self.check_capacity()
         line = self._lines.get(chat_id)
         if line is None:
-            line = self._lines[chat_id] = _Line()
+            line = self._lines[chat_id] = _ChatLine()
         elif line.members > self._max_waiting:
             raise ChatBusyError(
                 f"{line.members - 1} turns already wait on chat {chat_id!r}; retry later",
@@ -52,7 +52,7 @@ class TurnQueue:
         line.members += 1
         self.in_flight += 1
         self._metrics.turns_in_flight(1)
-        return Place(self, chat_id, line)
+        return TurnSlot(self, chat_id, line)
 
     def check_capacity(self) -> None:
         """Raise OverloadedError when `max_in_flight` turns are already running or waiting here.
@@ -70,7 +70,7 @@ class TurnQueue:
         line = self._lines.get(chat_id)
         return max(0, line.members - 1) if line else 0
 
-    def _leave(self, chat_id: str, line: _Line) -> None:
+    def _leave(self, chat_id: str, line: _ChatLine) -> None:
         self.in_flight -= 1
         self._metrics.turns_in_flight(-1)
         line.members -= 1
@@ -78,12 +78,12 @@ class TurnQueue:
             del self._lines[chat_id]
 
 
-class Place:
-    """A reserved place in one chat's line; holds the turn inside `async with`."""
+class TurnSlot:
+    """A reserved slot in one chat's line; holds the turn inside `async with`."""
 
     __slots__ = ("_chat_id", "_line", "_queue")
 
-    def __init__(self, queue: TurnQueue, chat_id: str, line: _Line) -> None:
+    def __init__(self, queue: TurnQueue, chat_id: str, line: _ChatLine) -> None:
         self._queue, self._chat_id, self._line = queue, chat_id, line
 
     async def __aenter__(self) -> None:

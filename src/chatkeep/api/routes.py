@@ -5,22 +5,20 @@ is declared, so the OpenAPI document tells clients the whole contract.
 """
 
 import hmac
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from chatkeep.api import by_hand, sse
+from chatkeep.api import sse
 from chatkeep.api.bodies import json_response, page_body
-from chatkeep.api.deps import ChatPageDep, MessagePageDep, MetricsDep, OwnerDep, ServiceDep, owner_of, service_of
+from chatkeep.api.deps import ChatPageDep, MessagePageDep, MetricsDep, OwnerDep, ServiceDep, service_of
+from chatkeep.api.fast_turn_route import TURN_OPENAPI, read_turn_request
 from chatkeep.api.schemas import (
     ChatCreate,
     ChatList,
     ChatOut,
     ChatUpdate,
-    MessageCreate,
     MessageList,
     Problem,
     SummaryOut,
@@ -28,7 +26,7 @@ from chatkeep.api.schemas import (
 )
 from chatkeep.domain import ChatChanges
 from chatkeep.errors import UnauthorizedError
-from chatkeep.idempotency import IdempotencyKey
+from chatkeep.idempotency import IDEMPOTENCY_KEY_HELP, KEY_PATTERN, MAX_KEY_CHARS, IdempotencyKey
 from chatkeep.metrics import CONTENT_TYPE
 
 PROBLEM = "application/problem+json"
@@ -39,9 +37,6 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 COMMON = _problems(413, 422)
-MAX_KEY_CHARS = 255
-KEY_PATTERN = re.compile(r"^[\x21-\x7e]+$")
-IDEMPOTENCY_KEY_HELP = "retries with the same key and body are answered once (kept 24 h, per owner)"
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -63,7 +58,7 @@ def _key(value: str | None, route: str, body: BaseModel, *, exclude: set[str] | 
 
 
 operations = APIRouter(tags=["operations"], responses=_problems(500))
-turns = APIRouter(responses=_problems(401, 500))  # served by by_hand.RouteShortcut (see app.py)
+turns = APIRouter(responses=_problems(401, 500))  # served by fast_turn_route.RouteShortcut (see app.py)
 router = APIRouter(responses=_problems(401, 500))
 
 
@@ -155,25 +150,6 @@ STREAMED_TURN = _event_stream(
 )
 
 
-# Documented by hand because the route reads its body and headers by hand (see by_hand.py).
-TURN_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": MessageCreate.model_json_schema()}},
-    },
-    "parameters": [
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "description": IDEMPOTENCY_KEY_HELP,
-            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": KEY_PATTERN.pattern},
-        }
-    ],
-    "security": [{"HTTPBearer": []}],
-}
-
-
 @turns.post(
     "/chats/{chat_id}/messages",
     status_code=status.HTTP_201_CREATED,
@@ -188,19 +164,13 @@ async def post_message(request: Request, chat_id: str) -> Response:
     With an `Idempotency-Key`, a retry is answered once: the stored turn is replayed, or, when the
     LLM failed, only the reply to the stored question is run again. Each try may stream or not.
     """
-    headers = by_hand.headers_of(request)
-    service, owner = service_of(request), owner_of(request, headers.get("authorization"))
-    body = by_hand.json_body(MessageCreate, headers.get("content-type"), await by_hand.read_body(request))
-    idempotency_key = by_hand.header(headers, "Idempotency-Key", max_length=MAX_KEY_CHARS, pattern=KEY_PATTERN)
-    limit = service.settings.max_message_chars
-    if len(body.content) > limit:
-        too_long = {"loc": ("body", "content"), "msg": f"String should have at most {limit} characters"}
-        raise RequestValidationError([too_long | {"type": "string_too_long"}])
-    key = _key(idempotency_key, f"POST /chats/{chat_id}/messages", body, exclude={"stream"})
-    if body.stream or sse.MEDIA_TYPE in headers.get("accept", ""):
-        events = await service.stream_message(owner, chat_id, body.content, key=key)
+    service = service_of(request)
+    turn = await read_turn_request(request, max_chars=service.settings.max_message_chars)
+    key = _key(turn.idempotency_key, f"POST /chats/{chat_id}/messages", turn.body, exclude={"stream"})
+    if turn.streamed:
+        events = await service.stream_message(turn.owner, chat_id, turn.body.content, key=key)
         return sse.EventStream(events.follow())
-    return json_response(await service.post_message(owner, chat_id, body.content, key=key), status=201)
+    return json_response(await service.post_message(turn.owner, chat_id, turn.body.content, key=key), status=201)
 
 
 @router.get(
