@@ -1,4 +1,4 @@
-"""The measures of DESIGN.md's performance table, each chatkeep against its baseline in one run.
+"""The measures of the README's performance table, each chatkeep against its baseline in one run.
 
 Every measure takes the `Rig` and returns its rows. Medians are taken over the runs; the raw
 runs go into the row too. A measure whose feature chatkeep lacks yet (streaming, SQL stores)

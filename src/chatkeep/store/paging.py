@@ -1,4 +1,4 @@
-"""Cursor pages as key ranges: DESIGN.md's list contract, in one place for every store.
+"""Cursor pages as key ranges: the list contract (docs/architecture.md, "Lists"), in one place for every store.
 
 A listed object has a monotonic integer key (a chat's `rank`, a message's `seq`, both from 1).
 A page request becomes an exclusive key range plus the end to read from; reading one row more
