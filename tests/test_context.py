@@ -1,5 +1,6 @@
 """What the LLM is sent: asserted on the requests the fake OpenAI server received."""
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,20 @@ async def test_system_prompt_default_custom_and_none(fake_llm: FakeOpenAI) -> No
     assert fake_llm.prompts[1][0] == {"role": "system", "content": "Own rules."}
     assert fake_llm.prompts[2] == [{"role": "user", "content": "c"}]
     assert fake_llm.prompts[3][0] == {"role": "system", "content": "Patched rules."}
+
+
+async def test_a_turn_that_waited_uses_the_chat_as_it_is_when_it_runs(
+    client: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.latency = 0.3
+    chat_id = await new_chat(client, system_prompt="Old rules.")
+    first = asyncio.create_task(post(client, chat_id, "first"))
+    await asyncio.sleep(0.1)
+    waiting = asyncio.create_task(post(client, chat_id, "second"))
+    await asyncio.sleep(0.05)
+    assert (await client.patch(f"/chats/{chat_id}", json={"system_prompt": "New rules."})).status_code == 200
+    assert [(await first).status_code, (await waiting).status_code] == [201, 201]
+    assert [prompt[0]["content"] for prompt in fake_llm.prompts] == ["Old rules.", "New rules."]
 
 
 async def test_default_system_prompt_is_a_helpful_assistant(client: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:

@@ -216,6 +216,7 @@ class ChatService:
         question = await self._question(owner, chat, content, hold)
         if events is not None:
             events.user_message(question)
+        chat = await self.store.get_chat(owner, chat.id)  # as it is now: it may have changed while we waited
         system_prompt = self.settings.system_prompt if chat.system_prompt is None else chat.system_prompt
         prompt = await build_context(
             self.store, owner, chat.id, system_prompt=system_prompt, budget=self.settings.context_tokens
