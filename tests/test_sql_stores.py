@@ -1,18 +1,26 @@
-"""What only the SQL stores promise: migrations, durability across reopening, turns across processes."""
+"""What only the SQL stores promise: migrations, durability across reopening, turns across processes.
+
+Also that both dialects create one schema, and that a SQLite file locked too long is reported as unavailable.
+"""
 
 import asyncio
 import logging
+import re
 import signal
+import sqlite3 as sqlite_driver
 import sys
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from chatkeep.domain import KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
-from chatkeep.errors import ChatNotFoundError
+from chatkeep.errors import ChatNotFoundError, StoreUnavailableError
 from chatkeep.store import ChatStore, open_store, postgres, sqlite
 from chatkeep.store.migrations import Migration, pending
 from chatkeep.store.urls import pool_options, sqlite_location
@@ -21,6 +29,16 @@ from tests.stores import SQL_STORES, applied_migrations, execute_sql, fresh_data
 ALICE = "alice"
 SHORT_LEASE = 1.0
 ALL_MIGRATIONS = ["m001_initial", "m002_turn_tickets", "m003_idempotency_keys", "m004_message_status"]
+TABLES = ["chatkeep_migrations", "chats", "idempotency_keys", "messages", "summaries", "turn_tickets"]
+
+# How a PostgreSQL column's type is spelled in SQLite. Timestamps are SQLite INTEGERs of
+# microseconds since the epoch; both integer widths are SQLite's one INTEGER.
+SQLITE_TYPE = {"text": "TEXT", "bigint": "INTEGER", "integer": "INTEGER", "timestamp with time zone": "INTEGER"}
+# Columns spelled otherwise: a ticket's expiry is REAL seconds since the epoch on SQLite's clock.
+SQLITE_TYPE_OF_COLUMN = {("turn_tickets", "expires_at"): "REAL"}
+# Defaults only PostgreSQL has: its first release let the database stamp applied migrations.
+POSTGRES_ONLY_DEFAULTS = {("chatkeep_migrations", "applied_at"): "now()"}
+PG_ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
 # A message as the first schema (m001) stores it, for the upgrade tests: later code writes more columns.
 OLD_VERSION_MESSAGE = {
@@ -31,6 +49,20 @@ OLD_VERSION_MESSAGE = {
         VALUES ('msg_old', $1, 1, 'user', 'from the old version', now());
         UPDATE chats SET message_count = 1, user_message_count = 1 WHERE id = $1""",
 }
+
+POSTGRES_COLUMNS = """SELECT table_name, column_name, data_type, is_nullable = 'NO', column_default, is_identity = 'YES'
+    FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"""
+SCHEMA_OID = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+POSTGRES_CONSTRAINTS = f"""SELECT c.conrelid::regclass::text, c.contype::text,
+    ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(attnum, n)
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum ORDER BY k.n),
+    c.confrelid::regclass::text,
+    ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(attnum, n)
+        JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.n),
+    c.confdeltype::text, pg_get_constraintdef(c.oid)
+    FROM pg_constraint c WHERE c.connamespace = {SCHEMA_OID}"""
+POSTGRES_INDEXES = f"""SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = current_schema()
+    AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE connamespace = {SCHEMA_OID})"""
 
 HOLD_AND_HANG = """
 import asyncio, sys
@@ -43,6 +75,119 @@ async def main(url, chat_id, lease):
 
 asyncio.run(main(*sys.argv[1:]))
 """
+
+
+@dataclass(slots=True, frozen=True)
+class Column:
+    name: str
+    type: str  # as SQLite spells it
+    not_null: bool
+    default: str | None
+    identity: bool  # an integer key the database assigns
+
+
+@dataclass(slots=True)
+class Table:
+    """A table as the comparison sees it, in either dialect."""
+
+    columns: list[Column] = field(default_factory=list)
+    primary_key: tuple[str, ...] = ()
+    uniques: set[tuple[str, ...]] = field(default_factory=set)
+    foreign_keys: set[tuple[str, str, str, str]] = field(default_factory=set)  # column, table, column, ON DELETE
+    checks: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)  # column, the values it may hold
+    indexes: set[tuple[str, bool, tuple[str, ...]]] = field(default_factory=set)  # name, unique, columns
+
+
+def sqlite_schema(path: str) -> dict[str, Table]:
+    db = sqlite_driver.connect(path)
+    try:
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        return {name: _sqlite_table(db, name, sql) for name, sql in db.execute(query).fetchall()}
+    finally:
+        db.close()
+
+
+def _sqlite_table(db: sqlite_driver.Connection, name: str, sql: str) -> Table:
+    info = db.execute(f"PRAGMA table_info({name})").fetchall()  # cid, name, type, notnull, dflt_value, pk
+    # A key column counts as NOT NULL, as in PostgreSQL (SQLite lets a TEXT key hold NULL; no statement writes one).
+    columns = [
+        Column(column, type_, bool(not_null or pk), default, bool(pk) and "AUTOINCREMENT" in sql)
+        for _, column, type_, not_null, default, pk in info
+    ]
+    indexes = db.execute(f"PRAGMA index_list({name})").fetchall()  # seq, name, unique, origin, partial
+    foreign_keys = db.execute(f"PRAGMA foreign_key_list({name})").fetchall()  # id, seq, table, from, to, ...
+    checks = re.findall(r"CHECK \((\w+) IN \(([^)]*)\)\)", sql)
+    assert len(checks) == sql.count("CHECK"), f"a CHECK of another form in {sql}"
+    return Table(
+        columns=columns,
+        primary_key=tuple(row[1] for row in sorted(info, key=lambda row: row[5]) if row[5]),
+        uniques={_sqlite_index_columns(db, index) for _, index, _, origin, _ in indexes if origin == "u"},
+        foreign_keys={
+            (source, table, target, on_delete) for _, _, table, source, target, _, on_delete, _ in foreign_keys
+        },
+        checks={(column, tuple(sorted(re.findall(r"'([^']*)'", values)))) for column, values in checks},
+        indexes={
+            (index, bool(unique), _sqlite_index_columns(db, index))
+            for _, index, unique, origin, _ in indexes
+            if origin == "c"
+        },
+    )
+
+
+def _sqlite_index_columns(db: sqlite_driver.Connection, index: str) -> tuple[str, ...]:
+    return tuple(row[2] for row in db.execute(f"PRAGMA index_info({index})"))
+
+
+async def postgres_schema(url: str) -> dict[str, Table]:
+    """The schema `url` names, its types and defaults written as SQLite's by the stated mapping."""
+    connection = await asyncpg.connect(url)
+    try:
+        tables: dict[str, Table] = {}
+        for table, *column in await connection.fetch(POSTGRES_COLUMNS):
+            tables.setdefault(table, Table()).columns.append(_as_sqlite(table, *column))
+        for table, kind, columns, foreign_table, foreign_columns, on_delete, definition in await connection.fetch(
+            POSTGRES_CONSTRAINTS
+        ):
+            _add_constraint(tables[table], kind, tuple(columns), foreign_table, foreign_columns, on_delete, definition)
+        for table, definition in await connection.fetch(POSTGRES_INDEXES):
+            match = re.fullmatch(r"CREATE (UNIQUE )?INDEX (\w+) ON \S+ USING btree \((.*)\)", definition)
+            assert match is not None, definition
+            tables[table].indexes.add((match[2], match[1] is not None, tuple(match[3].split(", "))))
+        return tables
+    finally:
+        await connection.close()
+
+
+def _as_sqlite(table: str, name: str, type_: str, not_null: bool, default: str | None, identity: bool) -> Column:
+    if default is not None and POSTGRES_ONLY_DEFAULTS.get((table, name)) == default:
+        default = None
+    elif default is not None:
+        default = re.sub(r"::[a-z ]+$", "", default)  # 'completed'::text is SQLite's 'completed'
+    sqlite_type = SQLITE_TYPE_OF_COLUMN.get((table, name)) or SQLITE_TYPE[type_]
+    return Column(name, sqlite_type, not_null, default, identity)
+
+
+def _add_constraint(
+    table: Table,
+    kind: str,
+    columns: tuple[str, ...],
+    foreign_table: str,
+    foreign_columns: list[str],
+    on_delete: str,
+    definition: str,
+) -> None:
+    if kind == "p":
+        table.primary_key = columns
+    elif kind == "u":
+        table.uniques.add(columns)
+    elif kind == "f":
+        ((column,), (target,)) = (columns, foreign_columns)
+        table.foreign_keys.add((column, foreign_table, target, PG_ON_DELETE[on_delete]))
+    else:
+        match = re.fullmatch(r"CHECK \(\((\w+) = ANY \(ARRAY\[(.*)\]\)\)\)", definition)
+        assert kind == "c", definition
+        assert match is not None, definition
+        table.checks.add((match[1], tuple(sorted(re.findall(r"'([^']*)'", match[2])))))
 
 
 @pytest.fixture(params=SQL_STORES)
@@ -102,6 +247,20 @@ async def test_reopening_keeps_every_write(url: str) -> None:
         assert (await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "more"))).seq == 6
         newer = await new_chat(store)
         assert [c.id for c in (await store.list_chats(ALICE, PageRequest())).data] == [chat_id, newer]
+
+
+async def test_both_dialects_create_the_same_tables(tmp_path: Path) -> None:
+    """Column by column, key by key, with PostgreSQL's types mapped to SQLite's by SQLITE_TYPE."""
+    async with fresh_database("sqlite", tmp_path) as sqlite_url, fresh_database("postgres", tmp_path) as postgres_url:
+        for url in (sqlite_url, postgres_url):
+            async with open_store(url):
+                pass
+        expected = sqlite_schema(sqlite_location(sqlite_url)[0])
+        assert sorted(expected) == TABLES
+        assert [column.name for column in expected["messages"].columns][-1] == "status"  # m004's, added last
+        assert await postgres_schema(postgres_url) == expected
+        await execute_sql(postgres_url, "ALTER TABLE chats ADD COLUMN only_in_postgres text")
+        assert await postgres_schema(postgres_url) != expected  # the comparison sees a column one dialect lacks
 
 
 def test_both_dialects_know_every_migration() -> None:
@@ -254,3 +413,36 @@ async def test_an_unknown_store_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unsupported store URL 'mysql://x'"):
         async with open_store("mysql://x"):
             pass
+
+
+async def test_a_sqlite_file_locked_past_the_busy_timeout_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_MS", 100)
+    async with fresh_database("sqlite", tmp_path) as url, open_store(url) as store:
+        chat_id = await new_chat(store)
+        other_process = sqlite_driver.connect(sqlite_location(url)[0], isolation_level=None)
+        other_process.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="stayed locked") as raised:
+                await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "while locked"))
+            assert raised.value.retry_after == sqlite.LOCKED_RETRY_SECONDS == 1.0
+            assert time.monotonic() - started < 5.0  # the patched busy timeout, not the 10 s one
+            assert (await store.get_chat(ALICE, chat_id)).message_count == 0  # readers never wait in WAL mode
+        finally:
+            other_process.execute("ROLLBACK")
+            other_process.close()
+        assert (await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "after"))).seq == 1
+
+
+async def test_other_sqlite_errors_are_not_called_unavailable(tmp_path: Path) -> None:
+    db = sqlite_driver.connect(tmp_path / "chatkeep.db", check_same_thread=False)
+    try:
+        with (
+            ThreadPoolExecutor(max_workers=1) as executor,
+            pytest.raises(sqlite_driver.OperationalError, match="no such table"),
+        ):
+            await sqlite.SqliteThread(executor, db).fetch("SELECT * FROM nowhere")
+    finally:
+        db.close()

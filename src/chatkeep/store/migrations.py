@@ -1,10 +1,10 @@
 """Versioned schema changes: ordered, named steps recorded in a table (llm's `m001_initial`).
 
-Each SQL store lists its own `Migration`s (the dialects differ) and applies the pending ones
-when it opens, each in a transaction together with the row that records it, under a lock that
-keeps two processes starting at once from applying one twice. A migration is never edited once
-released: a change to the schema is a new, later step, so an old database upgrades by running
-exactly the steps it lacks.
+The steps themselves are written once for both SQL stores in `schema`, which also applies the
+pending ones when a store opens, each in a transaction together with the row that records it,
+under a lock that keeps two processes starting at once from applying one twice. A migration is
+never edited once released: a change to the schema is a new, later step, so an old database
+upgrades by running exactly the steps it lacks.
 """
 
 import logging

@@ -9,7 +9,9 @@ two small PL/pgSQL functions that lock the chat row, so a chat's tickets commit 
 a returned ticket NOTIFYs `chatkeep_turns`, which one listening connection per process turns
 into wake-ups (polling covers a lost one). An Idempotency-Key claim is one statement too, sent
 again only when another claim inserted the same key while it ran. Timestamps are `timestamptz`;
-ticket expiries use the database clock, which every process shares.
+ticket expiries use the database clock, which every process shares. The tables and most
+statements are shared with SQLite (`schema`, `sql`); the ones here are those whose guarantee
+rests on PostgreSQL's row locks, and the ticket functions with their NOTIFY.
 """
 
 import asyncio
@@ -38,23 +40,22 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError
-from chatkeep.store.migrations import MIGRATIONS_TABLE, Migration, check_schema, pending
+from chatkeep.store.migrations import Migration, check_schema
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
-    CHAT_COLUMNS,
-    JOINED_MESSAGE_COLUMNS,
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
-    STATS_COLUMNS,
-    SUMMARY_COLUMNS,
     chat_from_row,
     claim_from_row,
+    joined_keys_from_rows,
     joined_message_from_row,
-    message_from_row,
+    joined_messages_from_rows,
+    joined_summary_from_row,
     stats_from_row,
-    summary_from_row,
     to_json,
 )
+from chatkeep.store.schema import migrate, migrations_in
+from chatkeep.store.sql import Dialect, Statements, paged
 from chatkeep.store.turn_leases import TicketState, TurnLeases, state_of
 from chatkeep.store.urls import pool_options
 
@@ -71,61 +72,28 @@ CHANNEL = "chatkeep_turns"
 READY_TIMEOUT_SECONDS = 2.0
 MIGRATION_LOCK = 0x63686174_6B656570  # "chatkeep": one process migrates a database at a time
 
-MIGRATIONS = (
-    Migration(
-        "m001_initial",
-        (
-            """CREATE TABLE chats (
-                rank bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                id text NOT NULL UNIQUE,
-                owner text NOT NULL,
-                title text,
-                metadata text NOT NULL,
-                system_prompt text,
-                created_at timestamptz NOT NULL,
-                updated_at timestamptz NOT NULL,
-                message_count bigint NOT NULL DEFAULT 0,
-                user_message_count bigint NOT NULL DEFAULT 0,
-                first_message_at timestamptz,
-                last_message_at timestamptz
-            )""",
-            "CREATE INDEX chats_by_owner ON chats (owner, rank)",
-            """CREATE TABLE messages (
-                chat_id text NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
-                seq bigint NOT NULL,
-                id text NOT NULL UNIQUE,
-                role text NOT NULL CHECK (role IN ('user', 'assistant')),
-                content text NOT NULL,
-                created_at timestamptz NOT NULL,
-                model text,
-                prompt_tokens integer,
-                completion_tokens integer,
-                PRIMARY KEY (chat_id, seq)
-            )""",
-            """CREATE TABLE summaries (
-                chat_id text PRIMARY KEY REFERENCES chats (id) ON DELETE CASCADE,
-                summary text NOT NULL,
-                highlights text NOT NULL,
-                up_to_seq bigint NOT NULL,
-                created_at timestamptz NOT NULL
-            )""",
-        ),
-    ),
-    Migration(
-        "m002_turn_tickets",
-        (
-            """CREATE TABLE turn_tickets (
-                ticket bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                chat_id text NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
-                expires_at timestamptz NOT NULL
-            )""",
-            "CREATE INDEX turn_tickets_by_chat ON turn_tickets (chat_id, ticket)",
-            # Tickets need no fsync (`synchronous_commit` off for their transaction only): they are
-            # worthless after a database crash, which ends every connection and turn anyway.
-            # Locking the chat row orders a chat's ticket commits like their numbers, and each
-            # statement of a VOLATILE function reads a fresh snapshot, so the head query sees every
-            # lower ticket: two takers can never both find themselves at the head.
-            """CREATE FUNCTION chatkeep_take_ticket(p_owner text, p_chat text, p_lease double precision)
+DIALECT = Dialect(
+    name="postgresql",
+    placeholder="$",
+    identity="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    text="text",
+    integer="integer",
+    bigint="bigint",
+    timestamp="timestamptz",
+    expiry="timestamptz",
+    now="now()",
+    second="interval '1 second'",
+    json_elements="json_array_elements_text",
+    applied_at_default=" DEFAULT now()",
+)
+# The function bodies keep the indentation of their first release: it is their stored source.
+TICKET_FUNCTIONS = (
+    # Tickets need no fsync (`synchronous_commit` off for their transaction only): they are
+    # worthless after a database crash, which ends every connection and turn anyway.
+    # Locking the chat row orders a chat's ticket commits like their numbers, and each
+    # statement of a VOLATILE function reads a fresh snapshot, so the head query sees every
+    # lower ticket: two takers can never both find themselves at the head.
+    """CREATE FUNCTION chatkeep_take_ticket(p_owner text, p_chat text, p_lease double precision)
             RETURNS TABLE (taken bigint, head bigint) LANGUAGE plpgsql AS $$
             DECLARE
                 mine bigint;
@@ -141,9 +109,9 @@ MIGRATIONS = (
                 RETURN QUERY SELECT mine, min(t.ticket) FROM turn_tickets t
                     WHERE t.chat_id = p_chat AND t.expires_at > now();
             END $$""",
-            # Locked like a take: a ticket taken meanwhile is either seen here (and nudged) or
-            # sees this one gone, so no waiter misses its turn for want of a NOTIFY.
-            f"""CREATE FUNCTION chatkeep_return_ticket(p_chat text, p_ticket bigint)
+    # Locked like a take: a ticket taken meanwhile is either seen here (and nudged) or
+    # sees this one gone, so no waiter misses its turn for want of a NOTIFY.
+    f"""CREATE FUNCTION chatkeep_return_ticket(p_chat text, p_ticket bigint)
             RETURNS void LANGUAGE plpgsql AS $$
             BEGIN
                 PERFORM set_config('synchronous_commit', 'off', true);
@@ -153,46 +121,10 @@ MIGRATIONS = (
                     PERFORM pg_notify('{CHANNEL}', p_chat);
                 END IF;
             END $$""",
-        ),
-    ),
-    Migration(
-        "m003_idempotency_keys",
-        (
-            """CREATE TABLE idempotency_keys (
-                owner text NOT NULL,
-                key text NOT NULL,
-                fingerprint text NOT NULL,
-                state text NOT NULL CHECK (state IN ('running', 'done', 'failed')),
-                result text,
-                user_message_id text,
-                created_at timestamptz NOT NULL,
-                updated_at timestamptz NOT NULL,
-                PRIMARY KEY (owner, key)
-            )""",
-            "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
-        ),
-    ),
-    Migration(
-        "m004_message_status",
-        (
-            """ALTER TABLE messages ADD COLUMN status text NOT NULL DEFAULT 'completed'
-                CHECK (status IN ('completed', 'incomplete'))""",
-        ),
-    ),
 )
+MIGRATIONS = migrations_in(DIALECT, extra={"m002_turn_tickets": TICKET_FUNCTIONS})
+SQL = Statements.in_dialect(DIALECT)
 
-INSERT_CHAT = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $6)"""
-SELECT_CHAT = f"SELECT {CHAT_COLUMNS} FROM chats WHERE id = $1 AND owner = $2"
-CHAT_CURSORS = "SELECT id, rank FROM chats WHERE owner = $1 AND id IN ($2, $3)"
-CHAT_PAGE = f"SELECT {CHAT_COLUMNS} FROM chats WHERE owner = $1 AND rank > $2 AND rank < $3 ORDER BY rank %s LIMIT $4"
-UPDATE_CHAT = f"""UPDATE chats SET
-    title = CASE WHEN $3 THEN $4 ELSE title END,
-    metadata = CASE WHEN $5 THEN $6 ELSE metadata END,
-    system_prompt = CASE WHEN $7 THEN $8 ELSE system_prompt END,
-    updated_at = $9
-    WHERE id = $1 AND owner = $2
-    RETURNING {CHAT_COLUMNS}"""
 APPEND_MESSAGE = f"""WITH counted AS (
     UPDATE chats SET
         message_count = message_count + 1,
@@ -206,28 +138,6 @@ APPEND_MESSAGE = f"""WITH counted AS (
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11 FROM counted
     RETURNING seq"""
-MESSAGE_CURSORS = """SELECT m.id, m.seq FROM chats c
-    LEFT JOIN messages m ON m.chat_id = c.id AND m.id IN ($3, $4)
-    WHERE c.id = $1 AND c.owner = $2"""
-# One row per message, or one row of NULLs for a chat with none in range: no row means no chat.
-MESSAGE_PAGE = f"""SELECT m.* FROM chats c LEFT JOIN LATERAL (
-    SELECT {MESSAGE_COLUMNS} FROM messages
-    WHERE chat_id = c.id AND seq > $3 AND seq < $4 ORDER BY seq %s LIMIT $5
-) m ON true WHERE c.id = $1 AND c.owner = $2"""
-DELETE_CHAT = "DELETE FROM chats WHERE id = $1 AND owner = $2 RETURNING true"
-SELECT_STATS = f"SELECT {STATS_COLUMNS} FROM chats WHERE id = $1 AND owner = $2"
-SELECT_SUMMARY = f"""SELECT c.id, s.{", s.".join(SUMMARY_COLUMNS.split(", "))}
-    FROM chats c LEFT JOIN summaries s ON s.chat_id = c.id WHERE c.id = $1 AND c.owner = $2"""
-SAVE_SUMMARY = f"""WITH chat AS (SELECT id FROM chats WHERE id = $1 AND owner = $2),
-saved AS (
-    INSERT INTO summaries (chat_id, {SUMMARY_COLUMNS}) SELECT id, $3, $4, $5, $6 FROM chat
-    ON CONFLICT (chat_id) DO UPDATE SET summary = excluded.summary, highlights = excluded.highlights,
-        up_to_seq = excluded.up_to_seq, created_at = excluded.created_at
-    WHERE summaries.up_to_seq <= excluded.up_to_seq
-)
-SELECT count(*) FROM chat"""
-SELECT_MESSAGE = f"""SELECT {JOINED_MESSAGE_COLUMNS} FROM chats c
-    LEFT JOIN messages m ON m.chat_id = c.id AND m.id = $3 WHERE c.id = $1 AND c.owner = $2"""
 # The rules of `ChatStore.claim_key` in one statement. `old` locks the record and reads its latest
 # version (FOR UPDATE in READ COMMITTED follows concurrent updates), and both writes read `old`
 # first. A record that another claim inserted after this statement's snapshot is invisible to
@@ -256,15 +166,6 @@ renewed AS (
 )
 SELECT EXISTS (SELECT FROM fresh) OR EXISTS (SELECT FROM renewed), old.*
     FROM (VALUES (true)) AS one LEFT JOIN old ON true"""
-UPDATE_KEY = """UPDATE idempotency_keys
-    SET state = $3, result = $4, user_message_id = COALESCE($5, user_message_id), updated_at = $6
-    WHERE owner = $1 AND key = $2"""
-LIVE_TICKETS = "SELECT ticket FROM turn_tickets WHERE chat_id = $1 AND expires_at > now() ORDER BY ticket"
-EXTEND_TICKETS = """UPDATE turn_tickets SET expires_at = now() + make_interval(secs => $2)
-    WHERE ticket = ANY($1::bigint[]) AND expires_at > now() RETURNING ticket"""
-CREATE_MIGRATIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-    name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
-LATEST_MIGRATION = f"SELECT max(name) FROM {MIGRATIONS_TABLE}"
 
 
 def _when(moment: datetime) -> datetime:
@@ -275,10 +176,6 @@ def _no_chat(chat_id: str) -> ChatNotFoundError:
     return ChatNotFoundError(f"no chat {chat_id!r}")
 
 
-def _direction(span: KeyRange) -> str:
-    return "DESC" if span.descending else "ASC"
-
-
 class PostgresStore:
     def __init__(self, pool: Pool, leases: TurnLeases, migrations: Sequence[Migration]) -> None:
         self._pool = pool
@@ -287,7 +184,7 @@ class PostgresStore:
 
     async def check_ready(self) -> None:
         try:
-            latest = await self._pool.fetchval(LATEST_MIGRATION, timeout=READY_TIMEOUT_SECONDS)
+            latest = await self._pool.fetchval(SQL.latest_migration, timeout=READY_TIMEOUT_SECONDS)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise StoreUnavailableError(f"PostgreSQL does not answer: {error or type(error).__name__}") from error
         check_schema(latest, self._migrations)
@@ -297,11 +194,11 @@ class PostgresStore:
     ) -> Chat:
         now = utcnow()
         chat = Chat(new_id("chat"), title, dict(metadata), system_prompt, now, now)
-        await self._pool.execute(INSERT_CHAT, chat.id, owner, title, to_json(metadata), system_prompt, now)
+        await self._pool.execute(SQL.insert_chat, chat.id, owner, title, to_json(metadata), system_prompt, now)
         return chat
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
-        row = await self._pool.fetchrow(SELECT_CHAT, chat_id, owner)
+        row = await self._pool.fetchrow(SQL.select_chat, chat_id, owner)
         if row is None:
             raise _no_chat(chat_id)
         return chat_from_row(row, _when)
@@ -309,16 +206,16 @@ class PostgresStore:
     async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
         keys: dict[str, int] = {}
         if page.after is not None or page.before is not None:
-            cursors = await self._pool.fetch(CHAT_CURSORS, owner, page.after or "", page.before or "")
+            cursors = await self._pool.fetch(SQL.chat_cursors, owner, page.after or "", page.before or "")
             keys = {row[0]: row[1] for row in cursors}
         span = key_range(page, keys, "chat")
-        rows = await self._pool.fetch(CHAT_PAGE % _direction(span), owner, span.above, span.below, span.fetch)
+        rows = await self._pool.fetch(paged(SQL.chat_page, span), owner, span.above, span.below, span.fetch)
         chats, has_more = page_rows(rows, page, span)
         return Page([chat_from_row(row, _when) for row in chats], has_more)
 
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
         row = await self._pool.fetchrow(
-            UPDATE_CHAT,
+            SQL.update_chat,
             chat_id,
             owner,
             "title" in changes.fields,
@@ -334,7 +231,7 @@ class PostgresStore:
         return chat_from_row(row, _when)
 
     async def delete_chat(self, owner: str, chat_id: str) -> None:
-        deleted = await self._pool.fetchval(DELETE_CHAT, chat_id, owner)
+        deleted = await self._pool.fetchval(SQL.delete_chat, chat_id, owner)
         if deleted is None:
             raise _no_chat(chat_id)
 
@@ -366,10 +263,8 @@ class PostgresStore:
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         keys: dict[str, int] = {}
         if page.after is not None or page.before is not None:
-            cursors = await self._pool.fetch(MESSAGE_CURSORS, chat_id, owner, page.after or "", page.before or "")
-            if not cursors:
-                raise _no_chat(chat_id)
-            keys = {row[0]: row[1] for row in cursors if row[0] is not None}
+            cursors = await self._pool.fetch(SQL.message_cursors, chat_id, owner, page.after or "", page.before or "")
+            keys = joined_keys_from_rows(cursors, chat_id)
         span = key_range(page, keys, "message")
         window, has_more = page_rows(await self._window(owner, chat_id, span), page, span)
         return Page(window, has_more)
@@ -381,37 +276,31 @@ class PostgresStore:
         return await self._window(owner, chat_id, span)
 
     async def _window(self, owner: str, chat_id: str, span: KeyRange) -> list[Message]:
-        query = MESSAGE_PAGE % _direction(span)
+        query = paged(SQL.message_page, span)
         rows = await self._pool.fetch(query, chat_id, owner, span.above, span.below, span.fetch)
-        if not rows:
-            raise _no_chat(chat_id)
-        return [message_from_row(row, _when) for row in rows if row[0] is not None]
+        return joined_messages_from_rows(rows, _when, chat_id)
 
     async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
-        row = await self._pool.fetchrow(SELECT_STATS, chat_id, owner)
+        row = await self._pool.fetchrow(SQL.select_stats, chat_id, owner)
         if row is None:
             raise _no_chat(chat_id)
         return stats_from_row(row, _when)
 
     async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
-        row = await self._pool.fetchrow(SELECT_SUMMARY, chat_id, owner)
-        if row is None:
-            raise _no_chat(chat_id)
-        return None if row[1] is None else summary_from_row(tuple(row)[1:], _when)
+        row = await self._pool.fetchrow(SQL.select_summary, chat_id, owner)
+        return joined_summary_from_row(row, _when, chat_id)
 
     async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
-        highlights = to_json(summary.highlights)
+        values = (summary.summary, to_json(summary.highlights), summary.up_to_seq, summary.created_at)
         try:
-            found = await self._pool.fetchval(
-                SAVE_SUMMARY, chat_id, owner, summary.summary, highlights, summary.up_to_seq, summary.created_at
-            )
-        except asyncpg.ForeignKeyViolationError:  # the chat was deleted while we wrote
-            found = 0
-        if not found:
-            raise _no_chat(chat_id)
+            saved = await self._pool.fetchval(SQL.save_summary, chat_id, owner, *values)
+        except asyncpg.ForeignKeyViolationError as error:  # the chat was deleted while we wrote
+            raise _no_chat(chat_id) from error
+        if saved is None:
+            await self.get_chat(owner, chat_id)  # not saved: the chat is missing, or its cached summary covers more
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
-        row = await self._pool.fetchrow(SELECT_MESSAGE, chat_id, owner, message_id)
+        row = await self._pool.fetchrow(SQL.select_message, chat_id, owner, message_id)
         return joined_message_from_row(row, _when, chat_id, message_id)
 
     async def claim_key(
@@ -435,13 +324,13 @@ class PostgresStore:
         result: str | None = None,
         user_message_id: str | None = None,
     ) -> None:
-        await self._pool.execute(UPDATE_KEY, owner, key, state.value, result, user_message_id, utcnow())
+        await self._pool.execute(SQL.update_key, owner, key, state.value, result, user_message_id, utcnow())
 
     async def release_key(self, owner: str, key: str) -> None:
-        await self._pool.execute("DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2", owner, key)
+        await self._pool.execute(SQL.release_key, owner, key)
 
     async def purge_keys(self, *, expired_before: datetime) -> int:
-        status = await self._pool.execute("DELETE FROM idempotency_keys WHERE created_at < $1", expired_before)
+        status = await self._pool.execute(SQL.purge_keys, expired_before)
         return int(status.rpartition(" ")[2])  # "DELETE <count>"
 
 
@@ -459,7 +348,7 @@ class PostgresTickets:
         return taken, taken == head
 
     async def ticket_state(self, chat_id: str, ticket: int) -> TicketState:
-        live = await self._pool.fetch(LIVE_TICKETS, chat_id)
+        live = await self._pool.fetch(SQL.live_tickets, chat_id)
         return state_of(ticket, [row[0] for row in live])
 
     async def return_ticket(self, chat_id: str, ticket: int) -> None:
@@ -468,22 +357,17 @@ class PostgresTickets:
     async def extend_tickets(self, tickets: Collection[int], lease_seconds: float) -> set[int]:
         """Extend the live ones and drop every lapsed ticket (of this process or a dead one)."""
         async with self._pool.acquire() as connection, connection.transaction():
-            live = {row[0] for row in await connection.fetch(EXTEND_TICKETS, list(tickets), lease_seconds)}
-            await connection.execute("DELETE FROM turn_tickets WHERE expires_at <= now()")
+            live = {row[0] for row in await connection.fetch(SQL.extend_tickets, to_json(list(tickets)), lease_seconds)}
+            await connection.execute(SQL.drop_lapsed_tickets)
         return live
 
 
-async def migrate(connection: Connection, migrations: Sequence[Migration]) -> None:
-    """Apply the pending migrations in one transaction, under a lock that keeps other processes waiting."""
+@asynccontextmanager
+async def _migrating(connection: Connection) -> AsyncIterator[Connection]:
+    """A transaction for `migrate`, under a lock that keeps other processes waiting until it commits."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await connection.execute(CREATE_MIGRATIONS_TABLE)
-        applied = {row[0] for row in await connection.fetch(f"SELECT name FROM {MIGRATIONS_TABLE}")}
-        for migration in pending(migrations, applied):
-            for step in migration.steps:
-                await connection.execute(step)
-            await connection.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES ($1)", migration.name)
-            log.info("applied migration %s", migration.name)
+        yield connection
 
 
 async def _keep_session(connection: Connection) -> None:
@@ -539,7 +423,7 @@ async def open_postgres_store(
     )
     try:
         async with pool.acquire() as connection:
-            await migrate(connection, migrations)
+            await migrate(_migrating(connection), DIALECT, migrations, applied_at=utcnow())
         poll = (0.05, min(MAX_POLL_SECONDS, lease_seconds / 4))
         leases = TurnLeases(PostgresTickets(pool), lease_seconds=lease_seconds, poll_seconds=poll)
         async with leases, _listening(dsn, leases):

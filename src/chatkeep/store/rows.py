@@ -1,12 +1,14 @@
 """The row shapes both SQL stores select, and how a row becomes a domain object.
 
-SQLite and PostgreSQL keep the same tables and select the same columns in the same order, so
-one set of converters serves both; only timestamps differ on the way in (PostgreSQL hands back
-a `datetime`, SQLite an integer of microseconds), which the caller passes as `when`.
+SQLite and PostgreSQL keep the same tables and run the same selects (`sql.Statements`), so one
+set of converters serves both; only timestamps differ on the way in (PostgreSQL hands back a
+`datetime`, SQLite an integer of microseconds), which the caller passes as `when`.
 JSON-valued columns (metadata, highlights) are text in both, so they read back byte for byte.
+A read that must also tell a missing chat apart left-joins the chat to what it reads: no row
+means no chat, a row of NULLs that the chat has nothing to show.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,6 +34,8 @@ class Row(Protocol):
 
     def __iter__(self) -> Iterator[Any]: ...
 
+    def __getitem__(self, index: int) -> Any: ...
+
 
 When = Callable[[Any], datetime]
 
@@ -40,8 +44,8 @@ MESSAGE_COLUMNS = "id, chat_id, seq, role, content, created_at, model, prompt_to
 STATS_COLUMNS = "message_count, user_message_count, first_message_at, last_message_at"
 SUMMARY_COLUMNS = "summary, highlights, up_to_seq, created_at"
 KEY_COLUMNS = "fingerprint, state, result, user_message_id, created_at, updated_at"
-# A chat left-joined to one of its messages: no row, no chat; a row of NULLs, no such message.
 JOINED_MESSAGE_COLUMNS = ", ".join(f"m.{column}" for column in MESSAGE_COLUMNS.split(", "))
+JOINED_SUMMARY_COLUMNS = ", ".join(f"s.{column}" for column in SUMMARY_COLUMNS.split(", "))
 ROLES = {role.value: role for role in Role}
 STATUSES = {status.value: status for status in MessageStatus}
 KEY_STATES = {state.value: state for state in KeyState}
@@ -89,14 +93,34 @@ def summary_from_row(row: Row, when: When) -> SummaryText:
     return SummaryText(summary, orjson.loads(highlights), up_to_seq, when(created_at))
 
 
+def joined_summary_from_row(row: Row | None, when: When, chat_id: str) -> SummaryText | None:
+    """The summary of a row selected as the chat's id and JOINED_SUMMARY_COLUMNS. Raises ChatNotFoundError."""
+    if row is None:
+        raise ChatNotFoundError(f"no chat {chat_id!r}")
+    return None if row[1] is None else summary_from_row(tuple(row)[1:], when)
+
+
+def joined_messages_from_rows(rows: Sequence[Row], when: When, chat_id: str) -> list[Message]:
+    """The messages among rows of MESSAGE_COLUMNS joined to their chat. Raises ChatNotFoundError for no rows."""
+    if not rows:
+        raise ChatNotFoundError(f"no chat {chat_id!r}")
+    return [message_from_row(row, when) for row in rows if row[0] is not None]
+
+
+def joined_keys_from_rows(rows: Sequence[Row], chat_id: str) -> dict[str, int]:
+    """Message ids to seqs, from (id, seq) rows joined to their chat. Raises ChatNotFoundError for no rows."""
+    if not rows:
+        raise ChatNotFoundError(f"no chat {chat_id!r}")
+    return {message_id: seq for message_id, seq in rows if message_id is not None}
+
+
 def joined_message_from_row(row: Row | None, when: When, chat_id: str, message_id: str) -> Message:
     """The message of a row selected with JOINED_MESSAGE_COLUMNS. Raises ChatNotFoundError or MessageNotFoundError."""
     if row is None:
         raise ChatNotFoundError(f"no chat {chat_id!r}")
-    values = tuple(row)
-    if values[0] is None:
+    if row[0] is None:
         raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
-    return message_from_row(values, when)
+    return message_from_row(row, when)
 
 
 def key_from_row(row: Row, when: When) -> IdempotencyRecord:

@@ -1,0 +1,136 @@
+"""chatkeep's tables, as the named migrations both SQL stores apply, and `migrate` that applies them.
+
+The tables are written once with the dialect's words for types (`{timestamp}` is SQLite's
+INTEGER of microseconds, PostgreSQL's timestamptz); a store adds steps only its database has
+(PostgreSQL's ticket functions) after the shared steps of a migration. Released steps are never
+edited, so each template spells, for both dialects, exactly what its first release created.
+`migrate` is the one procedure for both; a store only hands it a transaction holding the lock
+that keeps two processes starting at once from applying a step twice.
+"""
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from chatkeep.store.migrations import Migration, pending
+from chatkeep.store.rows import Row
+from chatkeep.store.sql import Dialect, spelled
+
+log = logging.getLogger(__name__)
+
+M001_INITIAL = (
+    # A chat's rank is never handed out again after a delete, so ranks are monotonic.
+    """CREATE TABLE chats (
+    rank {identity},
+    id {text} NOT NULL UNIQUE,
+    owner {text} NOT NULL,
+    title {text},
+    metadata {text} NOT NULL,
+    system_prompt {text},
+    created_at {timestamp} NOT NULL,
+    updated_at {timestamp} NOT NULL,
+    message_count {bigint} NOT NULL DEFAULT 0,
+    user_message_count {bigint} NOT NULL DEFAULT 0,
+    first_message_at {timestamp},
+    last_message_at {timestamp}
+)""",
+    "CREATE INDEX chats_by_owner ON chats (owner, rank)",
+    """CREATE TABLE messages (
+    chat_id {text} NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    seq {bigint} NOT NULL,
+    id {text} NOT NULL UNIQUE,
+    role {text} NOT NULL CHECK (role IN ('user', 'assistant')),
+    content {text} NOT NULL,
+    created_at {timestamp} NOT NULL,
+    model {text},
+    prompt_tokens {integer},
+    completion_tokens {integer},
+    PRIMARY KEY (chat_id, seq)
+)""",
+    """CREATE TABLE summaries (
+    chat_id {text} PRIMARY KEY REFERENCES chats (id) ON DELETE CASCADE,
+    summary {text} NOT NULL,
+    highlights {text} NOT NULL,
+    up_to_seq {bigint} NOT NULL,
+    created_at {timestamp} NOT NULL
+)""",
+)
+M002_TURN_TICKETS = (
+    """CREATE TABLE turn_tickets (
+    ticket {identity},
+    chat_id {text} NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    expires_at {expiry} NOT NULL
+)""",
+    "CREATE INDEX turn_tickets_by_chat ON turn_tickets (chat_id, ticket)",
+)
+M003_IDEMPOTENCY_KEYS = (
+    """CREATE TABLE idempotency_keys (
+    owner {text} NOT NULL,
+    key {text} NOT NULL,
+    fingerprint {text} NOT NULL,
+    state {text} NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+    result {text},
+    user_message_id {text},
+    created_at {timestamp} NOT NULL,
+    updated_at {timestamp} NOT NULL,
+    PRIMARY KEY (owner, key)
+)""",
+    "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
+)
+M004_MESSAGE_STATUS = (
+    """ALTER TABLE messages ADD COLUMN status {text} NOT NULL DEFAULT 'completed'
+    CHECK (status IN ('completed', 'incomplete'))""",
+)
+SHARED_MIGRATIONS = {
+    "m001_initial": M001_INITIAL,
+    "m002_turn_tickets": M002_TURN_TICKETS,
+    "m003_idempotency_keys": M003_IDEMPOTENCY_KEYS,
+    "m004_message_status": M004_MESSAGE_STATUS,
+}
+
+CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (
+    name {text} PRIMARY KEY, applied_at {timestamp} NOT NULL{applied_at_default})"""
+APPLIED_MIGRATIONS = "SELECT name FROM {migrations_table}"
+RECORD_MIGRATION = "INSERT INTO {migrations_table} (name, applied_at) VALUES ($1, $2)"
+
+
+def migrations_in(dialect: Dialect, *, extra: Mapping[str, Sequence[str]] | None = None) -> tuple[Migration, ...]:
+    """Every migration spelled for `dialect`, with its `extra` steps (by migration name) after the shared ones."""
+    extra = extra or {}
+    unknown = set(extra) - set(SHARED_MIGRATIONS)
+    if unknown:
+        raise ValueError(f"extra steps for migrations that do not exist: {sorted(unknown)}")
+    return tuple(
+        Migration(name, tuple(spelled(step, dialect) for step in steps) + tuple(extra.get(name, ())))
+        for name, steps in SHARED_MIGRATIONS.items()
+    )
+
+
+class SchemaConnection(Protocol):
+    """A connection inside the migration transaction: an asyncpg connection, or the SQLite store's thread."""
+
+    async def execute(self, query: str, *args: object) -> object: ...
+
+    async def fetch(self, query: str, *args: object) -> Iterable[Row]: ...
+
+
+async def migrate(
+    transaction: AbstractAsyncContextManager[SchemaConnection],
+    dialect: Dialect,
+    migrations: Sequence[Migration],
+    *,
+    applied_at: object,
+) -> None:
+    """Apply the pending migrations in `transaction`, recording each as applied at `applied_at` (a dialect's timestamp).
+
+    `transaction` holds the dialect's lock, so a second process starting meanwhile waits, then finds nothing to do.
+    """
+    async with transaction as connection:
+        await connection.execute(spelled(CREATE_MIGRATIONS_TABLE, dialect))
+        applied = {name for (name,) in await connection.fetch(spelled(APPLIED_MIGRATIONS, dialect))}
+        for migration in pending(migrations, applied):
+            for step in migration.steps:
+                await connection.execute(step)
+            await connection.execute(spelled(RECORD_MIGRATION, dialect), migration.name, applied_at)
+            log.info("applied migration %s to the %s database", migration.name, dialect.name)

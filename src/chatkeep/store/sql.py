@@ -1,0 +1,130 @@
+"""The statements both SQL stores run, written once, and the `Dialect` that spells them for each.
+
+SQLite and PostgreSQL agree on nearly all of chatkeep's SQL; where they differ it is in a few
+words: how a parameter is written (both number them, `?1` and `$1`, so one statement binds the
+same arguments in both), type names, and the clock a turn ticket's expiry is read on. A
+template is a plain string with `$n` for the n-th parameter and `{name}` for one of `NAMES`
+(a column list, the migrations table) or a dialect's word; `spelled` fills both in. The
+statements whose concurrency guarantee depends on the database (appending a message with its
+seq, claiming an Idempotency-Key, taking and returning a turn ticket) are not here: each store
+module keeps its own.
+"""
+
+import re
+from dataclasses import dataclass, fields
+from typing import Self
+
+from chatkeep.store.migrations import MIGRATIONS_TABLE
+from chatkeep.store.paging import KeyRange
+from chatkeep.store.rows import (
+    CHAT_COLUMNS,
+    JOINED_MESSAGE_COLUMNS,
+    JOINED_SUMMARY_COLUMNS,
+    KEY_COLUMNS,
+    MESSAGE_COLUMNS,
+    STATS_COLUMNS,
+    SUMMARY_COLUMNS,
+)
+
+PARAMETER = re.compile(r"\$(\d+)")
+# The `{name}`s every dialect fills in alike.
+NAMES = {
+    "chat_columns": CHAT_COLUMNS,
+    "message_columns": MESSAGE_COLUMNS,
+    "joined_message_columns": JOINED_MESSAGE_COLUMNS,
+    "stats_columns": STATS_COLUMNS,
+    "summary_columns": SUMMARY_COLUMNS,
+    "joined_summary_columns": JOINED_SUMMARY_COLUMNS,
+    "key_columns": KEY_COLUMNS,
+    "migrations_table": MIGRATIONS_TABLE,
+}
+
+
+@dataclass(slots=True, frozen=True)
+class Dialect:
+    """What one database needs spelled its own way; each field is a `{word}` templates may use."""
+
+    name: str
+    placeholder: str  # written before a parameter's number: `?` gives SQLite's ?1, `$` PostgreSQL's $1
+    identity: str  # an integer primary key the database assigns and never hands out again
+    text: str
+    integer: str  # 32 bits are plenty (token counts)
+    bigint: str  # counts and sequence numbers
+    timestamp: str  # a moment, to the microsecond
+    expiry: str  # when a turn ticket lapses, on the clock `now` reads
+    now: str  # the current time, as an expiry
+    second: str  # one second, to add to an expiry
+    json_elements: str  # the table function whose `value` column lists a JSON array's elements
+    applied_at_default: str  # the migrations table's applied_at default, as each dialect first released it
+
+
+def spelled(template: str, dialect: Dialect) -> str:
+    """`template` in `dialect`: its `{name}`s filled in, its `$n` parameters written the dialect's way."""
+    words = {field.name: getattr(dialect, field.name) for field in fields(dialect)}
+    text = template.format_map(NAMES | words)
+    return PARAMETER.sub(lambda parameter: dialect.placeholder + parameter[1], text)
+
+
+def paged(statement: str, span: KeyRange) -> str:
+    """A page statement (`%(order)s` in it) reading `span` from the end it starts at."""
+    return statement % {"order": "DESC" if span.descending else "ASC"}
+
+
+@dataclass(slots=True, frozen=True)
+class Statements:
+    """Every statement the stores share. Built bare it holds the templates; `in_dialect` spells them."""
+
+    insert_chat: str = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $6)"""
+    select_chat: str = "SELECT {chat_columns} FROM chats WHERE id = $1 AND owner = $2"
+    chat_cursors: str = "SELECT id, rank FROM chats WHERE owner = $1 AND id IN ($2, $3)"
+    chat_page: str = """SELECT {chat_columns} FROM chats
+    WHERE owner = $1 AND rank > $2 AND rank < $3 ORDER BY rank %(order)s LIMIT $4"""
+    update_chat: str = """UPDATE chats SET
+    title = CASE WHEN $3 THEN $4 ELSE title END,
+    metadata = CASE WHEN $5 THEN $6 ELSE metadata END,
+    system_prompt = CASE WHEN $7 THEN $8 ELSE system_prompt END,
+    updated_at = $9
+    WHERE id = $1 AND owner = $2
+    RETURNING {chat_columns}"""
+    delete_chat: str = "DELETE FROM chats WHERE id = $1 AND owner = $2 RETURNING true"
+    # The message reads left-join the chat to what they ask for: no row means no chat, a row of
+    # NULLs that nothing matched. (Ordered outside the join too: a join need not keep an order.)
+    message_cursors: str = """SELECT m.id, m.seq FROM chats c
+    LEFT JOIN messages m ON m.chat_id = c.id AND m.id IN ($3, $4)
+    WHERE c.id = $1 AND c.owner = $2"""
+    message_page: str = """SELECT m.* FROM chats c LEFT JOIN (
+        SELECT {message_columns} FROM messages
+        WHERE chat_id = $1 AND seq > $3 AND seq < $4 ORDER BY seq %(order)s LIMIT $5
+    ) m ON true
+    WHERE c.id = $1 AND c.owner = $2 ORDER BY m.seq %(order)s"""
+    select_stats: str = "SELECT {stats_columns} FROM chats WHERE id = $1 AND owner = $2"
+    select_summary: str = """SELECT c.id, {joined_summary_columns} FROM chats c
+    LEFT JOIN summaries s ON s.chat_id = c.id WHERE c.id = $1 AND c.owner = $2"""
+    # A row back when the summary was written; none when the chat is missing or its cached
+    # summary covers more messages, which the caller tells apart.
+    save_summary: str = """INSERT INTO summaries (chat_id, {summary_columns})
+    SELECT id, $3, $4, $5, $6 FROM chats WHERE id = $1 AND owner = $2
+    ON CONFLICT (chat_id) DO UPDATE SET summary = excluded.summary, highlights = excluded.highlights,
+        up_to_seq = excluded.up_to_seq, created_at = excluded.created_at
+    WHERE summaries.up_to_seq <= excluded.up_to_seq
+    RETURNING true"""
+    select_message: str = """SELECT {joined_message_columns} FROM chats c
+    LEFT JOIN messages m ON m.chat_id = c.id AND m.id = $3 WHERE c.id = $1 AND c.owner = $2"""
+    update_key: str = """UPDATE idempotency_keys
+    SET state = $3, result = $4, user_message_id = COALESCE($5, user_message_id), updated_at = $6
+    WHERE owner = $1 AND key = $2"""
+    release_key: str = "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2"
+    purge_keys: str = "DELETE FROM idempotency_keys WHERE created_at < $1"
+    live_tickets: str = "SELECT ticket FROM turn_tickets WHERE chat_id = $1 AND expires_at > {now} ORDER BY ticket"
+    # $1 is a JSON array of tickets: the one way to pass a list both databases read.
+    extend_tickets: str = """UPDATE turn_tickets SET expires_at = {now} + $2 * {second}
+    WHERE ticket IN (SELECT CAST(value AS bigint) FROM {json_elements}($1)) AND expires_at > {now}
+    RETURNING ticket"""
+    drop_lapsed_tickets: str = "DELETE FROM turn_tickets WHERE expires_at <= {now}"
+    latest_migration: str = "SELECT max(name) FROM {migrations_table}"
+
+    @classmethod
+    def in_dialect(cls, dialect: Dialect) -> Self:
+        templates = cls()
+        return cls(**{field.name: spelled(getattr(templates, field.name), dialect) for field in fields(cls)})
