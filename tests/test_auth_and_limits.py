@@ -1,8 +1,11 @@
 """API keys decide the owner; owners never see each other's chats; message posts are rate limited."""
 
+import os
+import secrets
 import subprocess
 
 import pytest
+import redis.asyncio
 from pydantic import ValidationError
 
 from chatkeep.config import Settings
@@ -105,3 +108,44 @@ async def test_chat_client_sends_its_api_key() -> None:
         assert output.startswith("new chat ")
         chats = (await client.get("/chats", headers=as_owner(BOB_KEY))).json()["data"]
         assert chats[0]["message_count"] == 2
+
+
+async def test_with_redis_the_rate_limit_is_shared_by_every_server() -> None:
+    redis_url = await redis_server_url()
+    owner, key = f"owner-{secrets.token_hex(4)}", secrets.token_hex(16)  # a fresh count in a shared Redis
+    settings = Settings(llm_provider="offline", api_keys=f"{owner}={key}", rate_limit="3/minute", redis_url=redis_url)
+    headers = as_owner(key)
+    async with serve(settings) as first, serve(settings) as second:
+        statuses = []
+        for n, client in enumerate([first, second] * 3):
+            chat_id = (await client.post("/chats", headers=headers)).json()["id"]
+            answer = await client.post(f"/chats/{chat_id}/messages", json={"content": f"m{n}"}, headers=headers)
+            statuses.append(answer.status_code)
+    assert statuses == [201, 201, 201, 429, 429, 429]
+
+
+async def test_an_unreachable_redis_is_a_503_not_a_500() -> None:
+    settings = Settings(llm_provider="offline", rate_limit="3/minute", redis_url="redis://127.0.0.1:1/0")
+    async with serve(settings) as client:
+        chat_id = (await client.post("/chats")).json()["id"]
+        refused = await client.post(f"/chats/{chat_id}/messages", json={"content": "hi"})
+        assert refused.status_code == 503
+        assert refused.json()["type"].endswith("store-unavailable")
+        assert "retry-after" in refused.headers
+        assert (await client.get("/readyz")).status_code == 503
+        assert (await client.get(f"/chats/{chat_id}")).json()["message_count"] == 0
+
+
+async def redis_server_url() -> str:
+    """The test Redis (CHATKEEP_TEST_REDIS_URL, else the local one); skips without one, except under CI=true."""
+    url = os.environ.get("CHATKEEP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        await client.ping()
+    except redis.ConnectionError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is required when CI=true: nothing answers at {url} ({error})")
+        pytest.skip(f"Redis rate-limit test skipped: nothing answers at {url} ({error})")
+    finally:
+        await client.aclose()
+    return url

@@ -1,6 +1,7 @@
-"""Real `chatkeep serve` processes on the SQL stores: killed with SIGKILL, or two on one database."""
+"""Real `chatkeep serve` processes on the SQL stores: killed, stalled, or several on one database."""
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -8,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.conftest import new_chat, post
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Scripted
 from tests.servers import all_messages, chatkeep_server
 from tests.stores import SQL_STORES, fresh_database
 
@@ -107,3 +109,89 @@ async def test_two_servers_on_one_database_keep_turns_paired_and_fifo(
         chat_id, _, n = prompt[-1]["content"].rpartition(" q")
         expected = stored[chat_id][: 2 * int(n) + 1]
         assert prompt[1:] == [{"role": m["role"], "content": m["content"]} for m in expected]
+
+
+def llm_env(url: str, fake_llm: FakeOpenAI, **more: str) -> dict[str, str]:
+    return {"CHATKEEP_STORE": url, "OPENAI_BASE_URL": fake_llm.url, "OPENAI_API_KEY": "sk-test", **more}
+
+
+async def sse_events(response: httpx.Response, *, stop_after: int | None = None) -> list[tuple[str, str, Any]]:
+    """(id, event, data) of each event of an SSE body, until `stop_after` of them."""
+    events: list[tuple[str, str, Any]] = []
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line and not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        elif not line and fields:
+            events.append((fields["id"], fields["event"], orjson.loads(fields["data"])))
+            fields = {}
+            if stop_after is not None and len(events) >= stop_after:
+                break
+    return events
+
+
+@pytest.mark.parametrize("ending", ["reply", "error"])
+async def test_a_resume_on_another_server_follows_the_turn_live(
+    fake_llm: FakeOpenAI, tmp_path: Path, ending: str
+) -> None:
+    words = " ".join(f"w{n}" for n in range(40))
+    fake_llm.queue(Scripted(content=words, chunk_delay=0.05, cut_after=30 if ending == "error" else None))
+    async with fresh_database("postgres", tmp_path) as url, AsyncExitStack() as stack:
+        env = llm_env(url, fake_llm)
+        running, other = [await stack.enter_async_context(chatkeep_server(env, tmp_path / f"{n}.log")) for n in "ab"]
+        chat_id = await new_chat(running.client)
+        body = {"content": "tell me", "stream": True}
+        async with running.client.stream("POST", f"/chats/{chat_id}/messages", json=body) as response:
+            seen = await sse_events(response, stop_after=4)  # then the client's connection drops
+        url_of_events = f"/chats/{chat_id}/messages/{seen[0][2]['id']}/events"
+        async with other.client.stream("GET", url_of_events, headers={"last-event-id": seen[-1][0]}) as response:
+            assert response.status_code == 200
+            rest = await sse_events(response)
+    ids = [event_id for event_id, _, _ in seen + rest]
+    assert ids == [str(n) for n in range(len(ids) - 1)] + ["end"], "every event once, in order, none missing"
+    deltas = "".join(data["content"] for _, kind, data in seen + rest if kind == "delta")
+    assert sum(kind == "delta" for _, kind, _ in rest) > 10, "the other server relayed the deltas live"
+    if ending == "reply":
+        assert rest[-1][1] == "assistant_message"
+        assert deltas == words == rest[-1][2]["content"]
+    else:
+        assert (rest[-1][1], rest[-1][2]["status"]) == ("error", 502)
+        assert words.startswith(deltas)
+
+
+async def test_a_server_that_stalls_past_its_lease_cannot_write_into_the_next_turn(
+    url: str, fake_llm: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake_llm.queue(Scripted(delay=2.0))  # the first turn's LLM call outlasts the stall
+    env = llm_env(url, fake_llm, CHATKEEP_TURN_LEASE="1")
+    async with AsyncExitStack() as stack:
+        stalled, other = [await stack.enter_async_context(chatkeep_server(env, tmp_path / f"{n}.log")) for n in "ab"]
+        chat_id = await new_chat(stalled.client)
+        first = asyncio.create_task(post(stalled.client, chat_id, "first"))
+        await asyncio.sleep(0.5)  # its question is stored, its LLM call under way
+        stalled.process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(2.0)  # past its lease: the chat's turn is free again
+            second = await post(other.client, chat_id, "second")
+        finally:
+            stalled.process.send_signal(signal.SIGCONT)
+        lapsed = await first
+        stored = await all_messages(other.client, chat_id)
+    assert second.status_code == 201
+    assert lapsed.status_code == 503
+    assert lapsed.json()["type"].endswith("turn-lapsed")
+    assert [(m["seq"], m["role"], m["content"]) for m in stored] == [
+        (1, "user", "first"),  # its question kept, its late reply refused
+        (2, "user", "second"),
+        (3, "assistant", "echo: second"),
+    ]
+
+
+async def test_a_rate_limit_is_shared_by_every_server(url: str, tmp_path: Path) -> None:
+    env = {"CHATKEEP_STORE": url, "CHATKEEP_LLM_PROVIDER": "offline", "CHATKEEP_RATE_LIMIT": "4/minute"}
+    async with AsyncExitStack() as stack:
+        servers = [await stack.enter_async_context(chatkeep_server(env, tmp_path / f"{n}.log")) for n in range(2)]
+        chat_id = await new_chat(servers[0].client)
+        statuses = [(await post(servers[n % 2].client, chat_id, f"m{n}")).status_code for n in range(6)]
+    assert statuses == [201, 201, 201, 201, 429, 429]

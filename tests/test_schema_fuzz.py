@@ -1,8 +1,12 @@
 """Schemathesis against the app's own OpenAPI document: bounded, seeded runs with zero 5xx.
 
 `schemathesis run --checks all` against a live server, as a user would run it (every check,
-streamed turns' events included, with the contract's two 422s allowed in tests/schemathesis.toml),
-and an in-process run that looks closer at every answer:
+streamed turns' events included, with the contract's two 422s allowed in tests/schemathesis.toml)
+but one: a retried POST /chats replays its first answer, as idempotency promises, even when that
+chat was deleted since (the fuzzer repeats keys across its scenarios), and reading it then 404s,
+which ST302 (`ensure_resource_availability`) cannot tell from a lost write; lost writes are what
+the store, crash and concurrency tests look for. And an in-process run that looks closer at
+every answer:
 
 Every generated request must get an answer that the schema declares (status, content type,
 body), and every error must be a problem+json whose `status` is the HTTP status. The app runs
@@ -56,7 +60,8 @@ async def test_schemathesis_run_with_every_check_passes_against_a_live_server(tm
     async with chatkeep_server(env, tmp_path / "server.log") as server:
         run = await asyncio.create_subprocess_exec(
             *(SCHEMATHESIS, "--config-file", CONFIG, "run", f"{server.client.base_url}/openapi.json"),
-            *("--checks", "all", "--header", f"Authorization: Bearer {KEY}", "--max-examples", "30", "--seed", "1"),
+            *("--checks", "all", "--exclude-checks", "ensure_resource_availability"),
+            *("--header", f"Authorization: Bearer {KEY}", "--max-examples", "30", "--seed", "1"),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from chatkeep.domain import KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
-from chatkeep.errors import ChatNotFoundError, StoreUnavailableError
+from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store import ChatStore, open_store, postgres, sqlite
 from chatkeep.store.migrations import Migration, pending
 from chatkeep.store.urls import pool_options, sqlite_location
@@ -28,14 +28,21 @@ from tests.stores import SQL_STORES, applied_migrations, execute_sql, fresh_data
 
 ALICE = "alice"
 SHORT_LEASE = 1.0
-ALL_MIGRATIONS = ["m001_initial", "m002_turn_tickets", "m003_idempotency_keys", "m004_message_status"]
-TABLES = ["chatkeep_migrations", "chats", "idempotency_keys", "messages", "summaries", "turn_tickets"]
+ALL_MIGRATIONS = [
+    "m001_initial",
+    "m002_turn_tickets",
+    "m003_idempotency_keys",
+    "m004_message_status",
+    "m005_rate_slots",
+]
+TABLES = ["chatkeep_migrations", "chats", "idempotency_keys", "messages", "rate_slots", "summaries", "turn_tickets"]
 
 # How a PostgreSQL column's type is spelled in SQLite. Timestamps are SQLite INTEGERs of
 # microseconds since the epoch; both integer widths are SQLite's one INTEGER.
 SQLITE_TYPE = {"text": "TEXT", "bigint": "INTEGER", "integer": "INTEGER", "timestamp with time zone": "INTEGER"}
-# Columns spelled otherwise: a ticket's expiry is REAL seconds since the epoch on SQLite's clock.
-SQLITE_TYPE_OF_COLUMN = {("turn_tickets", "expires_at"): "REAL"}
+# Columns spelled otherwise: moments on the database's clock (a ticket's expiry, when a rate slot
+# was taken) are REAL seconds since the epoch on SQLite's.
+SQLITE_TYPE_OF_COLUMN = {("turn_tickets", "expires_at"): "REAL", ("rate_slots", "taken_at"): "REAL"}
 # Defaults only PostgreSQL has: its first release let the database stamp applied migrations.
 POSTGRES_ONLY_DEFAULTS = {("chatkeep_migrations", "applied_at"): "now()"}
 PG_ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
@@ -63,6 +70,12 @@ POSTGRES_CONSTRAINTS = f"""SELECT c.conrelid::regclass::text, c.contype::text,
     FROM pg_constraint c WHERE c.connamespace = {SCHEMA_OID}"""
 POSTGRES_INDEXES = f"""SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = current_schema()
     AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE connamespace = {SCHEMA_OID})"""
+
+# Every ticket lapses at once, as it would for a process that stalled past its lease.
+EXPIRE_TICKETS = {
+    "sqlite": "UPDATE turn_tickets SET expires_at = 0",
+    "postgresql": "UPDATE turn_tickets SET expires_at = now() - interval '1 second'",
+}
 
 HOLD_AND_HANG = """
 import asyncio, sys
@@ -446,3 +459,55 @@ async def test_other_sqlite_errors_are_not_called_unavailable(tmp_path: Path) ->
             await sqlite.SqliteThread(executor, db).fetch("SELECT * FROM nowhere")
     finally:
         db.close()
+
+
+async def test_an_append_with_a_lapsed_ticket_stores_nothing(url: str) -> None:
+    async with open_sql_store(url, lease_seconds=60) as store:
+        chat_id = await new_chat(store)
+        async with store.turn_lease(ALICE, chat_id) as ticket:
+            assert ticket is not None
+            await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "asked in time"), ticket=ticket)
+            await execute_sql(url, EXPIRE_TICKETS[url.partition(":")[0]])  # as if this process had stalled
+            with pytest.raises(TurnLapsedError):
+                await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "too late"), ticket=ticket)
+        messages = (await store.list_messages(ALICE, chat_id, PageRequest())).data
+        assert [(m.seq, m.content) for m in messages] == [(1, "asked in time")]
+        assert (await store.get_chat(ALICE, chat_id)).message_count == 1
+        with pytest.raises(ChatNotFoundError):
+            await store.append_message(ALICE, "chat_missing", NewMessage(Role.USER, "x"), ticket=ticket)
+
+
+async def test_a_ticket_that_is_not_the_head_cannot_write(url: str) -> None:
+    async with open_sql_store(url) as first, open_sql_store(url) as second:
+        chat_id = await new_chat(first)
+        async with first.turn_lease(ALICE, chat_id) as head:
+            queued = asyncio.create_task(_hold(second, chat_id))
+            await asyncio.sleep(0.1)
+            assert head is not None
+            with pytest.raises(TurnLapsedError):
+                await second.append_message(ALICE, chat_id, NewMessage(Role.USER, "not mine"), ticket=head + 1)
+            await first.append_message(ALICE, chat_id, NewMessage(Role.USER, "mine"), ticket=head)
+        await queued
+
+
+async def test_a_key_kept_alive_outlives_the_lease_and_a_dead_holders_does_not(url: str) -> None:
+    now = utcnow()
+    claim = {"expired_before": now - timedelta(days=1)}
+    async with open_sql_store(url, lease_seconds=SHORT_LEASE) as holder, open_sql_store(url) as other:
+        assert (await holder.claim_key(ALICE, "k", "req", abandoned_before=now, **claim)).claimed
+        holder.keep_key_alive(ALICE, "k")
+        await asyncio.sleep(3 * SHORT_LEASE)  # the holder's heartbeat refreshes the key meanwhile
+        lease_ago = utcnow() - timedelta(seconds=SHORT_LEASE)
+        assert not (await other.claim_key(ALICE, "k", "req", abandoned_before=lease_ago, **claim)).claimed
+    await asyncio.sleep(SHORT_LEASE)  # the holder is gone: nothing refreshes the key any more
+    async with open_sql_store(url) as other:
+        lease_ago = utcnow() - timedelta(seconds=SHORT_LEASE)
+        assert (await other.claim_key(ALICE, "k", "req", abandoned_before=lease_ago, **claim)).claimed
+
+
+async def test_rate_slots_are_shared_by_processes(url: str) -> None:
+    async with open_sql_store(url) as first, open_sql_store(url) as second:
+        answers = await asyncio.gather(
+            *(store.take_rate_slot("posts:alice", limit=4, window_seconds=60) for store in [first, second] * 5)
+        )
+    assert sum(answer is None for answer in answers) == 4

@@ -440,6 +440,16 @@ async def test_a_running_key_is_taken_over_only_once_abandoned(store: ChatStore)
     assert not (await claim(store)).claimed  # in flight again, for the new holder
 
 
+async def test_a_key_kept_alive_is_never_taken_over(store: ChatStore) -> None:
+    await claim(store)
+    store.keep_key_alive(ALICE, KEY)
+    running = await stored_key(store)
+    await asyncio.sleep(LATER)
+    assert await claim(store, abandoned=True) == KeyClaim(claimed=False, previous=running)
+    store.let_key_lapse(ALICE, KEY)
+    assert (await claim(store, abandoned=True)).claimed, "once let go, a key that is not refreshed is abandoned"
+
+
 async def test_a_failed_key_is_claimed_again(store: ChatStore) -> None:
     await claim(store)
     await store.update_key(ALICE, KEY, state=KeyState.RUNNING, user_message_id="msg_q")
@@ -545,3 +555,19 @@ async def test_purge_deletes_the_keys_of_every_owner_created_before_the_cutoff(s
     assert (await stored_key(store, key="c", owner=BOB)).state is KeyState.RUNNING
     for owner, key in ((ALICE, "a"), (ALICE, "b"), (BOB, "a")):
         assert await claim(store, OTHER_REQUEST, key=key, owner=owner) == KeyClaim(claimed=True, previous=None)
+
+
+async def test_rate_slots_are_counted_in_a_moving_window(store: ChatStore) -> None:
+    taken = [await store.take_rate_slot("posts:alice", limit=3, window_seconds=0.5) for _ in range(3)]
+    assert taken == [None, None, None]
+    wait = await store.take_rate_slot("posts:alice", limit=3, window_seconds=0.5)
+    assert wait is not None
+    assert 0 < wait <= 0.5
+    assert await store.take_rate_slot("posts:bob", limit=3, window_seconds=0.5) is None, "keys count apart"
+    await asyncio.sleep(wait + 0.05)
+    assert await store.take_rate_slot("posts:alice", limit=3, window_seconds=0.5) is None
+
+
+async def test_concurrent_takers_never_take_more_slots_than_the_limit(store: ChatStore) -> None:
+    answers = await asyncio.gather(*(store.take_rate_slot("k", limit=5, window_seconds=60) for _ in range(20)))
+    assert sum(answer is None for answer in answers) == 5

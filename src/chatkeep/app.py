@@ -25,6 +25,7 @@ from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
 from chatkeep.llm import open_llm
 from chatkeep.metrics import Metrics, NoMetrics, PrometheusMetrics
+from chatkeep.rate_limit import open_rate_limit
 from chatkeep.service import ChatService
 from chatkeep.store import open_store
 
@@ -70,8 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        async with open_store(settings.store) as store, open_llm(settings, metrics) as llm:
-            service = ChatService(store, llm, settings, metrics)
+        async with (
+            open_store(settings.store, lease_seconds=settings.turn_lease) as store,
+            open_llm(settings, metrics) as llm,
+            open_rate_limit(settings.rate_limit, store=store, redis_url=settings.redis_url) as rate_limit,
+        ):
+            service = ChatService(store, llm, settings, metrics, rate_limit=rate_limit)
             _tune_garbage_collector()
             try:
                 yield {"service": service, "api_keys": api_keys, "metrics": metrics}

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(default=2, ge=0, le=10, description="retries on connect errors, 429, 5xx")
     llm_max_connections: int = Field(default=1024, ge=1, description="pooled connections to the LLM endpoint")
     store: str = Field(default="memory://", description="memory://, sqlite:///path.db or postgresql://user@host/db")
+    turn_lease: float = Field(
+        default=15.0,
+        ge=1,
+        description="seconds a server's hold on a chat's turn lasts without its heartbeat (SQL stores)",
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db to count rate limits in, shared by every deployment"
+    )
     api_keys: SecretStr | None = Field(default=None, description="owner=key,owner2=key2 (unset: no auth)")
     rate_limit: str | None = Field(default=None, description="per owner, for message posts, e.g. 120/minute")
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="system prompt of chats that set none")

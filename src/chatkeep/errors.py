@@ -131,6 +131,14 @@ class TurnStoppedError(ChatkeepError):
     slug = "turn-stopped"
 
 
+class TurnLapsedError(ChatkeepError):
+    """This server stalled past its hold on the chat's turn, and another server took the turn."""
+
+    status = 503
+    title = "The turn's hold on the chat lapsed"
+    slug = "turn-lapsed"
+
+
 class StoreUnavailableError(ChatkeepError):
     """The store cannot answer now: it cannot be opened or reached, or it stays locked."""
 

@@ -4,7 +4,9 @@ A request that carries a key claims it in the store (shared by every process). T
 what to do: run the request, replay the answer of one that succeeded, re-run only the reply of
 a turn whose LLM call failed after the question was stored, or refuse (the key is in flight,
 409; or was used for another request, 422). A `HeldKey` then records how the request ended.
-Keys are scoped per owner and kept KEY_TTL.
+Keys are scoped per owner and kept KEY_TTL. While a request works on its key this process keeps
+it alive in the store (the SQL stores refresh it on the heartbeat of their turn tickets), so a
+retry can take over only a key whose holder died, however long its turn waits in line.
 """
 
 import hashlib
@@ -79,6 +81,7 @@ class HeldKey:
         """Record the ending: the result to replay, a failure to retry, or nothing stored at all."""
         if self._store is None or self.replay is not None:
             return
+        self._store.let_key_lapse(self._owner, self._key)
         if self._result is not None:
             await self._store.update_key(self._owner, self._key, state=KeyState.DONE, result=self._result())
         elif self._question is not None:
@@ -99,7 +102,7 @@ NO_KEY = HeldKey(None, "", "")
 class IdempotencyKeys:
     def __init__(self, store: ChatStore, *, abandoned_after: timedelta) -> None:
         self._store = store
-        self._abandoned_after = abandoned_after  # a RUNNING key this old belongs to a dead process
+        self._abandoned_after = abandoned_after  # a RUNNING key not refreshed for this long lost its holder
 
     async def hold(self, owner: str, key: IdempotencyKey | None) -> HeldKey:
         """Claim `key` for a request. Raises IdempotencyKeyReusedError or IdempotencyKeyInFlightError."""
@@ -115,6 +118,7 @@ class IdempotencyKeys:
         )
         previous = claim.previous
         if claim.claimed:
+            self._store.keep_key_alive(owner, key.value)
             return HeldKey(self._store, owner, key.value, retry_of=previous.user_message_id if previous else None)
         assert previous is not None
         if previous.fingerprint != key.fingerprint:

@@ -52,6 +52,7 @@ from chatkeep.rate_limit import RateLimit
 from chatkeep.store import ChatStore
 from chatkeep.summaries import ExtractiveSummarizer, LLMSummarizer, Summarizer
 from chatkeep.summary_keeper import SummaryKeeper
+from chatkeep.turn_relay import TurnRelay
 from chatkeep.turn_streams import TurnEvent, TurnLog, TurnStreams
 from chatkeep.turns import TurnQueue, TurnSlot
 
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 PURGE_KEYS_EVERY_SECONDS = 3600.0
 READY_TIMEOUT_SECONDS = 2.0
-ABANDONED_KEY_MARGIN = timedelta(minutes=1)
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,23 +68,39 @@ class Turn:
     assistant_message: Message
 
 
+@dataclass(slots=True)
+class _Asked:
+    """A turn being run: who asked what on which chat, and what it holds while it runs."""
+
+    owner: str
+    chat: Chat
+    content: str
+    key: HeldKey
+    events: TurnLog | None = None  # where a streamed turn's events go
+    ticket: int | None = None  # the store's hold on the chat's turn, which fences its appends
+
+
 class ChatService:
-    def __init__(self, store: ChatStore, llm: LLM, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, store: ChatStore, llm: LLM, settings: Settings, metrics: Metrics, *, rate_limit: RateLimit | None = None
+    ) -> None:
         self.store = store
         self.llm = llm
         self.settings = settings
         self._metrics = metrics
-        self._rate_limit = RateLimit(settings.rate_limit) if settings.rate_limit else None
+        self._rate_limit = rate_limit
         self._turns = TurnQueue(
             metrics, max_waiting=settings.max_waiting_turns, max_in_flight=settings.max_turns_in_flight
         )
         summarizer: Summarizer = ExtractiveSummarizer() if settings.provider == "offline" else LLMSummarizer(llm)
         self._summaries = SummaryKeeper(store, summarizer, metrics, budget=settings.context_tokens // 2)
-        # A key held longer than the longest a turn can take (its wait in line included) was
-        # abandoned by a process that died; a retry may then claim it again.
-        longest_turn = timedelta(seconds=(settings.max_waiting_turns + 1) * settings.llm_timeout)
-        self._keys = IdempotencyKeys(store, abandoned_after=longest_turn + ABANDONED_KEY_MARGIN)
+        # A held key is refreshed a few times per lease; one not refreshed for a whole lease lost its process.
+        self._keys = IdempotencyKeys(store, abandoned_after=timedelta(seconds=settings.turn_lease))
         self._streams = TurnStreams(store)
+        self._relay = TurnRelay(store.broadcast, self._streams, store) if store.broadcast is not None else None
+        if self._relay is not None:
+            self._relay.start()
+            self._streams.relay = self._relay
         self._tasks: set[asyncio.Task[None]] = set()
         self._janitor = asyncio.create_task(self._purge_expired_keys(), name="chatkeep-key-purge")
 
@@ -101,12 +117,16 @@ class ChatService:
             task.cancel()
         await asyncio.gather(self._janitor, *self._tasks, return_exceptions=True)
         await self._summaries.aclose()
+        if self._relay is not None:
+            await self._relay.aclose()
 
     async def readiness(self) -> dict[str, str]:
         """What serves: the store (answering, schema current) and the LLM provider. Raises StoreUnavailableError."""
         try:
             async with asyncio.timeout(READY_TIMEOUT_SECONDS):
                 await self.store.check_ready()
+                if self._rate_limit is not None:
+                    await self._rate_limit.check_ready()
         except TimeoutError:
             raise StoreUnavailableError(f"the store did not answer within {READY_TIMEOUT_SECONDS:g}s") from None
         return {"status": "ready", "store": "ok", "llm": self.settings.provider}
@@ -158,8 +178,9 @@ class ChatService:
             if hold.replay is not None:
                 self._metrics.idempotent_replay()
                 return await self._replayed(owner, chat_id, hold.replay)
-            async with self._holding_turn(self._turns.reserve(chat_id), owner, chat_id):
-                return await self._turn(owner, chat, content, hold)
+            asked = _Asked(owner, chat, content, hold)
+            async with self._holding_turn(self._turns.reserve(chat_id), asked):
+                return await self._turn(asked)
 
     async def stream_message(
         self, owner: str, chat_id: str, content: str, *, key: IdempotencyKey | None = None
@@ -182,7 +203,7 @@ class ChatService:
         except BaseException:
             await hold.settle()
             raise
-        self._background(self._streamed_turn(slot, owner, chat, content, hold, events))
+        self._background(self._streamed_turn(slot, _Asked(owner, chat, content, hold, events), events))
         return events
 
     async def turn_events(
@@ -196,27 +217,29 @@ class ChatService:
         return await self._streams.resume(owner, chat_id, user_message_id, last_event_id)
 
     @asynccontextmanager
-    async def _holding_turn(self, slot: TurnSlot, owner: str, chat_id: str) -> AsyncIterator[None]:
+    async def _holding_turn(self, slot: TurnSlot, asked: _Asked) -> AsyncIterator[None]:
         """The chat's turn for the block: this process's line first, then other processes'."""
-        asked = time.perf_counter()
+        started = time.perf_counter()
         self._metrics.turns_waiting(1)
         waiting = True
         try:
-            async with slot, self.store.turn_lease(owner, chat_id):
+            async with slot, self.store.turn_lease(asked.owner, asked.chat.id) as ticket:
                 self._metrics.turns_waiting(-1)
                 waiting = False
-                self._metrics.turn_waited(time.perf_counter() - asked)
+                self._metrics.turn_waited(time.perf_counter() - started)
+                asked.ticket = ticket
                 yield
         finally:
             if waiting:
                 self._metrics.turns_waiting(-1)
 
-    async def _turn(self, owner: str, chat: Chat, content: str, hold: HeldKey, events: TurnLog | None = None) -> Turn:
+    async def _turn(self, asked: _Asked) -> Turn:
         """The turn itself, its slot in line held: question, context, reply, stored reply."""
-        question = await self._question(owner, chat, content, hold)
+        owner, events = asked.owner, asked.events
+        question = await self._question(asked)
         if events is not None:
             events.user_message(question)
-        chat = await self.store.get_chat(owner, chat.id)  # as it is now: it may have changed while we waited
+        chat = await self.store.get_chat(owner, asked.chat.id)  # as it is now: it may have changed while we waited
         system_prompt = self.settings.system_prompt if chat.system_prompt is None else chat.system_prompt
         prompt = await build_context(
             self.store, owner, chat.id, system_prompt=system_prompt, budget=self.settings.context_tokens
@@ -229,27 +252,27 @@ class ChatService:
                 raise
         else:
             reply = await self._streamed_reply(prompt, events, question)
-        return Turn(question, await self._answer(owner, chat.id, question, reply, hold, events))
+        return Turn(question, await self._answer(asked, question, reply))
 
-    async def _answer(
-        self, owner: str, chat_id: str, question: Message, reply: Reply, hold: HeldKey, events: TurnLog | None
-    ) -> Message:
+    async def _answer(self, asked: _Asked, question: Message, reply: Reply) -> Message:
         """Store the reply to `question`: the turn's answer, for the key to replay and the stream to end with."""
         stored = NewMessage(Role.ASSISTANT, reply.content, model=reply.model, usage=reply.usage, status=reply.status)
-        answer = await self.store.append_message(owner, chat_id, stored)
-        hold.succeeded(lambda: turn_result(question.id, answer.id))
-        if events is not None:
-            events.assistant_message(answer)
+        answer = await self.store.append_message(asked.owner, asked.chat.id, stored, ticket=asked.ticket)
+        asked.key.succeeded(lambda: turn_result(question.id, answer.id))
+        if asked.events is not None:
+            asked.events.assistant_message(answer)
         return answer
 
-    async def _question(self, owner: str, chat: Chat, content: str, hold: HeldKey) -> Message:
+    async def _question(self, asked: _Asked) -> Message:
         """The stored user message: a new one, or the one whose reply a retried key re-runs."""
-        if hold.retry_of is None:
-            question = await self.store.append_message(owner, chat.id, NewMessage(Role.USER, content))
-            await hold.question_stored(question.id)
+        owner, chat_id, key = asked.owner, asked.chat.id, asked.key
+        if key.retry_of is None:
+            new = NewMessage(Role.USER, asked.content)
+            question = await self.store.append_message(owner, chat_id, new, ticket=asked.ticket)
+            await key.question_stored(question.id)
             return question
-        question = await self.store.get_message(owner, chat.id, hold.retry_of)
-        if (await self.store.message_stats(owner, chat.id)).last_seq != question.seq:
+        question = await self.store.get_message(owner, chat_id, key.retry_of)
+        if (await self.store.message_stats(owner, chat_id)).last_seq != question.seq:
             raise ChatMovedOnError(
                 f"messages came after {question.id!r} since its reply failed; post it again with a new key"
             )
@@ -276,16 +299,14 @@ class ChatService:
             return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE)
         raise AssertionError("an LLM stream ends with its Reply")
 
-    async def _streamed_turn(
-        self, slot: TurnSlot, owner: str, chat: Chat, content: str, hold: HeldKey, events: TurnLog
-    ) -> None:
+    async def _streamed_turn(self, slot: TurnSlot, asked: _Asked, events: TurnLog) -> None:
         try:
-            async with hold, self._holding_turn(slot, owner, chat.id):
-                await self._turn(owner, chat, content, hold, events)
+            async with asked.key, self._holding_turn(slot, asked):
+                await self._turn(asked)
         except ChatkeepError as error:
             events.fail(error)
         except Exception:
-            log.exception("streamed turn on chat %s failed", chat.id)
+            log.exception("streamed turn on chat %s failed", asked.chat.id)
             events.fail(ChatkeepError("the turn failed unexpectedly"))
         finally:
             if not events.done:  # stopped before its reply began (the server is shutting down)

@@ -8,6 +8,7 @@ import asyncpg
 
 from chatkeep.errors import StoreUnavailableError
 from chatkeep.store.base import ChatStore
+from chatkeep.store.leases import LEASE_SECONDS
 from chatkeep.store.memory import MemoryStore
 from chatkeep.store.postgres import PostgresStore, open_postgres_store
 from chatkeep.store.sqlite import SqliteStore, open_sqlite_store
@@ -22,30 +23,31 @@ OPEN_ERRORS = (OSError, TimeoutError, sqlite3.Error, asyncpg.PostgresError, asyn
 
 
 @asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[ChatStore]:
+async def open_store(url: str, *, lease_seconds: float = LEASE_SECONDS) -> AsyncIterator[ChatStore]:
     """Open the store named by `url` for the lifetime of the block.
 
     `memory://`; `sqlite:///relative.db` or `sqlite:////absolute.db` (`?synchronous=full` to
     survive power loss too); `postgresql://user@host/db` or `postgres://...` (`?pool_size=20`).
-    Raises ValueError for a URL that names no store, and StoreUnavailableError, saying why,
-    when the store cannot be opened.
+    `lease_seconds` is how long a turn's hold on its chat (and a claimed key) lasts without a
+    heartbeat, on the SQL stores. Raises ValueError for a URL that names no store, and
+    StoreUnavailableError, saying why, when the store cannot be opened.
     """
     check_store_url(url)
     async with AsyncExitStack() as stack:
         try:
-            store = await stack.enter_async_context(_opened(url))
+            store = await stack.enter_async_context(_opened(url, lease_seconds))
         except OPEN_ERRORS as error:
             reason = str(error).strip() or type(error).__name__
             raise StoreUnavailableError(f"cannot open {redacted(url)}: {reason}") from error
         yield store
 
 
-def _opened(url: str) -> AbstractAsyncContextManager[ChatStore]:
+def _opened(url: str, lease_seconds: float) -> AbstractAsyncContextManager[ChatStore]:
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
-        return open_sqlite_store(url)
+        return open_sqlite_store(url, lease_seconds=lease_seconds)
     if scheme in POSTGRES_SCHEMES:
-        return open_postgres_store(url)
+        return open_postgres_store(url, lease_seconds=lease_seconds)
     return _memory()
 
 

@@ -5,6 +5,7 @@ one (`ChatNotFoundError`), so isolation cannot be forgotten by a caller. Text ha
 holds no NUL characters (PostgreSQL's `text` cannot store them; the API refuses them).
 """
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -56,22 +57,28 @@ class ChatStore(Protocol):
         """Delete the chat with its messages and summary. Raises ChatNotFoundError."""
         ...
 
-    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[None]:
+    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
         """Hold the chat's turn against every other process sharing this store, for the block.
 
         The service's in-process `TurnQueue` already orders one process's turns; this orders
         processes, in request order. No database connection or transaction stays open while it is
-        held (the LLM is called under it), and a holder that dies releases it after a bounded time.
-        A store only one process can use has nothing to do here. A store that queues on the chat's
-        row (the SQL stores) raises ChatNotFoundError on entry when the owner has no such chat,
-        also when the chat is deleted while the turn waits.
+        held (the LLM is called under it), and a holder that dies releases it after a bounded time
+        (the lease). It yields the turn's ticket, which the turn's appends carry so that a holder
+        that stalled past its lease cannot write once another process has the turn; a store only
+        one process can use has nothing to do here and yields None. A store that queues on the
+        chat's row (the SQL stores) raises ChatNotFoundError on entry when the owner has no such
+        chat, also when the chat is deleted while the turn waits.
         """
         ...
 
-    async def append_message(self, owner: str, chat_id: str, message: NewMessage) -> Message:
+    async def append_message(
+        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
+    ) -> Message:
         """Store `message` with the chat's next `seq` (gap-free, from 1), durably before returning.
 
-        Concurrent appends to one chat get distinct consecutive seqs. Raises ChatNotFoundError.
+        Concurrent appends to one chat get distinct consecutive seqs. With a `ticket` (from
+        `turn_lease`), the append happens only while that ticket still holds the chat's turn, else
+        raises TurnLapsedError and stores nothing. Raises ChatNotFoundError.
         """
         ...
 
@@ -116,10 +123,11 @@ class ChatStore(Protocol):
         - No record, or one created before `expired_before`: a new RUNNING record is written
           (created and updated now, no result, no user message); claimed, previous None.
         - A record with another fingerprint: not claimed; previous is that record.
-        - DONE, or RUNNING updated at or after `abandoned_before` (in flight): not claimed.
-        - FAILED, or RUNNING updated before `abandoned_before` (its process died): claimed
-          again; the record becomes RUNNING, updated now, keeping created_at and user_message_id;
-          previous is the record as it was.
+        - DONE, or RUNNING and kept alive by this process or updated at or after
+          `abandoned_before` (in flight): not claimed.
+        - FAILED, or RUNNING updated before `abandoned_before` and not kept alive here (its
+          process died): claimed again; the record becomes RUNNING, updated now, keeping
+          created_at and user_message_id; previous is the record as it was.
         Of concurrent claims of one absent key exactly one is claimed.
         """
         ...
@@ -139,6 +147,18 @@ class ChatStore(Protocol):
         """
         ...
 
+    def keep_key_alive(self, owner: str, key: str) -> None:
+        """This process works on the key it claimed until `let_key_lapse`: no other claim may take it over.
+
+        The SQL stores refresh the key's `updated_at` with the heartbeat that keeps turn tickets
+        alive, so only a key whose holder died (stopped refreshing it) counts as abandoned.
+        """
+        ...
+
+    def let_key_lapse(self, owner: str, key: str) -> None:
+        """Stop keeping the key alive (the request holding it ended)."""
+        ...
+
     async def release_key(self, owner: str, key: str) -> None:
         """Forget a claimed key whose request stored nothing, so that a retry starts afresh."""
         ...
@@ -146,3 +166,33 @@ class ChatStore(Protocol):
     async def purge_keys(self, *, expired_before: datetime) -> int:
         """Delete every key (of every owner) created before `expired_before`; how many went."""
         ...
+
+    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
+        """Count one event for `key` if fewer than `limit` were counted in the last `window_seconds`.
+
+        None when it was counted, else the seconds until one would be. Shared by every process
+        that shares the store; concurrent takers never count more than `limit` in a window.
+        """
+        ...
+
+    @property
+    def broadcast(self) -> "Broadcast | None":
+        """Small messages to every process sharing this store (None: no other process can)."""
+        ...
+
+
+class Broadcast(Protocol):
+    """Fire-and-forget messages between the processes that share a store, this one included.
+
+    Delivery is at most once and only to processes listening when a message is sent; a message
+    is at most MAX_BROADCAST_BYTES.
+    """
+
+    async def publish(self, message: bytes) -> None: ...
+
+    def subscribe(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
+        """Call `listener` with every message from now on, until the returned function is called."""
+        ...
+
+
+MAX_BROADCAST_BYTES = 7000  # under PostgreSQL's NOTIFY payload limit of 8000 bytes

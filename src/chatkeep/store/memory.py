@@ -6,8 +6,9 @@ Messages of a chat live in a list indexed by `seq - 1`, which makes every window
 O(page), and a stored message costs little beyond its content.
 """
 
+import time
 from bisect import bisect_left, bisect_right
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, MessageNotFoundError
+from chatkeep.store.base import Broadcast
 from chatkeep.store.paging import KeyRange, key_range, page_rows
 
 T = TypeVar("T")
@@ -77,6 +79,8 @@ class MemoryStore:
         self._owners: dict[str, _OwnerChats] = {}
         self._next_rank = 0
         self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()  # oldest first
+        self._kept_keys: set[tuple[str, str]] = set()
+        self._rate_slots: dict[str, deque[float]] = {}
 
     async def check_ready(self) -> None:
         return None  # in this process: answering is being here
@@ -128,10 +132,12 @@ class MemoryStore:
         del owned.ranks[bisect_left(owned.ranks, record.rank)]
         del owned.by_rank[record.rank]
 
-    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[None]:
+    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
         return nullcontext()  # one process: the service's TurnQueue is the whole story
 
-    async def append_message(self, owner: str, chat_id: str, message: NewMessage) -> Message:
+    async def append_message(
+        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
+    ) -> Message:
         record = self._record(owner, chat_id)
         now = utcnow()
         stored = Message(
@@ -203,7 +209,8 @@ class MemoryStore:
             self._keys.pop((owner, key), None)
             self._keys[owner, key] = IdempotencyRecord(fingerprint, KeyState.RUNNING, None, None, now, now)
             return KeyClaim(claimed=True, previous=None)
-        in_flight = record.state is KeyState.RUNNING and record.updated_at >= abandoned_before
+        kept = (owner, key) in self._kept_keys
+        in_flight = record.state is KeyState.RUNNING and (kept or record.updated_at >= abandoned_before)
         if record.fingerprint != fingerprint or record.state is KeyState.DONE or in_flight:
             return KeyClaim(claimed=False, previous=record)
         self._keys[owner, key] = replace(record, state=KeyState.RUNNING, updated_at=now)
@@ -224,6 +231,12 @@ class MemoryStore:
             updated = replace(record, state=state, result=result, user_message_id=user_message_id, updated_at=utcnow())
             self._keys[owner, key] = updated
 
+    def keep_key_alive(self, owner: str, key: str) -> None:
+        self._kept_keys.add((owner, key))
+
+    def let_key_lapse(self, owner: str, key: str) -> None:
+        self._kept_keys.discard((owner, key))
+
     async def release_key(self, owner: str, key: str) -> None:
         self._keys.pop((owner, key), None)
 
@@ -233,6 +246,20 @@ class MemoryStore:
             self._keys.popitem(last=False)
             purged += 1
         return purged
+
+    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
+        now = time.monotonic()
+        taken = self._rate_slots.setdefault(key, deque())
+        while taken and taken[0] <= now - window_seconds:
+            taken.popleft()
+        if len(taken) >= limit:
+            return taken[0] + window_seconds - now
+        taken.append(now)
+        return None
+
+    @property
+    def broadcast(self) -> Broadcast | None:
+        return None  # one process
 
 
 def _read(items: Sequence[T], lo: int, hi: int, span: KeyRange) -> Sequence[T]:

@@ -39,9 +39,8 @@ def pending(migrations: Sequence[Migration], applied: Collection[str]) -> list[M
     return [migration for migration in migrations if migration.name not in applied]
 
 
-def check_schema(latest_applied: str | None, migrations: Sequence[Migration]) -> None:
+def check_schema(applied: Collection[str], migrations: Sequence[Migration]) -> None:
     """Raise StoreUnavailableError when the database lacks a migration this version needs."""
-    needed = migrations[-1].name if migrations else None
-    if needed is not None and (latest_applied is None or latest_applied < needed):
-        at = latest_applied or "nothing"
-        raise StoreUnavailableError(f"the database schema is at {at}, this version needs {needed}")
+    missing = [migration.name for migration in migrations if migration.name not in applied]
+    if missing:
+        raise StoreUnavailableError(f"the database lacks the migrations {', '.join(missing)} that this version needs")

@@ -4,20 +4,24 @@ Every store call is one statement on a pooled connection (asyncpg prepares and c
 a connection goes back to the pool as soon as the statement ends, so a pool of ~20 serves
 thousands of turns in flight. An append bumps the chat's counters and inserts the message in
 one statement: the chat row's lock makes concurrent appends, from any process, take
-consecutive seqs. Turns across processes are ticket rows (`turn_leases`) taken and returned by
+consecutive seqs. Turns across processes are ticket rows (`leases`) taken and returned by
 two small PL/pgSQL functions that lock the chat row, so a chat's tickets commit in number order;
 a returned ticket NOTIFYs `chatkeep_turns`, which one listening connection per process turns
-into wake-ups (polling covers a lost one). An Idempotency-Key claim is one statement too, sent
-again only when another claim inserted the same key while it ran. Timestamps are `timestamptz`;
-ticket expiries use the database clock, which every process shares. The tables and most
-statements are shared with SQLite (`schema`, `sql`); the ones here are those whose guarantee
-rests on PostgreSQL's row locks, and the ticket functions with their NOTIFY.
+into wake-ups (polling covers a lost one). An append that carries its turn's ticket counts the
+message only while that ticket is still the chat's head, in the same statement, so a process
+that stalled past its lease writes nothing into the next turn. An Idempotency-Key claim is one
+statement too, sent again only when another claim inserted the same key while it ran; a rate
+slot is one function call under an advisory lock on its key. The same listening connection
+carries `chatkeep_broadcast`, the channel processes use to follow each other's streamed turns.
+Timestamps are `timestamptz`; ticket expiries and rate slots use the database clock, which every
+process shares. The tables and most statements are shared with SQLite (`schema`, `sql`); the
+ones here are those whose guarantee rests on PostgreSQL's locks, and the functions with NOTIFY.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import TypeAlias
@@ -39,7 +43,9 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, StoreUnavailableError
+from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
+from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
+from chatkeep.store.leases import LEASE_SECONDS, Leases, TicketState, state_of
 from chatkeep.store.migrations import Migration, check_schema
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
@@ -56,7 +62,6 @@ from chatkeep.store.rows import (
 )
 from chatkeep.store.schema import migrate, migrations_in
 from chatkeep.store.sql import Dialect, Statements, paged
-from chatkeep.store.turn_leases import TicketState, TurnLeases, state_of
 from chatkeep.store.urls import pool_options
 
 log = logging.getLogger(__name__)
@@ -65,12 +70,17 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # generic only to the type che
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 MIN_POOL_SIZE = 2
-LEASE_SECONDS = 15.0
 MAX_POLL_SECONDS = 1.0  # LISTEN/NOTIFY wakes waiters; polling only covers a lost nudge or a dead holder
 RELISTEN_SECONDS = 1.0
 CHANNEL = "chatkeep_turns"
 READY_TIMEOUT_SECONDS = 2.0
 MIGRATION_LOCK = 0x63686174_6B656570  # "chatkeep": one process migrates a database at a time
+BROADCAST_CHANNEL = "chatkeep_broadcast"
+LAPSED = "this server stalled past its hold on the chat's turn and another server took it; nothing was stored"
+# Refresh the RUNNING ones among the (owner, key) pairs of a JSON array of {"owner", "key"}.
+TOUCH_KEYS = """UPDATE idempotency_keys k SET updated_at = $2
+    FROM json_to_recordset($1::json) AS held(owner text, key text)
+    WHERE k.owner = held.owner AND k.key = held.key AND k.state = 'running'"""
 
 DIALECT = Dialect(
     name="postgresql",
@@ -122,9 +132,33 @@ TICKET_FUNCTIONS = (
                 END IF;
             END $$""",
 )
-MIGRATIONS = migrations_in(DIALECT, extra={"m002_turn_tickets": TICKET_FUNCTIONS})
+# A slot is counted under a lock on its key, so concurrent takers, from any process, never count
+# more than the limit; its rows need no fsync either (a crash forgets some posts, in the limit's
+# favour). The answer is NULL when counted, else the seconds until a slot frees.
+RATE_SLOT_FUNCTION = """CREATE FUNCTION chatkeep_take_rate_slot(p_key text, p_limit integer, p_window double precision)
+            RETURNS double precision LANGUAGE plpgsql AS $$
+            DECLARE
+                window_start timestamptz := now() - make_interval(secs => p_window);
+                counted integer;
+                oldest timestamptz;
+            BEGIN
+                PERFORM set_config('synchronous_commit', 'off', true);
+                PERFORM pg_advisory_xact_lock(hashtextextended(p_key, 0));
+                DELETE FROM rate_slots WHERE rate_slots.key = p_key AND rate_slots.taken_at <= window_start;
+                SELECT count(*), min(taken_at) INTO counted, oldest FROM rate_slots WHERE rate_slots.key = p_key;
+                IF counted >= p_limit THEN
+                    RETURN extract(epoch FROM oldest - window_start);
+                END IF;
+                INSERT INTO rate_slots (key, taken_at) VALUES (p_key, now());
+                RETURN NULL;
+            END $$"""
+MIGRATIONS = migrations_in(
+    DIALECT, extra={"m002_turn_tickets": TICKET_FUNCTIONS, "m005_rate_slots": (RATE_SLOT_FUNCTION,)}
+)
 SQL = Statements.in_dialect(DIALECT)
 
+# With a ticket ($12), the chat row is counted only while that ticket is the chat's head: a
+# process that stalled past its lease writes nothing once another holds the turn.
 APPEND_MESSAGE = f"""WITH counted AS (
     UPDATE chats SET
         message_count = message_count + 1,
@@ -132,7 +166,8 @@ APPEND_MESSAGE = f"""WITH counted AS (
         updated_at = $6,
         first_message_at = COALESCE(first_message_at, $6),
         last_message_at = $6
-    WHERE id = $1 AND owner = $2
+    WHERE id = $1 AND owner = $2 AND ($12::bigint IS NULL OR $12 = (
+        SELECT min(t.ticket) FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now()))
     RETURNING id, message_count
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
@@ -177,17 +212,20 @@ def _no_chat(chat_id: str) -> ChatNotFoundError:
 
 
 class PostgresStore:
-    def __init__(self, pool: Pool, leases: TurnLeases, migrations: Sequence[Migration]) -> None:
+    def __init__(
+        self, pool: Pool, leases: Leases, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]
+    ) -> None:
         self._pool = pool
         self._leases = leases
+        self._broadcast = broadcast
         self._migrations = migrations
 
     async def check_ready(self) -> None:
         try:
-            latest = await self._pool.fetchval(SQL.latest_migration, timeout=READY_TIMEOUT_SECONDS)
+            applied = {row[0] for row in await self._pool.fetch(SQL.applied_migrations, timeout=READY_TIMEOUT_SECONDS)}
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise StoreUnavailableError(f"PostgreSQL does not answer: {error or type(error).__name__}") from error
-        check_schema(latest, self._migrations)
+        check_schema(applied, self._migrations)
 
     async def create_chat(
         self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
@@ -235,10 +273,12 @@ class PostgresStore:
         if deleted is None:
             raise _no_chat(chat_id)
 
-    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[None]:
+    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
         return self._leases.hold(owner, chat_id)
 
-    async def append_message(self, owner: str, chat_id: str, message: NewMessage) -> Message:
+    async def append_message(
+        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
+    ) -> Message:
         message_id, now, usage = new_id("msg"), utcnow(), message.usage
         seq = await self._pool.fetchval(
             APPEND_MESSAGE,
@@ -253,8 +293,11 @@ class PostgresStore:
             usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None,
             message.status.value,
+            ticket,
         )
         if seq is None:
+            if await self._pool.fetchval(SQL.select_stats, chat_id, owner) is not None:
+                raise TurnLapsedError(LAPSED)
             raise _no_chat(chat_id)
         return Message(
             message_id, chat_id, seq, message.role, message.content, now, message.model, usage, message.status
@@ -306,6 +349,7 @@ class PostgresStore:
     async def claim_key(
         self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
     ) -> KeyClaim:
+        abandoned_before = self._leases.abandoned_before(owner, key, abandoned_before)
         request = (owner, key, fingerprint)
         while True:
             row = await self._pool.fetchrow(CLAIM_KEY, *request, utcnow(), expired_before, abandoned_before)
@@ -326,12 +370,28 @@ class PostgresStore:
     ) -> None:
         await self._pool.execute(SQL.update_key, owner, key, state.value, result, user_message_id, utcnow())
 
+    def keep_key_alive(self, owner: str, key: str) -> None:
+        self._leases.keep_key_alive(owner, key)
+
+    def let_key_lapse(self, owner: str, key: str) -> None:
+        self._leases.let_key_lapse(owner, key)
+
     async def release_key(self, owner: str, key: str) -> None:
         await self._pool.execute(SQL.release_key, owner, key)
 
     async def purge_keys(self, *, expired_before: datetime) -> int:
         status = await self._pool.execute(SQL.purge_keys, expired_before)
         return int(status.rpartition(" ")[2])  # "DELETE <count>"
+
+    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
+        wait: float | None = await self._pool.fetchval(
+            "SELECT chatkeep_take_rate_slot($1, $2, $3)", key, limit, window_seconds
+        )
+        return wait
+
+    @property
+    def broadcast(self) -> Broadcast:
+        return self._broadcast
 
 
 class PostgresTickets:
@@ -361,6 +421,36 @@ class PostgresTickets:
             await connection.execute(SQL.drop_lapsed_tickets)
         return live
 
+    async def touch_keys(self, keys: Collection[tuple[str, str]]) -> None:
+        held = to_json([{"owner": owner, "key": key} for owner, key in keys])
+        await self._pool.execute(TOUCH_KEYS, held, utcnow())
+
+
+class PostgresBroadcast:
+    """Messages to every process on the database: NOTIFY through the pool, delivered by each
+    process's one LISTEN connection (which also carries the turn nudges)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._listeners: list[Callable[[bytes], None]] = []
+
+    async def publish(self, message: bytes) -> None:
+        if len(message) > MAX_BROADCAST_BYTES:
+            raise ValueError(f"a broadcast message is at most {MAX_BROADCAST_BYTES} bytes, not {len(message)}")
+        await self._pool.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, message.decode())
+
+    def subscribe(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def deliver(self, payload: str) -> None:
+        message = payload.encode()
+        for listener in list(self._listeners):
+            try:
+                listener(message)
+            except Exception:
+                log.exception("a broadcast listener failed")
+
 
 @asynccontextmanager
 async def _migrating(connection: Connection) -> AsyncIterator[Connection]:
@@ -374,36 +464,40 @@ async def _keep_session(connection: Connection) -> None:
     """Skip asyncpg's reset query on release (a round trip per call): we leave no session state."""
 
 
-async def _listen(dsn: str, leases: TurnLeases) -> None:
+Listeners: TypeAlias = dict[str, Callable[[str], None]]  # by channel: what to do with a payload
+
+
+async def _listen(dsn: str, listeners: Listeners) -> None:
     """Keep one LISTEN connection for the process, reconnecting when it drops, for ever."""
     while True:
         try:
-            await _listen_once(dsn, leases)
-            log.warning("lost the turn nudge connection; waiters poll until it is back")
+            await _listen_once(dsn, listeners)
+            log.warning("lost the LISTEN connection; turn waiters poll until it is back")
         except (OSError, asyncpg.PostgresError) as error:
-            log.warning("cannot listen for turn nudges (%s); waiters poll meanwhile", error)
+            log.warning("cannot LISTEN (%s); turn waiters poll meanwhile", error)
         await asyncio.sleep(RELISTEN_SECONDS)
 
 
-async def _listen_once(dsn: str, leases: TurnLeases) -> None:
-    """Turn each NOTIFY into a wake-up of this process's waiters until the connection drops."""
+async def _listen_once(dsn: str, listeners: Listeners) -> None:
+    """Hand each NOTIFY's payload to its channel's listener until the connection drops."""
 
-    def nudge(connection: object, pid: int, channel: str, chat_id: object) -> None:
-        leases.wake(str(chat_id))
+    def notified(connection: object, pid: int, channel: str, payload: object) -> None:
+        listeners[channel](str(payload))
 
     connection = await asyncpg.connect(dsn)
     lost = asyncio.Event()
     connection.add_termination_listener(lambda _: lost.set())
     try:
-        await connection.add_listener(CHANNEL, nudge)
+        for channel in listeners:
+            await connection.add_listener(channel, notified)
         await lost.wait()
     finally:
         await connection.close()
 
 
 @asynccontextmanager
-async def _listening(dsn: str, leases: TurnLeases) -> AsyncIterator[None]:
-    task = asyncio.create_task(_listen(dsn, leases), name="chatkeep-turn-listener")
+async def _listening(dsn: str, listeners: Listeners) -> AsyncIterator[None]:
+    task = asyncio.create_task(_listen(dsn, listeners), name="chatkeep-listener")
     try:
         yield
     finally:
@@ -425,8 +519,10 @@ async def open_postgres_store(
         async with pool.acquire() as connection:
             await migrate(_migrating(connection), DIALECT, migrations, applied_at=utcnow())
         poll = (0.05, min(MAX_POLL_SECONDS, lease_seconds / 4))
-        leases = TurnLeases(PostgresTickets(pool), lease_seconds=lease_seconds, poll_seconds=poll)
-        async with leases, _listening(dsn, leases):
-            yield PostgresStore(pool, leases, migrations)
+        leases = Leases(PostgresTickets(pool), lease_seconds=lease_seconds, poll_seconds=poll)
+        broadcast = PostgresBroadcast(pool)
+        listeners: Listeners = {CHANNEL: leases.wake, BROADCAST_CHANNEL: broadcast.deliver}
+        async with leases, _listening(dsn, listeners):
+            yield PostgresStore(pool, leases, broadcast, migrations)
     finally:
         await pool.close()

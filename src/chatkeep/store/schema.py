@@ -15,7 +15,7 @@ from typing import Protocol
 
 from chatkeep.store.migrations import Migration, pending
 from chatkeep.store.rows import Row
-from chatkeep.store.sql import Dialect, spelled
+from chatkeep.store.sql import Dialect, Statements, spelled
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +82,24 @@ M004_MESSAGE_STATUS = (
     """ALTER TABLE messages ADD COLUMN status {text} NOT NULL DEFAULT 'completed'
     CHECK (status IN ('completed', 'incomplete'))""",
 )
+# One row per message post counted against an owner's rate limit, in the window it still counts.
+M005_RATE_SLOTS = (
+    """CREATE TABLE rate_slots (
+    key {text} NOT NULL,
+    taken_at {expiry} NOT NULL
+)""",
+    "CREATE INDEX rate_slots_by_key ON rate_slots (key, taken_at)",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
     "m003_idempotency_keys": M003_IDEMPOTENCY_KEYS,
     "m004_message_status": M004_MESSAGE_STATUS,
+    "m005_rate_slots": M005_RATE_SLOTS,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (
     name {text} PRIMARY KEY, applied_at {timestamp} NOT NULL{applied_at_default})"""
-APPLIED_MIGRATIONS = "SELECT name FROM {migrations_table}"
 RECORD_MIGRATION = "INSERT INTO {migrations_table} (name, applied_at) VALUES ($1, $2)"
 
 
@@ -128,7 +136,7 @@ async def migrate(
     """
     async with transaction as connection:
         await connection.execute(spelled(CREATE_MIGRATIONS_TABLE, dialect))
-        applied = {name for (name,) in await connection.fetch(spelled(APPLIED_MIGRATIONS, dialect))}
+        applied = {name for (name,) in await connection.fetch(Statements.in_dialect(dialect).applied_migrations)}
         for migration in pending(migrations, applied):
             for step in migration.steps:
                 await connection.execute(step)

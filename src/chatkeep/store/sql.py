@@ -122,7 +122,7 @@ class Statements:
     WHERE ticket IN (SELECT CAST(value AS bigint) FROM {json_elements}($1)) AND expires_at > {now}
     RETURNING ticket"""
     drop_lapsed_tickets: str = "DELETE FROM turn_tickets WHERE expires_at <= {now}"
-    latest_migration: str = "SELECT max(name) FROM {migrations_table}"
+    applied_migrations: str = "SELECT name FROM {migrations_table}"
 
     @classmethod
     def in_dialect(cls, dialect: Dialect) -> Self:

@@ -8,7 +8,9 @@ writers of several processes on one file. Durability: WAL with `synchronous=NORM
 default) writes every commit into the WAL before the call returns, so every acknowledged write
 survives the process being killed (`kill -9`), but not a power cut or OS crash; the URL option
 `?synchronous=full` syncs each commit to disk and survives those too, at a cost per write.
-Turns across processes are ticket rows polled with short, growing sleeps (`turn_leases`).
+Turns across processes are ticket rows polled with short, growing sleeps (`leases`); an append
+carrying its turn's ticket checks, inside its write transaction, that the ticket still heads the
+chat. Rate slots are counted in the same file, so every process on the machine shares a limit.
 Timestamps are integer microseconds since the epoch (UTC), exact both ways. A file that stays
 locked past the busy timeout (another process holding the write lock) is StoreUnavailableError,
 a 503 to retry, not a crash. The tables and most statements are shared with PostgreSQL
@@ -40,7 +42,9 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, StoreUnavailableError
+from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
+from chatkeep.store.base import Broadcast
+from chatkeep.store.leases import LEASE_SECONDS, Leases, TicketState, state_of
 from chatkeep.store.migrations import Migration, check_schema
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
@@ -57,7 +61,6 @@ from chatkeep.store.rows import (
 )
 from chatkeep.store.schema import migrate, migrations_in
 from chatkeep.store.sql import Dialect, Statements, paged, spelled
-from chatkeep.store.turn_leases import TicketState, TurnLeases, state_of
 from chatkeep.store.urls import sqlite_location
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-LEASE_SECONDS = 15.0
 POLL_SECONDS = (0.005, 0.1)  # no cross-process nudge on SQLite: short sleeps, growing
 BUSY_TIMEOUT_MS = 10_000
 LOCKED_RETRY_SECONDS = 1.0
@@ -120,6 +122,14 @@ TAKE_TICKET = spelled(
     "INSERT INTO turn_tickets (chat_id, expires_at) VALUES ($1, {now} + $2 * {second}) RETURNING ticket", DIALECT
 )
 RETURN_TICKET = "DELETE FROM turn_tickets WHERE ticket = ?"
+LAPSED = "this server stalled past its hold on the chat's turn and another server took it; nothing was stored"
+# Refresh the RUNNING ones among the (owner, key) pairs of a JSON array of {"owner", "key"}.
+TOUCH_KEYS = """UPDATE idempotency_keys SET updated_at = ?2 WHERE state = 'running' AND (owner, key) IN (
+    SELECT json_extract(value, '$.owner'), json_extract(value, '$.key') FROM json_each(?1))"""
+# A moving window of rate slots on the machine's clock; the file's single writer orders takers.
+DROP_OLD_SLOTS = spelled("DELETE FROM rate_slots WHERE key = $1 AND taken_at <= {now} - $2 * {second}", DIALECT)
+COUNT_SLOTS = spelled("SELECT count(*), min(taken_at) + $2 * {second} - {now} FROM rate_slots WHERE key = $1", DIALECT)
+TAKE_SLOT = spelled("INSERT INTO rate_slots (key, taken_at) VALUES ($1, {now})", DIALECT)
 
 
 def _micros(moment: datetime) -> int:
@@ -218,12 +228,18 @@ def _delete_chat(db: sqlite3.Connection, owner: str, chat_id: str) -> None:
         raise ChatNotFoundError(f"no chat {chat_id!r}")
 
 
-def _append(db: sqlite3.Connection, owner: str, chat_id: str, values: dict[str, Any]) -> int:
-    """Count the message on its chat and insert it in one transaction: the count is its seq."""
+def _append(db: sqlite3.Connection, owner: str, chat_id: str, values: dict[str, Any], ticket: int | None) -> int:
+    """Count the message on its chat and insert it in one transaction: the count is its seq.
+
+    With a ticket, only while that ticket is the chat's head; the file's single writer keeps
+    another process from taking the turn between the check and the insert.
+    """
     with _writing(db):
         row = db.execute(COUNT_MESSAGE, {**values, "chat_id": chat_id, "owner": owner}).fetchone()
         if row is None:
             raise ChatNotFoundError(f"no chat {chat_id!r}")
+        if ticket is not None and _live_tickets(db, chat_id)[:1] != [ticket]:
+            raise TurnLapsedError(LAPSED)
         db.execute(INSERT_MESSAGE, {**values, "chat_id": chat_id, "seq": row[0]})
     seq: int = row[0]
     return seq
@@ -275,13 +291,13 @@ def _purge_keys(db: sqlite3.Connection, expired_before: int) -> int:
 
 
 class SqliteStore:
-    def __init__(self, thread: SqliteThread, leases: TurnLeases, migrations: Sequence[Migration]) -> None:
+    def __init__(self, thread: SqliteThread, leases: Leases, migrations: Sequence[Migration]) -> None:
         self._thread = thread
         self._leases = leases
         self._migrations = migrations
 
     async def check_ready(self) -> None:
-        check_schema(await self._thread.run(_latest_migration), self._migrations)
+        check_schema(await self._thread.run(_applied_migrations), self._migrations)
 
     async def create_chat(
         self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
@@ -305,10 +321,12 @@ class SqliteStore:
     async def delete_chat(self, owner: str, chat_id: str) -> None:
         await self._thread.run(_delete_chat, owner, chat_id)
 
-    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[None]:
+    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
         return self._leases.hold(owner, chat_id)
 
-    async def append_message(self, owner: str, chat_id: str, message: NewMessage) -> Message:
+    async def append_message(
+        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
+    ) -> Message:
         message_id, now = new_id("msg"), utcnow()
         values = {
             "id": message_id,
@@ -321,7 +339,7 @@ class SqliteStore:
             "completion_tokens": message.usage.completion_tokens if message.usage else None,
             "status": message.status.value,
         }
-        seq = await self._thread.run(_append, owner, chat_id, values)
+        seq = await self._thread.run(_append, owner, chat_id, values, ticket)
         return Message(
             message_id, chat_id, seq, message.role, message.content, now, message.model, message.usage, message.status
         )
@@ -351,6 +369,7 @@ class SqliteStore:
     async def claim_key(
         self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
     ) -> KeyClaim:
+        abandoned_before = self._leases.abandoned_before(owner, key, abandoned_before)
         values = {
             "owner": owner,
             "key": key,
@@ -373,16 +392,28 @@ class SqliteStore:
     ) -> None:
         await self._thread.execute(SQL.update_key, owner, key, state.value, result, user_message_id, _micros(utcnow()))
 
+    def keep_key_alive(self, owner: str, key: str) -> None:
+        self._leases.keep_key_alive(owner, key)
+
+    def let_key_lapse(self, owner: str, key: str) -> None:
+        self._leases.let_key_lapse(owner, key)
+
     async def release_key(self, owner: str, key: str) -> None:
         await self._thread.execute(SQL.release_key, owner, key)
 
     async def purge_keys(self, *, expired_before: datetime) -> int:
         return await self._thread.run(_purge_keys, _micros(expired_before))
 
+    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
+        return await self._thread.run(_take_rate_slot, key, limit, window_seconds)
 
-def _latest_migration(db: sqlite3.Connection) -> str | None:
-    latest: str | None = db.execute(SQL.latest_migration).fetchone()[0]
-    return latest
+    @property
+    def broadcast(self) -> Broadcast | None:
+        return None  # processes sharing the file share no live channel: each resumes from the file
+
+
+def _applied_migrations(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute(SQL.applied_migrations)}
 
 
 class SqliteTickets:
@@ -404,6 +435,10 @@ class SqliteTickets:
     async def extend_tickets(self, tickets: Collection[int], lease_seconds: float) -> set[int]:
         return await self._thread.run(_extend_tickets, to_json(list(tickets)), lease_seconds)
 
+    async def touch_keys(self, keys: Collection[tuple[str, str]]) -> None:
+        held = to_json([{"owner": owner, "key": key} for owner, key in keys])
+        await self._thread.execute(TOUCH_KEYS, held, _micros(utcnow()))
+
 
 def _take_ticket(db: sqlite3.Connection, owner: str, chat_id: str, lease_seconds: float) -> tuple[int, bool]:
     # One writer at a time on the file, so tickets commit in the order of their numbers.
@@ -412,6 +447,16 @@ def _take_ticket(db: sqlite3.Connection, owner: str, chat_id: str, lease_seconds
         ticket: int = db.execute(TAKE_TICKET, (chat_id, lease_seconds)).fetchone()[0]
         head = db.execute(SQL.live_tickets + " LIMIT 1", (chat_id,)).fetchone()[0]
     return ticket, head == ticket
+
+
+def _take_rate_slot(db: sqlite3.Connection, key: str, limit: int, window_seconds: float) -> float | None:
+    with _writing(db):
+        db.execute(DROP_OLD_SLOTS, (key, window_seconds))
+        counted, wait = db.execute(COUNT_SLOTS, (key, window_seconds)).fetchone()
+        if counted >= limit:
+            return float(wait)
+        db.execute(TAKE_SLOT, (key,))
+    return None
 
 
 def _live_tickets(db: sqlite3.Connection, chat_id: str) -> list[int]:
@@ -464,7 +509,7 @@ async def open_sqlite_store(
         thread = SqliteThread(executor, db)
         try:
             await migrate(_migrating(thread), DIALECT, migrations, applied_at=_micros(utcnow()))
-            leases = TurnLeases(SqliteTickets(thread), lease_seconds=lease_seconds, poll_seconds=POLL_SECONDS)
+            leases = Leases(SqliteTickets(thread), lease_seconds=lease_seconds, poll_seconds=POLL_SECONDS)
             async with leases:
                 yield SqliteStore(thread, leases, migrations)
         finally:

@@ -1,11 +1,14 @@
-"""Per-chat turns across processes: tickets granted in order, kept alive by a heartbeat.
+"""What a process holds in a shared store, kept alive by one heartbeat: turn tickets and claimed keys.
 
 A turn takes a ticket row for its chat (the database hands a chat's tickets out in arrival
 order) and holds the turn while its ticket is the lowest live one. Nothing stays open between
 calls: a ticket is a row with an expiry that one background heartbeat per store extends for
 every ticket this process holds or waits with. A process that dies stops extending, so its
-tickets lapse after at most `lease_seconds` and the chat moves on. Waiters wake on a nudge
-(PostgreSQL LISTEN/NOTIFY, or a release in this process) and otherwise poll with a growing
+tickets lapse after at most `lease_seconds` and the chat moves on; one that only stalls (a GC
+pause, SIGSTOP) finds its ticket lapsed when it wakes, and the store refuses the appends that
+carry it (fencing), so two turns never interleave. The same beat refreshes the Idempotency-Keys
+this process works on, so only a dead holder's key can be claimed again. Waiters wake on a
+nudge (PostgreSQL LISTEN/NOTIFY, or a release in this process) and otherwise poll with a growing
 pause, so a lost nudge costs latency, never correctness. The SQL lives in each store's
 `TicketBook`; this module is the protocol they share.
 """
@@ -16,11 +19,14 @@ import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Protocol, Self
 
 log = logging.getLogger(__name__)
 
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+LEASE_SECONDS = 15.0  # the default; `CHATKEEP_TURN_LEASE` sets it
 HEARTBEATS_PER_LEASE = 3
 
 
@@ -50,6 +56,10 @@ class TicketBook(Protocol):
         """Push the live ones among `tickets` to expire `lease_seconds` from now; return those."""
         ...
 
+    async def touch_keys(self, keys: Collection[tuple[str, str]]) -> None:
+        """Mark the RUNNING ones among these (owner, key) Idempotency-Keys as updated now."""
+        ...
+
 
 def state_of(ticket: int, live: Sequence[int]) -> TicketState:
     """Where `ticket` stands among a chat's live tickets, lowest first."""
@@ -64,12 +74,13 @@ class _Claim:
     ticket: int | None = None
 
 
-class TurnLeases:
+class Leases:
     def __init__(self, book: TicketBook, *, lease_seconds: float, poll_seconds: tuple[float, float]) -> None:
         self._book = book
         self._lease = lease_seconds
         self._poll = poll_seconds
         self._tickets: set[int] = set()
+        self._keys: set[tuple[str, str]] = set()
         self._wakers: dict[str, set[asyncio.Event]] = {}
         self._returning: set[asyncio.Task[None]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -91,15 +102,27 @@ class TurnLeases:
         for waker in self._wakers.get(chat_id, ()):
             waker.set()
 
+    def keep_key_alive(self, owner: str, key: str) -> None:
+        self._keys.add((owner, key))
+
+    def let_key_lapse(self, owner: str, key: str) -> None:
+        self._keys.discard((owner, key))
+
+    def abandoned_before(self, owner: str, key: str, moment: datetime) -> datetime:
+        """The cutoff a claim of this key uses: never abandoned while this process keeps it alive."""
+        return NEVER if (owner, key) in self._keys else moment
+
     @asynccontextmanager
-    async def hold(self, owner: str, chat_id: str) -> AsyncIterator[None]:
+    async def hold(self, owner: str, chat_id: str) -> AsyncIterator[int]:
+        """The chat's turn for the block; yields its ticket, which fences the turn's appends."""
         claim = _Claim(chat_id)
         waker = asyncio.Event()
         wakers = self._wakers.setdefault(chat_id, set())
         wakers.add(waker)
         try:
             await self._queue(owner, claim, waker)
-            yield
+            assert claim.ticket is not None
+            yield claim.ticket
         finally:
             wakers.discard(waker)
             if not wakers:
@@ -148,14 +171,21 @@ class TurnLeases:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self._lease / HEARTBEATS_PER_LEASE)
-            if not self._tickets:
-                continue
-            tickets = set(self._tickets)
-            try:
-                live = await self._book.extend_tickets(tickets, self._lease)
-            except Exception:
-                log.exception("extending %d turn tickets failed; they lapse unless a later beat succeeds", len(tickets))
-                continue
-            lost = (tickets - live) & self._tickets
-            if lost:
-                log.warning("turn tickets %s lapsed before their heartbeat: another turn may run alongside", lost)
+            if self._tickets:
+                await self._extend_tickets()
+            if self._keys:
+                try:
+                    await self._book.touch_keys(set(self._keys))
+                except Exception:
+                    log.exception("refreshing %d Idempotency-Keys failed; a later beat tries again", len(self._keys))
+
+    async def _extend_tickets(self) -> None:
+        tickets = set(self._tickets)
+        try:
+            live = await self._book.extend_tickets(tickets, self._lease)
+        except Exception:
+            log.exception("extending %d turn tickets failed; they lapse unless a later beat succeeds", len(tickets))
+            return
+        lost = (tickets - live) & self._tickets
+        if lost:
+            log.warning("turn tickets %s lapsed before their heartbeat: their turns' writes will be refused", lost)

@@ -1,0 +1,233 @@
+"""Following a streamed turn that another process runs, over the store's broadcast channel.
+
+Behind a load balancer a reconnecting client lands on any process. When the turn it resumes
+runs elsewhere (PostgreSQL: every process shares the database and its NOTIFY channel), this
+process asks, on the broadcast channel, whoever has the turn's log to forward its events after
+the client's last id; the process that has it (running, or recently finished) answers at once,
+then forwards every batch as it comes, with a heartbeat while nothing happens. Nothing is
+published for turns nobody follows from elsewhere, so the channel costs nothing in the common
+case.
+
+Messages are small JSON objects (the broadcast limit is a few KB): deltas travel as text, the
+user and assistant messages as ids the follower reads from the store, an error as its problem
+fields. A follower that hears nothing for a while asks again after the last event it has; when
+no process answers at all (the turn's process died, or forgot the turn), the store says how the
+turn ended: its stored reply, or an error.
+"""
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from chatkeep.errors import Problem
+from chatkeep.store import ChatStore
+from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
+from chatkeep.turn_streams import END_ID, KEEPALIVE_SECONDS, TurnEvent, TurnLog, TurnStreams
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0  # a forwarder with nothing to send says it is alive this often
+FIRST_ANSWER_SECONDS = 1.0  # how long a follower waits for anyone to answer its first ask
+SILENT_ASKS = 3  # asks that go unanswered before the store is asked instead
+MAX_FORWARDERS = 64  # per process: follows from elsewhere are rare; a flood of them is not served
+
+
+@dataclass(slots=True)
+class RelayedProblem:
+    """An error event from the process that ran the turn: enough to render its problem."""
+
+    status: int
+    title: str
+    slug: str
+    detail: str
+    retry_after: float | None = None
+    more: dict[str, Any] = field(default_factory=dict)
+
+    def extensions(self) -> dict[str, Any]:
+        return self.more
+
+
+class TurnRelay:
+    def __init__(self, broadcast: Broadcast, streams: TurnStreams, store: ChatStore) -> None:
+        self._broadcast = broadcast
+        self._streams = streams
+        self._store = store
+        self._inboxes: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # this process's follows, by token
+        self._forwarders: set[asyncio.Task[None]] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        self._unsubscribe = self._broadcast.subscribe(self._received)
+
+    async def aclose(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for task in self._forwarders:
+            task.cancel()
+        await asyncio.gather(*self._forwarders, return_exceptions=True)
+
+    async def follow(
+        self, owner: str, chat_id: str, user_message_id: str, last_event_id: str | None
+    ) -> AsyncIterator[list[TurnEvent]]:
+        token = os.urandom(12).hex()
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._inboxes[token] = inbox
+        follower = _Follower(last_event_id)
+        try:
+            await self._ask(token, user_message_id, follower.last_id)
+            silent, wait, last_yield = 0, FIRST_ANSWER_SECONDS, time.monotonic()
+            while True:
+                try:
+                    async with asyncio.timeout(wait):
+                        message = await inbox.get()
+                except TimeoutError:
+                    silent += 1
+                    if silent >= SILENT_ASKS:
+                        yield [await self._streams.stored_end(owner, chat_id, user_message_id)]
+                        return
+                    await self._ask(token, user_message_id, follower.last_id)
+                    continue
+                silent, wait = 0, 3 * HEARTBEAT_SECONDS
+                batch = await self._events(owner, chat_id, follower, message)
+                if batch is None:  # a gap: some of the forwarded events were lost on the way
+                    token = self._renew(token, inbox)
+                    await self._ask(token, user_message_id, follower.last_id)
+                elif batch or time.monotonic() - last_yield >= KEEPALIVE_SECONDS:
+                    last_yield = time.monotonic()
+                    yield batch
+                    if batch and batch[-1].final:
+                        return
+        finally:
+            self._inboxes.pop(token, None)
+
+    def _renew(self, token: str, inbox: asyncio.Queue[dict[str, Any]]) -> str:
+        self._inboxes.pop(token, None)
+        renewed = os.urandom(12).hex()
+        self._inboxes[renewed] = inbox
+        return renewed
+
+    async def _ask(self, token: str, user_message_id: str, last_id: str | None) -> None:
+        await self._publish({"op": "follow", "turn": user_message_id, "after": last_id, "to": token})
+
+    async def _events(
+        self, owner: str, chat_id: str, follower: "_Follower", message: dict[str, Any]
+    ) -> list[TurnEvent] | None:
+        """The new events of a forwarded batch, in order; None when some before them went missing."""
+        batch: list[TurnEvent] = []
+        for event_id, kind, data in message["events"]:
+            if not follower.is_new(event_id):
+                continue
+            if not follower.is_next(event_id, message.get("last")):
+                return None
+            batch.append(await self._event(owner, chat_id, event_id, kind, data))
+            follower.saw(event_id)
+        return batch
+
+    async def _event(self, owner: str, chat_id: str, event_id: str, kind: Any, data: Any) -> TurnEvent:
+        if kind == "delta":
+            return TurnEvent(event_id, "delta", text=data)
+        if kind == "error":
+            return TurnEvent(event_id, "error", error=RelayedProblem(**data))
+        return TurnEvent(event_id, kind, message=await self._store.get_message(owner, chat_id, data))
+
+    def _received(self, raw: bytes) -> None:
+        message = orjson.loads(raw)
+        if message["op"] == "events":
+            inbox = self._inboxes.get(message["to"])
+            if inbox is not None:
+                inbox.put_nowait(message)
+        elif message["op"] == "follow" and len(self._forwarders) < MAX_FORWARDERS:
+            self._forward_from_here(message)
+
+    def _forward_from_here(self, ask: dict[str, Any]) -> None:
+        turn = self._streams.local(ask["turn"])
+        if turn is None:
+            return  # not ours: the process that has it answers
+        task = asyncio.create_task(self._forward(turn.follow(ask["after"], keepalive=HEARTBEAT_SECONDS), turn, ask))
+        self._forwarders.add(task)
+        task.add_done_callback(self._forwarders.discard)
+
+    async def _forward(self, batches: AsyncIterator[list[TurnEvent]], turn: TurnLog, ask: dict[str, Any]) -> None:
+        """Forward the turn's events after the asker's last id, then every batch, until the final one."""
+        try:
+            await self._publish_events(ask["to"], [], turn.last_number)  # answered: the asker need not wait
+            async for batch in batches:
+                await self._publish_events(ask["to"], batch, turn.last_number)
+        except Exception:
+            log.exception("forwarding turn %s to another process failed", ask["turn"])
+
+    async def _publish_events(self, to: str, batch: list[TurnEvent], last: int) -> None:
+        """`batch` in as many messages as the broadcast limit needs; `last` names the turn's last delta."""
+        message: dict[str, Any] = {"op": "events", "to": to, "events": [], "last": last}
+        size = len(orjson.dumps(message))
+        for event in batch:
+            encoded = _encoded(event)
+            grown = len(orjson.dumps(encoded)) + 1
+            if message["events"] and size + grown > MAX_BROADCAST_BYTES:
+                await self._publish(message)
+                message = {**message, "events": []}
+                size = len(orjson.dumps(message))
+            message["events"].append(encoded)
+            size += grown
+        if message["events"] or not batch:
+            await self._publish(message)
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        await self._broadcast.publish(orjson.dumps(message))
+
+
+@dataclass(slots=True)
+class _Follower:
+    """Where a follower is: the last event id it has (the client's own, at first)."""
+
+    last_id: str | None
+
+    def is_new(self, event_id: str) -> bool:
+        if self.last_id == END_ID:
+            return False
+        if event_id == END_ID or self.last_id is None or not self.last_id.isdigit():
+            return True
+        return int(event_id) > int(self.last_id)
+
+    def is_next(self, event_id: str, last: int | None) -> bool:
+        """Whether `event_id` follows on from what this follower has, with nothing missing between."""
+        have = int(self.last_id) if self.last_id is not None and self.last_id.isdigit() else None
+        if event_id == END_ID:
+            return last is None or have is None or have >= last
+        return have is None or int(event_id) == have + 1
+
+    def saw(self, event_id: str) -> None:
+        self.last_id = event_id
+
+
+def _encoded(event: TurnEvent) -> list[Any]:
+    """An event as the broadcast carries it: deltas as text, messages by id, errors by their problem fields."""
+    if event.kind == "delta":
+        return [event.id, "delta", _clipped(event.text)]
+    if event.error is not None:
+        return [event.id, "error", _problem_fields(event.error)]
+    assert event.message is not None
+    return [event.id, event.kind, event.message.id]
+
+
+def _problem_fields(error: Problem) -> dict[str, Any]:
+    return {
+        "status": error.status,
+        "title": error.title,
+        "slug": error.slug,
+        "detail": error.detail[:1000],
+        "retry_after": error.retry_after,
+        "more": error.extensions(),
+    }
+
+
+def _clipped(text: str) -> str:
+    """A delta too large for one broadcast message loses its tail here; the final message has it all."""
+    limit = MAX_BROADCAST_BYTES // 2
+    return text if len(text.encode()) <= limit else text.encode()[:limit].decode(errors="ignore")
