@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatkeep.config import Settings
+from chatkeep.metrics import SNAPSHOT_SECONDS
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI, Scripted, error_body
 from tests.servers import CHATKEEP, all_messages, chatkeep_server
@@ -186,6 +187,7 @@ async def test_metrics_add_up_every_worker(tmp_path: Path) -> None:
         for n in range(12):  # a new connection each time, so both workers take turns
             async with httpx.AsyncClient(base_url=base) as fresh:
                 assert (await post(fresh, chat_id, f"q{n}")).status_code == 201
+        await asyncio.sleep(1.5 * SNAPSHOT_SECONDS)  # each worker shares its figures this often
         scrapes = []
         for _ in range(6):
             async with httpx.AsyncClient(base_url=base) as fresh:

@@ -571,3 +571,15 @@ async def test_rate_slots_are_counted_in_a_moving_window(store: ChatStore) -> No
 async def test_concurrent_takers_never_take_more_slots_than_the_limit(store: ChatStore) -> None:
     answers = await asyncio.gather(*(store.take_rate_slot("k", limit=5, window_seconds=60) for _ in range(20)))
     assert sum(answer is None for answer in answers) == 5
+
+
+async def test_a_question_appended_tells_the_chats_system_prompt_as_it_is(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    question, system_prompt = await store.append_question(ALICE, chat_id, "first")
+    assert (question.seq, question.role, question.content, system_prompt) == (1, Role.USER, "first", None)
+    await store.update_chat(ALICE, chat_id, ChatChanges(frozenset({"system_prompt"}), system_prompt="Be brief."))
+    question, system_prompt = await store.append_question(ALICE, chat_id, "second")
+    assert (question.seq, system_prompt) == (2, "Be brief.")
+    assert (await store.get_message(ALICE, chat_id, question.id)) == question
+    with pytest.raises(ChatNotFoundError):
+        await store.append_question(BOB, chat_id, "not bob's")

@@ -67,7 +67,7 @@ def _tune_garbage_collector() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     api_keys = ApiKeys(settings.api_keys.get_secret_value()) if settings.api_keys else None
-    metrics: Metrics = PrometheusMetrics() if settings.metrics else NoMetrics()
+    metrics: Metrics = PrometheusMetrics(settings.metrics_dir) if settings.metrics else NoMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -78,11 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ):
             service = ChatService(store, llm, settings, metrics, rate_limit=rate_limit)
             _tune_garbage_collector()
+            metrics.start()
             try:
                 yield {"service": service, "api_keys": api_keys, "metrics": metrics}
             finally:
                 await service.aclose()
-                metrics.close()
+                await metrics.aclose()
 
     app = ChatkeepAPI(
         metrics=metrics,

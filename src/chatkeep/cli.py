@@ -23,7 +23,7 @@ from chatkeep.app import create_app
 from chatkeep.config import Settings
 from chatkeep.errors import StoreUnavailableError
 from chatkeep.logs import configure_logging
-from chatkeep.metrics import MULTIPROCESS_DIR_VARIABLE
+from chatkeep.metrics import DIRECTORY_VARIABLE as METRICS_DIR_VARIABLE
 from chatkeep.store import open_store
 from chatkeep.store.urls import redacted
 
@@ -165,13 +165,13 @@ def worker_app() -> FastAPI:
 
 @contextmanager
 def _metrics_directory() -> Iterator[None]:
-    """A fresh directory where the workers' metrics meet, unless PROMETHEUS_MULTIPROC_DIR names one already."""
-    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+    """A fresh directory where the workers' metrics meet, unless CHATKEEP_METRICS_DIR names one already."""
+    if os.environ.get(METRICS_DIR_VARIABLE):
         yield
         return
     with tempfile.TemporaryDirectory(prefix="chatkeep-metrics-") as directory:
-        os.environ[MULTIPROCESS_DIR_VARIABLE] = directory
+        os.environ[METRICS_DIR_VARIABLE] = directory
         try:
             yield
         finally:
-            del os.environ[MULTIPROCESS_DIR_VARIABLE]
+            del os.environ[METRICS_DIR_VARIABLE]

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="seconds the open breaker answers 503 before letting a probe call through"
     )
     metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
+    metrics_dir: str | None = Field(
+        default=None, description="where the workers of `serve --workers N` share their metrics (serve sets it)"
+    )
     metrics_key: SecretStr | None = Field(
         default=None, min_length=16, description="a key /metrics then asks for as a Bearer token (unset: open)"
     )

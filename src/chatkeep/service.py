@@ -11,9 +11,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 from chatkeep.config import Settings
@@ -78,6 +79,43 @@ class _Asked:
     key: HeldKey
     events: TurnLog | None = None  # where a streamed turn's events go
     ticket: int | None = None  # the store's hold on the chat's turn, which fences its appends
+
+
+class _HeldTurn:
+    """The chat's turn, for an `async with` block: this process's line first, then other
+    processes' (the store's lease, whose ticket the turn's appends carry); the wait is counted.
+
+    A class rather than a generator-based context manager: every turn enters one.
+    """
+
+    __slots__ = ("_asked", "_lease", "_metrics", "_slot")
+
+    def __init__(
+        self, slot: TurnSlot, lease: AbstractAsyncContextManager[int | None], metrics: Metrics, asked: _Asked
+    ) -> None:
+        self._slot, self._lease, self._metrics, self._asked = slot, lease, metrics, asked
+
+    async def __aenter__(self) -> None:
+        started = time.perf_counter()
+        self._metrics.turns_waiting(1)
+        try:
+            await self._slot.__aenter__()
+            try:
+                self._asked.ticket = await self._lease.__aenter__()
+            except BaseException:
+                await self._slot.__aexit__(None, None, None)
+                raise
+        finally:
+            self._metrics.turns_waiting(-1)
+        self._metrics.turn_waited(time.perf_counter() - started)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        try:
+            await self._lease.__aexit__(kind, error, trace)
+        finally:
+            await self._slot.__aexit__(kind, error, trace)
 
 
 class ChatService:
@@ -216,33 +254,18 @@ class ChatService:
         """
         return await self._streams.resume(owner, chat_id, user_message_id, last_event_id)
 
-    @asynccontextmanager
-    async def _holding_turn(self, slot: TurnSlot, asked: _Asked) -> AsyncIterator[None]:
-        """The chat's turn for the block: this process's line first, then other processes'."""
-        started = time.perf_counter()
-        self._metrics.turns_waiting(1)
-        waiting = True
-        try:
-            async with slot, self.store.turn_lease(asked.owner, asked.chat.id) as ticket:
-                self._metrics.turns_waiting(-1)
-                waiting = False
-                self._metrics.turn_waited(time.perf_counter() - started)
-                asked.ticket = ticket
-                yield
-        finally:
-            if waiting:
-                self._metrics.turns_waiting(-1)
+    def _holding_turn(self, slot: TurnSlot, asked: _Asked) -> "_HeldTurn":
+        return _HeldTurn(slot, self.store.turn_lease(asked.owner, asked.chat.id), self._metrics, asked)
 
     async def _turn(self, asked: _Asked) -> Turn:
         """The turn itself, its slot in line held: question, context, reply, stored reply."""
         owner, events = asked.owner, asked.events
-        question = await self._question(asked)
+        question, chat_prompt = await self._question(asked)
         if events is not None:
             events.user_message(question)
-        chat = await self.store.get_chat(owner, asked.chat.id)  # as it is now: it may have changed while we waited
-        system_prompt = self.settings.system_prompt if chat.system_prompt is None else chat.system_prompt
+        system_prompt = self.settings.system_prompt if chat_prompt is None else chat_prompt
         prompt = await build_context(
-            self.store, owner, chat.id, system_prompt=system_prompt, budget=self.settings.context_tokens
+            self.store, owner, asked.chat.id, system_prompt=system_prompt, budget=self.settings.context_tokens
         )
         if events is None:
             try:
@@ -263,20 +286,23 @@ class ChatService:
             asked.events.assistant_message(answer)
         return answer
 
-    async def _question(self, asked: _Asked) -> Message:
-        """The stored user message: a new one, or the one whose reply a retried key re-runs."""
+    async def _question(self, asked: _Asked) -> tuple[Message, str | None]:
+        """The stored user message (a new one, or the one whose reply a retried key re-runs) and
+        the chat's system prompt as it is now, when the turn runs: it may have changed while the
+        turn waited in line."""
         owner, chat_id, key = asked.owner, asked.chat.id, asked.key
         if key.retry_of is None:
-            new = NewMessage(Role.USER, asked.content)
-            question = await self.store.append_message(owner, chat_id, new, ticket=asked.ticket)
+            question, system_prompt = await self.store.append_question(
+                owner, chat_id, asked.content, ticket=asked.ticket
+            )
             await key.question_stored(question.id)
-            return question
+            return question, system_prompt
         question = await self.store.get_message(owner, chat_id, key.retry_of)
         if (await self.store.message_stats(owner, chat_id)).last_seq != question.seq:
             raise ChatMovedOnError(
                 f"messages came after {question.id!r} since its reply failed; post it again with a new key"
             )
-        return question
+        return question, (await self.store.get_chat(owner, chat_id)).system_prompt
 
     async def _streamed_reply(self, prompt: list[PromptMessage], events: TurnLog, question: Message) -> Reply:
         """The reply as it streams into `events`; when the turn is stopped, what was written by then."""

@@ -33,7 +33,8 @@ class LLM(Protocol):
     def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
         """The reply to `prompt` as it is written: text deltas, then one final Reply.
 
-        The final Reply's content is the deltas joined. Raises like `complete`; a stream the
+        A delta holds whatever text arrived since the last one (one token or many). The final
+        Reply's content is the deltas joined. Raises like `complete`; a stream the
         upstream cuts or garbles raises LLMBadResponseError (there is no final Reply then).
         Retries happen only before the first delta.
         """

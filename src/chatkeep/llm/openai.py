@@ -93,8 +93,11 @@ class OpenAICompatibleLLM:
         response = await self._first_good_response(body)
         try:
             async for data in response.content.iter_any():
-                for delta in chunks.feed(data):
-                    yield delta
+                # The deltas that arrived together travel on as one: each hop after this one
+                # (wrappers, the turn's log, the SSE writer) then costs once per read, not per token.
+                deltas = chunks.feed(data)
+                if deltas:
+                    yield "".join(deltas)
                 if chunks.done:
                     break
         except (TimeoutError, aiohttp.ClientError) as exc:

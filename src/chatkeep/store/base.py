@@ -82,6 +82,13 @@ class ChatStore(Protocol):
         """
         ...
 
+    async def append_question(
+        self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
+    ) -> tuple[Message, str | None]:
+        """Append a user message as `append_message` does, and tell the chat's system prompt as it
+        is at that moment (the turn's context needs it; the append reads the chat anyway)."""
+        ...
+
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         """The chat's messages by `seq` in `page.order`, by cursor.
 

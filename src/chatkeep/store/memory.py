@@ -138,7 +138,15 @@ class MemoryStore:
     async def append_message(
         self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
     ) -> Message:
+        return self._append(self._record(owner, chat_id), message)
+
+    async def append_question(
+        self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
+    ) -> tuple[Message, str | None]:
         record = self._record(owner, chat_id)
+        return self._append(record, NewMessage(Role.USER, content)), record.system_prompt
+
+    def _append(self, record: _ChatRecord, message: NewMessage) -> Message:
         now = utcnow()
         stored = Message(
             id=new_id("msg"),

@@ -168,11 +168,11 @@ APPEND_MESSAGE = f"""WITH counted AS (
         last_message_at = $6
     WHERE id = $1 AND owner = $2 AND ($12::bigint IS NULL OR $12 = (
         SELECT min(t.ticket) FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now()))
-    RETURNING id, message_count
+    RETURNING id, message_count, system_prompt
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11 FROM counted
-    RETURNING seq"""
+    RETURNING seq, (SELECT system_prompt FROM counted)"""
 # The rules of `ChatStore.claim_key` in one statement. `old` locks the record and reads its latest
 # version (FOR UPDATE in READ COMMITTED follows concurrent updates), and both writes read `old`
 # first. A record that another claim inserted after this statement's snapshot is invisible to
@@ -279,8 +279,18 @@ class PostgresStore:
     async def append_message(
         self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
     ) -> Message:
+        return (await self._append(owner, chat_id, message, ticket))[0]
+
+    async def append_question(
+        self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
+    ) -> tuple[Message, str | None]:
+        return await self._append(owner, chat_id, NewMessage(Role.USER, content), ticket)
+
+    async def _append(
+        self, owner: str, chat_id: str, message: NewMessage, ticket: int | None
+    ) -> tuple[Message, str | None]:
         message_id, now, usage = new_id("msg"), utcnow(), message.usage
-        seq = await self._pool.fetchval(
+        row = await self._pool.fetchrow(
             APPEND_MESSAGE,
             chat_id,
             owner,
@@ -295,13 +305,15 @@ class PostgresStore:
             message.status.value,
             ticket,
         )
-        if seq is None:
+        if row is None:
             if await self._pool.fetchval(SQL.select_stats, chat_id, owner) is not None:
                 raise TurnLapsedError(LAPSED)
             raise _no_chat(chat_id)
-        return Message(
+        seq, system_prompt = row
+        stored = Message(
             message_id, chat_id, seq, message.role, message.content, now, message.model, usage, message.status
         )
+        return stored, system_prompt
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         keys: dict[str, int] = {}

@@ -99,7 +99,7 @@ COUNT_MESSAGE = """UPDATE chats SET
     first_message_at = COALESCE(first_message_at, :now),
     last_message_at = :now
     WHERE id = :chat_id AND owner = :owner
-    RETURNING message_count"""
+    RETURNING message_count, system_prompt"""
 INSERT_MESSAGE = f"""INSERT INTO messages ({MESSAGE_COLUMNS})
     VALUES (:id, :chat_id, :seq, :role, :content, :now, :model, :prompt_tokens, :completion_tokens, :status)"""
 SELECT_KEY = f"SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE owner = :owner AND key = :key"
@@ -228,8 +228,11 @@ def _delete_chat(db: sqlite3.Connection, owner: str, chat_id: str) -> None:
         raise ChatNotFoundError(f"no chat {chat_id!r}")
 
 
-def _append(db: sqlite3.Connection, owner: str, chat_id: str, values: dict[str, Any], ticket: int | None) -> int:
-    """Count the message on its chat and insert it in one transaction: the count is its seq.
+def _append(
+    db: sqlite3.Connection, owner: str, chat_id: str, values: dict[str, Any], ticket: int | None
+) -> tuple[int, str | None]:
+    """Count the message on its chat and insert it in one transaction: the count is its seq; the
+    chat's system prompt comes back with it.
 
     With a ticket, only while that ticket is the chat's head; the file's single writer keeps
     another process from taking the turn between the check and the insert.
@@ -241,8 +244,7 @@ def _append(db: sqlite3.Connection, owner: str, chat_id: str, values: dict[str, 
         if ticket is not None and _live_tickets(db, chat_id)[:1] != [ticket]:
             raise TurnLapsedError(LAPSED)
         db.execute(INSERT_MESSAGE, {**values, "chat_id": chat_id, "seq": row[0]})
-    seq: int = row[0]
-    return seq
+    return row[0], row[1]
 
 
 def _messages(db: sqlite3.Connection, owner: str, chat_id: str, page: PageRequest) -> tuple[list[Message], bool]:
@@ -327,6 +329,16 @@ class SqliteStore:
     async def append_message(
         self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
     ) -> Message:
+        return (await self._append(owner, chat_id, message, ticket))[0]
+
+    async def append_question(
+        self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
+    ) -> tuple[Message, str | None]:
+        return await self._append(owner, chat_id, NewMessage(Role.USER, content), ticket)
+
+    async def _append(
+        self, owner: str, chat_id: str, message: NewMessage, ticket: int | None
+    ) -> tuple[Message, str | None]:
         message_id, now = new_id("msg"), utcnow()
         values = {
             "id": message_id,
@@ -339,10 +351,11 @@ class SqliteStore:
             "completion_tokens": message.usage.completion_tokens if message.usage else None,
             "status": message.status.value,
         }
-        seq = await self._thread.run(_append, owner, chat_id, values, ticket)
-        return Message(
+        seq, system_prompt = await self._thread.run(_append, owner, chat_id, values, ticket)
+        stored = Message(
             message_id, chat_id, seq, message.role, message.content, now, message.model, message.usage, message.status
         )
+        return stored, system_prompt
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         return Page(*await self._thread.run(_messages, owner, chat_id, page))
