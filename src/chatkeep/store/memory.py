@@ -3,7 +3,8 @@
 It is the executable specification of `ChatStore`. Its methods never await, so each one is
 atomic on the event loop: concurrent appends cannot interleave and `seq` stays gap-free.
 Messages of a chat live in a list indexed by `seq - 1`, which makes every window and page
-O(page), and a stored message costs little beyond its content.
+O(page), and a message's id ends with its seq, so finding one by id needs no index: a stored
+message costs little beyond its content.
 """
 
 import time
@@ -49,9 +50,16 @@ class _ChatRecord:
     created_at: datetime
     updated_at: datetime
     messages: list[Message] = field(default_factory=list)
-    seq_by_id: dict[str, int] = field(default_factory=dict)
     user_count: int = 0
     summary: SummaryText | None = None
+
+    def seq_of(self, message_id: str) -> int | None:
+        """The seq of the chat's message `message_id`, which ends with it (see `_message_id`)."""
+        _, dot, tail = message_id.rpartition(".")
+        if not dot or not tail.isdigit() or not 0 < int(tail) <= len(self.messages):
+            return None
+        seq = int(tail)
+        return seq if self.messages[seq - 1].id == message_id else None
 
     def to_chat(self) -> Chat:
         return Chat(
@@ -149,7 +157,7 @@ class MemoryStore:
     def _append(self, record: _ChatRecord, message: NewMessage) -> Message:
         now = utcnow()
         stored = Message(
-            id=new_id("msg"),
+            id=_message_id(len(record.messages) + 1),
             chat_id=record.id,
             seq=len(record.messages) + 1,
             role=message.role,
@@ -160,7 +168,6 @@ class MemoryStore:
             status=message.status,
         )
         record.messages.append(stored)
-        record.seq_by_id[stored.id] = stored.seq
         record.user_count += message.role is Role.USER
         record.updated_at = now
         return stored
@@ -168,7 +175,7 @@ class MemoryStore:
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         record = self._record(owner, chat_id)
         cursors = (page.after, page.before)
-        span = key_range(page, {c: record.seq_by_id[c] for c in cursors if c in record.seq_by_id}, "message")
+        span = key_range(page, {c: seq for c in cursors if c is not None and (seq := record.seq_of(c))}, "message")
         messages = record.messages  # message `seq` sits at index seq - 1
         lo, hi = min(span.above, len(messages)), min(span.below - 1, len(messages))
         return Page(*page_rows(_read(messages, lo, hi, span), page, span))
@@ -203,7 +210,7 @@ class MemoryStore:
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         record = self._record(owner, chat_id)
-        seq = record.seq_by_id.get(message_id)
+        seq = record.seq_of(message_id)
         if seq is None:
             raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
         return record.messages[seq - 1]
@@ -268,6 +275,12 @@ class MemoryStore:
     @property
     def broadcast(self) -> Broadcast | None:
         return None  # one process
+
+
+def _message_id(seq: int) -> str:
+    """A random id that ends with the message's seq: finding a message by id needs no index, which
+    saves a dict entry per stored message."""
+    return f"{new_id('msg')}.{seq}"
 
 
 def _read(items: Sequence[T], lo: int, hi: int, span: KeyRange) -> Sequence[T]:
