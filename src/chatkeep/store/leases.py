@@ -26,6 +26,7 @@ from typing import Protocol, Self
 log = logging.getLogger(__name__)
 
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+LAPSED_DETAIL = "this server stalled past its hold on the chat's turn and another took it; nothing was stored"
 LEASE_SECONDS = 15.0  # the default; `CHATKEEP_TURN_LEASE` sets it
 HEARTBEATS_PER_LEASE = 3
 

@@ -45,7 +45,7 @@ from chatkeep.domain import (
 )
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
-from chatkeep.store.leases import LEASE_SECONDS, Leases, TicketState, state_of
+from chatkeep.store.leases import LAPSED_DETAIL, LEASE_SECONDS, Leases, TicketState, state_of
 from chatkeep.store.migrations import Migration, check_schema
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
@@ -59,6 +59,7 @@ from chatkeep.store.rows import (
     joined_summary_from_row,
     stats_from_row,
     to_json,
+    update_chat_values,
 )
 from chatkeep.store.schema import migrate, migrations_in
 from chatkeep.store.sql import Dialect, Statements, paged
@@ -76,7 +77,6 @@ CHANNEL = "chatkeep_turns"
 READY_TIMEOUT_SECONDS = 2.0
 MIGRATION_LOCK = 0x63686174_6B656570  # "chatkeep": one process migrates a database at a time
 BROADCAST_CHANNEL = "chatkeep_broadcast"
-LAPSED = "this server stalled past its hold on the chat's turn and another server took it; nothing was stored"
 # Refresh the RUNNING ones among the (owner, key) pairs of a JSON array of {"owner", "key"}.
 TOUCH_KEYS = """UPDATE idempotency_keys k SET updated_at = $2
     FROM json_to_recordset($1::json) AS held(owner text, key text)
@@ -252,18 +252,7 @@ class PostgresStore:
         return Page([chat_from_row(row, _when) for row in chats], has_more)
 
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
-        row = await self._pool.fetchrow(
-            SQL.update_chat,
-            chat_id,
-            owner,
-            "title" in changes.fields,
-            changes.title,
-            "metadata" in changes.fields,
-            to_json(changes.metadata),
-            "system_prompt" in changes.fields,
-            changes.system_prompt,
-            utcnow(),
-        )
+        row = await self._pool.fetchrow(SQL.update_chat, *update_chat_values(chat_id, owner, changes, utcnow()))
         if row is None:
             raise _no_chat(chat_id)
         return chat_from_row(row, _when)
@@ -307,7 +296,7 @@ class PostgresStore:
         )
         if row is None:
             if await self._pool.fetchval(SQL.select_stats, chat_id, owner) is not None:
-                raise TurnLapsedError(LAPSED)
+                raise TurnLapsedError(LAPSED_DETAIL)
             raise _no_chat(chat_id)
         seq, system_prompt = row
         stored = Message(

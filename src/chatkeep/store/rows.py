@@ -16,6 +16,7 @@ import orjson
 
 from chatkeep.domain import (
     Chat,
+    ChatChanges,
     IdempotencyRecord,
     KeyClaim,
     KeyState,
@@ -53,6 +54,21 @@ KEY_STATES = {state.value: state for state in KeyState}
 
 def to_json(value: object) -> str:
     return orjson.dumps(value).decode()
+
+
+def update_chat_values(chat_id: str, owner: str, changes: ChatChanges, now: object) -> tuple[object, ...]:
+    """The parameters of the shared `update_chat` statement, in its order ($1 to $9)."""
+    return (
+        chat_id,
+        owner,
+        "title" in changes.fields,
+        changes.title,
+        "metadata" in changes.fields,
+        to_json(changes.metadata),
+        "system_prompt" in changes.fields,
+        changes.system_prompt,
+        now,
+    )
 
 
 def chat_from_row(row: Row, when: When) -> Chat:

@@ -44,7 +44,7 @@ from chatkeep.domain import (
 )
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.base import Broadcast
-from chatkeep.store.leases import LEASE_SECONDS, Leases, TicketState, state_of
+from chatkeep.store.leases import LAPSED_DETAIL, LEASE_SECONDS, Leases, TicketState, state_of
 from chatkeep.store.migrations import Migration, check_schema
 from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
 from chatkeep.store.rows import (
@@ -58,6 +58,7 @@ from chatkeep.store.rows import (
     joined_summary_from_row,
     stats_from_row,
     to_json,
+    update_chat_values,
 )
 from chatkeep.store.schema import migrate, migrations_in
 from chatkeep.store.sql import Dialect, Statements, paged, spelled
@@ -122,7 +123,6 @@ TAKE_TICKET = spelled(
     "INSERT INTO turn_tickets (chat_id, expires_at) VALUES ($1, {now} + $2 * {second}) RETURNING ticket", DIALECT
 )
 RETURN_TICKET = "DELETE FROM turn_tickets WHERE ticket = ?"
-LAPSED = "this server stalled past its hold on the chat's turn and another server took it; nothing was stored"
 # Refresh the RUNNING ones among the (owner, key) pairs of a JSON array of {"owner", "key"}.
 TOUCH_KEYS = """UPDATE idempotency_keys SET updated_at = ?2 WHERE state = 'running' AND (owner, key) IN (
     SELECT json_extract(value, '$.owner'), json_extract(value, '$.key') FROM json_each(?1))"""
@@ -206,18 +206,7 @@ def _list_chats(db: sqlite3.Connection, owner: str, page: PageRequest) -> tuple[
 
 
 def _update_chat(db: sqlite3.Connection, owner: str, chat_id: str, changes: ChatChanges, now: int) -> Chat:
-    values = (
-        chat_id,
-        owner,
-        "title" in changes.fields,
-        changes.title,
-        "metadata" in changes.fields,
-        to_json(changes.metadata),
-        "system_prompt" in changes.fields,
-        changes.system_prompt,
-        now,
-    )
-    row = db.execute(SQL.update_chat, values).fetchone()
+    row = db.execute(SQL.update_chat, update_chat_values(chat_id, owner, changes, now)).fetchone()
     if row is None:
         raise ChatNotFoundError(f"no chat {chat_id!r}")
     return chat_from_row(row, _when)
@@ -242,7 +231,7 @@ def _append(
         if row is None:
             raise ChatNotFoundError(f"no chat {chat_id!r}")
         if ticket is not None and _live_tickets(db, chat_id)[:1] != [ticket]:
-            raise TurnLapsedError(LAPSED)
+            raise TurnLapsedError(LAPSED_DETAIL)
         db.execute(INSERT_MESSAGE, {**values, "chat_id": chat_id, "seq": row[0]})
     return row[0], row[1]
 
