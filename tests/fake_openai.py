@@ -63,6 +63,7 @@ def echo(body: dict[str, Any]) -> str:
 class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.abandoned = 0  # streamed answers whose client went away before the end
         self.headers: list[dict[str, str]] = []
         self.script: deque[Scripted] = deque()
         self.latency = 0.0
@@ -131,6 +132,9 @@ class FakeOpenAI:
                 return response
             if n == answer.garbage_after:
                 data = b"data: {this is not json\n\n"
+            if request.transport is None or request.transport.is_closing():
+                self.abandoned += 1
+                return response
             await response.write(data)
             await asyncio.sleep(answer.chunk_delay)
         await response.write_eof()

@@ -195,3 +195,25 @@ async def test_a_rate_limit_is_shared_by_every_server(url: str, tmp_path: Path) 
         chat_id = await new_chat(servers[0].client)
         statuses = [(await post(servers[n % 2].client, chat_id, f"m{n}")).status_code for n in range(6)]
     assert statuses == [201, 201, 201, 201, 429, 429]
+
+
+async def test_a_reply_is_stopped_from_another_server(fake_llm: FakeOpenAI, tmp_path: Path) -> None:
+    words = " ".join(f"w{n}" for n in range(60))
+    fake_llm.queue(Scripted(content=words, chunk_delay=0.05))
+    async with fresh_database("postgres", tmp_path) as url, AsyncExitStack() as stack:
+        env = llm_env(url, fake_llm)
+        running, other = [await stack.enter_async_context(chatkeep_server(env, tmp_path / f"{n}.log")) for n in "ab"]
+        chat_id = await new_chat(running.client)
+        body = {"content": "tell me", "stream": True}
+        async with running.client.stream("POST", f"/chats/{chat_id}/messages", json=body) as response:
+            events = asyncio.create_task(sse_events(response))
+            await asyncio.sleep(0.5)  # some deltas are out
+            question = (await all_messages(other.client, chat_id))[0]
+            stopped = await other.client.post(f"/chats/{chat_id}/messages/{question['id']}/cancel")
+            seen = await events
+        stored = await all_messages(other.client, chat_id)
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["status"] == "incomplete"
+    assert seen[-1][1:] == ("assistant_message", stopped.json())
+    assert stored[-1] == stopped.json()
+    assert 0 < len(stopped.json()["content"]) < len(words)

@@ -123,6 +123,14 @@ class OverloadedError(ChatkeepError):
     slug = "overloaded"
 
 
+class TurnNotRunningError(ChatkeepError):
+    """A turn asked to stop is not running: it ended, failed, or its server is gone."""
+
+    status = 409
+    title = "The turn is not running"
+    slug = "turn-not-running"
+
+
 class TurnStoppedError(ChatkeepError):
     """A turn was stopped (its server shutting down) before it had anything to store."""
 

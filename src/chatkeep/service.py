@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractAsyncContextManager, aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -36,6 +36,7 @@ from chatkeep.errors import (
     ChatMovedOnError,
     LLMError,
     StoreUnavailableError,
+    TurnNotRunningError,
     TurnStoppedError,
 )
 from chatkeep.idempotency import (
@@ -79,6 +80,16 @@ class _Asked:
     key: HeldKey
     events: TurnLog | None = None  # where a streamed turn's events go
     ticket: int | None = None  # the store's hold on the chat's turn, which fences its appends
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    """A turn of this process past its question: where to stop it, and its answer once stored."""
+
+    task: "asyncio.Task[Any] | None"
+    answered: "asyncio.Future[Message]" = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    replying: bool = False  # in the part a stop request may cut short
+    stop_requested: bool = False
 
 
 class _HeldTurn:
@@ -135,11 +146,14 @@ class ChatService:
         # A held key is refreshed a few times per lease; one not refreshed for a whole lease lost its process.
         self._keys = IdempotencyKeys(store, abandoned_after=timedelta(seconds=settings.turn_lease))
         self._streams = TurnStreams(store)
-        self._relay = TurnRelay(store.broadcast, self._streams, store) if store.broadcast is not None else None
+        self._relay = (
+            TurnRelay(store.broadcast, self._streams, store, self._stop_here) if store.broadcast is not None else None
+        )
         if self._relay is not None:
             self._relay.start()
             self._streams.relay = self._relay
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, _Running] = {}  # turns past their question, by user message id
         self._janitor = asyncio.create_task(self._purge_expired_keys(), name="chatkeep-key-purge")
 
     async def aclose(self) -> None:
@@ -254,28 +268,70 @@ class ChatService:
         """
         return await self._streams.resume(owner, chat_id, user_message_id, last_event_id)
 
+    async def stop_turn(self, owner: str, chat_id: str, user_message_id: str) -> Message:
+        """Stop the reply to `user_message_id` where it is (on any process sharing a PostgreSQL
+        store) and answer the stored reply: the text written so far, marked incomplete.
+
+        Raises ChatNotFoundError or MessageNotFoundError, or TurnNotRunningError when no reply to
+        that message is being written (it ended, failed, or its server is gone).
+        """
+        await self.store.get_message(owner, chat_id, user_message_id)
+        answered = self._stop_here(user_message_id)
+        if answered is not None:
+            return await asyncio.shield(answered)
+        if self._relay is not None and await self._relay.stop(owner, chat_id, user_message_id):
+            ended = await self._streams.stored_end(owner, chat_id, user_message_id)
+            if ended.message is not None:
+                return ended.message
+        raise TurnNotRunningError(f"no reply to {user_message_id!r} is being written; it has ended or failed")
+
     def _holding_turn(self, slot: TurnSlot, asked: _Asked) -> "_HeldTurn":
         return _HeldTurn(slot, self.store.turn_lease(asked.owner, asked.chat.id), self._metrics, asked)
 
     async def _turn(self, asked: _Asked) -> Turn:
         """The turn itself, its slot in line held: question, context, reply, stored reply."""
-        owner, events = asked.owner, asked.events
         question, chat_prompt = await self._question(asked)
-        if events is not None:
-            events.user_message(question)
+        if asked.events is not None:
+            asked.events.user_message(question)
+        running = _Running(asyncio.current_task())
+        self._running[question.id] = running
+        try:
+            reply = await self._reply(asked, question, chat_prompt, running)
+            answer = await self._answer(asked, question, reply)
+        except BaseException as error:
+            running.answered.set_exception(TurnNotRunningError(f"the turn answering {question.id!r} failed"))
+            running.answered.exception()  # retrieved: nobody need wait for it
+            raise error
+        finally:
+            del self._running[question.id]
+        running.answered.set_result(answer)
+        return Turn(question, answer)
+
+    async def _reply(self, asked: _Asked, question: Message, chat_prompt: str | None, running: "_Running") -> Reply:
+        """The LLM's reply to the chat so far; a reply stopped on request (or a streamed one cut by
+        shutdown) is what was written by then, marked incomplete."""
         system_prompt = self.settings.system_prompt if chat_prompt is None else chat_prompt
-        prompt = await build_context(
-            self.store, owner, asked.chat.id, system_prompt=system_prompt, budget=self.settings.context_tokens
-        )
-        if events is None:
-            try:
-                reply = await self.llm.complete(prompt)
-            except LLMError as error:
-                error.user_message_id = question.id
-                raise
-        else:
-            reply = await self._streamed_reply(prompt, events, question)
-        return Turn(question, await self._answer(asked, question, reply))
+        parts: list[str] = []
+        running.replying = True
+        try:
+            prompt = await build_context(
+                self.store, asked.owner, asked.chat.id, system_prompt=system_prompt, budget=self.settings.context_tokens
+            )
+            if asked.events is None:
+                return await self.llm.complete(prompt)
+            return await self._streamed_reply(prompt, asked.events, parts)
+        except LLMError as error:
+            error.user_message_id = question.id
+            raise
+        except asyncio.CancelledError:
+            if not running.stop_requested and asked.events is None:
+                raise  # a plain turn cut off by shutdown: its question stays, a retry runs the reply
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE)
+        finally:
+            running.replying = False
 
     async def _answer(self, asked: _Asked, question: Message, reply: Reply) -> Message:
         """Store the reply to `question`: the turn's answer, for the key to replay and the stream to end with."""
@@ -285,6 +341,17 @@ class ChatService:
         if asked.events is not None:
             asked.events.assistant_message(answer)
         return answer
+
+    def _stop_here(self, user_message_id: str) -> "asyncio.Future[Message] | None":
+        """Stop the reply to `user_message_id` if this process writes it; the future of its answer."""
+        running = self._running.get(user_message_id)
+        if running is None:
+            return None
+        if running.replying and not running.stop_requested:
+            running.stop_requested = True
+            if running.task is not None:
+                running.task.cancel()
+        return running.answered
 
     async def _question(self, asked: _Asked) -> tuple[Message, str | None]:
         """The stored user message (a new one, or the one whose reply a retried key re-runs) and
@@ -304,25 +371,14 @@ class ChatService:
             )
         return question, (await self.store.get_chat(owner, chat_id)).system_prompt
 
-    async def _streamed_reply(self, prompt: list[PromptMessage], events: TurnLog, question: Message) -> Reply:
-        """The reply as it streams into `events`; when the turn is stopped, what was written by then."""
-        parts: list[str] = []
-        try:
-            async with aclosing(self.llm.stream(prompt)) as items:
-                async for item in items:
-                    if isinstance(item, Reply):
-                        return item
-                    parts.append(item)
-                    events.delta(item)
-        except LLMError as error:
-            error.user_message_id = question.id
-            raise
-        except asyncio.CancelledError:
-            # Stopped: the turn goes on to store what was written, and ends its stream with it.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE)
+    async def _streamed_reply(self, prompt: list[PromptMessage], events: TurnLog, parts: list[str]) -> Reply:
+        """The reply as it streams into `events`, its text so far kept in `parts`."""
+        async with aclosing(self.llm.stream(prompt)) as items:
+            async for item in items:
+                if isinstance(item, Reply):
+                    return item
+                parts.append(item)
+                events.delta(item)
         raise AssertionError("an LLM stream ends with its Reply")
 
     async def _streamed_turn(self, slot: TurnSlot, asked: _Asked, events: TurnLog) -> None:

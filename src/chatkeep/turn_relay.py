@@ -19,12 +19,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from chatkeep.domain import Message
 from chatkeep.errors import Problem
 from chatkeep.store import ChatStore
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
@@ -36,6 +37,7 @@ HEARTBEAT_SECONDS = 2.0  # a forwarder with nothing to send says it is alive thi
 FIRST_ANSWER_SECONDS = 1.0  # how long a follower waits for anyone to answer its first ask
 SILENT_ASKS = 3  # asks that go unanswered before the store is asked instead
 MAX_FORWARDERS = 64  # per process: follows from elsewhere are rare; a flood of them is not served
+STOP_ANSWER_SECONDS = 10.0  # how long a stop request waits for the turn's process to stop and store it
 
 
 @dataclass(slots=True)
@@ -53,11 +55,15 @@ class RelayedProblem:
         return self.more
 
 
+StopHere = Callable[[str], "asyncio.Future[Message] | None"]
+
+
 class TurnRelay:
-    def __init__(self, broadcast: Broadcast, streams: TurnStreams, store: ChatStore) -> None:
+    def __init__(self, broadcast: Broadcast, streams: TurnStreams, store: ChatStore, stop_here: StopHere) -> None:
         self._broadcast = broadcast
         self._streams = streams
         self._store = store
+        self._stop_here = stop_here  # stops a turn this process runs; the future of its stored answer
         self._inboxes: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # this process's follows, by token
         self._forwarders: set[asyncio.Task[None]] = set()
         self._unsubscribe: Callable[[], None] | None = None
@@ -106,6 +112,21 @@ class TurnRelay:
         finally:
             self._inboxes.pop(token, None)
 
+    async def stop(self, owner: str, chat_id: str, user_message_id: str) -> bool:
+        """Ask whichever process writes the reply to `user_message_id` to stop it; True once it
+        has stopped and stored it, False when no process answers for the turn."""
+        token = os.urandom(12).hex()
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._inboxes[token] = inbox
+        try:
+            await self._publish({"op": "stop", "turn": user_message_id, "to": token})
+            async with asyncio.timeout(STOP_ANSWER_SECONDS):
+                return bool((await inbox.get()).get("stopped"))
+        except TimeoutError:
+            return False
+        finally:
+            self._inboxes.pop(token, None)
+
     def _renew(self, token: str, inbox: asyncio.Queue[dict[str, Any]]) -> str:
         self._inboxes.pop(token, None)
         renewed = os.urandom(12).hex()
@@ -138,20 +159,35 @@ class TurnRelay:
 
     def _received(self, raw: bytes) -> None:
         message = orjson.loads(raw)
-        if message["op"] == "events":
+        if message["op"] in ("events", "stopped"):
             inbox = self._inboxes.get(message["to"])
             if inbox is not None:
                 inbox.put_nowait(message)
+        elif message["op"] == "stop":
+            answered = self._stop_here(message["turn"])
+            if answered is not None:
+                self._start(self._tell_stopped(answered, message["to"]))
         elif message["op"] == "follow" and len(self._forwarders) < MAX_FORWARDERS:
             self._forward_from_here(message)
+
+    async def _tell_stopped(self, answered: "asyncio.Future[Message]", to: str) -> None:
+        try:
+            await asyncio.shield(answered)
+            stopped = True
+        except Exception:
+            stopped = False
+        await self._publish({"op": "stopped", "to": to, "stopped": stopped})
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._forwarders.add(task)
+        task.add_done_callback(self._forwarders.discard)
 
     def _forward_from_here(self, ask: dict[str, Any]) -> None:
         turn = self._streams.local(ask["turn"])
         if turn is None:
             return  # not ours: the process that has it answers
-        task = asyncio.create_task(self._forward(turn.follow(ask["after"], keepalive=HEARTBEAT_SECONDS), turn, ask))
-        self._forwarders.add(task)
-        task.add_done_callback(self._forwarders.discard)
+        self._start(self._forward(turn.follow(ask["after"], keepalive=HEARTBEAT_SECONDS), turn, ask))
 
     async def _forward(self, batches: AsyncIterator[list[TurnEvent]], turn: TurnLog, ask: dict[str, Any]) -> None:
         """Forward the turn's events after the asker's last id, then every batch, until the final one."""

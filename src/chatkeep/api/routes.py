@@ -20,6 +20,7 @@ from chatkeep.api.schemas import (
     ChatOut,
     ChatUpdate,
     MessageList,
+    MessageOut,
     Problem,
     SummaryOut,
     TurnOut,
@@ -188,6 +189,19 @@ async def resume_turn_events(
 ) -> Response:
     """Resume a streamed turn after `Last-Event-ID`: live while it runs, else its final event."""
     return sse.EventStream(await service.turn_events(owner, chat_id, user_message_id, last_event_id))
+
+
+@router.post(
+    "/chats/{chat_id}/messages/{user_message_id}/cancel",
+    response_model=MessageOut,
+    tags=["messages"],
+    responses=_problems(404, 409, 422),
+)
+async def cancel_turn(service: ServiceDep, owner: OwnerDep, chat_id: str, user_message_id: str) -> Response:
+    """Stop the reply being written to `user_message_id`, on whichever server writes it: what was
+    written so far is stored as the reply, with `status: "incomplete"`, the turn's stream ends with
+    it, and the chat is free for the next turn. 409 when no reply to that message is being written."""
+    return json_response(await service.stop_turn(owner, chat_id, user_message_id))
 
 
 @router.get("/chats/{chat_id}/messages", response_model=MessageList, tags=["messages"], responses=_problems(404, 422))
