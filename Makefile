@@ -14,7 +14,7 @@ LOCK_OPTIONS := --python-version 3.11 --universal --generate-hashes --custom-com
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev run test check-locks lint typecheck pytest bench lock clean
+.PHONY: install install-dev run test check-locks lint typecheck pytest bench screenshot lock clean
 
 install: $(VENV)/.run-installed
 
@@ -50,6 +50,10 @@ pytest: install-dev
 
 bench: install-dev
 	$(BIN)/python -m bench
+
+# The README's picture of the chat page, taken from a real browser session (Debian's chromium).
+screenshot: install-dev
+	$(BIN)/python -m scripts.screenshot docs/chat-page.png
 
 # Re-pin both locks after editing pyproject.toml or requirements/build.in: the dev lock first,
 # then the runtime lock constrained to it, so the two agree on every version they share.

@@ -9,10 +9,12 @@ server-error layer included, so every answer is identified and counted.
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypedDict
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from chatkeep import __version__
@@ -30,6 +32,8 @@ from chatkeep.service import ChatService
 from chatkeep.store import open_store
 
 MAX_BODY_BYTES = 1024 * 1024
+WEB = Path(__file__).with_name("web")  # the chat page at /, its files at /web/...
+PAGE_HEADERS = {"Cache-Control": "no-cache"}
 
 
 class State(TypedDict):
@@ -105,7 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
 
     @app.get("/", include_in_schema=False)
-    async def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    async def chat_page() -> FileResponse:
+        return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
 
     return app
