@@ -34,8 +34,19 @@ ALL_MIGRATIONS = [
     "m003_idempotency_keys",
     "m004_message_status",
     "m005_rate_slots",
+    "m006_conversation_items",
+    "m007_responses",
 ]
-TABLES = ["chatkeep_migrations", "chats", "idempotency_keys", "messages", "rate_slots", "summaries", "turn_tickets"]
+TABLES = [
+    "chatkeep_migrations",
+    "chats",
+    "idempotency_keys",
+    "messages",
+    "rate_slots",
+    "responses",
+    "summaries",
+    "turn_tickets",
+]
 
 # How a PostgreSQL column's type is spelled in SQLite. Timestamps are SQLite INTEGERs of
 # microseconds since the epoch; both integer widths are SQLite's one INTEGER.
@@ -270,7 +281,7 @@ async def test_both_dialects_create_the_same_tables(tmp_path: Path) -> None:
                 pass
         expected = sqlite_schema(sqlite_location(sqlite_url)[0])
         assert sorted(expected) == TABLES
-        assert [column.name for column in expected["messages"].columns][-1] == "status"  # m004's, added last
+        assert [column.name for column in expected["messages"].columns][-1] == "item"  # m006's, added last
         assert await postgres_schema(postgres_url) == expected
         await execute_sql(postgres_url, "ALTER TABLE chats ADD COLUMN only_in_postgres text")
         assert await postgres_schema(postgres_url) != expected  # the comparison sees a column one dialect lacks

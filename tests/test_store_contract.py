@@ -15,11 +15,12 @@ from chatkeep.domain import (
     NewMessage,
     PageRequest,
     Role,
+    StoredResponse,
     SummaryText,
     Usage,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, InvalidCursorError, MessageNotFoundError
+from chatkeep.errors import ChatNotFoundError, InvalidCursorError, MessageNotFoundError, ResponseNotFoundError
 from chatkeep.store import ChatStore
 from tests.stores import STORES, open_test_store
 
@@ -583,3 +584,42 @@ async def test_a_question_appended_tells_the_chats_system_prompt_as_it_is(store:
     assert (await store.get_message(ALICE, chat_id, question.id)) == question
     with pytest.raises(ChatNotFoundError):
         await store.append_question(BOB, chat_id, "not bob's")
+
+
+async def test_messages_appended_together_take_consecutive_seqs_and_keep_their_items(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    await add(store, chat_id, "before")
+    call = {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": '{"city": "Rome"}'}
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
+    appended = await store.append_messages(
+        ALICE,
+        chat_id,
+        [
+            NewMessage(Role.ASSISTANT, "weather(city=Rome)", item=call),
+            NewMessage(Role.USER, "sunny", item=output),
+            NewMessage(Role.USER, "thanks"),
+        ],
+    )
+    assert [(m.seq, m.item) for m in appended] == [(2, call), (3, output), (4, None)]
+    stored = (await store.list_messages(ALICE, chat_id, PageRequest())).data
+    assert stored[1:] == appended
+    stats = await store.message_stats(ALICE, chat_id)
+    assert (stats.message_count, stats.user_message_count) == (4, 3)
+    assert await store.append_messages(ALICE, chat_id, []) == []
+    with pytest.raises(ChatNotFoundError):
+        await store.append_messages(BOB, chat_id, [NewMessage(Role.USER, "x")])
+
+
+async def test_responses_are_kept_per_owner(store: ChatStore) -> None:
+    kept = StoredResponse(
+        "resp_1", None, None, utcnow(), {"id": "resp_1", "output": [{"type": "message"}]}, [{"type": "message"}]
+    )
+    await store.save_response(ALICE, kept)
+    assert await store.get_response(ALICE, "resp_1") == kept
+    with pytest.raises(ResponseNotFoundError):
+        await store.get_response(BOB, "resp_1")
+    with pytest.raises(ResponseNotFoundError):
+        await store.delete_response(BOB, "resp_1")
+    await store.delete_response(ALICE, "resp_1")
+    with pytest.raises(ResponseNotFoundError):
+        await store.get_response(ALICE, "resp_1")

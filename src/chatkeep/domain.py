@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Generic, Literal, Protocol, TypedDict, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypedDict, TypeVar
 
 
 class Identified(Protocol):
@@ -80,6 +80,10 @@ class Message:
     model: str | None = None
     usage: Usage | None = None
     status: MessageStatus = MessageStatus.COMPLETED
+    # A conversation item other than a plain text message (a function call, its output, a
+    # reasoning item, a message with a role or content beyond text), kept verbatim; `role` and
+    # `content` then say what it is in plain words. None for a plain user or assistant message.
+    item: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -91,6 +95,7 @@ class NewMessage:
     model: str | None = None
     usage: Usage | None = None
     status: MessageStatus = MessageStatus.COMPLETED
+    item: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -186,3 +191,15 @@ class KeyClaim:
 
     claimed: bool
     previous: IdempotencyRecord | None
+
+
+@dataclass(slots=True, frozen=True)
+class StoredResponse:
+    """A response of OpenAI's Responses API as chatkeep keeps it: the object it answered, and its input."""
+
+    id: str
+    chat_id: str | None  # the conversation it took part in, if any
+    previous_response_id: str | None
+    created_at: datetime
+    body: dict[str, Any]  # the Response object, as clients read it back
+    input_items: list[dict[str, Any]]

@@ -58,6 +58,12 @@ class MessageNotFoundError(ChatkeepError):
     slug = "message-not-found"
 
 
+class ResponseNotFoundError(ChatkeepError):
+    status = 404
+    title = "Response not found"
+    slug = "response-not-found"
+
+
 class ReplyNotFoundError(ChatkeepError):
     """A turn to resume is neither running in this process nor answered in the store."""
 

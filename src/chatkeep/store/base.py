@@ -5,7 +5,7 @@ one (`ChatNotFoundError`), so isolation cannot be forgotten by a caller. Text ha
 holds no NUL characters (PostgreSQL's `text` cannot store them; the API refuses them).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -20,6 +20,7 @@ from chatkeep.domain import (
     NewMessage,
     Page,
     PageRequest,
+    StoredResponse,
     SummaryText,
 )
 
@@ -80,6 +81,12 @@ class ChatStore(Protocol):
         `turn_lease`), the append happens only while that ticket still holds the chat's turn, else
         raises TurnLapsedError and stores nothing. Raises ChatNotFoundError.
         """
+        ...
+
+    async def append_messages(
+        self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
+    ) -> list[Message]:
+        """Append `messages` in order, with consecutive seqs, all or none, as `append_message` does one."""
         ...
 
     async def append_question(
@@ -172,6 +179,18 @@ class ChatStore(Protocol):
 
     async def purge_keys(self, *, expired_before: datetime) -> int:
         """Delete every key (of every owner) created before `expired_before`; how many went."""
+        ...
+
+    async def save_response(self, owner: str, response: StoredResponse) -> None:
+        """Keep a response of the Responses API (its id is new)."""
+        ...
+
+    async def get_response(self, owner: str, response_id: str) -> StoredResponse:
+        """A kept response. Raises ResponseNotFoundError when missing or another owner's."""
+        ...
+
+    async def delete_response(self, owner: str, response_id: str) -> None:
+        """Forget a kept response. Raises ResponseNotFoundError."""
         ...
 
     async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:

@@ -28,11 +28,12 @@ from chatkeep.domain import (
     Page,
     PageRequest,
     Role,
+    StoredResponse,
     SummaryText,
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, MessageNotFoundError
+from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError
 from chatkeep.store.base import Broadcast
 from chatkeep.store.paging import KeyRange, key_range, page_rows
 
@@ -89,6 +90,7 @@ class MemoryStore:
         self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()  # oldest first
         self._kept_keys: set[tuple[str, str]] = set()
         self._rate_slots: dict[str, deque[float]] = {}
+        self._responses: dict[str, tuple[str, StoredResponse]] = {}  # by id: owner, response
 
     async def check_ready(self) -> None:
         return None  # in this process: answering is being here
@@ -148,6 +150,12 @@ class MemoryStore:
     ) -> Message:
         return self._append(self._record(owner, chat_id), message)
 
+    async def append_messages(
+        self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
+    ) -> list[Message]:
+        record = self._record(owner, chat_id)
+        return [self._append(record, message) for message in messages]
+
     async def append_question(
         self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
     ) -> tuple[Message, str | None]:
@@ -166,6 +174,7 @@ class MemoryStore:
             model=message.model,
             usage=message.usage,
             status=message.status,
+            item=message.item,
         )
         record.messages.append(stored)
         record.user_count += message.role is Role.USER
@@ -261,6 +270,19 @@ class MemoryStore:
             self._keys.popitem(last=False)
             purged += 1
         return purged
+
+    async def save_response(self, owner: str, response: StoredResponse) -> None:
+        self._responses[response.id] = (owner, response)
+
+    async def get_response(self, owner: str, response_id: str) -> StoredResponse:
+        kept = self._responses.get(response_id)
+        if kept is None or kept[0] != owner:
+            raise ResponseNotFoundError(f"no response {response_id!r}")
+        return kept[1]
+
+    async def delete_response(self, owner: str, response_id: str) -> None:
+        await self.get_response(owner, response_id)
+        del self._responses[response_id]
 
     async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
         now = time.monotonic()

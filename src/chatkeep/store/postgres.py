@@ -39,11 +39,12 @@ from chatkeep.domain import (
     Page,
     PageRequest,
     Role,
+    StoredResponse,
     SummaryText,
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
+from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
 from chatkeep.store.leases import LAPSED_DETAIL, LEASE_SECONDS, Leases, TicketState, state_of
 from chatkeep.store.migrations import Migration, check_schema
@@ -53,10 +54,13 @@ from chatkeep.store.rows import (
     MESSAGE_COLUMNS,
     chat_from_row,
     claim_from_row,
+    item_json,
     joined_keys_from_rows,
     joined_message_from_row,
     joined_messages_from_rows,
     joined_summary_from_row,
+    response_from_row,
+    response_values,
     stats_from_row,
     to_json,
     update_chat_values,
@@ -171,8 +175,27 @@ APPEND_MESSAGE = f"""WITH counted AS (
     RETURNING id, message_count, system_prompt
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
-    SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11 FROM counted
+    SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11, $13 FROM counted
     RETURNING seq, (SELECT system_prompt FROM counted)"""
+# Several messages in one statement, as APPEND_MESSAGE appends one: their fields come as arrays.
+APPEND_MESSAGES = f"""WITH counted AS (
+    UPDATE chats SET
+        message_count = message_count + $3,
+        user_message_count = user_message_count + $4,
+        updated_at = $5,
+        first_message_at = COALESCE(first_message_at, $5),
+        last_message_at = $5
+    WHERE id = $1 AND owner = $2 AND ($6::bigint IS NULL OR $6 = (
+        SELECT min(t.ticket) FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now()))
+    RETURNING id, message_count
+)
+INSERT INTO messages ({MESSAGE_COLUMNS})
+    SELECT m.id, c.id, c.message_count - $3 + m.n, m.role, m.content, $5, m.model, m.prompt_tokens,
+        m.completion_tokens, m.status, m.item
+    FROM counted c, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::integer[], $12::integer[],
+        $13::text[], $14::text[]) WITH ORDINALITY
+        AS m(id, role, content, model, prompt_tokens, completion_tokens, status, item, n)
+    RETURNING seq"""
 # The rules of `ChatStore.claim_key` in one statement. `old` locks the record and reads its latest
 # version (FOR UPDATE in READ COMMITTED follows concurrent updates), and both writes read `old`
 # first. A record that another claim inserted after this statement's snapshot is invisible to
@@ -293,16 +316,45 @@ class PostgresStore:
             usage.completion_tokens if usage else None,
             message.status.value,
             ticket,
+            item_json(message),
         )
         if row is None:
-            if await self._pool.fetchval(SQL.select_stats, chat_id, owner) is not None:
-                raise TurnLapsedError(LAPSED_DETAIL)
-            raise _no_chat(chat_id)
+            raise await self._refused(owner, chat_id)
         seq, system_prompt = row
-        stored = Message(
-            message_id, chat_id, seq, message.role, message.content, now, message.model, usage, message.status
-        )
-        return stored, system_prompt
+        role, content, model, status, item = message.role, message.content, message.model, message.status, message.item
+        return Message(message_id, chat_id, seq, role, content, now, model, usage, status, item), system_prompt
+
+    async def append_messages(
+        self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
+    ) -> list[Message]:
+        if not messages:
+            return []
+        now, ids = utcnow(), [new_id("msg") for _ in messages]
+        users = sum(message.role is Role.USER for message in messages)
+        columns = [
+            ids,
+            [m.role.value for m in messages],
+            [m.content for m in messages],
+            [m.model for m in messages],
+            [m.usage.prompt_tokens if m.usage else None for m in messages],
+            [m.usage.completion_tokens if m.usage else None for m in messages],
+            [m.status.value for m in messages],
+            [item_json(m) for m in messages],
+        ]
+        rows = await self._pool.fetch(APPEND_MESSAGES, chat_id, owner, len(messages), users, now, ticket, *columns)
+        if not rows:
+            raise await self._refused(owner, chat_id)
+        first = min(row[0] for row in rows)
+        return [
+            Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
+            for n, (message_id, m) in enumerate(zip(ids, messages, strict=True))
+        ]
+
+    async def _refused(self, owner: str, chat_id: str) -> Exception:
+        """Why an append wrote nothing: the chat is gone, or the append's ticket no longer holds its turn."""
+        if await self._pool.fetchval(SQL.select_stats, chat_id, owner) is not None:
+            return TurnLapsedError(LAPSED_DETAIL)
+        return _no_chat(chat_id)
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         keys: dict[str, int] = {}
@@ -383,6 +435,17 @@ class PostgresStore:
     async def purge_keys(self, *, expired_before: datetime) -> int:
         status = await self._pool.execute(SQL.purge_keys, expired_before)
         return int(status.rpartition(" ")[2])  # "DELETE <count>"
+
+    async def save_response(self, owner: str, response: StoredResponse) -> None:
+        await self._pool.execute(SQL.insert_response, *response_values(owner, response, response.created_at))
+
+    async def get_response(self, owner: str, response_id: str) -> StoredResponse:
+        row = await self._pool.fetchrow(SQL.select_response, response_id, owner)
+        return response_from_row(row, _when, response_id)
+
+    async def delete_response(self, owner: str, response_id: str) -> None:
+        if await self._pool.fetchval(SQL.delete_response, response_id, owner) is None:
+            raise ResponseNotFoundError(f"no response {response_id!r}")
 
     async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
         wait: float | None = await self._pool.fetchval(

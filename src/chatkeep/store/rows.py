@@ -23,11 +23,13 @@ from chatkeep.domain import (
     Message,
     MessageStats,
     MessageStatus,
+    NewMessage,
     Role,
+    StoredResponse,
     SummaryText,
     Usage,
 )
-from chatkeep.errors import ChatNotFoundError, MessageNotFoundError
+from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError
 
 
 class Row(Protocol):
@@ -41,7 +43,7 @@ class Row(Protocol):
 When = Callable[[Any], datetime]
 
 CHAT_COLUMNS = "id, title, metadata, system_prompt, created_at, updated_at, message_count"
-MESSAGE_COLUMNS = "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status"
+MESSAGE_COLUMNS = "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item"
 STATS_COLUMNS = "message_count, user_message_count, first_message_at, last_message_at"
 SUMMARY_COLUMNS = "summary, highlights, up_to_seq, created_at"
 KEY_COLUMNS = "fingerprint, state, result, user_message_id, created_at, updated_at"
@@ -54,6 +56,24 @@ KEY_STATES = {state.value: state for state in KeyState}
 
 def to_json(value: object) -> str:
     return orjson.dumps(value).decode()
+
+
+def item_json(message: NewMessage) -> str | None:
+    """A message's conversation item as the `item` column keeps it (None for a plain message)."""
+    return None if message.item is None else to_json(message.item)
+
+
+def response_values(owner: str, response: StoredResponse, created_at: object) -> tuple[object, ...]:
+    """The parameters of the shared `insert_response` statement, in its order ($1 to $7)."""
+    return (
+        response.id,
+        owner,
+        response.chat_id,
+        response.previous_response_id,
+        created_at,
+        to_json(response.body),
+        to_json(response.input_items),
+    )
 
 
 def update_chat_values(chat_id: str, owner: str, changes: ChatChanges, now: object) -> tuple[object, ...]:
@@ -87,9 +107,12 @@ def chat_from_row(row: Row, when: When) -> Chat:
 def message_from_row(row: Row, when: When) -> Message:
     # Hot: a turn reads a window of messages. Positional arguments and a dict for the role
     # halve the cost of building each one.
-    message_id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status = row
+    message_id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item = row
     usage = None if prompt_tokens is None else Usage(prompt_tokens, completion_tokens)
-    return Message(message_id, chat_id, seq, ROLES[role], content, when(created_at), model, usage, STATUSES[status])
+    values = None if item is None else orjson.loads(item)
+    return Message(
+        message_id, chat_id, seq, ROLES[role], content, when(created_at), model, usage, STATUSES[status], values
+    )
 
 
 def stats_from_row(row: Row, when: When) -> MessageStats:
@@ -151,3 +174,13 @@ def claim_from_row(claimed: bool, row: Row | None, when: When, expired_before: d
     if previous is not None and previous.created_at < expired_before:
         previous = None
     return KeyClaim(claimed, previous)
+
+
+def response_from_row(row: Row | None, when: When, response_id: str) -> StoredResponse:
+    """A response selected by `select_response`. Raises ResponseNotFoundError for no row."""
+    if row is None:
+        raise ResponseNotFoundError(f"no response {response_id!r}")
+    found, chat_id, previous_response_id, created_at, body, input_items = row
+    return StoredResponse(
+        found, chat_id, previous_response_id, when(created_at), orjson.loads(body), orjson.loads(input_items)
+    )

@@ -90,12 +90,28 @@ M005_RATE_SLOTS = (
 )""",
     "CREATE INDEX rate_slots_by_key ON rate_slots (key, taken_at)",
 )
+# A conversation item other than a plain text message (OpenAI's Conversations API), kept verbatim as JSON.
+M006_CONVERSATION_ITEMS = ("ALTER TABLE messages ADD COLUMN item {text}",)
+# Responses of OpenAI's Responses API, kept for `previous_response_id` and for reading them back.
+M007_RESPONSES = (
+    """CREATE TABLE responses (
+    id {text} PRIMARY KEY,
+    owner {text} NOT NULL,
+    chat_id {text},
+    previous_response_id {text},
+    created_at {timestamp} NOT NULL,
+    body {text} NOT NULL,
+    input {text} NOT NULL
+)""",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
     "m003_idempotency_keys": M003_IDEMPOTENCY_KEYS,
     "m004_message_status": M004_MESSAGE_STATUS,
     "m005_rate_slots": M005_RATE_SLOTS,
+    "m006_conversation_items": M006_CONVERSATION_ITEMS,
+    "m007_responses": M007_RESPONSES,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

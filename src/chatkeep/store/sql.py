@@ -123,6 +123,11 @@ class Statements:
     RETURNING ticket"""
     drop_lapsed_tickets: str = "DELETE FROM turn_tickets WHERE expires_at <= {now}"
     applied_migrations: str = "SELECT name FROM {migrations_table}"
+    insert_response: str = """INSERT INTO responses (id, owner, chat_id, previous_response_id, created_at, body, input)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)"""
+    select_response: str = """SELECT id, chat_id, previous_response_id, created_at, body, input
+    FROM responses WHERE id = $1 AND owner = $2"""
+    delete_response: str = "DELETE FROM responses WHERE id = $1 AND owner = $2 RETURNING true"
 
     @classmethod
     def in_dialect(cls, dialect: Dialect) -> Self:

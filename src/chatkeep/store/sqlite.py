@@ -38,11 +38,12 @@ from chatkeep.domain import (
     Page,
     PageRequest,
     Role,
+    StoredResponse,
     SummaryText,
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
+from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.base import Broadcast
 from chatkeep.store.leases import LAPSED_DETAIL, LEASE_SECONDS, Leases, TicketState, state_of
 from chatkeep.store.migrations import Migration, check_schema
@@ -52,10 +53,13 @@ from chatkeep.store.rows import (
     MESSAGE_COLUMNS,
     chat_from_row,
     claim_from_row,
+    item_json,
     joined_keys_from_rows,
     joined_message_from_row,
     joined_messages_from_rows,
     joined_summary_from_row,
+    response_from_row,
+    response_values,
     stats_from_row,
     to_json,
     update_chat_values,
@@ -93,16 +97,16 @@ DIALECT = Dialect(
 MIGRATIONS = migrations_in(DIALECT)
 SQL = Statements.in_dialect(DIALECT)
 
-COUNT_MESSAGE = """UPDATE chats SET
-    message_count = message_count + 1,
-    user_message_count = user_message_count + :is_user,
+COUNT_MESSAGES = """UPDATE chats SET
+    message_count = message_count + :count,
+    user_message_count = user_message_count + :users,
     updated_at = :now,
     first_message_at = COALESCE(first_message_at, :now),
     last_message_at = :now
     WHERE id = :chat_id AND owner = :owner
     RETURNING message_count, system_prompt"""
 INSERT_MESSAGE = f"""INSERT INTO messages ({MESSAGE_COLUMNS})
-    VALUES (:id, :chat_id, :seq, :role, :content, :now, :model, :prompt_tokens, :completion_tokens, :status)"""
+    VALUES (:id, :chat_id, :seq, :role, :content, :now, :model, :prompt_tokens, :completion_tokens, :status, :item)"""
 SELECT_KEY = f"SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE owner = :owner AND key = :key"
 # Every rule of `ChatStore.claim_key` in one upsert; `_claim_key` reads the record first in the
 # same write transaction, which no other process can enter, so the two agree.
@@ -218,22 +222,27 @@ def _delete_chat(db: sqlite3.Connection, owner: str, chat_id: str) -> None:
 
 
 def _append(
-    db: sqlite3.Connection, owner: str, chat_id: str, values: dict[str, Any], ticket: int | None
+    db: sqlite3.Connection, owner: str, chat_id: str, rows: list[dict[str, Any]], now: int, ticket: int | None
 ) -> tuple[int, str | None]:
-    """Count the message on its chat and insert it in one transaction: the count is its seq; the
-    chat's system prompt comes back with it.
+    """Count the messages on their chat and insert them in one transaction: the count is the last
+    one's seq; the chat's system prompt comes back with it.
 
     With a ticket, only while that ticket is the chat's head; the file's single writer keeps
     another process from taking the turn between the check and the insert.
     """
+    users = sum(row["role"] == "user" for row in rows)
+    chat = {"chat_id": chat_id, "owner": owner, "count": len(rows), "users": users, "now": now}
     with _writing(db):
-        row = db.execute(COUNT_MESSAGE, {**values, "chat_id": chat_id, "owner": owner}).fetchone()
-        if row is None:
+        counted = db.execute(COUNT_MESSAGES, chat).fetchone()
+        if counted is None:
             raise ChatNotFoundError(f"no chat {chat_id!r}")
         if ticket is not None and _live_tickets(db, chat_id)[:1] != [ticket]:
             raise TurnLapsedError(LAPSED_DETAIL)
-        db.execute(INSERT_MESSAGE, {**values, "chat_id": chat_id, "seq": row[0]})
-    return row[0], row[1]
+        first = counted[0] - len(rows) + 1
+        db.executemany(
+            INSERT_MESSAGE, [{**row, "chat_id": chat_id, "now": now, "seq": first + n} for n, row in enumerate(rows)]
+        )
+    return counted[0], counted[1]
 
 
 def _messages(db: sqlite3.Connection, owner: str, chat_id: str, page: PageRequest) -> tuple[list[Message], bool]:
@@ -325,25 +334,34 @@ class SqliteStore:
     ) -> tuple[Message, str | None]:
         return await self._append(owner, chat_id, NewMessage(Role.USER, content), ticket)
 
+    async def append_messages(
+        self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
+    ) -> list[Message]:
+        return await self._append_all(owner, chat_id, messages, ticket) if messages else []
+
     async def _append(
         self, owner: str, chat_id: str, message: NewMessage, ticket: int | None
     ) -> tuple[Message, str | None]:
-        message_id, now = new_id("msg"), utcnow()
-        values = {
-            "id": message_id,
-            "is_user": message.role is Role.USER,
-            "role": message.role.value,
-            "content": message.content,
-            "now": _micros(now),
-            "model": message.model,
-            "prompt_tokens": message.usage.prompt_tokens if message.usage else None,
-            "completion_tokens": message.usage.completion_tokens if message.usage else None,
-            "status": message.status.value,
-        }
-        seq, system_prompt = await self._thread.run(_append, owner, chat_id, values, ticket)
-        stored = Message(
-            message_id, chat_id, seq, message.role, message.content, now, message.model, message.usage, message.status
-        )
+        stored, system_prompt = await self._appended(owner, chat_id, [message], ticket)
+        return stored[0], system_prompt
+
+    async def _append_all(
+        self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: int | None
+    ) -> list[Message]:
+        return (await self._appended(owner, chat_id, messages, ticket))[0]
+
+    async def _appended(
+        self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: int | None
+    ) -> tuple[list[Message], str | None]:
+        now = utcnow()
+        ids = [new_id("msg") for _ in messages]
+        rows = [_message_row(message_id, message) for message_id, message in zip(ids, messages, strict=True)]
+        last, system_prompt = await self._thread.run(_append, owner, chat_id, rows, _micros(now), ticket)
+        first = last - len(messages) + 1
+        stored = [
+            Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
+            for n, (message_id, m) in enumerate(zip(ids, messages, strict=True))
+        ]
         return stored, system_prompt
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
@@ -406,6 +424,17 @@ class SqliteStore:
     async def purge_keys(self, *, expired_before: datetime) -> int:
         return await self._thread.run(_purge_keys, _micros(expired_before))
 
+    async def save_response(self, owner: str, response: StoredResponse) -> None:
+        await self._thread.execute(SQL.insert_response, *response_values(owner, response, _micros(response.created_at)))
+
+    async def get_response(self, owner: str, response_id: str) -> StoredResponse:
+        rows = await self._thread.fetch(SQL.select_response, response_id, owner)
+        return response_from_row(rows[0] if rows else None, _when, response_id)
+
+    async def delete_response(self, owner: str, response_id: str) -> None:
+        if not await self._thread.fetch(SQL.delete_response, response_id, owner):
+            raise ResponseNotFoundError(f"no response {response_id!r}")
+
     async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
         return await self._thread.run(_take_rate_slot, key, limit, window_seconds)
 
@@ -449,6 +478,19 @@ def _take_ticket(db: sqlite3.Connection, owner: str, chat_id: str, lease_seconds
         ticket: int = db.execute(TAKE_TICKET, (chat_id, lease_seconds)).fetchone()[0]
         head = db.execute(SQL.live_tickets + " LIMIT 1", (chat_id,)).fetchone()[0]
     return ticket, head == ticket
+
+
+def _message_row(message_id: str, message: NewMessage) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "role": message.role.value,
+        "content": message.content,
+        "model": message.model,
+        "prompt_tokens": message.usage.prompt_tokens if message.usage else None,
+        "completion_tokens": message.usage.completion_tokens if message.usage else None,
+        "status": message.status.value,
+        "item": item_json(message),
+    }
 
 
 def _take_rate_slot(db: sqlite3.Connection, key: str, limit: int, window_seconds: float) -> float | None:
