@@ -11,6 +11,7 @@ import pytest
 from chatkeep.domain import PromptMessage
 from chatkeep.errors import LLMCircuitOpenError
 from chatkeep.llm import Reply
+from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.llm.breaker import CircuitBreaker, CircuitBreakerLLM
 from chatkeep.metrics import NoMetrics
 from tests.conftest import llm_settings, new_chat, post, serve
@@ -77,13 +78,15 @@ class HangingLLM:
     def __init__(self) -> None:
         self.error: Exception | None = None
 
-    async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
+    async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
         if self.error is not None:
             raise self.error
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
+    async def stream(
+        self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
+    ) -> AsyncGenerator[str | Reply, None]:
         yield "partial"
         if self.error is not None:
             raise self.error

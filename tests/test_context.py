@@ -136,7 +136,7 @@ async def test_context_reads_the_window_not_the_history() -> None:
         role = Role.USER if n % 2 == 0 else Role.ASSISTANT
         await store.append_message(OWNER, chat.id, NewMessage(role, f"message number {n} " + "pad " * 20))
     prompt = await build_context(store, OWNER, chat.id, system_prompt="S", budget=1000)
-    assert prompt[-1]["content"].startswith("message number 4999")
+    assert str(prompt[-1]["content"]).startswith("message number 4999")
     window = len(prompt) - 1
     assert 10 < window < 50
     assert store.read <= window + 32  # the first batch may overshoot the window, never the history

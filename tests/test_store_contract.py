@@ -591,21 +591,18 @@ async def test_messages_appended_together_take_consecutive_seqs_and_keep_their_i
     await add(store, chat_id, "before")
     call = {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": '{"city": "Rome"}'}
     output = {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
-    appended = await store.append_messages(
-        ALICE,
-        chat_id,
-        [
-            NewMessage(Role.ASSISTANT, "weather(city=Rome)", item=call),
-            NewMessage(Role.USER, "sunny", item=output),
-            NewMessage(Role.USER, "thanks"),
-        ],
-    )
+    items = [
+        NewMessage(Role.ASSISTANT, "weather(city=Rome)", item=call),
+        NewMessage(Role.USER, "sunny", item=output),
+        NewMessage(Role.USER, "thanks"),
+    ]
+    appended, system_prompt = await store.append_messages(ALICE, chat_id, items)
+    assert system_prompt is None
     assert [(m.seq, m.item) for m in appended] == [(2, call), (3, output), (4, None)]
     stored = (await store.list_messages(ALICE, chat_id, PageRequest())).data
     assert stored[1:] == appended
     stats = await store.message_stats(ALICE, chat_id)
     assert (stats.message_count, stats.user_message_count) == (4, 3)
-    assert await store.append_messages(ALICE, chat_id, []) == []
     with pytest.raises(ChatNotFoundError):
         await store.append_messages(BOB, chat_id, [NewMessage(Role.USER, "x")])
 

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Generic, Literal, Protocol, TypedDict, TypeVar
+from typing import Any, Generic, Literal, NotRequired, Protocol, TypedDict, TypeVar
 
 
 class Identified(Protocol):
@@ -163,8 +163,10 @@ class PromptMessage(TypedDict):
     several times cheaper to build and to encode (orjson writes the Role enum as its value).
     """
 
-    role: Literal["system", "user", "assistant"] | Role
-    content: str
+    role: Literal["system", "developer", "user", "assistant", "tool"] | Role
+    content: str | None  # None: an assistant message that only calls tools
+    tool_calls: NotRequired[list[dict[str, Any]]]  # an assistant message's calls, Chat Completions' shape
+    tool_call_id: NotRequired[str]  # a tool message: the call it answers
 
 
 class KeyState(StrEnum):

@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 
-from chatkeep.domain import Message
 from chatkeep.errors import Problem
 from chatkeep.store import ChatStore
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
@@ -55,7 +54,7 @@ class RelayedProblem:
         return self.more
 
 
-StopHere = Callable[[str], "asyncio.Future[Message] | None"]
+StopHere = Callable[[str], "asyncio.Future[Any] | None"]
 
 
 class TurnRelay:
@@ -170,7 +169,7 @@ class TurnRelay:
         elif message["op"] == "follow" and len(self._forwarders) < MAX_FORWARDERS:
             self._forward_from_here(message)
 
-    async def _tell_stopped(self, answered: "asyncio.Future[Message]", to: str) -> None:
+    async def _tell_stopped(self, answered: "asyncio.Future[Any]", to: str) -> None:
         try:
             await asyncio.shield(answered)
             stopped = True

@@ -18,11 +18,14 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from chatkeep.domain import Message, PageRequest, Role
 from chatkeep.errors import InvalidCursorError, MessageNotFoundError, Problem, ReplyNotFoundError
 from chatkeep.store import ChatStore
+
+if TYPE_CHECKING:  # turn.py reports to logs; the log only reads what it reports
+    from chatkeep.turn import TurnOutcome
 
 END_ID = "end"
 KEEPALIVE_SECONDS = 15.0
@@ -71,6 +74,17 @@ class TurnLog:
 
     def fail(self, error: Problem) -> None:
         self.add(TurnEvent(END_ID, "error", error=error))
+
+    # As a turn's watcher (turn.py): a native turn has one input and one output.
+
+    def started(self, inputs: list[Message]) -> None:
+        self.user_message(inputs[-1])
+
+    def ended(self, outcome: "TurnOutcome") -> None:
+        self.assistant_message(outcome.outputs[0])
+
+    def failed(self, error: Problem) -> None:
+        self.fail(error)
 
     def add(self, event: TurnEvent) -> None:
         """Append `event` (numbered events in order, the final one last); nothing after the end."""

@@ -7,9 +7,18 @@ breaker, metrics) wraps one (`breaker.py`, `instrumented.py`); what chatkeep ask
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from chatkeep.domain import MessageStatus, PromptMessage, Usage
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCall:
+    """A function the model asks the caller to run: its call id, name and JSON arguments."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(slots=True, frozen=True)
@@ -17,12 +26,33 @@ class Reply:
     content: str
     model: str | None
     usage: Usage | None
-    status: MessageStatus = MessageStatus.COMPLETED
+    status: MessageStatus = MessageStatus.COMPLETED  # incomplete: cut short (the token limit, a stop)
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class CallOptions:
+    """What a request may ask of the model beyond its prompt, as Chat Completions names it.
+
+    `tools` are function tools in the Chat Completions shape; `model` replaces the configured one.
+    None leaves a knob to the model's default.
+    """
+
+    model: str | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+
+NO_OPTIONS = CallOptions()
 
 
 class LLM(Protocol):
-    async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
-        """The assistant's reply to `prompt` (oldest message first).
+    async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
+        """The assistant's reply to `prompt` (oldest message first): text, tool calls, or both.
 
         Raises an LLMError subclass: LLMTimeoutError once the configured timeout is spent
         (retries included), LLMRateLimitedError, LLMUnavailableError or LLMBadResponseError
@@ -30,7 +60,9 @@ class LLM(Protocol):
         """
         ...
 
-    def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
+    def stream(
+        self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
+    ) -> AsyncGenerator[str | Reply, None]:
         """The reply to `prompt` as it is written: text deltas, then one final Reply.
 
         A delta holds whatever text arrived since the last one (one token or many). The final

@@ -15,7 +15,7 @@ from contextlib import aclosing
 
 from chatkeep.domain import PromptMessage
 from chatkeep.errors import LLMCircuitOpenError, LLMError, LLMRateLimitedError, LLMRejectedError
-from chatkeep.llm.base import LLM, Reply
+from chatkeep.llm.base import LLM, NO_OPTIONS, CallOptions, Reply
 from chatkeep.metrics import Metrics
 
 PROBE_RETRY_AFTER_SECONDS = 1.0
@@ -88,10 +88,10 @@ class CircuitBreakerLLM:
         self._breaker = breaker
         self._metrics = metrics
 
-    async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
+    async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
         call = _Call(self._breaker.before_call())
         try:
-            reply = await self._llm.complete(prompt)
+            reply = await self._llm.complete(prompt, options)
         except LLMError as error:
             self._end(call, failed=_says_about_upstream(error))
             raise
@@ -101,10 +101,12 @@ class CircuitBreakerLLM:
         finally:
             self._end(call, failed=None)  # cancelled, or a bug: frees the probe's place
 
-    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
+    async def stream(
+        self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
+    ) -> AsyncGenerator[str | Reply, None]:
         call = _Call(self._breaker.before_call())
         try:
-            async with aclosing(self._llm.stream(prompt)) as items:
+            async with aclosing(self._llm.stream(prompt, options)) as items:
                 async for item in items:
                     if isinstance(item, Reply):  # the last item: a reader may stop here
                         self._end(call, failed=False)

@@ -11,7 +11,7 @@ from contextlib import aclosing
 
 from chatkeep.domain import PromptMessage
 from chatkeep.errors import LLMError
-from chatkeep.llm.base import LLM, Reply
+from chatkeep.llm.base import LLM, NO_OPTIONS, CallOptions, Reply
 from chatkeep.metrics import Metrics
 
 OK = "ok"
@@ -24,12 +24,12 @@ class InstrumentedLLM:
         self._llm = llm
         self._metrics = metrics
 
-    async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
+    async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
         started = time.perf_counter()
         outcome = UNEXPECTED
         reply: Reply | None = None
         try:
-            reply = await self._llm.complete(prompt)
+            reply = await self._llm.complete(prompt, options)
             outcome = OK
             return reply
         except LLMError as error:
@@ -42,13 +42,15 @@ class InstrumentedLLM:
             usage = reply.usage if reply is not None else None
             self._metrics.llm_call(outcome, time.perf_counter() - started, first_token_seconds=None, usage=usage)
 
-    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
+    async def stream(
+        self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
+    ) -> AsyncGenerator[str | Reply, None]:
         started = time.perf_counter()
         first_token: float | None = None
         outcome = UNEXPECTED
         reply: Reply | None = None
         try:
-            async with aclosing(self._llm.stream(prompt)) as items:
+            async with aclosing(self._llm.stream(prompt, options)) as items:
                 async for item in items:
                     if isinstance(item, Reply):
                         reply, outcome = item, OK

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Sequence
 
 from chatkeep.context import estimate_tokens
 from chatkeep.domain import PromptMessage, Usage
-from chatkeep.llm.base import Reply
+from chatkeep.llm.base import NO_OPTIONS, CallOptions, Reply
 
 OFFLINE_MODEL = "chatkeep-offline"
 QUOTE_CHARS = 200
@@ -22,8 +22,8 @@ HOW_TO_CONNECT = (
 
 
 class OfflineLLM:
-    async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
-        asked = [m["content"] for m in prompt if m["role"] == "user"]
+    async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
+        asked = [m["content"] or "" for m in prompt if m["role"] == "user"]
         last = asked[-1] if asked else ""
         lines = [f"[offline reply: no language model is connected] You said: “{_quote(last)}”."]
         if len(asked) > 1:
@@ -36,13 +36,15 @@ class OfflineLLM:
         lines.append(HOW_TO_CONNECT)
         content = " ".join(lines)
         usage = Usage(
-            prompt_tokens=sum(estimate_tokens(m["content"]) for m in prompt),
+            prompt_tokens=sum(estimate_tokens(m["content"] or "") for m in prompt),
             completion_tokens=estimate_tokens(content),
         )
         return Reply(content=content, model=OFFLINE_MODEL, usage=usage)
 
-    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
-        reply = await self.complete(prompt)
+    async def stream(
+        self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
+    ) -> AsyncGenerator[str | Reply, None]:
+        reply = await self.complete(prompt, options)
         for word in _WORDS.findall(reply.content):
             yield word
         yield reply

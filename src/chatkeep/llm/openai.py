@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from chatkeep.domain import PromptMessage, Usage, utcnow
+from chatkeep.domain import MessageStatus, PromptMessage, Usage, utcnow
 from chatkeep.errors import (
     LLMBadResponseError,
     LLMError,
@@ -34,7 +34,7 @@ from chatkeep.errors import (
     LLMTimeoutError,
     LLMUnavailableError,
 )
-from chatkeep.llm.base import Reply
+from chatkeep.llm.base import NO_OPTIONS, CallOptions, Reply, ToolCall
 from chatkeep.request_context import current_request_id
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ UNAVAILABLE_RETRY_AFTER_SECONDS = 5.0
 RATE_LIMITED_RETRY_AFTER_SECONDS = 1.0
 UPSTREAM_DETAIL_CHARS = 300
 SEE_LOG = "; the server log has the details under this request's id"
-REQUEST_ID_HEADER = "X-Request-ID"  # the upstream's logs can then be matched with chatkeep's
+REQUEST_ID_HEADER = "X-Request-ID"
+STREAM_OPTIONS = {"include_usage": True}  # the upstream's logs can then be matched with chatkeep's
 
 
 class _Retryable(Exception):
@@ -81,14 +82,16 @@ class OpenAICompatibleLLM:
         self._whole_call = aiohttp.ClientTimeout(total=timeout)
         self._max_retries = max_retries
 
-    async def complete(self, prompt: Sequence[PromptMessage]) -> Reply:
-        response = await self._first_good_response(orjson.dumps({"model": self._model, "messages": prompt}))
+    async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
+        response = await self._first_good_response(orjson.dumps(self._request(prompt, options)))
         return _parse_completion(await self._read(response))
 
-    async def stream(self, prompt: Sequence[PromptMessage]) -> AsyncGenerator[str | Reply, None]:
-        body = orjson.dumps(
-            {"model": self._model, "messages": prompt, "stream": True, "stream_options": {"include_usage": True}}
-        )
+    async def stream(
+        self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
+    ) -> AsyncGenerator[str | Reply, None]:
+        request = self._request(prompt, options)
+        request["stream"], request["stream_options"] = True, STREAM_OPTIONS
+        body = orjson.dumps(request)
         chunks = _ChunkReader()
         response = await self._first_good_response(body)
         try:
@@ -105,6 +108,23 @@ class OpenAICompatibleLLM:
         finally:
             response.release()
         yield chunks.reply()
+
+    def _request(self, prompt: Sequence[PromptMessage], options: CallOptions) -> dict[str, Any]:
+        """The Chat Completions request body: the model, the prompt, and the knobs the caller set."""
+        request: dict[str, Any] = {"model": options.model or self._model, "messages": prompt}
+        if options is NO_OPTIONS:
+            return request
+        if options.tools:
+            request["tools"] = options.tools
+            if options.tool_choice is not None:
+                request["tool_choice"] = options.tool_choice
+            if options.parallel_tool_calls is not None:
+                request["parallel_tool_calls"] = options.parallel_tool_calls
+        for name in ("temperature", "top_p", "max_tokens"):
+            value = getattr(options, name)
+            if value is not None:
+                request[name] = value
+        return request
 
     async def _first_good_response(self, body: bytes) -> aiohttp.ClientResponse:
         """POST `body` until a 200 comes, retrying what may succeed next time, within one deadline.
@@ -189,6 +209,8 @@ class _ChunkReader:
         self._parts: list[str] = []
         self._model: str | None = None
         self._usage: Usage | None = None
+        self._finish_reason: str | None = None
+        self._calls: dict[int, dict[str, str]] = {}  # tool calls by index, as their pieces arrive
 
     def feed(self, data: bytes) -> list[str]:
         *lines, self._partial = (self._partial + data).split(b"\n")
@@ -214,8 +236,14 @@ class _ChunkReader:
                 log.warning("the LLM failed mid-stream: %s", _upstream_message(data))
                 raise LLMBadResponseError("the LLM failed mid-stream" + SEE_LOG)
             choices = chunk.get("choices")
-            delta = choices[0].get("delta", {}).get("content") if choices else None
-        except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+            choice = choices[0] if choices else {}
+            changes = choice.get("delta") or {}
+            delta = changes.get("content")
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
+            if changes.get("tool_calls"):
+                self._add_calls(changes["tool_calls"])
+        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
             raise LLMBadResponseError("the LLM's stream holds a chunk that is not a completion chunk") from exc
         if self._model is None:
             self._model = _model(chunk.get("model"))
@@ -227,22 +255,47 @@ class _ChunkReader:
             return delta
         return None
 
+    def _add_calls(self, pieces: list[dict[str, Any]]) -> None:
+        """Tool calls come in pieces: an index, then its id and name, then its arguments bit by bit."""
+        for piece in pieces:
+            call = self._calls.setdefault(piece.get("index", 0), {"id": "", "name": "", "arguments": ""})
+            function = piece.get("function") or {}
+            call["id"] = piece.get("id") or call["id"]
+            call["name"] = function.get("name") or call["name"]
+            call["arguments"] += function.get("arguments") or ""
+
     def reply(self) -> Reply:
         if not self.done:
             raise LLMBadResponseError("the LLM's stream ended before it was complete")
-        return Reply(content="".join(self._parts), model=self._model, usage=self._usage)
+        calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(self._calls.items()))
+        status = _status(self._finish_reason)
+        return Reply("".join(self._parts), model=self._model, usage=self._usage, status=status, tool_calls=calls)
 
 
 def _parse_completion(payload: bytes) -> Reply:
     try:
         data = orjson.loads(payload)
-        content = data["choices"][0]["message"]["content"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content")
+        calls = tuple(
+            ToolCall(call["id"], call["function"]["name"], call["function"]["arguments"])
+            for call in message.get("tool_calls") or ()
+        )
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise LLMBadResponseError("the LLM's answer is not a chat completion") from exc
-    if not isinstance(content, str):
+    if not isinstance(content, str) and not (content is None and calls):
         raise LLMBadResponseError("the LLM's answer has no text content")
-    model = data.get("model")
-    return Reply(content=_storable(content), model=_model(model), usage=_usage(data.get("usage")))
+    text = _storable(content) if content else ""
+    status = _status(choice.get("finish_reason"))
+    return Reply(
+        text, model=_model(data.get("model")), usage=_usage(data.get("usage")), status=status, tool_calls=calls
+    )
+
+
+def _status(finish_reason: object) -> MessageStatus:
+    """A reply the token limit cut short is incomplete; any other ending is a completed one."""
+    return MessageStatus.INCOMPLETE if finish_reason == "length" else MessageStatus.COMPLETED
 
 
 def _storable(text: str) -> str:

@@ -85,8 +85,9 @@ class ChatStore(Protocol):
 
     async def append_messages(
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
-    ) -> list[Message]:
-        """Append `messages` in order, with consecutive seqs, all or none, as `append_message` does one."""
+    ) -> tuple[list[Message], str | None]:
+        """Append `messages` (at least one) in order, with consecutive seqs, all or none, as
+        `append_message` does one; and tell the chat's system prompt as it is at that moment."""
         ...
 
     async def append_question(

@@ -152,9 +152,9 @@ class MemoryStore:
 
     async def append_messages(
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
-    ) -> list[Message]:
+    ) -> tuple[list[Message], str | None]:
         record = self._record(owner, chat_id)
-        return [self._append(record, message) for message in messages]
+        return [self._append(record, message) for message in messages], record.system_prompt
 
     async def append_question(
         self, owner: str, chat_id: str, content: str, *, ticket: int | None = None

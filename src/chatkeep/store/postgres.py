@@ -187,7 +187,7 @@ APPEND_MESSAGES = f"""WITH counted AS (
         last_message_at = $5
     WHERE id = $1 AND owner = $2 AND ($6::bigint IS NULL OR $6 = (
         SELECT min(t.ticket) FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now()))
-    RETURNING id, message_count
+    RETURNING id, message_count, system_prompt
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT m.id, c.id, c.message_count - $3 + m.n, m.role, m.content, $5, m.model, m.prompt_tokens,
@@ -195,7 +195,7 @@ INSERT INTO messages ({MESSAGE_COLUMNS})
     FROM counted c, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::integer[], $12::integer[],
         $13::text[], $14::text[]) WITH ORDINALITY
         AS m(id, role, content, model, prompt_tokens, completion_tokens, status, item, n)
-    RETURNING seq"""
+    RETURNING seq, (SELECT system_prompt FROM counted)"""
 # The rules of `ChatStore.claim_key` in one statement. `old` locks the record and reads its latest
 # version (FOR UPDATE in READ COMMITTED follows concurrent updates), and both writes read `old`
 # first. A record that another claim inserted after this statement's snapshot is invisible to
@@ -326,9 +326,7 @@ class PostgresStore:
 
     async def append_messages(
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
-    ) -> list[Message]:
-        if not messages:
-            return []
+    ) -> tuple[list[Message], str | None]:
         now, ids = utcnow(), [new_id("msg") for _ in messages]
         users = sum(message.role is Role.USER for message in messages)
         columns = [
@@ -345,10 +343,11 @@ class PostgresStore:
         if not rows:
             raise await self._refused(owner, chat_id)
         first = min(row[0] for row in rows)
-        return [
+        stored = [
             Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
             for n, (message_id, m) in enumerate(zip(ids, messages, strict=True))
         ]
+        return stored, rows[0][1]
 
     async def _refused(self, owner: str, chat_id: str) -> Exception:
         """Why an append wrote nothing: the chat is gone, or the append's ticket no longer holds its turn."""

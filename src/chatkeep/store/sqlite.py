@@ -336,19 +336,14 @@ class SqliteStore:
 
     async def append_messages(
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
-    ) -> list[Message]:
-        return await self._append_all(owner, chat_id, messages, ticket) if messages else []
+    ) -> tuple[list[Message], str | None]:
+        return await self._appended(owner, chat_id, messages, ticket)
 
     async def _append(
         self, owner: str, chat_id: str, message: NewMessage, ticket: int | None
     ) -> tuple[Message, str | None]:
         stored, system_prompt = await self._appended(owner, chat_id, [message], ticket)
         return stored[0], system_prompt
-
-    async def _append_all(
-        self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: int | None
-    ) -> list[Message]:
-        return (await self._appended(owner, chat_id, messages, ticket))[0]
 
     async def _appended(
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: int | None
