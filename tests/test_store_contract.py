@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from chatkeep.domain import (
+    DELETED_ITEM,
     ChatChanges,
     IdempotencyRecord,
     KeyClaim,
@@ -620,3 +621,31 @@ async def test_responses_are_kept_per_owner(store: ChatStore) -> None:
     await store.delete_response(ALICE, "resp_1")
     with pytest.raises(ResponseNotFoundError):
         await store.get_response(ALICE, "resp_1")
+
+
+async def test_a_message_can_be_stored_under_an_id_announced_before(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    await add(store, chat_id, "first")
+    stored = await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "named", id="msg_announced"))
+    assert (stored.id, stored.seq) == ("msg_announced", 2)
+    assert await store.get_message(ALICE, chat_id, "msg_announced") == stored
+    page = await store.list_messages(ALICE, chat_id, PageRequest(after="msg_announced", order="desc"))
+    assert [m.content for m in page.data] == ["first"]
+
+
+async def test_a_forgotten_message_keeps_its_seq_and_nothing_else(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    await add(store, chat_id, "keep", "drop me", "keep too")
+    dropped = (await store.list_messages(ALICE, chat_id, PageRequest())).data[1]
+    await store.forget_message(ALICE, chat_id, dropped.id)
+    messages = (await store.list_messages(ALICE, chat_id, PageRequest())).data
+    assert [(m.seq, m.content, m.item) for m in messages] == [
+        (1, "keep", None),
+        (2, "", DELETED_ITEM),
+        (3, "keep too", None),
+    ]
+    assert messages[1].id == dropped.id
+    with pytest.raises(MessageNotFoundError):
+        await store.forget_message(ALICE, chat_id, "msg_unknown")
+    with pytest.raises(ChatNotFoundError):
+        await store.forget_message(BOB, chat_id, dropped.id)

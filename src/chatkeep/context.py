@@ -6,7 +6,8 @@ estimated offline (see `estimate_tokens`) so nothing has to be downloaded at run
 estimate errs on the generous side so the budget is kept.
 """
 
-from chatkeep.domain import PromptMessage
+from chatkeep.domain import Message, PromptMessage
+from chatkeep.items import prompt_from_messages
 from chatkeep.store import ChatStore
 
 # Chat Completions frames every message with a few tokens (role, separators): OpenAI's cookbook
@@ -44,7 +45,7 @@ async def build_context(
     that prices it: this is the part of a turn that grows with the chat.
     """
     remaining = budget - (message_tokens(system_prompt) if system_prompt else 0)
-    newest_first: list[PromptMessage] = []
+    newest_first: list[Message] = []
     before_seq: int | None = None
     batch = FIRST_BATCH
     while remaining > 0 or not newest_first:
@@ -55,7 +56,7 @@ async def build_context(
             cost = (len(text) // 4 + 1 if text.isascii() else estimate_tokens(text)) + MESSAGE_OVERHEAD_TOKENS
             if cost > remaining and newest_first:
                 return _prompt(system_prompt, newest_first)
-            newest_first.append({"role": message.role, "content": text})
+            newest_first.append(message)
             remaining -= cost
         if len(older) < batch:
             break
@@ -64,9 +65,13 @@ async def build_context(
     return _prompt(system_prompt, newest_first)
 
 
-def _prompt(system_prompt: str, newest_first: list[PromptMessage]) -> list[PromptMessage]:
+def _prompt(system_prompt: str, newest_first: list[Message]) -> list[PromptMessage]:
     prompt: list[PromptMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    prompt += reversed(newest_first)
+    window = newest_first[::-1]
+    if any(message.item is not None for message in window):
+        prompt += prompt_from_messages(window)  # conversation items: function calls and their outputs...
+    else:
+        prompt += [{"role": message.role, "content": message.content} for message in window]
     return prompt
 
 

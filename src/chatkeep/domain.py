@@ -96,6 +96,10 @@ class NewMessage:
     usage: Usage | None = None
     status: MessageStatus = MessageStatus.COMPLETED
     item: dict[str, Any] | None = None
+    id: str | None = None  # the id to store it under (one the caller announced already); None: a new one
+
+
+DELETED_ITEM: dict[str, Any] = {"type": "deleted"}  # what a deleted conversation item leaves in its place
 
 
 @dataclass(slots=True, frozen=True)

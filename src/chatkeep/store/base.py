@@ -97,6 +97,13 @@ class ChatStore(Protocol):
         is at that moment (the turn's context needs it; the append reads the chat anyway)."""
         ...
 
+    async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
+        """Empty a message and mark it deleted (`DELETED_ITEM`), keeping its seq: seqs stay gap-free.
+
+        Raises ChatNotFoundError or MessageNotFoundError.
+        """
+        ...
+
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         """The chat's messages by `seq` in `page.order`, by cursor.
 

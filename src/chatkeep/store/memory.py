@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from chatkeep.domain import (
+    DELETED_ITEM,
     Chat,
     ChatChanges,
     IdempotencyRecord,
@@ -53,12 +54,14 @@ class _ChatRecord:
     messages: list[Message] = field(default_factory=list)
     user_count: int = 0
     summary: SummaryText | None = None
+    named: dict[str, int] | None = None  # seqs of the messages whose ids the caller chose
 
     def seq_of(self, message_id: str) -> int | None:
-        """The seq of the chat's message `message_id`, which ends with it (see `_message_id`)."""
+        """The seq of the chat's message `message_id`, which ends with it (see `_message_id`) unless
+        the caller chose the id."""
         _, dot, tail = message_id.rpartition(".")
         if not dot or not tail.isdigit() or not 0 < int(tail) <= len(self.messages):
-            return None
+            return self.named.get(message_id) if self.named else None
         seq = int(tail)
         return seq if self.messages[seq - 1].id == message_id else None
 
@@ -163,11 +166,14 @@ class MemoryStore:
         return self._append(record, NewMessage(Role.USER, content)), record.system_prompt
 
     def _append(self, record: _ChatRecord, message: NewMessage) -> Message:
-        now = utcnow()
+        now, seq = utcnow(), len(record.messages) + 1
+        if message.id is not None:
+            record.named = record.named or {}
+            record.named[message.id] = seq
         stored = Message(
-            id=_message_id(len(record.messages) + 1),
+            id=message.id or _message_id(seq),
             chat_id=record.id,
-            seq=len(record.messages) + 1,
+            seq=seq,
             role=message.role,
             content=message.content,
             created_at=now,
@@ -180,6 +186,14 @@ class MemoryStore:
         record.user_count += message.role is Role.USER
         record.updated_at = now
         return stored
+
+    async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
+        record = self._record(owner, chat_id)
+        seq = record.seq_of(message_id)
+        if seq is None:
+            raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
+        kept = record.messages[seq - 1]
+        record.messages[seq - 1] = replace(kept, content="", model=None, usage=None, item=DELETED_ITEM)
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         record = self._record(owner, chat_id)

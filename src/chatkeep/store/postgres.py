@@ -29,6 +29,7 @@ from typing import TypeAlias
 import asyncpg
 
 from chatkeep.domain import (
+    DELETED_ITEM,
     Chat,
     ChatChanges,
     KeyClaim,
@@ -53,6 +54,7 @@ from chatkeep.store.rows import (
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
     chat_from_row,
+    check_message,
     claim_from_row,
     item_json,
     joined_keys_from_rows,
@@ -301,7 +303,7 @@ class PostgresStore:
     async def _append(
         self, owner: str, chat_id: str, message: NewMessage, ticket: int | None
     ) -> tuple[Message, str | None]:
-        message_id, now, usage = new_id("msg"), utcnow(), message.usage
+        message_id, now, usage = message.id or new_id("msg"), utcnow(), message.usage
         row = await self._pool.fetchrow(
             APPEND_MESSAGE,
             chat_id,
@@ -327,7 +329,7 @@ class PostgresStore:
     async def append_messages(
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
     ) -> tuple[list[Message], str | None]:
-        now, ids = utcnow(), [new_id("msg") for _ in messages]
+        now, ids = utcnow(), [message.id or new_id("msg") for message in messages]
         users = sum(message.role is Role.USER for message in messages)
         columns = [
             ids,
@@ -354,6 +356,13 @@ class PostgresStore:
         if await self._pool.fetchval(SQL.select_stats, chat_id, owner) is not None:
             return TurnLapsedError(LAPSED_DETAIL)
         return _no_chat(chat_id)
+
+    async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            check_message(
+                await connection.fetchrow(SQL.forget_message, chat_id, owner, message_id), chat_id, message_id
+            )
+            await connection.execute(SQL.forgotten_message, chat_id, message_id, to_json(DELETED_ITEM))
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         keys: dict[str, int] = {}

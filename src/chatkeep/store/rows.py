@@ -153,6 +153,14 @@ def joined_keys_from_rows(rows: Sequence[Row], chat_id: str) -> dict[str, int]:
     return {message_id: seq for message_id, seq in rows if message_id is not None}
 
 
+def check_message(row: Row | None, chat_id: str, message_id: str) -> None:
+    """Raise ChatNotFoundError for no row (no chat), MessageNotFoundError for a row of NULL (no message)."""
+    if row is None:
+        raise ChatNotFoundError(f"no chat {chat_id!r}")
+    if next(iter(row)) is None:
+        raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
+
+
 def joined_message_from_row(row: Row | None, when: When, chat_id: str, message_id: str) -> Message:
     """The message of a row selected with JOINED_MESSAGE_COLUMNS. Raises ChatNotFoundError or MessageNotFoundError."""
     if row is None:

@@ -111,6 +111,11 @@ class Statements:
     RETURNING true"""
     select_message: str = """SELECT {joined_message_columns} FROM chats c
     LEFT JOIN messages m ON m.chat_id = c.id AND m.id = $3 WHERE c.id = $1 AND c.owner = $2"""
+    # No row: no chat; a row of NULL: no such message in it.
+    forget_message: str = """SELECT m.id FROM chats c LEFT JOIN messages m ON m.chat_id = c.id AND m.id = $3
+    WHERE c.id = $1 AND c.owner = $2"""
+    forgotten_message: str = """UPDATE messages SET content = '', model = NULL, prompt_tokens = NULL,
+    completion_tokens = NULL, item = $3 WHERE chat_id = $1 AND id = $2"""
     update_key: str = """UPDATE idempotency_keys
     SET state = $3, result = $4, user_message_id = COALESCE($5, user_message_id), updated_at = $6
     WHERE owner = $1 AND key = $2"""

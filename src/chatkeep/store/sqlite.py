@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from chatkeep.domain import (
+    DELETED_ITEM,
     Chat,
     ChatChanges,
     KeyClaim,
@@ -52,6 +53,7 @@ from chatkeep.store.rows import (
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
     chat_from_row,
+    check_message,
     claim_from_row,
     item_json,
     joined_keys_from_rows,
@@ -245,6 +247,13 @@ def _append(
     return counted[0], counted[1]
 
 
+def _forget_message(db: sqlite3.Connection, owner: str, chat_id: str, message_id: str) -> None:
+    with _writing(db):
+        found = db.execute(SQL.forget_message, (chat_id, owner, message_id)).fetchone()
+        check_message(found, chat_id, message_id)
+        db.execute(SQL.forgotten_message, (chat_id, message_id, to_json(DELETED_ITEM)))
+
+
 def _messages(db: sqlite3.Connection, owner: str, chat_id: str, page: PageRequest) -> tuple[list[Message], bool]:
     cursors = db.execute(SQL.message_cursors, (chat_id, owner, page.after or "", page.before or "")).fetchall()
     span = key_range(page, joined_keys_from_rows(cursors, chat_id), "message")
@@ -349,7 +358,7 @@ class SqliteStore:
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: int | None
     ) -> tuple[list[Message], str | None]:
         now = utcnow()
-        ids = [new_id("msg") for _ in messages]
+        ids = [message.id or new_id("msg") for message in messages]
         rows = [_message_row(message_id, message) for message_id, message in zip(ids, messages, strict=True)]
         last, system_prompt = await self._thread.run(_append, owner, chat_id, rows, _micros(now), ticket)
         first = last - len(messages) + 1
@@ -358,6 +367,9 @@ class SqliteStore:
             for n, (message_id, m) in enumerate(zip(ids, messages, strict=True))
         ]
         return stored, system_prompt
+
+    async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
+        await self._thread.run(_forget_message, owner, chat_id, message_id)
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         return Page(*await self._thread.run(_messages, owner, chat_id, page))

@@ -1,0 +1,171 @@
+"""Conversation items (OpenAI's Conversations and Responses APIs) as chatkeep keeps them.
+
+A stored message is a conversation item. A plain user or assistant text message keeps only its
+role and text, as the native API's messages do; any other item (a function call or its output,
+reasoning, a message with another role or with more than text) is kept verbatim in
+`Message.item`, with its plain words in `content` for the native API, summaries and the token
+budget. Three conversions live here: an input item to what is stored, a stored message to the
+item clients read back, and stored messages to the Chat Completions messages the LLM is sent.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from chatkeep.domain import Message, NewMessage, PromptMessage, Role
+
+TEXT_PARTS = {"input_text", "output_text", "text"}
+PLAIN_MESSAGE_KEYS = {"type", "role", "content", "id", "status"}
+PLAIN_PART_KEYS = {"type", "text", "annotations", "logprobs"}
+INPUT_ROLES = {"user", "system", "developer"}
+
+
+class InvalidItemError(ValueError):
+    """An input item chatkeep cannot take; the message says which field and why."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def stored_from_item(item: Any, param: str) -> NewMessage:
+    """What an input item stores: a plain message, or the item verbatim with its plain words.
+
+    Raises InvalidItemError, naming `param`, for an item that is not one.
+    """
+    if not isinstance(item, dict):
+        raise InvalidItemError("an input item must be an object", param)
+    kind = item.get("type", "message")
+    if not isinstance(kind, str):
+        raise InvalidItemError("an input item's type must be a string", f"{param}.type")
+    if kind == "message":
+        return _message(item, param)
+    if kind == "function_call":
+        _require_strings(item, param, "call_id", "name", "arguments")
+        return NewMessage(Role.ASSISTANT, f"{item['name']}({item['arguments']})", item=item)
+    if kind == "function_call_output":
+        _require_strings(item, param, "call_id")
+        return NewMessage(Role.USER, _output_text(item.get("output"), f"{param}.output"), item=item)
+    if kind == "reasoning":
+        summary = item.get("summary")
+        parts = summary if isinstance(summary, list) else []
+        return NewMessage(Role.ASSISTANT, _text_of(parts), item=item)
+    return NewMessage(Role.ASSISTANT, "", item=item)  # another kind: kept and listed back, never sent upstream
+
+
+def item_from_message(message: Message) -> dict[str, Any]:
+    """The conversation item a stored message is read back as, with the message's id as its id."""
+    if message.item is not None:
+        item = {**message.item, "id": message.id}
+        if item.get("type", "message") in ("message", "function_call", "function_call_output"):
+            item.setdefault("status", "completed")
+        return item
+    if message.role is Role.USER:
+        content: dict[str, Any] = {"type": "input_text", "text": message.content}
+    else:
+        content = {"type": "output_text", "text": message.content, "annotations": [], "logprobs": []}
+    return {
+        "type": "message",
+        "id": message.id,
+        "role": message.role.value,
+        "status": message.status.value,
+        "content": [content],
+    }
+
+
+def prompt_from_messages(window: Sequence[Message]) -> list[PromptMessage]:
+    """The Chat Completions messages of a window of stored messages, oldest first.
+
+    A function call goes with the assistant message before it (or in one of its own) as a tool
+    call, its output as a tool message. A call whose output is not in the window, or an output
+    whose call is not, is left out: the API refuses either alone. Reasoning and other kinds the
+    Chat Completions API cannot take are left out too.
+    """
+    answered = {m.item.get("call_id") for m in window if m.item and m.item.get("type") == "function_call_output"}
+    called = {m.item.get("call_id") for m in window if m.item and m.item.get("type") == "function_call"}
+    prompt: list[PromptMessage] = []
+    for message in window:
+        item = message.item
+        if item is None:
+            prompt.append({"role": message.role, "content": message.content})
+            continue
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            prompt.append(
+                {"role": "system" if role in ("system", "developer") else message.role, "content": message.content}
+            )
+        elif kind == "function_call" and item["call_id"] in answered:
+            _add_call(prompt, item)
+        elif kind == "function_call_output" and item["call_id"] in called:
+            prompt.append({"role": "tool", "tool_call_id": item["call_id"], "content": message.content})
+    return prompt
+
+
+def _add_call(prompt: list[PromptMessage], item: dict[str, Any]) -> None:
+    call = {
+        "id": item["call_id"],
+        "type": "function",
+        "function": {"name": item["name"], "arguments": item["arguments"]},
+    }
+    last = prompt[-1] if prompt else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        prompt.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _message(item: dict[str, Any], param: str) -> NewMessage:
+    role = item.get("role")
+    if role not in ("user", "assistant", "system", "developer"):
+        raise InvalidItemError("a message's role must be user, assistant, system or developer", f"{param}.role")
+    content = item.get("content")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        text = _text_of(content)
+    else:
+        raise InvalidItemError("a message's content must be a string or a list of content parts", f"{param}.content")
+    stored_role = Role.ASSISTANT if role == "assistant" else Role.USER
+    plain = role in ("user", "assistant") and set(item) <= PLAIN_MESSAGE_KEYS and _is_plain(content, role)
+    return NewMessage(stored_role, text, item=None if plain else item)
+
+
+def _is_plain(content: str | list[Any], role: str) -> bool:
+    """Whether a message's content is exactly one text part (or a string) that the plain form gives back."""
+    if isinstance(content, str):
+        return True
+    if len(content) != 1 or not isinstance(content[0], dict):
+        return False
+    part = content[0]
+    expected = "input_text" if role == "user" else "output_text"
+    return (
+        part.get("type") == expected
+        and set(part) <= PLAIN_PART_KEYS
+        and not part.get("annotations")
+        and not part.get("logprobs")
+    )
+
+
+def _text_of(parts: list[Any]) -> str:
+    """The text of content (or summary) parts, joined; parts without text (images, files) say what they are."""
+    texts = []
+    for part in parts:
+        if isinstance(part, dict) and part.get("type") in TEXT_PARTS | {"summary_text", "reasoning_text", "refusal"}:
+            texts.append(str(part.get("text") or part.get("refusal") or ""))
+        elif isinstance(part, dict):
+            texts.append(f"[{part.get('type', 'part')}]")
+    return "\n".join(texts)
+
+
+def _output_text(output: Any, param: str) -> str:
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        return _text_of(output)
+    raise InvalidItemError("a function call's output must be a string or a list of content parts", param)
+
+
+def _require_strings(item: dict[str, Any], param: str, *names: str) -> None:
+    for name in names:
+        if not isinstance(item.get(name), str):
+            raise InvalidItemError(f"a {item['type']} item needs a string `{name}`", f"{param}.{name}")
