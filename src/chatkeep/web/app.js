@@ -1,0 +1,401 @@
+// The chat page: wires the API to the sidebar, the conversation, the composer, the summary
+// panel and the dialogs, and owns the one piece of state they share: which chat is open and
+// which turns are running.
+//
+// The open chat is the URL's fragment (#<chat id>), so reloads, bookmarks and the back button
+// work; "New chat" is no fragment, and the chat is created, titled after its first question,
+// when that question is sent. A turn goes on while another chat is shown; coming back shows
+// its reply where it has got to.
+
+import { Api, newIdempotencyKey } from "./api.js";
+import { ChatList, UNTITLED } from "./chat-list.js";
+import { Composer } from "./composer.js";
+import { Conversation } from "./conversation.js";
+import { announce, byId } from "./dom.js";
+import { KeyDialog } from "./key-dialog.js";
+import { ReplyView, confirmQuestion, pendingQuestion, unsentQuestion } from "./messages.js";
+import { problemNotice } from "./problems.js";
+import { SummaryPanel } from "./summary.js";
+import { Turn } from "./turn.js";
+
+const TITLE_CHARS = 60;
+const NARROW = window.matchMedia("(max-width: 899px)");
+
+class ChatPage {
+  constructor() {
+    this.api = new Api();
+    this.chat = null; // the open chat; null: a new one, not created until its first question
+    this.generation = 0; // bumped whenever another chat opens: late answers for the last are dropped
+    this.turns = new Map(); // chat id -> {turn, question, reply} of its running turn
+    this.dismissedOffline = false;
+    const onError = (error) => this.noticeError(error);
+    this.chats = new ChatList(this.api, { onError });
+    this.conversation = new Conversation(this.api, { onError, onOffline: () => this.showOfflineNotice() });
+    this.composer = new Composer({ onSend: (text) => this.send(text), onStop: () => this.stop() });
+    this.summary = new SummaryPanel(this.api, { onError, onClose: () => this.toggleSummary(false) });
+    this.keys = new KeyDialog(this.api, { onChange: () => this.restart(), onClose: () => this.composer.refocus() });
+    this.listen();
+  }
+
+  start() {
+    this.chats.loadMore();
+    this.route();
+  }
+
+  listen() {
+    window.addEventListener("hashchange", () => this.route());
+    byId("new-chat").addEventListener("click", () => this.newChat());
+    byId("rename-button").addEventListener("click", () => this.startRename());
+    byId("rename-cancel").addEventListener("click", () => this.endRename());
+    byId("rename-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.rename();
+    });
+    byId("delete-button").addEventListener("click", () => this.confirmDelete());
+    byId("delete-dialog").addEventListener("close", () => this.deleteConfirmed());
+    byId("summary-toggle").addEventListener("click", () => this.toggleSummary(!this.summary.open));
+    byId("sidebar-open").addEventListener("click", () => this.toggleDrawer(true));
+    byId("sidebar-close").addEventListener("click", () => this.toggleDrawer(false));
+    byId("backdrop").addEventListener("click", () => this.toggleDrawer(false));
+    byId("offline-dismiss").addEventListener("click", () => {
+      this.dismissedOffline = true;
+      byId("offline-notice").hidden = true;
+      this.composer.focus();
+    });
+    byId("skip-link").addEventListener("click", (event) => {
+      event.preventDefault(); // its #prompt is no chat
+      this.composer.focus();
+    });
+    byId("chat-list").addEventListener("click", (event) => {
+      const link = event.target.closest("a");
+      if (!link) return;
+      this.toggleDrawer(false);
+      if (decodeURIComponent(link.hash.slice(1)) === this.chat?.id) this.composer.focus(); // no hashchange
+      else this.focusOnOpen = true;
+    });
+    document.addEventListener("keydown", (event) => this.escape(event));
+  }
+
+  escape(event) {
+    if (event.key !== "Escape" || document.querySelector("dialog[open]")) return;
+    if (byId("app").classList.contains("drawer-open")) {
+      this.toggleDrawer(false);
+    } else if (!byId("rename-form").hidden) {
+      this.endRename();
+    } else if (this.summary.open) {
+      this.toggleSummary(false);
+    }
+  }
+
+  /** Show the chat the URL names. */
+  async route() {
+    const chatId = decodeURIComponent(location.hash.slice(1)) || null;
+    if (chatId !== null && chatId === this.chat?.id) return;
+    this.toggleDrawer(false);
+    this.endRename({ focus: false });
+    byId("chat-notice").replaceChildren();
+    this.chats.select(chatId);
+    if (chatId === null) {
+      this.showChat(null);
+      this.toggleSummary(false);
+      await this.conversation.show(null);
+    } else {
+      await this.open(chatId);
+    }
+    if (this.focusOnOpen) this.composer.focus();
+    this.focusOnOpen = false;
+  }
+
+  async open(chatId) {
+    const generation = ++this.generation;
+    this.showChat({ id: chatId, title: this.chats.titleOf(chatId) ?? "Loading…" });
+    let chat;
+    try {
+      chat = await this.api.getChat(chatId);
+    } catch (error) {
+      if (generation !== this.generation) return;
+      await this.conversation.show(null);
+      this.conversation.welcome.hidden = true;
+      byId("chat-title").textContent = error.status === 404 ? "Chat not found" : "Chat unavailable";
+      byId("chat-notice").replaceChildren(problemNotice(error, this.chatErrorOptions(error, () => this.reopen())));
+      byId("chat-actions").hidden = true;
+      this.noticeError(error);
+      return;
+    }
+    if (generation !== this.generation) return;
+    this.chat = chat;
+    this.showChat(chat);
+    this.chats.update(chat);
+    const newest = await this.conversation.show(chatId);
+    if (generation !== this.generation) return;
+    this.attachTurn(chatId, newest);
+    this.summary.update(chatId);
+  }
+
+  reopen() {
+    this.chat = null;
+    return this.route();
+  }
+
+  chatErrorOptions(error, retry) {
+    if (error.status === 404) return { actions: [{ label: "Start a new chat", run: () => this.newChat() }] };
+    if (error.needsKey) return { actions: [{ label: "Enter an API key", run: () => this.keys.askFor(error) }] };
+    return { retry };
+  }
+
+  showChat(chat) {
+    const title = chat === null ? "New chat" : chat.title || UNTITLED;
+    byId("chat-title").textContent = title;
+    document.title = chat === null ? "chatkeep" : `${title} · chatkeep`;
+    byId("chat-actions").hidden = chat === null;
+    this.chat = chat;
+    this.composer.setBusy(chat !== null && this.turns.has(chat.id));
+  }
+
+  newChat() {
+    if (location.hash) history.pushState(null, "", location.pathname + location.search);
+    this.route();
+    this.composer.focus();
+  }
+
+  restart() {
+    this.chats.reload();
+    this.chat = null;
+    this.route();
+  }
+
+  noticeError(error) {
+    if (error?.needsKey) {
+      this.keys.needed();
+      this.keys.askFor(error);
+    }
+  }
+
+  // Turns
+
+  async send(text) {
+    let chat = this.chat;
+    this.composer.clear();
+    if (chat === null) {
+      try {
+        chat = await this.api.createChat({ title: titleFor(text) }, { idempotencyKey: newIdempotencyKey() });
+      } catch (error) {
+        this.composer.restore(text);
+        this.composer.showNotice(problemNotice(error));
+        this.noticeError(error);
+        return;
+      }
+      this.chats.add(chat);
+      this.chats.select(chat.id);
+      this.generation += 1;
+      this.showChat(chat);
+      this.conversation.started(chat.id);
+      history.pushState(null, "", `#${encodeURIComponent(chat.id)}`);
+    }
+    this.startTurn(chat.id, new Turn(this.api, chat.id, text, null), pendingQuestion(text));
+  }
+
+  /** Follow the turn answering the chat's newest message, a question left without a reply. */
+  followTurn(chatId, question) {
+    this.startTurn(chatId, Turn.following(this.api, chatId, question.id, null), null);
+  }
+
+  startTurn(chatId, turn, question) {
+    const running = { turn, question, reply: this.replyView() };
+    turn.view = this.turnView(chatId, running);
+    this.turns.set(chatId, running);
+    if (question) this.conversation.append(question);
+    this.conversation.append(running.reply.element);
+    this.composer.setBusy(true);
+    turn.run();
+  }
+
+  replyView() {
+    return new ReplyView({ around: (draw) => this.conversation.following(draw) });
+  }
+
+  /** Show the running turn of `chatId` below its messages, or follow an unanswered question. */
+  attachTurn(chatId, newest) {
+    const running = this.turns.get(chatId);
+    if (running === undefined) {
+      if (newest[0]?.role === "user") this.followTurn(chatId, newest[0]);
+      return;
+    }
+    const id = running.turn.userMessageId;
+    const stored = id !== null && this.conversation.list.querySelector(`[data-id="${CSS.escape(id)}"]`);
+    if (running.question && !stored) this.conversation.append(running.question);
+    this.conversation.append(running.reply.element);
+    this.composer.setBusy(true);
+  }
+
+  turnView(chatId, running) {
+    return {
+      question: (message) => running.question && confirmQuestion(running.question, message),
+      progress: (text) => running.reply.show(text),
+      reconnecting: (flag) => running.reply.reconnecting(flag),
+      answered: (message) => {
+        running.reply.finish(message);
+        this.turnEnded(chatId);
+        this.conversation.noticeMessage(message);
+        if (message.status === "incomplete") announce("Reply stopped.");
+      },
+      failed: (error) => this.turnFailed(chatId, running, error),
+      stopFailed: (error) => {
+        this.composer.stopAgain();
+        this.composer.showNotice(problemNotice(error));
+      },
+    };
+  }
+
+  turnEnded(chatId) {
+    this.turns.delete(chatId);
+    if (chatId === this.chat?.id) {
+      this.composer.setBusy(false);
+      this.summary.update(chatId);
+    }
+  }
+
+  turnFailed(chatId, running, error) {
+    this.turnEnded(chatId);
+    this.noticeError(error);
+    const { turn } = running;
+    if (turn.userMessageId === null && running.question) {
+      if (error.status === 413 || error.status === 422) {
+        // Refused as written: nothing was stored, so the text goes back to be changed.
+        running.question.remove();
+        running.reply.element.remove();
+        this.composer.restore(turn.content);
+        this.composer.showNotice(problemNotice(error));
+        return;
+      }
+      unsentQuestion(running.question);
+    }
+    const actions = [];
+    if (error.needsKey) actions.push({ label: "Enter an API key", run: () => this.keys.askFor(error) });
+    if (error.slug === "chat-not-found") {
+      this.chats.remove(chatId);
+      actions.push({ label: "Start a new chat", run: () => this.newChat() });
+    }
+    const retry = turn.retryable && error.slug !== "chat-not-found" ? () => this.retryTurn(chatId, running) : null;
+    running.reply.fail(error, { retry, actions });
+  }
+
+  retryTurn(chatId, running) {
+    if (this.turns.has(chatId)) return;
+    const reply = this.replyView();
+    running.reply.element.replaceWith(reply.element);
+    running.reply = reply;
+    this.turns.set(chatId, running);
+    this.composer.setBusy(true);
+    running.turn.retry();
+  }
+
+  stop() {
+    this.turns.get(this.chat?.id)?.turn.stop();
+  }
+
+  // The chat's header: rename, delete, summary
+
+  startRename() {
+    byId("rename-input").value = this.chat?.title ?? "";
+    byId("chat-title").hidden = true;
+    byId("chat-actions").hidden = true;
+    byId("rename-form").hidden = false;
+    byId("rename-input").select();
+    byId("rename-input").focus();
+  }
+
+  endRename({ focus = true } = {}) {
+    if (byId("rename-form").hidden) return;
+    byId("rename-form").hidden = true;
+    byId("chat-title").hidden = false;
+    byId("chat-actions").hidden = this.chat === null;
+    if (focus) byId("rename-button").focus();
+  }
+
+  async rename() {
+    const chat = this.chat;
+    const title = byId("rename-input").value.replace(/[\x00-\x1f\x7f]/g, "").trim() || null;
+    try {
+      const renamed = await this.api.updateChat(chat.id, { title });
+      this.chats.update(renamed);
+      if (this.chat?.id === renamed.id) this.showChat(renamed);
+      this.endRename();
+      announce(`Chat renamed to ${renamed.title || UNTITLED}.`);
+    } catch (error) {
+      byId("chat-notice").replaceChildren(problemNotice(error, this.chatErrorOptions(error, () => this.rename())));
+      this.noticeError(error);
+    }
+  }
+
+  confirmDelete() {
+    const title = this.chat.title || UNTITLED;
+    byId("delete-text").textContent = `“${title}” and all its messages will be deleted for good.`;
+    byId("delete-dialog").returnValue = "";
+    byId("delete-dialog").showModal();
+  }
+
+  async deleteConfirmed() {
+    if (byId("delete-dialog").returnValue !== "delete") {
+      byId("delete-button").focus();
+      return;
+    }
+    const chat = this.chat;
+    try {
+      await this.api.deleteChat(chat.id);
+    } catch (error) {
+      if (error.status !== 404) {
+        const options = this.chatErrorOptions(error, () => this.deleteConfirmed());
+        byId("chat-notice").replaceChildren(problemNotice(error, options));
+        this.noticeError(error);
+        return;
+      }
+    }
+    this.turns.delete(chat.id);
+    this.chats.remove(chat.id);
+    announce(`Chat “${chat.title || UNTITLED}” deleted.`);
+    if (this.chat?.id === chat.id) this.newChat();
+  }
+
+  toggleSummary(open) {
+    const toggle = byId("summary-toggle");
+    toggle.setAttribute("aria-expanded", String(open));
+    if (open && this.chat !== null) {
+      this.summary.show(this.chat.id);
+      byId("summary-title").focus();
+    } else {
+      const hadFocus = byId("summary").contains(document.activeElement);
+      this.summary.hide();
+      if (hadFocus) toggle.focus();
+    }
+  }
+
+  toggleDrawer(open) {
+    const app = byId("app");
+    if (open === app.classList.contains("drawer-open")) return;
+    app.classList.toggle("drawer-open", open);
+    byId("backdrop").hidden = !open;
+    byId("sidebar-open").setAttribute("aria-expanded", String(open));
+    if (open) byId("new-chat").focus();
+    else if (NARROW.matches && byId("sidebar").contains(document.activeElement)) byId("sidebar-open").focus();
+  }
+
+  showOfflineNotice() {
+    if (!this.dismissedOffline) byId("offline-notice").hidden = false;
+  }
+}
+
+/** A chat's title from its first question: its first words on one line. */
+function titleFor(text) {
+  const line = text
+    .replace(/[\x00-\x1f\x7f]+/g, " ")
+    .replace(/[*`]+|^[#>\s]+/g, "")
+    .replace(/\s+/g, " ")
+    .trim();
+  if (line.length <= TITLE_CHARS) return line || null;
+  const cut = line.slice(0, TITLE_CHARS - 1);
+  const space = cut.lastIndexOf(" ");
+  return `${space > TITLE_CHARS / 2 ? cut.slice(0, space) : cut}…`;
+}
+
+new ChatPage().start();

@@ -1,0 +1,166 @@
+// How one message looks: the user's as plain text, a reply as Markdown, each with its facts.
+//
+// `messageElement` draws a stored message. `ReplyView` is the reply being written: it shows the
+// text as it streams (redrawn at most once a frame), says when the connection is being resumed,
+// and becomes the stored message, or the failure, when the turn ends.
+
+import { fullTime, h, timeElement } from "./dom.js";
+import { renderMarkdown } from "./markdown.js";
+import { problemNotice } from "./problems.js";
+
+export const OFFLINE_MODEL = "chatkeep-offline";
+const COPIED_MS = 1500;
+
+/** The <article> showing the stored `message`. */
+export function messageElement(message) {
+  const article = h("article", { className: `message message-${message.role}` });
+  fill(article, message);
+  return article;
+}
+
+function fill(article, message) {
+  const user = message.role === "user";
+  article.dataset.id = message.id;
+  article.dataset.seq = message.seq;
+  article.dataset.status = message.status;
+  article.replaceChildren(
+    h("h2", { className: "visually-hidden", text: user ? "You said" : "The assistant said" }),
+    user ? h("div", { className: "message-body message-text", text: message.content }) : replyBody(message.content),
+    footer(message),
+  );
+}
+
+function replyBody(text) {
+  const body = h("div", { className: "message-body md" });
+  body.append(renderMarkdown(text));
+  for (const pre of body.querySelectorAll("pre")) pre.append(copyButton(() => pre.querySelector("code").textContent));
+  return body;
+}
+
+function footer(message) {
+  const facts = [timeElement(message.created_at)];
+  if (message.role === "assistant" && message.model === OFFLINE_MODEL) {
+    facts.push(h("span", { className: "tag tag-offline", text: "offline, no model connected" }));
+  } else if (message.role === "assistant" && message.model) {
+    facts.push(h("span", { className: "model", text: message.model }));
+  }
+  if (message.status === "incomplete") {
+    facts.push(h("span", { className: "tag tag-incomplete", text: "Stopped: incomplete reply" }));
+  }
+  if (message.role === "assistant" && message.content) facts.push(copyButton(() => message.content, "Copy reply"));
+  return h("footer", { className: "message-meta", title: fullTime(message.created_at) }, facts);
+}
+
+function copyButton(text, label = "Copy code") {
+  if (!navigator.clipboard) return null; // only in secure contexts (https, localhost)
+  const button = h("button", {
+    type: "button",
+    className: "copy-button",
+    text: "Copy",
+    attrs: { "aria-label": label },
+    on: {
+      click: async () => {
+        try {
+          await navigator.clipboard.writeText(text());
+          button.textContent = "Copied";
+        } catch {
+          button.textContent = "Copy failed";
+        }
+        setTimeout(() => {
+          button.textContent = "Copy";
+        }, COPIED_MS);
+      },
+    },
+  });
+  return button;
+}
+
+/** A user message not yet stored: shown at once, confirmed (or dropped) by the turn. */
+export function pendingQuestion(content) {
+  return h(
+    "article",
+    { className: "message message-user message-pending" },
+    h("h2", { className: "visually-hidden", text: "You said" }),
+    h("div", { className: "message-body message-text", text: content }),
+    h("footer", { className: "message-meta" }, h("span", { text: "Sending…" })),
+  );
+}
+
+/** Mark `article` (a pending question) as not stored: its turn failed before the server had it. */
+export function unsentQuestion(article) {
+  article.querySelector(".message-meta").replaceChildren(h("span", { className: "tag tag-unsent", text: "Not sent" }));
+}
+
+/** Turn `article` (a pending question) into the stored `message`. */
+export function confirmQuestion(article, message) {
+  article.classList.remove("message-pending");
+  fill(article, message);
+}
+
+export class ReplyView {
+  /** `around(draw)` runs each redraw, so the conversation can keep following the text. */
+  constructor({ around = (draw) => draw() } = {}) {
+    this.around = around;
+    this.status = h("p", { className: "reply-status" }, typingDots(), h("span", { text: "Writing…" }));
+    this.body = h("div", { className: "message-body md" });
+    this.element = h(
+      "article",
+      // Read out once written: aria-busy holds the announcement until the reply is whole.
+      {
+        className: "message message-assistant message-streaming",
+        attrs: { "aria-live": "polite", "aria-busy": "true" },
+      },
+      h("h2", { className: "visually-hidden", text: "The assistant is replying" }),
+      this.body,
+      this.status,
+    );
+    this.text = "";
+    this.frame = 0;
+    this.isReconnecting = false;
+  }
+
+  show(text) {
+    this.text = text;
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      this.draw();
+    });
+  }
+
+  draw() {
+    this.around(() => this.body.replaceChildren(renderMarkdown(this.text)));
+  }
+
+  reconnecting(flag) {
+    if (flag === this.isReconnecting) return;
+    this.isReconnecting = flag;
+    const text = flag ? "Connection lost, reconnecting…" : "Writing…";
+    this.status.replaceChildren(typingDots(), h("span", { text }));
+    this.status.classList.toggle("reply-status-warning", flag);
+  }
+
+  /** The turn ended with the stored `message`. */
+  finish(message) {
+    cancelAnimationFrame(this.frame);
+    this.element.classList.remove("message-streaming");
+    this.element.removeAttribute("aria-busy");
+    this.around(() => fill(this.element, message));
+  }
+
+  /** The turn failed: `error` shown in the reply's place, with `retry` when it may help. */
+  fail(error, { retry = null, actions = [] } = {}) {
+    cancelAnimationFrame(this.frame);
+    this.element.classList.remove("message-streaming");
+    this.element.removeAttribute("aria-busy");
+    this.around(() => {
+      this.body.replaceChildren(renderMarkdown(this.text));
+      this.status.remove();
+      this.element.append(problemNotice(error, { retry, actions }));
+    });
+  }
+}
+
+function typingDots() {
+  return h("span", { className: "typing", attrs: { "aria-hidden": "true" } }, h("span"), h("span"), h("span"));
+}

@@ -1,0 +1,174 @@
+// One streamed turn: the question posted, the reply followed to its end through network cuts.
+//
+// The question goes out with an Idempotency-Key, so posting it again after a cut is answered
+// once (replayed, or only its reply run again). Once the server has named the stored question
+// (event "0"), a cut stream is resumed after the last event seen, with Last-Event-ID, and a
+// delta counts only when its id is above the last one counted, so no text is ever doubled.
+// Stop asks the server to end the reply where it is: its stored, incomplete reply ends the turn.
+//
+// The turn reports to a view: question(message), progress(text), reconnecting(flag),
+// answered(message), failed(error) and stopFailed(error).
+
+import { ApiError, newIdempotencyKey } from "./api.js";
+import { readEvents } from "./sse.js";
+
+const RETRY_DELAYS_MS = [300, 600, 1200, 2500, 5000, 8000];
+const POST_ATTEMPTS = 3; // while the question may not be stored; a resume goes on as long as the page
+const TURN_NOT_RUNNING = "turn-not-running";
+const KEY_IN_FLIGHT = "idempotency-key-in-flight";
+
+export class Turn {
+  constructor(api, chatId, content, view, { userMessageId = null } = {}) {
+    this.api = api;
+    this.chatId = chatId;
+    this.content = content;
+    this.view = view;
+    this.idempotencyKey = content === null ? null : newIdempotencyKey();
+    this.userMessageId = userMessageId;
+    this.lastDelta = 0;
+    this.text = "";
+    this.ended = false;
+    this.stopping = false;
+    this.cancelSent = false;
+  }
+
+  /** The turn that asked `userMessageId`, followed from its start (after a page reload). */
+  static following(api, chatId, userMessageId, view) {
+    return new Turn(api, chatId, null, view, { userMessageId });
+  }
+
+  /** Whether the question can be posted again: a turn only followed never had its key. */
+  get retryable() {
+    return this.content !== null;
+  }
+
+  async run() {
+    let failures = 0;
+    while (!this.ended) {
+      const before = this.lastDelta;
+      try {
+        await this.follow(await this.open());
+        if (!this.ended) throw ApiError.unreachable(); // the body ended before the final event
+      } catch (error) {
+        if (this.ended) return;
+        if (this.lastDelta > before) failures = 0;
+        const wait = this.retryDelay(error, failures);
+        if (wait === null) {
+          this.fail(error);
+          return;
+        }
+        failures += 1;
+        this.view.reconnecting(true);
+        await pause(wait);
+      }
+    }
+  }
+
+  /** Post the question again (same key: the server answers it once) after a failure. */
+  retry() {
+    this.ended = false;
+    this.stopping = false;
+    this.cancelSent = false;
+    this.userMessageId = null;
+    this.lastDelta = 0;
+    this.text = "";
+    return this.run();
+  }
+
+  async stop() {
+    this.stopping = true;
+    if (this.ended || this.userMessageId === null || this.cancelSent) return;
+    this.cancelSent = true;
+    try {
+      this.finish(await this.api.cancelTurn(this.chatId, this.userMessageId));
+    } catch (error) {
+      // Not running: it has just ended, and its stream brings the final event.
+      if (!this.ended && error.slug !== TURN_NOT_RUNNING) {
+        this.cancelSent = false;
+        this.view.stopFailed(error);
+      }
+    }
+  }
+
+  open() {
+    if (this.userMessageId === null) {
+      return this.api.postTurn(this.chatId, this.content, { idempotencyKey: this.idempotencyKey });
+    }
+    return this.api.resumeTurn(this.chatId, this.userMessageId, String(this.lastDelta));
+  }
+
+  async follow(response) {
+    const events = readEvents(response.body);
+    try {
+      while (!this.ended) {
+        let next;
+        try {
+          next = await events.next();
+        } catch {
+          throw ApiError.unreachable();
+        }
+        if (next.done) return;
+        this.view.reconnecting(false);
+        this.apply(next.value);
+      }
+    } finally {
+      events.return();
+    }
+  }
+
+  apply(event) {
+    const data = JSON.parse(event.data);
+    if (event.event === "user_message") {
+      this.userMessageId = data.id;
+      this.view.question(data);
+      if (this.stopping) this.stop();
+    } else if (event.event === "delta") {
+      const number = Number(event.id);
+      if (number > this.lastDelta) {
+        this.lastDelta = number;
+        this.text += data.content;
+        this.view.progress(this.text);
+      }
+    } else if (event.event === "assistant_message") {
+      this.finish(data);
+    } else if (event.event === "error") {
+      this.fail(new ApiError(data));
+    }
+  }
+
+  finish(message) {
+    if (this.ended) return;
+    this.ended = true;
+    this.view.answered(message);
+  }
+
+  fail(error) {
+    if (this.ended) return;
+    this.ended = true;
+    this.view.failed(error);
+  }
+
+  retryDelay(error, failures) {
+    if (!(error instanceof ApiError)) return null;
+    if (error.slug === KEY_IN_FLIGHT) return (error.retryAfter ?? 1) * 1000;
+    if (!error.network) return null;
+    // Until the question is known stored, give up soon (and at once when offline): its notice
+    // offers a retry, which sends the same key.
+    if (this.userMessageId === null && (failures >= POST_ATTEMPTS || !navigator.onLine)) return null;
+    const delay = RETRY_DELAYS_MS[Math.min(failures, RETRY_DELAYS_MS.length - 1)];
+    return delay * (0.75 + Math.random() / 2);
+  }
+}
+
+/** Wait `ms`, or less when the browser comes back online. */
+function pause(ms) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      window.removeEventListener("online", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    window.addEventListener("online", done);
+  });
+}
