@@ -316,3 +316,13 @@ def test_a_bad_setting_exits_with_one_line_naming_it(options: list[str], setting
     assert lines[0].startswith("chatkeep: invalid ")
     assert setting in lines[0]
     assert "Traceback" not in result.stderr.decode()
+
+
+async def test_the_chat_page_and_its_files_are_served_fresh(offline_client: httpx.AsyncClient) -> None:
+    page = await offline_client.get("/")
+    assert (page.status_code, page.headers["content-type"]) == (200, "text/html; charset=utf-8")
+    assert (await offline_client.head("/")).status_code == 200
+    module = await offline_client.get("/web/app.js")
+    assert (module.status_code, module.headers["cache-control"]) == (200, "no-cache")
+    assert page.headers["cache-control"] == "no-cache"
+    assert (await offline_client.get("/web/missing.js")).status_code == 404

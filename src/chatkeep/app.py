@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from chatkeep import __version__
@@ -51,6 +52,16 @@ class ChatkeepAPI(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         return Observe(super().build_middleware_stack(), metrics=self.metrics)
+
+
+class PageFiles(StaticFiles):
+    """The chat page's files, revalidated on every load (as the page itself is), so that a
+    browser never runs the modules of an older chatkeep with a newer page."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(PAGE_HEADERS)
+        return response
 
 
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -108,10 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics_router)
     app.include_router(router)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def chat_page() -> FileResponse:
         return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
 
-    app.mount("/web", StaticFiles(directory=WEB), name="web")
+    app.mount("/web", PageFiles(directory=WEB), name="web")
 
     return app
