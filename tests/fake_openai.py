@@ -32,21 +32,50 @@ class Scripted:
     chunk_delay: float = 0.0  # between the chunks of a streamed answer
     cut_after: int | None = None  # a streamed answer ends abruptly after this many chunks
     garbage_after: int | None = None  # a streamed answer sends a broken chunk after this many
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, JSON arguments) the model calls
 
 
-def completion(content: str, *, prompt_tokens: int = 11, completion_tokens: int = 7) -> dict[str, Any]:
+def completion(
+    content: str | None,
+    *,
+    prompt_tokens: int = 11,
+    completion_tokens: int = 7,
+    tool_calls: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = [
+            {"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": arguments}}
+            for n, (name, arguments) in enumerate(tool_calls)
+        ]
+    finish = "tool_calls" if tool_calls else "stop"
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": 18},
     }
 
 
-def chunk(delta: dict[str, str] | None, *, usage: dict[str, int] | None = None) -> bytes:
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": None}]
+def tool_call_chunks(tool_calls: list[tuple[str, str]]) -> list[bytes]:
+    """Each call as Chat Completions streams it: id and name first, then its arguments in two halves."""
+    chunks = []
+    for n, (name, arguments) in enumerate(tool_calls):
+        half = len(arguments) // 2
+        opening = {"index": n, "id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": ""}}
+        chunks.append(chunk({"tool_calls": [opening]}))
+        for part in (arguments[:half], arguments[half:]):
+            chunks.append(chunk({"tool_calls": [{"index": n, "function": {"arguments": part}}]}))
+    chunks.append(chunk({}, finish_reason="tool_calls"))
+    return chunks
+
+
+def chunk(
+    delta: dict[str, Any] | None, *, usage: dict[str, int] | None = None, finish_reason: str | None = None
+) -> bytes:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
     body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": MODEL}
     return b"data: " + orjson.dumps(body | {"choices": choices, "usage": usage}) + b"\n\n"
 
@@ -105,24 +134,24 @@ class FakeOpenAI:
             await self._stopping.wait()
         if answer.raw is not None:
             return web.Response(body=answer.raw, status=answer.status, headers=answer.headers)
+        content = answer.content if answer.content is not None or answer.tool_calls else self.reply(body)
         if body.get("stream") and answer.status == 200 and answer.json_body is None:
-            return await self._stream(
-                request, answer, answer.content if answer.content is not None else self.reply(body)
-            )
+            return await self._stream(request, answer, content)
         payload = answer.json_body
         if payload is None:
-            payload = completion(answer.content if answer.content is not None else self.reply(body))
+            payload = completion(content, tool_calls=answer.tool_calls)
         return web.Response(
             body=orjson.dumps(payload), status=answer.status, headers=answer.headers, content_type="application/json"
         )
 
-    async def _stream(self, request: web.Request, answer: Scripted, content: str) -> web.StreamResponse:
-        """The answer as Chat Completions chunks: role, a delta per word, usage, [DONE]."""
+    async def _stream(self, request: web.Request, answer: Scripted, content: str | None) -> web.StreamResponse:
+        """The answer as Chat Completions chunks: role, a delta per word, tool calls, usage, [DONE]."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        words = [word + " " for word in content.split(" ")]
+        words = [word + " " for word in content.split(" ")] if content else [" "]
         words[-1] = words[-1][:-1]
-        chunks = [chunk({"role": "assistant", "content": ""}), *(chunk({"content": w}) for w in words)]
+        chunks = [chunk({"role": "assistant", "content": ""}), *(chunk({"content": w}) for w in words if w)]
+        chunks += tool_call_chunks(answer.tool_calls) if answer.tool_calls else []
         chunks.append(chunk(None, usage={"prompt_tokens": 11, "completion_tokens": len(words)}))
         chunks.append(b"data: [DONE]\n\n")
         for n, data in enumerate(chunks):

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from chatkeep import turn_streams
+from chatkeep import feed, turn_streams
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI, Scripted
 from tests.test_concurrency import assert_paired, messages_of
@@ -225,7 +225,7 @@ async def test_streamed_and_plain_turns_mixed_on_one_chat_stay_paired(
 async def test_an_idle_stream_gets_keep_alive_comments(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(turn_streams, "KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr(feed, "KEEPALIVE_SECONDS", 0.1)
     fake_llm.queue(Scripted(delay=0.5))
     events = await stream_turn(client, await new_chat(client), "slow")
     assert {"comment": "keep-alive"} in events

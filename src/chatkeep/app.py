@@ -24,11 +24,14 @@ from chatkeep.api.fast_turn_route import RouteShortcut
 from chatkeep.api.observe import Observe
 from chatkeep.api.problems import install_problem_handlers
 from chatkeep.api.routes import metrics_router, operations, router, turns
+from chatkeep.api.v1 import routes as openai
 from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
+from chatkeep.conversations import Conversations
 from chatkeep.llm import open_llm
 from chatkeep.metrics import Metrics, NoMetrics, PrometheusMetrics
 from chatkeep.rate_limit import open_rate_limit
+from chatkeep.responses import Responses
 from chatkeep.service import ChatService
 from chatkeep.store import open_store
 
@@ -39,6 +42,8 @@ PAGE_HEADERS = {"Cache-Control": "no-cache"}
 
 class State(TypedDict):
     service: ChatService
+    conversations: Conversations
+    responses: Responses
     api_keys: ApiKeys | None
     metrics: Metrics
 
@@ -95,7 +100,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _tune_garbage_collector()
             metrics.start()
             try:
-                yield {"service": service, "api_keys": api_keys, "metrics": metrics}
+                yield {
+                    "service": service,
+                    "conversations": Conversations(service),
+                    "responses": Responses(service),
+                    "api_keys": api_keys,
+                    "metrics": metrics,
+                }
             finally:
                 await service.aclose()
                 await metrics.aclose()
@@ -110,7 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # request (about 5 µs each time); chatkeep exports no telemetry, so it is off.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.add_middleware(RouteShortcut, routes=turns.routes)  # the turn, past FastAPI's inner layers
+    # the turn, native and OpenAI's, past FastAPI's inner layers
+    app.add_middleware(RouteShortcut, routes=[*turns.routes, *openai.responses_turns.routes])
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     install_problem_handlers(app)
     app.include_router(turns)
@@ -118,6 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics:
         app.include_router(metrics_router)
     app.include_router(router)
+    app.include_router(openai.responses_turns)
+    app.include_router(openai.router)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def chat_page() -> FileResponse:

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         default=None, description="`openai` when a key is set, else `offline`"
     )
     llm_model: str = Field(default="gpt-4o-mini", min_length=1, description="model name sent upstream")
+    llm_models: str = Field(
+        default="", description="more models clients of /v1 may ask for by name, comma-separated (others get llm_model)"
+    )
     llm_timeout: float = Field(default=60.0, gt=0, description="seconds for one LLM call, retries included")
     llm_max_retries: int = Field(default=2, ge=0, le=10, description="retries on connect errors, 429, 5xx")
     llm_max_connections: int = Field(default=1024, ge=1, description="pooled connections to the LLM endpoint")
@@ -116,6 +119,12 @@ class Settings(BaseSettings):
                 f"OPENAI_API_KEY is needed for {OPENAI_BASE_URL}; for a server that needs no key, set OPENAI_BASE_URL"
             )
         return self
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models clients may ask for by name, the default first."""
+        extra = (name.strip() for name in self.llm_models.split(","))
+        return tuple(dict.fromkeys([self.llm_model, *(name for name in extra if name)]))
 
     @property
     def provider(self) -> Literal["openai", "offline"]:

@@ -64,12 +64,34 @@ class ResponseNotFoundError(ChatkeepError):
     slug = "response-not-found"
 
 
+class ModelNotFoundError(ChatkeepError):
+    status = 404
+    title = "Model not found"
+    slug = "model-not-found"
+
+
 class ReplyNotFoundError(ChatkeepError):
     """A turn to resume is neither running in this process nor answered in the store."""
 
     status = 404
     title = "Reply not found"
     slug = "reply-not-found"
+
+
+class InvalidInputError(ChatkeepError):
+    """A well-formed request asking what chatkeep cannot do (an item it cannot read, a tool it
+    does not have); `param` names the field at fault."""
+
+    status = 400
+    title = "Invalid request"
+    slug = "invalid-input"
+
+    def __init__(self, detail: str, *, param: str | None = None) -> None:
+        super().__init__(detail)
+        self.param = param
+
+    def extensions(self) -> dict[str, Any]:
+        return {"param": self.param}
 
 
 class IdempotencyKeyReusedError(ChatkeepError):

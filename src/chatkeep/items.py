@@ -9,9 +9,10 @@ item clients read back, and stored messages to the Chat Completions messages the
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from chatkeep.domain import Message, NewMessage, PromptMessage, Role
+from chatkeep.errors import InvalidInputError
 
 TEXT_PARTS = {"input_text", "output_text", "text"}
 PLAIN_MESSAGE_KEYS = {"type", "role", "content", "id", "status"}
@@ -19,24 +20,29 @@ PLAIN_PART_KEYS = {"type", "text", "annotations", "logprobs"}
 INPUT_ROLES = {"user", "system", "developer"}
 
 
-class InvalidItemError(ValueError):
-    """An input item chatkeep cannot take; the message says which field and why."""
+class Said(Protocol):
+    """A message as stored or about to be: `Message` and `NewMessage` both are."""
 
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
+    @property
+    def role(self) -> Role: ...
+
+    @property
+    def content(self) -> str: ...
+
+    @property
+    def item(self) -> dict[str, Any] | None: ...
 
 
 def stored_from_item(item: Any, param: str) -> NewMessage:
     """What an input item stores: a plain message, or the item verbatim with its plain words.
 
-    Raises InvalidItemError, naming `param`, for an item that is not one.
+    Raises InvalidInputError, naming `param`, for an item that is not one.
     """
     if not isinstance(item, dict):
-        raise InvalidItemError("an input item must be an object", param)
+        raise InvalidInputError("an input item must be an object", param=param)
     kind = item.get("type", "message")
     if not isinstance(kind, str):
-        raise InvalidItemError("an input item's type must be a string", f"{param}.type")
+        raise InvalidInputError("an input item's type must be a string", param=f"{param}.type")
     if kind == "message":
         return _message(item, param)
     if kind == "function_call":
@@ -72,7 +78,7 @@ def item_from_message(message: Message) -> dict[str, Any]:
     }
 
 
-def prompt_from_messages(window: Sequence[Message]) -> list[PromptMessage]:
+def prompt_from_messages(window: Sequence[Said]) -> list[PromptMessage]:
     """The Chat Completions messages of a window of stored messages, oldest first.
 
     A function call goes with the assistant message before it (or in one of its own) as a tool
@@ -117,14 +123,16 @@ def _add_call(prompt: list[PromptMessage], item: dict[str, Any]) -> None:
 def _message(item: dict[str, Any], param: str) -> NewMessage:
     role = item.get("role")
     if role not in ("user", "assistant", "system", "developer"):
-        raise InvalidItemError("a message's role must be user, assistant, system or developer", f"{param}.role")
+        raise InvalidInputError("a message's role must be user, assistant, system or developer", param=f"{param}.role")
     content = item.get("content")
     if isinstance(content, str):
         text = content
     elif isinstance(content, list):
         text = _text_of(content)
     else:
-        raise InvalidItemError("a message's content must be a string or a list of content parts", f"{param}.content")
+        raise InvalidInputError(
+            "a message's content must be a string or a list of content parts", param=f"{param}.content"
+        )
     stored_role = Role.ASSISTANT if role == "assistant" else Role.USER
     plain = role in ("user", "assistant") and set(item) <= PLAIN_MESSAGE_KEYS and _is_plain(content, role)
     return NewMessage(stored_role, text, item=None if plain else item)
@@ -162,10 +170,10 @@ def _output_text(output: Any, param: str) -> str:
         return output
     if isinstance(output, list):
         return _text_of(output)
-    raise InvalidItemError("a function call's output must be a string or a list of content parts", param)
+    raise InvalidInputError("a function call's output must be a string or a list of content parts", param=param)
 
 
 def _require_strings(item: dict[str, Any], param: str, *names: str) -> None:
     for name in names:
         if not isinstance(item.get(name), str):
-            raise InvalidItemError(f"a {item['type']} item needs a string `{name}`", f"{param}.{name}")
+            raise InvalidInputError(f"a {item['type']} item needs a string `{name}`", param=f"{param}.{name}")

@@ -45,7 +45,7 @@ from chatkeep.summary_keeper import SummaryKeeper
 from chatkeep.turn import TurnEngine, TurnOutcome, TurnRequest, TurnWatcher
 from chatkeep.turn_relay import TurnRelay
 from chatkeep.turn_streams import TurnEvent, TurnLog, TurnStreams
-from chatkeep.turns import TurnQueue
+from chatkeep.turns import TurnQueue, TurnSlot
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class ChatService:
         key: IdempotencyKey | None = None,
     ) -> Chat:
         """Create a chat; with a key, once: a retry gets the chat the first try created."""
-        async with await self._keys.hold(owner, key) as hold:
+        async with await self.hold_key(owner, key) as hold:
             if hold.replay is not None:
                 return chat_from_result(hold.replay)
             chat = await self.store.create_chat(owner, title=title, metadata=metadata, system_prompt=system_prompt)
@@ -157,13 +157,12 @@ class ChatService:
         idempotency errors, or an LLMError naming the stored user message (which stays stored:
         nothing is lost, and a retry with the same key re-runs only the reply).
         """
-        chat = await self._chat_to_post_to(owner, chat_id)
-        async with await self._keys.hold(owner, key) as hold:
+        chat = await self.chat_to_post_to(owner, chat_id)
+        async with await self.hold_key(owner, key) as hold:
             if hold.replay is not None:
-                self._metrics.idempotent_replay()
                 return await self._replayed(owner, chat_id, hold.replay)
             request = self._request(owner, chat, content, hold)
-            async with self.engine.holding(self._turns.reserve(chat_id), request):
+            async with self.engine.holding(self.reserve_turn(chat_id), request):
                 outcome = await self.engine.run(request)
             return Turn(outcome.inputs[0], outcome.outputs[0])
 
@@ -176,19 +175,18 @@ class ChatService:
         streams. The turn runs in its own task, so it completes and is stored whether or not
         anyone reads the log.
         """
-        chat = await self._chat_to_post_to(owner, chat_id)
-        hold = await self._keys.hold(owner, key)
+        chat = await self.chat_to_post_to(owner, chat_id)
+        hold = await self.hold_key(owner, key)
         if hold.replay is not None:
-            self._metrics.idempotent_replay()
             turn = await self._replayed(owner, chat_id, hold.replay)
             return self._streams.ended_log(turn.user_message, turn.assistant_message)
         events = self._streams.new_log(chat_id)
         try:
-            slot = self._turns.reserve(chat_id)
+            slot = self.reserve_turn(chat_id)
         except BaseException:
             await hold.settle()
             raise
-        self._background(self.engine.run_watched(slot, self._request(owner, chat, content, hold, events)))
+        self.background(self.engine.run_watched(slot, self._request(owner, chat, content, hold, events)))
         return events
 
     async def turn_events(
@@ -232,15 +230,34 @@ class ChatService:
         question = await self.store.get_message(owner, chat_id, user_message_id)
         return Turn(question, await self.store.get_message(owner, chat_id, assistant_message_id))
 
-    async def _chat_to_post_to(self, owner: str, chat_id: str) -> Chat:
+    async def hold_key(self, owner: str, key: IdempotencyKey | None) -> HeldKey:
+        """Claim an Idempotency-Key for a request (see idempotency.py); a replay is counted."""
+        hold = await self._keys.hold(owner, key)
+        if hold.replay is not None:
+            self._metrics.idempotent_replay()
+        return hold
+
+    def reserve_turn(self, line: str) -> TurnSlot:
+        """A slot in a line of turns (a chat's id; or a key of its own, to be counted in flight)."""
+        return self._turns.reserve(line)
+
+    async def chat_to_post_to(self, owner: str, chat_id: str) -> Chat:
         """The chat, once the owner may post: raises OverloadedError, ChatNotFoundError, or RateLimitedError."""
         self._turns.check_capacity()
         chat = await self.store.get_chat(owner, chat_id)
-        if self._rate_limit is not None:
-            await self._rate_limit.check(owner)
+        await self._take_rate_slot(owner)
         return chat
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    async def admit(self, owner: str) -> None:
+        """Let the owner start a turn that belongs to no chat: raises OverloadedError or RateLimitedError."""
+        self._turns.check_capacity()
+        await self._take_rate_slot(owner)
+
+    async def _take_rate_slot(self, owner: str) -> None:
+        if self._rate_limit is not None:
+            await self._rate_limit.check(owner)
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` in a task the service owns: shutdown waits for it instead of cutting it off."""
         task = asyncio.create_task(work)
         self._tasks.add(task)

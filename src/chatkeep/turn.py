@@ -15,7 +15,7 @@ what was written by then is stored, marked incomplete.
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -65,6 +65,7 @@ class TurnRequest:
     options: CallOptions = NO_OPTIONS
     instructions: str | None = None  # replaces the chat's system prompt for this turn
     watcher: TurnWatcher | None = None
+    reply_id: str | None = None  # the id the reply's text is stored under, when announced beforehand
     ticket: int | None = None  # the store's hold on the chat's turn, which fences its appends
 
 
@@ -111,25 +112,24 @@ class TurnEngine:
         running.answered.set_result(outcome)
         return outcome
 
-    async def run_watched(self, slot: TurnSlot, request: TurnRequest) -> None:
-        """Run the turn in the background: its watcher hears how it went, however it ends."""
-        watcher = request.watcher
-        assert watcher is not None
-        ended = False
-        try:
-            async with request.key, self.holding(slot, request):
-                await self.run(request)
-                ended = True
-        except ChatkeepError as error:
-            watcher.failed(error)
-            ended = True
-        except Exception:
-            log.exception("a streamed turn on chat %s failed", request.chat.id)
-            watcher.failed(ChatkeepError("the turn failed unexpectedly"))
-            ended = True
-        finally:
-            if not ended:  # stopped before its reply began (the server is shutting down)
-                watcher.failed(TurnStoppedError("the turn was stopped before its reply began; post it again"))
+    async def run_watched(
+        self, slot: TurnSlot, request: TurnRequest, *, then: Callable[[TurnOutcome], Awaitable[None]] | None = None
+    ) -> None:
+        """Run the turn in the background: its watcher hears how it went, however it ends.
+
+        `then` runs once the turn is stored, still under its Idempotency-Key (to store more, or to
+        tell the key what to replay); its failures are the turn's.
+        """
+        assert request.watcher is not None
+
+        async def turn() -> None:
+            async with request.key:
+                async with self.holding(slot, request):
+                    outcome = await self.run(request)
+                if then is not None:
+                    await then(outcome)
+
+        await watched(turn(), request.watcher, f"a streamed turn on chat {request.chat.id}")
 
     def stop(self, user_message_id: str) -> "asyncio.Future[TurnOutcome] | None":
         """Stop the reply to `user_message_id` if this process writes it; the future of its outcome."""
@@ -202,20 +202,13 @@ class TurnEngine:
 
     async def _streamed_reply(self, prompt: list[PromptMessage], request: TurnRequest, parts: list[str]) -> Reply:
         """The reply as it streams to the turn's watcher, its text so far kept in `parts`."""
-        watcher = request.watcher
-        assert watcher is not None
-        async with aclosing(self._llm.stream(prompt, request.options)) as items:
-            async for item in items:
-                if isinstance(item, Reply):
-                    return item
-                parts.append(item)
-                watcher.delta(item)
-        raise AssertionError("an LLM stream ends with its Reply")
+        assert request.watcher is not None
+        return await stream_reply(self._llm, prompt, request.options, request.watcher, parts)
 
     async def _answer(self, request: TurnRequest, inputs: list[Message], reply: Reply) -> TurnOutcome:
         """Store the reply: the turn's outcome, for the key to replay and the watcher to end with."""
         owner, chat_id, ticket = request.owner, request.chat.id, request.ticket
-        replies = reply_messages(reply)
+        replies = reply_messages(reply, request.reply_id)
         if len(replies) == 1:
             outputs = [await self._store.append_message(owner, chat_id, replies[0], ticket=ticket)]
         else:
@@ -227,13 +220,45 @@ class TurnEngine:
         return outcome
 
 
-def reply_messages(reply: Reply) -> list[NewMessage]:
-    """What a reply stores: its text as an assistant message (unless it only calls tools), then
-    each function call as a conversation item."""
+async def stream_reply(
+    llm: LLM, prompt: list[PromptMessage], options: CallOptions, watcher: TurnWatcher, parts: list[str]
+) -> Reply:
+    """The LLM's reply as it streams to `watcher`, its text so far kept in `parts`."""
+    async with aclosing(llm.stream(prompt, options)) as items:
+        async for item in items:
+            if isinstance(item, Reply):
+                return item
+            parts.append(item)
+            watcher.delta(item)
+    raise AssertionError("an LLM stream ends with its Reply")
+
+
+async def watched(work: Awaitable[None], watcher: TurnWatcher, what: str) -> None:
+    """Await `work`, a turn running in the background, so that its watcher hears how it ended:
+    the work itself tells it of success; any failure, or being cut off, is told here."""
+    ended = False
+    try:
+        await work
+        ended = True
+    except ChatkeepError as error:
+        watcher.failed(error)
+        ended = True
+    except Exception:
+        log.exception("%s failed", what)
+        watcher.failed(ChatkeepError("the turn failed unexpectedly"))
+        ended = True
+    finally:
+        if not ended:  # cut off before its reply began (the server is shutting down)
+            watcher.failed(TurnStoppedError("the turn was stopped before its reply began; post it again"))
+
+
+def reply_messages(reply: Reply, reply_id: str | None = None) -> list[NewMessage]:
+    """What a reply stores: its text as an assistant message (unless it only calls tools; under
+    `reply_id` when given), then each function call as a conversation item."""
     usage, model, status = reply.usage, reply.model, reply.status
     messages: list[NewMessage] = []
     if reply.content or not reply.tool_calls:
-        messages.append(NewMessage(Role.ASSISTANT, reply.content, model=model, usage=usage, status=status))
+        messages.append(NewMessage(Role.ASSISTANT, reply.content, model=model, usage=usage, status=status, id=reply_id))
         usage = None  # counted once, on the first of the reply's messages
     for call in reply.tool_calls:
         item = {"type": "function_call", "call_id": call.id, "name": call.name, "arguments": call.arguments}

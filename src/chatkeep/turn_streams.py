@@ -13,7 +13,6 @@ Event ids: the user message is "0", deltas count up from "1", the final event
 that are known, then always the final event; only a client that saw "end" gets nothing more.
 """
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -22,13 +21,13 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from chatkeep.domain import Message, PageRequest, Role
 from chatkeep.errors import InvalidCursorError, MessageNotFoundError, Problem, ReplyNotFoundError
+from chatkeep.feed import Feed
 from chatkeep.store import ChatStore
 
 if TYPE_CHECKING:  # turn.py reports to logs; the log only reads what it reports
     from chatkeep.turn import TurnOutcome
 
 END_ID = "end"
-KEEPALIVE_SECONDS = 15.0
 KEEP_FINISHED_SECONDS = 300.0
 KEEP_FINISHED_COUNT = 1000
 
@@ -48,17 +47,15 @@ class TurnEvent:
         return self.id == END_ID
 
 
-class TurnLog:
+class TurnLog(Feed[TurnEvent]):
     """The events of one streamed turn, in order; written by the turn, read by any number of followers."""
 
     def __init__(self, chat_id: str, streams: "TurnStreams | None" = None, *, first_number: int = 0) -> None:
+        super().__init__()
         self.chat_id = chat_id
         self.user_message_id: str | None = None
-        self.events: list[TurnEvent] = []
-        self.done = False
         self._streams = streams  # told when the log gets its id and when it ends
         self._first_number = first_number  # the id of events[0] when it is numbered
-        self._waiters: list[asyncio.Future[None]] = []
 
     def user_message(self, message: Message) -> None:
         self.user_message_id = message.id
@@ -90,12 +87,9 @@ class TurnLog:
         """Append `event` (numbered events in order, the final one last); nothing after the end."""
         if self.done:
             return
-        self.events.append(event)
-        if event.final:
-            self.done = True
-            if self._streams is not None:
-                self._streams.finished(self)
-        self._wake()
+        self.push(event, last=event.final)
+        if event.final and self._streams is not None:
+            self._streams.finished(self)
 
     @property
     def last_number(self) -> int:
@@ -103,30 +97,12 @@ class TurnLog:
         numbered = len(self.events) - self.done
         return self._first_number + numbered - 1
 
-    async def follow(
+    def follow(
         self, last_event_id: str | None = None, *, keepalive: float | None = None
     ) -> AsyncIterator[list[TurnEvent]]:
-        """Batches of the events after `last_event_id`, live until the final one.
-
-        An empty batch means nothing happened for `keepalive` seconds (KEEPALIVE_SECONDS by
-        default): time for a keep-alive.
-        """
-        index = self._start(last_event_id)
-        while True:
-            if index < len(self.events):
-                batch = self.events[index:]
-                index += len(batch)
-                yield batch
-            elif self.done:
-                return
-            else:
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.append(waiter)
-                try:
-                    async with asyncio.timeout(KEEPALIVE_SECONDS if keepalive is None else keepalive):
-                        await waiter
-                except TimeoutError:
-                    yield []
+        """Batches of the events after `last_event_id`, live until the final one; an empty batch
+        means nothing happened for `keepalive` seconds (the feed's default): time for a keep-alive."""
+        return self.follow_from(self._start(last_event_id), keepalive=keepalive)
 
     def _start(self, last_event_id: str | None) -> int:
         """The index of the first event a client that saw `last_event_id` has not seen."""
@@ -136,14 +112,6 @@ class TurnLog:
         if last_event_id is None or not last_event_id.isdigit():
             return 0
         return max(0, min(int(last_event_id) + 1 - self._first_number, numbered))
-
-    def _wake(self) -> None:
-        if not self._waiters:
-            return
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 class TurnStreams:

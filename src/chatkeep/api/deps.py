@@ -7,11 +7,12 @@ when the server runs without keys. The store is always asked on someone's behalf
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chatkeep.api_keys import ApiKeys
 from chatkeep.domain import Order, PageRequest
+from chatkeep.idempotency import IDEMPOTENCY_KEY_HELP, KEY_PATTERN, MAX_KEY_CHARS
 from chatkeep.metrics import Metrics
 from chatkeep.request_context import current_request
 from chatkeep.service import ChatService
@@ -65,6 +66,17 @@ async def get_metrics(request: Request) -> Metrics:
 ServiceDep = Annotated[ChatService, Depends(get_service)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_KEY_CHARS,
+        pattern=KEY_PATTERN.pattern,
+        description=IDEMPOTENCY_KEY_HELP,
+    ),
+]
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")]
 Cursor = Annotated[str | None, Query(min_length=1, max_length=100, description="an object id")]

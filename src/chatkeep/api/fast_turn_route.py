@@ -6,15 +6,16 @@ endpoint (the exception middleware, its exit stacks, the router, the route's req
 wrappers) cost about 30 µs of CPU per turn, and Starlette's body and header readers another 8.
 `RouteShortcut` skips those layers for the routes it is given; the routes stay in the app, which
 documents them in OpenAPI and serves them the same way without the shortcut (a parity test
-sends the same requests both ways). `read_turn_request` reads what FastAPI's parameter
+sends the same requests both ways). `read_json_request` reads what FastAPI's parameter
 machinery would (owner, body, Idempotency-Key) and refuses what it would, with the same 422
-problems; `TURN_OPENAPI` documents by hand what it reads.
+problems; `shortcut_openapi` documents by hand what it reads. OpenAI's `POST /v1/responses`
+takes the same way in.
 """
 
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -31,23 +32,56 @@ from chatkeep.idempotency import IDEMPOTENCY_KEY_HELP, KEY_PATTERN, MAX_KEY_CHAR
 
 M = TypeVar("M", bound=BaseModel)
 
-# What `read_turn_request` reads, for the OpenAPI document (FastAPI sees only `request`).
-TURN_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": MessageCreate.model_json_schema()}},
-    },
-    "parameters": [
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "description": IDEMPOTENCY_KEY_HELP,
-            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": KEY_PATTERN.pattern},
-        }
-    ],
-    "security": [{"HTTPBearer": []}],
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": IDEMPOTENCY_KEY_HELP,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": KEY_PATTERN.pattern},
 }
+
+
+def shortcut_openapi(body: type[BaseModel]) -> dict[str, Any]:
+    """What `read_json_request` reads, for the OpenAPI document (FastAPI sees only `request`)."""
+    schema = body.model_json_schema()
+    schema = _inlined(schema, schema.pop("$defs", {}))
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
+        "security": [{"HTTPBearer": []}],
+    }
+
+
+def _inlined(schema: Any, definitions: dict[str, Any]) -> Any:
+    """`schema` with its local `$defs` references replaced by what they name: the document has no `$defs`."""
+    if isinstance(schema, list):
+        return [_inlined(part, definitions) for part in schema]
+    if not isinstance(schema, dict):
+        return schema
+    reference = schema.get("$ref")
+    if isinstance(reference, str) and reference.startswith("#/$defs/"):
+        return _inlined(definitions[reference.removeprefix("#/$defs/")], definitions)
+    return {name: _inlined(part, definitions) for name, part in schema.items()}
+
+
+TURN_OPENAPI = shortcut_openapi(MessageCreate)
+
+
+@dataclass(slots=True, frozen=True)
+class JsonRequest(Generic[M]):
+    owner: str
+    body: M
+    idempotency_key: str | None
+    headers: dict[str, str]
+
+
+async def read_json_request(request: Request, model: type[M]) -> JsonRequest[M]:
+    """The owner, body and key of a request. Raises UnauthorizedError, or RequestValidationError (422)."""
+    headers = headers_of(request)
+    owner = owner_of(request, headers.get("authorization"))
+    body = json_body(model, headers.get("content-type"), await read_body(request))
+    key = header(headers, "Idempotency-Key", max_length=MAX_KEY_CHARS, pattern=KEY_PATTERN)
+    return JsonRequest(owner, body, key, headers)
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,14 +94,13 @@ class TurnRequest:
 
 async def read_turn_request(request: Request, *, max_chars: int) -> TurnRequest:
     """The owner, body and key of a turn request. Raises UnauthorizedError, or RequestValidationError (422)."""
-    headers = headers_of(request)
-    owner = owner_of(request, headers.get("authorization"))
-    body = json_body(MessageCreate, headers.get("content-type"), await read_body(request))
-    key = header(headers, "Idempotency-Key", max_length=MAX_KEY_CHARS, pattern=KEY_PATTERN)
+    read = await read_json_request(request, MessageCreate)
+    body = read.body
     if len(body.content) > max_chars:
         too_long = {"loc": ("body", "content"), "msg": f"String should have at most {max_chars} characters"}
         raise RequestValidationError([too_long | {"type": "string_too_long"}])
-    return TurnRequest(owner, body, key, body.stream or sse.MEDIA_TYPE in headers.get("accept", ""))
+    streamed = body.stream or sse.MEDIA_TYPE in read.headers.get("accept", "")
+    return TurnRequest(read.owner, body, read.idempotency_key, streamed)
 
 
 class RouteShortcut:

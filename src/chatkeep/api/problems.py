@@ -3,7 +3,8 @@
 One set of handlers: chatkeep's own errors carry their status, title and slug; validation
 errors become 422 with an `errors` list; plain HTTP errors (404 route, 405, 413) keep their
 status with `about:blank`; anything unexpected is a bare 500 whose traceback is only logged.
-Every problem names the request it answers (`request_id`), the id its log lines carry.
+Every problem names the request it answers (`request_id`), the id its log lines carry. Errors
+of OpenAI's API under /v1 are written in OpenAI's shape instead (api/v1/errors.py).
 """
 
 import logging
@@ -18,7 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 
-from chatkeep.errors import ChatkeepError, Problem, UnauthorizedError
+from chatkeep.api.v1.errors import error_code, is_openai_path, openai_error
+from chatkeep.errors import ChatkeepError, InvalidInputError, Problem, UnauthorizedError
 from chatkeep.request_context import current_request_id
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ async def chatkeep_error(request: Request, exc: Exception) -> Response:
     headers = retry_after_header(exc.retry_after)
     if isinstance(exc, UnauthorizedError):
         headers = {"WWW-Authenticate": 'Bearer realm="chatkeep"'}
+    if is_openai_path(request):
+        param = exc.param if isinstance(exc, InvalidInputError) else None
+        return openai_error(exc.status, exc.detail, param=param, code=error_code(exc.slug), headers=headers)
     return Response(orjson.dumps(problem_body(exc)), status_code=exc.status, media_type=MEDIA_TYPE, headers=headers)
 
 
@@ -92,6 +97,10 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     ]
     first = errors[0] if errors else None
     detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else "the request is invalid"
+    if is_openai_path(request):
+        param = ".".join(map(str, first["loc"][1:])) if first else None
+        code = "missing_required_parameter" if first and first["type"] == "missing" else "invalid_value"
+        return openai_error(400, detail, param=param or None, code=code)
     return problem(422, "Invalid request", detail, slug=VALIDATION_SLUG, errors=errors)
 
 
@@ -101,10 +110,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
         # FastAPI answers 400 when the JSON parser itself gives up (bytes that are not UTF-8,
         # nesting too deep, an integer too long); like any other invalid body, that is a 422.
         reason = f"the body could not be parsed as JSON: {type(exc.__cause__).__name__}"
+        if is_openai_path(request):
+            return openai_error(400, reason, code="invalid_json")
         return problem(422, "Invalid request", reason, slug=VALIDATION_SLUG, errors=[_body_issue(reason)])
     headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 405:
         headers = {"Allow": ", ".join(_allowed_methods(request))}
+    if is_openai_path(request):
+        message = f"Invalid URL ({request.method} {request.url.path})" if exc.status_code in (404, 405) else exc.detail
+        return openai_error(exc.status_code, message, headers=headers)
     return http_problem(exc.status_code, exc.detail, headers=headers)
 
 
@@ -116,6 +130,8 @@ def http_problem(status: int, detail: str | None, *, headers: dict[str, str] | N
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    if is_openai_path(request):
+        return openai_error(500, "The server had an error while processing your request.")
     return problem(500, "Internal Server Error", None)
 
 

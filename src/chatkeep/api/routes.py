@@ -12,7 +12,15 @@ from pydantic import BaseModel
 
 from chatkeep.api import sse
 from chatkeep.api.bodies import json_response, page_body
-from chatkeep.api.deps import ChatPageDep, MessagePageDep, MetricsDep, OwnerDep, ServiceDep, service_of
+from chatkeep.api.deps import (
+    ChatPageDep,
+    IdempotencyKeyHeader,
+    MessagePageDep,
+    MetricsDep,
+    OwnerDep,
+    ServiceDep,
+    service_of,
+)
 from chatkeep.api.fast_turn_route import TURN_OPENAPI, read_turn_request
 from chatkeep.api.schemas import (
     ChatCreate,
@@ -27,7 +35,7 @@ from chatkeep.api.schemas import (
 )
 from chatkeep.domain import ChatChanges
 from chatkeep.errors import UnauthorizedError
-from chatkeep.idempotency import IDEMPOTENCY_KEY_HELP, KEY_PATTERN, MAX_KEY_CHARS, IdempotencyKey
+from chatkeep.idempotency import IdempotencyKey
 from chatkeep.metrics import CONTENT_TYPE
 
 PROBLEM = "application/problem+json"
@@ -38,17 +46,6 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 COMMON = _problems(413, 422)
-
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=MAX_KEY_CHARS,
-        pattern=KEY_PATTERN.pattern,
-        description=IDEMPOTENCY_KEY_HELP,
-    ),
-]
 
 
 def _key(value: str | None, route: str, body: BaseModel, *, exclude: set[str] | None = None) -> IdempotencyKey | None:
@@ -170,7 +167,7 @@ async def post_message(request: Request, chat_id: str) -> Response:
     key = _key(turn.idempotency_key, f"POST /chats/{chat_id}/messages", turn.body, exclude={"stream"})
     if turn.streamed:
         events = await service.stream_message(turn.owner, chat_id, turn.body.content, key=key)
-        return sse.EventStream(events.follow())
+        return sse.EventStream(events.follow(), sse.turn_event)
     return json_response(await service.post_message(turn.owner, chat_id, turn.body.content, key=key), status=201)
 
 
@@ -188,7 +185,8 @@ async def resume_turn_events(
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> Response:
     """Resume a streamed turn after `Last-Event-ID`: live while it runs, else its final event."""
-    return sse.EventStream(await service.turn_events(owner, chat_id, user_message_id, last_event_id))
+    events = await service.turn_events(owner, chat_id, user_message_id, last_event_id)
+    return sse.EventStream(events, sse.turn_event)
 
 
 @router.post(

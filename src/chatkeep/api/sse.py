@@ -8,8 +8,8 @@ to a client that left, and the log ends when the turn does. Events that arrive t
 written in one chunk; a comment line keeps idle streams alive.
 """
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, TypeVar
 
 import orjson
 from starlette.responses import Response
@@ -20,6 +20,8 @@ from chatkeep.api.problems import problem_body
 from chatkeep.turn_streams import END_ID, TurnEvent
 
 MEDIA_TYPE = "text/event-stream"
+
+E = TypeVar("E")
 
 
 def _event(kind: str, event_id: dict[str, str], data: dict[str, Any]) -> dict[str, Any]:
@@ -53,24 +55,29 @@ HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 KEEPALIVE = b": keep-alive\n\n"
 
 
-class EventStream(Response):
+class EventStream(Response, Generic[E]):
+    """Batches of events, each batch written in one chunk; `encode` writes one event."""
+
     media_type = MEDIA_TYPE
 
-    def __init__(self, batches: AsyncIterator[list[TurnEvent]]) -> None:
+    def __init__(self, batches: AsyncIterator[list[E]], encode: Callable[[E], bytes]) -> None:
         super().__init__(headers=HEADERS)
         # A stream has no length: drop the content-length of the empty body Response set.
         self.raw_headers = [(name, value) for name, value in self.raw_headers if name != b"content-length"]
         self._batches = batches
+        self._encode = encode
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        encode = self._encode
         async for batch in self._batches:
             body = b"".join(map(encode, batch)) if batch else KEEPALIVE
             await send({"type": "http.response.body", "body": body, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def encode(event: TurnEvent) -> bytes:
+def turn_event(event: TurnEvent) -> bytes:
+    """A streamed turn's event on the wire."""
     if event.kind == "delta":
         data = orjson.dumps({"content": event.text})
     elif event.message is not None:

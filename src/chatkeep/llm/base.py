@@ -45,6 +45,7 @@ class CallOptions:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    response_format: dict[str, Any] | None = None  # JSON mode or a JSON schema the reply must follow
 
 
 NO_OPTIONS = CallOptions()

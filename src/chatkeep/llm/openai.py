@@ -120,7 +120,7 @@ class OpenAICompatibleLLM:
                 request["tool_choice"] = options.tool_choice
             if options.parallel_tool_calls is not None:
                 request["parallel_tool_calls"] = options.parallel_tool_calls
-        for name in ("temperature", "top_p", "max_tokens"):
+        for name in ("temperature", "top_p", "max_tokens", "response_format"):
             value = getattr(options, name)
             if value is not None:
                 request[name] = value

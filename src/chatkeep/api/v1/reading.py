@@ -1,0 +1,160 @@
+"""Requests of OpenAI's API read into chatkeep's terms, or refused with a 400 naming the field.
+
+Tools and the text format are translated to their Chat Completions forms, which is what the
+upstream speaks; what has no such form (OpenAI's hosted tools, stored prompts, background
+responses) is refused rather than silently dropped. Every value is checked to be storable:
+no NUL characters (PostgreSQL refuses them), no integers beyond 64 bits, no NaN, bounded depth.
+"""
+
+import math
+from typing import Any
+
+from chatkeep.api.v1.schemas import ConversationRef, ResponseCreate
+from chatkeep.config import Settings
+from chatkeep.domain import NewMessage, Role
+from chatkeep.errors import InvalidInputError
+from chatkeep.idempotency import IdempotencyKey
+from chatkeep.items import stored_from_item
+from chatkeep.llm.base import CallOptions
+from chatkeep.responses import ResponseAsk
+
+MAX_DEPTH = 32
+TOOL_CHOICES = ("auto", "none", "required")
+INT64 = 2**63
+
+
+def read_items(raw: list[Any], param: str, *, max_chars: int) -> list[NewMessage]:
+    """Input items as stored, each checked. Raises InvalidInputError naming the item at fault."""
+    check_storable(raw, param)
+    items = [stored_from_item(item, f"{param}[{n}]") for n, item in enumerate(raw)]
+    for n, item in enumerate(items):
+        if len(item.content) > max_chars:
+            raise InvalidInputError(f"an item's text may have at most {max_chars} characters", param=f"{param}[{n}]")
+    return items
+
+
+def read_response_request(body: ResponseCreate, settings: Settings, idempotency_key: str | None) -> ResponseAsk:
+    """What a `POST /v1/responses` asks, with its Idempotency-Key if sent. Raises InvalidInputError."""
+    check_storable(body.model_dump(exclude_unset=True), "")
+    key = None
+    if idempotency_key is not None:
+        fingerprinted = body.model_dump(mode="json", exclude={"stream"})
+        key = IdempotencyKey.for_request(idempotency_key, "POST /v1/responses", fingerprinted)
+    if body.conversation is not None and body.previous_response_id is not None:
+        raise InvalidInputError(
+            "`conversation` and `previous_response_id` cannot be used together", param="previous_response_id"
+        )
+    if body.background:
+        raise InvalidInputError("background responses are not supported; stream instead", param="background")
+    if body.prompt is not None:
+        raise InvalidInputError("stored prompts are not supported; send `instructions` instead", param="prompt")
+    if isinstance(body.input, str):
+        if len(body.input) > settings.max_message_chars:
+            raise InvalidInputError(f"`input` may have at most {settings.max_message_chars} characters", param="input")
+        inputs = [NewMessage(Role.USER, body.input)]
+    else:
+        inputs = read_items(body.input, "input", max_chars=settings.max_message_chars)
+    conversation = body.conversation.id if isinstance(body.conversation, ConversationRef) else body.conversation
+    tools = tuple(_tool(tool, f"tools[{n}]") for n, tool in enumerate(body.tools or []))
+    tool_choice = _tool_choice(body.tool_choice)
+    options = CallOptions(
+        model=body.model if body.model in settings.models and body.model != settings.llm_model else None,
+        tools=tools,
+        tool_choice=tool_choice if tools else None,
+        parallel_tool_calls=body.parallel_tool_calls,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=body.max_output_tokens,
+        response_format=_response_format(body.text),
+    )
+    echo = {
+        "max_output_tokens": body.max_output_tokens,
+        "metadata": body.metadata or {},
+        "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "tool_choice": body.tool_choice or "auto",
+        "tools": body.tools or [],
+        "text": body.text or {"format": {"type": "text"}},
+        "truncation": body.truncation or "disabled",
+        "user": body.user,
+    }
+    return ResponseAsk(
+        inputs=inputs,
+        conversation=conversation,
+        previous_response_id=body.previous_response_id,
+        instructions=body.instructions,
+        options=options,
+        store=body.store is not False,
+        echo=echo,
+        key=key,
+    )
+
+
+def check_storable(value: Any, param: str, depth: int = 0) -> None:
+    """Raise InvalidInputError, naming where, for what no store can keep."""
+    where = param or None
+    if depth > MAX_DEPTH:
+        raise InvalidInputError(f"values may nest at most {MAX_DEPTH} deep", param=where)
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            check_storable(name, param, depth + 1)
+            check_storable(inner, f"{param}.{name}" if param else str(name), depth + 1)
+    elif isinstance(value, list):
+        for n, inner in enumerate(value):
+            check_storable(inner, f"{param}[{n}]", depth + 1)
+    else:
+        problem = _unstorable(value)
+        if problem is not None:
+            raise InvalidInputError(problem, param=where)
+
+
+def _unstorable(value: Any) -> str | None:
+    if isinstance(value, str) and "\x00" in value:
+        return "text may not contain NUL characters"
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        return "integers must fit in 64 bits"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "numbers must be finite"
+    return None
+
+
+def _tool(tool: dict[str, Any], param: str) -> dict[str, Any]:
+    """A function tool in the Chat Completions shape."""
+    if tool.get("type") != "function":
+        raise InvalidInputError("only function tools are supported", param=f"{param}.type")
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise InvalidInputError("a function tool needs a `name`", param=f"{param}.name")
+    function = {"name": tool["name"]}
+    for field in ("description", "parameters", "strict"):
+        if tool.get(field) is not None:
+            function[field] = tool[field]
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    if choice is None or choice in TOOL_CHOICES:
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise InvalidInputError(
+        "`tool_choice` must be auto, none, required, or a function as {type: function, name}", param="tool_choice"
+    )
+
+
+def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The Chat Completions `response_format` of the Responses API's `text.format`."""
+    shape = (text or {}).get("format")
+    if shape is None:
+        return None
+    kind = shape.get("type") if isinstance(shape, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema" and isinstance(shape.get("name"), str) and isinstance(shape.get("schema"), dict):
+        schema = {name: shape[name] for name in ("name", "schema", "description", "strict") if name in shape}
+        return {"type": "json_schema", "json_schema": schema}
+    raise InvalidInputError(
+        "`text.format` must be text, json_object, or json_schema with a name and a schema", param="text.format"
+    )

@@ -1,0 +1,120 @@
+"""OpenAI's Conversations API over chatkeep's chats: a conversation is a chat, its items are the chat's messages.
+
+The same id works on `/chats/...` and `/v1/conversations/...`. Adding items takes the chat's turn
+like any turn does, so items added while a response runs on the conversation land after its
+reply, never inside it. Objects are shaped as OpenAI's (`openai/types/conversations`).
+"""
+
+from typing import Any
+
+import orjson
+
+from chatkeep.domain import DELETED_ITEM, Chat, ChatChanges, Message, NewMessage, PageRequest
+from chatkeep.errors import MessageNotFoundError
+from chatkeep.idempotency import IdempotencyKey, chat_from_result, chat_result
+from chatkeep.items import item_from_message
+from chatkeep.service import ChatService
+from chatkeep.turns import TurnSlot
+
+MAX_ITEMS_PER_REQUEST = 20
+
+
+def conversation_object(chat: Chat) -> dict[str, Any]:
+    return {
+        "id": chat.id,
+        "object": "conversation",
+        "created_at": int(chat.created_at.timestamp()),
+        "metadata": chat.metadata,
+    }
+
+
+def deleted_object(chat_id: str) -> dict[str, Any]:
+    return {"id": chat_id, "object": "conversation.deleted", "deleted": True}
+
+
+def items_page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": has_more,
+    }
+
+
+def is_deleted(message: Message) -> bool:
+    return message.item is not None and message.item == DELETED_ITEM
+
+
+class Conversations:
+    def __init__(self, service: ChatService) -> None:
+        self._service = service
+        self._store = service.store
+
+    async def create(
+        self, owner: str, items: list[NewMessage], metadata: dict[str, str], key: IdempotencyKey | None = None
+    ) -> dict[str, Any]:
+        """Create a conversation with its first items; with a key, once."""
+        async with await self._service.hold_key(owner, key) as hold:
+            if hold.replay is not None:
+                return conversation_object(chat_from_result(hold.replay))
+            chat = await self._store.create_chat(owner, title=None, metadata=metadata, system_prompt=None)
+            if items:
+                await self._append(owner, chat.id, items)
+            hold.succeeded(lambda: chat_result(chat))
+            return conversation_object(chat)
+
+    async def get(self, owner: str, chat_id: str) -> dict[str, Any]:
+        return conversation_object(await self._store.get_chat(owner, chat_id))
+
+    async def update(self, owner: str, chat_id: str, metadata: dict[str, str]) -> dict[str, Any]:
+        chat = await self._store.update_chat(owner, chat_id, ChatChanges(frozenset({"metadata"}), metadata=metadata))
+        return conversation_object(chat)
+
+    async def delete(self, owner: str, chat_id: str) -> dict[str, Any]:
+        await self._store.delete_chat(owner, chat_id)
+        return deleted_object(chat_id)
+
+    async def add_items(
+        self, owner: str, chat_id: str, items: list[NewMessage], key: IdempotencyKey | None = None
+    ) -> dict[str, Any]:
+        """Append items to the conversation; with a key, once: a retry gets the items the first try added."""
+        await self._store.get_chat(owner, chat_id)
+        async with await self._service.hold_key(owner, key) as hold:
+            if hold.replay is not None:
+                page: dict[str, Any] = orjson.loads(hold.replay)
+                return page
+            stored = await self._append(owner, chat_id, items)
+            page = items_page([item_from_message(message) for message in stored], False)
+            hold.succeeded(lambda: orjson.dumps(page).decode())
+            return page
+
+    async def list_items(self, owner: str, chat_id: str, page: PageRequest) -> dict[str, Any]:
+        """A page of the conversation's items; deleted ones are skipped, further pages read to fill it."""
+        items: list[dict[str, Any]] = []
+        after = page.after
+        while True:
+            found = await self._store.list_messages(owner, chat_id, PageRequest(page.limit, after, None, page.order))
+            items += [item_from_message(message) for message in found.data if not is_deleted(message)]
+            if len(items) >= page.limit or not found.has_more:
+                return items_page(items[: page.limit], found.has_more or len(items) > page.limit)
+            after = found.data[-1].id
+
+    async def get_item(self, owner: str, chat_id: str, item_id: str) -> dict[str, Any]:
+        message = await self._store.get_message(owner, chat_id, item_id)
+        if is_deleted(message):
+            raise MessageNotFoundError(f"no item {item_id!r} in conversation {chat_id!r}")
+        return item_from_message(message)
+
+    async def delete_item(self, owner: str, chat_id: str, item_id: str) -> dict[str, Any]:
+        await self.get_item(owner, chat_id, item_id)
+        await self._store.forget_message(owner, chat_id, item_id)
+        return conversation_object(await self._store.get_chat(owner, chat_id))
+
+    async def _append(self, owner: str, chat_id: str, items: list[NewMessage]) -> list[Message]:
+        """Append in the chat's turn, so that they never land inside a running turn."""
+        slot: TurnSlot = self._service.reserve_turn(chat_id)
+        lease = self._store.turn_lease(owner, chat_id)
+        async with slot, lease as ticket:
+            stored, _ = await self._store.append_messages(owner, chat_id, items, ticket=ticket)
+        return stored
