@@ -7,9 +7,10 @@ for a port. A fake LLM runs in the test process and the servers reach it by URL.
 import asyncio
 import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ class Server:
 
 @asynccontextmanager
 async def chatkeep_server(env: dict[str, str], log: Path, *options: str) -> AsyncIterator[Server]:
-    """`chatkeep serve [options]` in a subprocess for the block; killed at the end if still running.
+    """`chatkeep serve [options]` in a subprocess for the block; killed at the end if still running,
+    with its workers (`--workers N`): it leads a process group of its own, killed whole.
 
     It runs without an access log unless `options` ask for one (`--access-log true`).
     """
@@ -40,6 +42,7 @@ async def chatkeep_server(env: dict[str, str], log: Path, *options: str) -> Asyn
             env={**os.environ, **env},
             stdout=output,
             stderr=output,
+            start_new_session=True,
         )
     try:
         port = await _port_from(log, process)
@@ -47,8 +50,8 @@ async def chatkeep_server(env: dict[str, str], log: Path, *options: str) -> Asyn
             await _until_answering(client, process)
             yield Server(process, client, log)
     finally:
-        if process.returncode is None:
-            process.kill()
+        with suppress(ProcessLookupError):  # the group is gone already
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
 
 
