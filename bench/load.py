@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from bench.processes import LOAD_CORE, Processes, pinned
 
@@ -18,6 +19,8 @@ SCRIPT = Path(__file__).with_name("turns.lua")
 MARKER = "BENCH "
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 TIMEOUT_SECONDS = 10
+
+TurnMode = Literal["json", "stream", "responses"]
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,15 @@ def run_wrk(
     url: str,
     chat_ids: Path,
     *,
-    stream: bool,
+    mode: TurnMode,
     connections: int,
     seconds: float,
     request_ids: bool = False,
 ) -> WrkResult:
     """Post turns to `url` for `seconds` over `connections` keep-alive connections, each with an
-    X-Request-ID when `request_ids`."""
+    X-Request-ID when `request_ids`: native ones (`json`, `stream`), or OpenAI's `responses`."""
     argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={TIMEOUT_SECONDS}s", "-s", str(SCRIPT)]
-    argv += [url, "--", str(chat_ids), "stream" if stream else "json", "id" if request_ids else "no-id"]
+    argv += [url, "--", str(chat_ids), mode, "id" if request_ids else "no-id"]
     output = processes.run(pinned(LOAD_CORE, argv), timeout=seconds + 3 * TIMEOUT_SECONDS)
     line = next((line for line in output.splitlines() if line.startswith(MARKER)), None)
     if line is None:

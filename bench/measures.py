@@ -24,6 +24,7 @@ THROUGHPUT_TARGET = Target(">=", 0.5)
 BURST_TARGET = Target("<=", 1.15)
 HISTORY_TARGET = Target("<=", 1.2)
 OBSERVED_TARGET = Target(">=", 0.95)
+RESPONSES_TARGET = Target(">=", 0.9)
 MEMORY_TARGET = Target("<=", 400, on="value")
 # p99 time to a 503, with 5x the bound offered at once, against the time the bare relay takes to
 # answer every request of the same burst from an instant LLM (same client, machine and run). The
@@ -93,6 +94,31 @@ def observed(rig: Rig) -> list[Row]:
             chatkeep_name="metrics on",
             baseline_name="metrics off",
             target=OBSERVED_TARGET,
+            note=f"{failures} failed requests" if failures else "",
+            runs=rates,
+            failures=failures,
+        )
+    ]
+
+
+def responses(rig: Rig) -> list[Row]:
+    """9. Turns/s as in 1 through OpenAI's POST /v1/responses (each chat as the conversation) against native turns."""
+    llm = rig.llm()
+    servers = {"responses": rig.chatkeep(llm), "native": rig.chatkeep(llm)}
+    results = rig.turn_rates(servers, stream=False, runs=rig.plan.runs, responses={"responses"})
+    rig.stop(servers["native"])
+    rates = _rates(results)
+    failures = sum(_failed_requests(runs) for runs in results.values())
+    return [
+        Row(
+            "responses",
+            "turns/s as in 1, through POST /v1/responses with a conversation vs POST /chats/{id}/messages",
+            "turns/s",
+            median(rates["responses"]),
+            median(rates["native"]),
+            chatkeep_name="/v1/responses",
+            baseline_name="native",
+            target=RESPONSES_TARGET,
             note=f"{failures} failed requests" if failures else "",
             runs=rates,
             failures=failures,
@@ -291,4 +317,5 @@ MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "stores": stores,
     "overload": overload,
     "observed": observed,
+    "responses": responses,
 }

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 from bench import client
-from bench.load import WrkResult, run_wrk
+from bench.load import TurnMode, WrkResult, run_wrk
 from bench.processes import LOAD_CORE, PYTHON, SERVER_CORE, Processes, Server, free_port, pinned
 
 CHATKEEP = str(Path(sys.executable).with_name("chatkeep"))
@@ -124,21 +124,31 @@ class Rig:
         return path
 
     def turn_rates(
-        self, servers: dict[str, Server], *, stream: bool, runs: int, request_ids: Collection[str] = ()
+        self,
+        servers: dict[str, Server],
+        *,
+        stream: bool,
+        runs: int,
+        request_ids: Collection[str] = (),
+        responses: Collection[str] = (),
     ) -> dict[str, list[LoadRun]]:
         """wrk runs against each server, alternating, after one warm-up run each; the servers
-        labelled in `request_ids` are sent an X-Request-ID with every turn."""
+        labelled in `request_ids` are sent an X-Request-ID with every turn, those labelled in
+        `responses` get their turns through OpenAI's POST /v1/responses."""
         results: dict[str, list[LoadRun]] = {label: [] for label in servers}
+        modes: dict[str, TurnMode] = {
+            label: "responses" if label in responses else "stream" if stream else "json" for label in servers
+        }
         for label, server in servers.items():
-            self._wrk(server, stream=stream, seconds=self.plan.warmup_seconds, request_ids=label in request_ids)
+            self._wrk(server, mode=modes[label], seconds=self.plan.warmup_seconds, request_ids=label in request_ids)
         for round_ in range(runs):
             order = list(servers.items())
             for label, server in order if round_ % 2 == 0 else reversed(order):
-                run = self._wrk(server, stream=stream, seconds=self.plan.seconds, request_ids=label in request_ids)
+                run = self._wrk(server, mode=modes[label], seconds=self.plan.seconds, request_ids=label in request_ids)
                 results[label].append(run)
         return results
 
-    def _wrk(self, server: Server, *, stream: bool, seconds: float, request_ids: bool) -> LoadRun:
+    def _wrk(self, server: Server, *, mode: TurnMode, seconds: float, request_ids: bool) -> LoadRun:
         chats = self.chat_file(server, self.plan.chats)
         cpu = psutil.Process(server.process.pid)
         before = sum(cpu.cpu_times()[:2])
@@ -147,7 +157,7 @@ class Rig:
             self.wrk,
             server.url,
             chats,
-            stream=stream,
+            mode=mode,
             connections=self.plan.connections,
             seconds=seconds,
             request_ids=request_ids,

@@ -4,6 +4,7 @@
 and `create_app` receives an instance, so nothing reads the environment anywhere else.
 """
 
+from functools import cached_property
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -120,7 +121,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
+    @cached_property
     def models(self) -> tuple[str, ...]:
         """The models clients may ask for by name, the default first."""
         extra = (name.strip() for name in self.llm_models.split(","))

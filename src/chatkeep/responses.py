@@ -63,10 +63,11 @@ class ResponseAsk:
 class Responding:
     """One response being made: its fixed parts, and its object at each step."""
 
-    def __init__(self, ask: ResponseAsk, model: str) -> None:
+    def __init__(self, ask: ResponseAsk, model: str, *, streamed: bool) -> None:
         self.ask = ask
         self.id = new_id("resp")
-        self.reply_id = new_id("msg")  # the id its text goes out under while it streams, and is stored under
+        # the id its text streams under, and is stored under (a response not streamed leaves it to the store)
+        self.reply_id = new_id("msg") if streamed else None
         self.created_at = int(time.time())
         self.model = model  # the model asked; the object of a finished response names the one that answered
         self.body: dict[str, Any] | None = None  # the finished object
@@ -245,7 +246,7 @@ class Responses:
             if hold.replay is not None:
                 body: dict[str, Any] = orjson.loads(hold.replay)
                 return body
-            responding = self._responding(ask)
+            responding = self._responding(ask, streamed=False)
             if chat is None:
                 chain = await self._chain(owner, ask)
                 async with self._service.reserve_turn(responding.id):  # counted in flight
@@ -262,7 +263,8 @@ class Responses:
         hold = await self._service.hold_key(owner, ask.key)
         if hold.replay is not None:
             return ResponseEvents.replayed(orjson.loads(hold.replay))
-        responding = self._responding(ask)
+        responding = self._responding(ask, streamed=True)
+        assert responding.reply_id is not None
         events = ResponseEvents(responding.in_progress(), responding.reply_id)
         try:
             chain = await self._chain(owner, ask) if chat is None else None
@@ -310,8 +312,8 @@ class Responses:
             return None
         return await self._service.chat_to_post_to(owner, ask.conversation)
 
-    def _responding(self, ask: ResponseAsk) -> Responding:
-        return Responding(ask, ask.options.model or self._settings.llm_model)
+    def _responding(self, ask: ResponseAsk, *, streamed: bool) -> Responding:
+        return Responding(ask, ask.options.model or self._settings.llm_model, streamed=streamed)
 
     def _turn(
         self, owner: str, chat: Chat, responding: Responding, hold: HeldKey, watcher: TurnWatcher | None = None
@@ -327,7 +329,7 @@ class Responses:
             options=ask.options,
             instructions=ask.instructions,
             watcher=watcher,
-            reply_id=responding.reply_id if watcher is not None else None,
+            reply_id=responding.reply_id,
         )
 
     async def _kept(self, owner: str, responding: Responding, outcome: TurnOutcome) -> dict[str, Any]:

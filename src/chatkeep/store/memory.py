@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
 
+import orjson
+
 from chatkeep.domain import (
     DELETED_ITEM,
     Chat,
@@ -77,6 +79,15 @@ class _ChatRecord:
         )
 
 
+@dataclass(slots=True, frozen=True)
+class _KeptResponse:
+    owner: str
+    chat_id: str | None
+    previous_response_id: str | None
+    created_at: datetime
+    json: bytes  # [its object, its input items]
+
+
 @dataclass(slots=True)
 class _OwnerChats:
     """One owner's chats in creation order: ranks ascending, for bisecting cursors."""
@@ -93,7 +104,7 @@ class MemoryStore:
         self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()  # oldest first
         self._kept_keys: set[tuple[str, str]] = set()
         self._rate_slots: dict[str, deque[float]] = {}
-        self._responses: dict[str, tuple[str, StoredResponse]] = {}  # by id: owner, response
+        self._responses: dict[str, _KeptResponse] = {}  # by id
 
     async def check_ready(self) -> None:
         return None  # in this process: answering is being here
@@ -286,13 +297,19 @@ class MemoryStore:
         return purged
 
     async def save_response(self, owner: str, response: StoredResponse) -> None:
-        self._responses[response.id] = (owner, response)
+        # Its object and input as JSON: one object that the garbage collector never walks (their
+        # dicts would be dozens), a fraction of their memory, and a fresh copy for every reader.
+        kept = orjson.dumps([response.body, response.input_items])
+        self._responses[response.id] = _KeptResponse(
+            owner, response.chat_id, response.previous_response_id, response.created_at, kept
+        )
 
     async def get_response(self, owner: str, response_id: str) -> StoredResponse:
         kept = self._responses.get(response_id)
-        if kept is None or kept[0] != owner:
+        if kept is None or kept.owner != owner:
             raise ResponseNotFoundError(f"no response {response_id!r}")
-        return kept[1]
+        body, input_items = orjson.loads(kept.json)
+        return StoredResponse(response_id, kept.chat_id, kept.previous_response_id, kept.created_at, body, input_items)
 
     async def delete_response(self, owner: str, response_id: str) -> None:
         await self.get_response(owner, response_id)

@@ -35,7 +35,7 @@ def read_items(raw: list[Any], param: str, *, max_chars: int) -> list[NewMessage
 
 def read_response_request(body: ResponseCreate, settings: Settings, idempotency_key: str | None) -> ResponseAsk:
     """What a `POST /v1/responses` asks, with its Idempotency-Key if sent. Raises InvalidInputError."""
-    check_storable(body.model_dump(exclude_unset=True), "")
+    _check_storable_fields(body)
     key = None
     if idempotency_key is not None:
         fingerprinted = body.model_dump(mode="json", exclude={"stream"})
@@ -89,6 +89,20 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
         echo=echo,
         key=key,
     )
+
+
+# The fields whose values the schema leaves free: JSON of any shape, or text that may hold NUL.
+FREE_FIELDS = ("input", "instructions", "model", "previous_response_id", "user", "tools", "tool_choice", "text")
+
+
+def _check_storable_fields(body: ResponseCreate) -> None:
+    for name in FREE_FIELDS:
+        value = getattr(body, name)
+        if value is not None:
+            check_storable(value, name)
+    if body.conversation is not None:
+        conversation = body.conversation if isinstance(body.conversation, str) else body.conversation.id
+        check_storable(conversation, "conversation")
 
 
 def check_storable(value: Any, param: str, depth: int = 0) -> None:
