@@ -32,6 +32,7 @@ MEMORY_TARGET = Target("<=", 400, on="value")
 # waited on the LLM (1 s), the ratio would be above 2x.
 OVERLOAD_TARGET = Target("<=", 1.0)
 LONG_CHATS = 8
+LONGEST_CHATS = 2
 SHORT_FILL_TURNS = 2
 WARM_TURNS = 20
 MEMORY_TIMEOUT_SECONDS = 600
@@ -143,33 +144,42 @@ def burst(rig: Rig) -> list[Row]:
 
 
 def history(rig: Rig) -> list[Row]:
-    """4. Turn latency on chats with 400 messages of history against chats with 5 (chatkeep alone)."""
+    """4. Turn latency on chats with 400 and with 5,000 messages of history against chats with 5
+    (chatkeep alone, its rolling summaries on), the three kinds of chat taking turns."""
     plan = rig.plan
     url = rig.chatkeep(rig.llm()).url
-    long_ids = asyncio.run(client.create_chats(url, LONG_CHATS))
-    short_ids = asyncio.run(client.create_chats(url, plan.history_samples))
-    warm_ids = asyncio.run(client.create_chats(url, 1))
-    asyncio.run(client.fill_chats(url, long_ids, plan.history_fill_turns))
-    asyncio.run(client.fill_chats(url, short_ids, SHORT_FILL_TURNS))
-    asyncio.run(client.fill_chats(url, warm_ids, WARM_TURNS))
-    order = [chat for i, short in enumerate(short_ids) for chat in (long_ids[i % LONG_CHATS], short)]
-    latencies = [seconds * 1000 for seconds in asyncio.run(client.turn_latencies(url, order, 1))]
-    runs = {"long": latencies[0::2], "short": latencies[1::2]}
-    long_messages, short_messages = 2 * plan.history_fill_turns, 2 * SHORT_FILL_TURNS + 1
-    measure = f"turn latency at {long_messages} vs {short_messages} messages of history (sequential)"
-    return [
-        Row(
-            "history",
-            measure,
-            "ms",
-            median(runs["long"]),
-            median(runs["short"]),
-            chatkeep_name=f"at {long_messages} msgs",
-            baseline_name=f"at {short_messages} msgs",
-            target=HISTORY_TARGET,
-            runs=runs,
-        )
+    fills = {"short": (plan.history_samples, SHORT_FILL_TURNS), "warm": (1, WARM_TURNS)}
+    fills |= {"long": (LONG_CHATS, plan.history_fill_turns), "longest": (LONGEST_CHATS, plan.longest_fill_turns)}
+    chats = {kind: asyncio.run(client.create_chats(url, count)) for kind, (count, _) in fills.items()}
+    for kind, (_, turns) in fills.items():
+        asyncio.run(client.fill_chats(url, chats[kind], turns))
+    order = [
+        chat
+        for i, short in enumerate(chats["short"])
+        for chat in (chats["long"][i % LONG_CHATS], short, chats["longest"][i % LONGEST_CHATS])
     ]
+    latencies = [seconds * 1000 for seconds in asyncio.run(client.turn_latencies(url, order, 1))]
+    runs = {"long": latencies[0::3], "short": latencies[1::3], "longest": latencies[2::3]}
+    return [
+        _history_row("history", runs["long"], runs["short"], 2 * plan.history_fill_turns),
+        _history_row("history_longest", runs["longest"], runs["short"], 2 * plan.longest_fill_turns),
+    ]
+
+
+def _history_row(key: str, long: list[float], short: list[float], long_messages: int) -> Row:
+    short_messages = 2 * SHORT_FILL_TURNS + 1
+    measure = f"turn latency at {long_messages:,} vs {short_messages} messages of history (sequential)"
+    return Row(
+        key,
+        measure,
+        "ms",
+        median(long),
+        median(short),
+        chatkeep_name=f"at {long_messages:,} msgs",
+        baseline_name=f"at {short_messages} msgs",
+        target=HISTORY_TARGET,
+        runs={"long": long, "short": short},
+    )
 
 
 def memory(rig: Rig) -> list[Row]:

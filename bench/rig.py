@@ -55,6 +55,7 @@ class Plan:
     burst_runs: int = 3
     burst_latency: float = 1.0
     history_fill_turns: int = 200
+    longest_fill_turns: int = 2500
     history_samples: int = 100
     memory_turns: int = 100_000
     store_runs: int = 3

@@ -97,6 +97,9 @@ class FakeOpenAI:
         self.script: deque[Scripted] = deque()
         self.latency = 0.0
         self.reply: Callable[[dict[str, Any]], str] = echo
+        # Consulted before the queue: a Scripted answer for the request, or None for the usual one.
+        self.respond: Callable[[dict[str, Any]], Scripted | None] = lambda body: None
+        self.in_flight = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -128,7 +131,14 @@ class FakeOpenAI:
         body = orjson.loads(await request.read())
         self.requests.append(body)
         self.headers.append(dict(request.headers))
-        answer = self.script.popleft() if self.script else Scripted()
+        self.in_flight += 1
+        try:
+            return await self._answer(request, body)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        answer = self.respond(body) or (self.script.popleft() if self.script else Scripted())
         await asyncio.sleep(answer.delay or self.latency)
         if answer.hang:
             await self._stopping.wait()

@@ -8,7 +8,7 @@ import httpx
 
 from chatkeep.config import DEFAULT_SYSTEM_PROMPT
 from chatkeep.context import MESSAGE_OVERHEAD_TOKENS, build_context, estimate_tokens
-from chatkeep.domain import Message, NewMessage, Role
+from chatkeep.domain import ContextSummary, Message, NewMessage, Role
 from chatkeep.store import MemoryStore
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI
@@ -80,9 +80,10 @@ async def test_default_system_prompt_is_a_helpful_assistant(client: httpx.AsyncC
     assert fake_llm.prompts[0][0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
 
 
-async def test_oldest_turns_give_way_when_over_the_token_budget(fake_llm: FakeOpenAI) -> None:
+async def test_without_folding_the_oldest_turns_give_way_when_over_the_token_budget(fake_llm: FakeOpenAI) -> None:
     words = "word " * 100  # 500 ASCII characters: about 126 tokens with framing
-    async with serve(llm_settings(fake_llm, context_tokens=600, system_prompt="S")) as client:
+    settings = llm_settings(fake_llm, context_tokens=600, system_prompt="S", context_folding=False)
+    async with serve(settings) as client:
         chat_id = await new_chat(client)
         for n in range(6):
             await post(client, chat_id, f"{n} {words}")
@@ -107,7 +108,8 @@ def _tail_of_chat(fake: FakeOpenAI, n: int) -> list[dict[str, Any]]:
 
 async def test_newest_message_is_sent_whole_even_over_budget(fake_llm: FakeOpenAI) -> None:
     huge = "x" * 8000
-    async with serve(llm_settings(fake_llm, context_tokens=256, system_prompt="S")) as client:
+    settings = llm_settings(fake_llm, context_tokens=256, system_prompt="S", context_folding=False)
+    async with serve(settings) as client:
         chat_id = await new_chat(client)
         await post(client, chat_id, "short one")
         await post(client, chat_id, huge)
@@ -135,11 +137,61 @@ async def test_context_reads_the_window_not_the_history() -> None:
     for n in range(5000):
         role = Role.USER if n % 2 == 0 else Role.ASSISTANT
         await store.append_message(OWNER, chat.id, NewMessage(role, f"message number {n} " + "pad " * 20))
-    prompt = await build_context(store, OWNER, chat.id, system_prompt="S", budget=1000)
+    prompt = (await build_context(store, OWNER, chat.id, system_prompt="S", budget=1000)).prompt
     assert str(prompt[-1]["content"]).startswith("message number 4999")
     window = len(prompt) - 1
     assert 10 < window < 50
     assert store.read <= window + 32  # the first batch may overshoot the window, never the history
+
+
+async def chat_of(store: MemoryStore, count: int) -> str:
+    """A chat of `count` messages of 10 tokens each (6 of text, 4 of framing)."""
+    chat = await store.create_chat(OWNER, title=None, metadata={}, system_prompt=None)
+    for n in range(count):
+        await store.append_message(
+            OWNER, chat.id, NewMessage(Role.USER if n % 2 == 0 else Role.ASSISTANT, f"message {n:05d} padded")
+        )
+    return chat.id
+
+
+async def test_a_chat_that_fits_goes_verbatim_and_wants_a_fold_once_crowded() -> None:
+    store = MemoryStore()
+    for count, wanted in ((70, False), (80, True)):  # 10 tokens a message, of a budget of 1,000
+        chat_id = await chat_of(store, count)
+        context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, fold_at=0.75)
+        assert [m["content"] for m in context.prompt] == [f"message {n:05d} padded" for n in range(count)]
+        assert context.fold_wanted is wanted
+    await store.claim_fold(OWNER, chat_id, hold_seconds=60)
+    await store.end_fold(OWNER, chat_id, ContextSummary("what the first 40 said", 40))
+    context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, fold_at=0.75)
+    assert len(context.prompt) == 80  # whole: what fits is sent as it is, not summarized
+    assert context.fold_wanted is False  # the 40 unfolded messages take less than 75%
+
+
+async def test_a_chat_over_budget_sends_its_summary_then_the_messages_after_it() -> None:
+    store = MemoryStore()
+    chat_id = await chat_of(store, 200)
+    await store.claim_fold(OWNER, chat_id, hold_seconds=60)
+    await store.end_fold(OWNER, chat_id, ContextSummary("what the first 150 said", 150))
+    context = await build_context(store, OWNER, chat_id, system_prompt="S", budget=1000, fold_at=0.75)
+    assert context.prompt[0] == {"role": "system", "content": "S"}
+    assert context.prompt[1]["content"].endswith("(its first 150 messages, not shown):\nwhat the first 150 said")
+    assert [m["content"] for m in context.prompt[2:]] == [f"message {n:05d} padded" for n in range(150, 200)]
+    assert context.fold_wanted is False  # 50 unfolded messages: half the budget
+    with_reply = await build_context(
+        store, OWNER, chat_id, system_prompt="S", budget=1000, reply_tokens=500, fold_at=0.75
+    )
+    tail = [m["content"] for m in with_reply.prompt[2:]]
+    assert tail == [f"message {n:05d} padded" for n in range(154, 200)]  # fewer: room left for the reply
+    assert with_reply.fold_wanted is True  # the unfolded messages no longer all fit
+
+
+async def test_without_a_summary_a_chat_over_budget_is_truncated_and_wants_a_fold() -> None:
+    store = MemoryStore()
+    chat_id = await chat_of(store, 200)
+    context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, fold_at=0.75)
+    assert [m["content"] for m in context.prompt] == [f"message {n:05d} padded" for n in range(100, 200)]
+    assert context.fold_wanted is True
 
 
 async def test_estimate_counts_non_ascii_text_generously() -> None:

@@ -36,10 +36,12 @@ ALL_MIGRATIONS = [
     "m005_rate_slots",
     "m006_conversation_items",
     "m007_responses",
+    "m008_context_summaries",
 ]
 TABLES = [
     "chatkeep_migrations",
     "chats",
+    "context_summaries",
     "idempotency_keys",
     "messages",
     "rate_slots",
@@ -52,8 +54,12 @@ TABLES = [
 # microseconds since the epoch; both integer widths are SQLite's one INTEGER.
 SQLITE_TYPE = {"text": "TEXT", "bigint": "INTEGER", "integer": "INTEGER", "timestamp with time zone": "INTEGER"}
 # Columns spelled otherwise: moments on the database's clock (a ticket's expiry, when a rate slot
-# was taken) are REAL seconds since the epoch on SQLite's.
-SQLITE_TYPE_OF_COLUMN = {("turn_tickets", "expires_at"): "REAL", ("rate_slots", "taken_at"): "REAL"}
+# was taken, a fold's hold) are REAL seconds since the epoch on SQLite's.
+SQLITE_TYPE_OF_COLUMN = {
+    ("turn_tickets", "expires_at"): "REAL",
+    ("rate_slots", "taken_at"): "REAL",
+    ("context_summaries", "folding_until"): "REAL",
+}
 # Defaults only PostgreSQL has: its first release let the database stamp applied migrations.
 POSTGRES_ONLY_DEFAULTS = {("chatkeep_migrations", "applied_at"): "now()"}
 PG_ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}

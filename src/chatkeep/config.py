@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     rate_limit: str | None = Field(default=None, description="per owner, for message posts, e.g. 120/minute")
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="system prompt of chats that set none")
     context_tokens: int = Field(default=8000, ge=256, description="token budget of the context sent upstream")
+    context_folding: bool = Field(
+        default=True, description="fold a long chat's older messages into a rolling summary sent in their place"
+    )
+    fold_at: float = Field(
+        default=0.75, gt=0, lt=1, description="share of the context budget unfolded messages may take before a fold"
+    )
+    summary_tokens: int | None = Field(
+        default=None, ge=16, description="tokens of a chat's rolling summary (unset: a quarter of context_tokens)"
+    )
     max_message_chars: int = Field(default=32000, ge=1, description="longer message content is refused (422)")
     max_waiting_turns: int = Field(default=8, ge=0, description="turns that may queue on one chat before 429")
     max_turns_in_flight: int = Field(default=2048, ge=1, description="turns running or waiting per process before 503")
@@ -120,6 +129,10 @@ class Settings(BaseSettings):
                 f"OPENAI_API_KEY is needed for {OPENAI_BASE_URL}; for a server that needs no key, set OPENAI_BASE_URL"
             )
         return self
+
+    @property
+    def rolling_summary_tokens(self) -> int:
+        return self.summary_tokens if self.summary_tokens is not None else self.context_tokens // 4
 
     @cached_property
     def models(self) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""What goes to the LLM for a turn: the system prompt, then the newest messages that fit.
+"""What goes to the LLM for a turn: the system prompt, the rolling summary of a chat too long for
+the budget (folds.py), then the newest messages that fit.
 
 The window is found by walking back from the newest message in batches sized by how many more
 messages are likely to fit, so a turn reads O(window) messages, never O(history). Tokens are
@@ -6,7 +7,9 @@ estimated offline (see `estimate_tokens`) so nothing has to be downloaded at run
 estimate errs on the generous side so the budget is kept.
 """
 
-from chatkeep.domain import Message, PromptMessage
+from dataclasses import dataclass
+
+from chatkeep.domain import ContextSummary, Message, PromptMessage
 from chatkeep.items import prompt_from_messages
 from chatkeep.store import ChatStore
 
@@ -34,17 +37,49 @@ def message_tokens(content: str) -> int:
     return estimate_tokens(content) + MESSAGE_OVERHEAD_TOKENS
 
 
+@dataclass(slots=True, frozen=True)
+class Context:
+    prompt: list[PromptMessage]
+    fold_wanted: bool = False  # the older messages crowd the budget: time to fold them into the rolling summary
+
+
 async def build_context(
-    store: ChatStore, owner: str, chat_id: str, *, system_prompt: str, budget: int
-) -> list[PromptMessage]:
-    """The prompt for the chat's next reply, oldest first.
+    store: ChatStore,
+    owner: str,
+    chat_id: str,
+    *,
+    system_prompt: str,
+    budget: int,
+    reply_tokens: int = 0,
+    fold_at: float | None = None,
+) -> Context:
+    """The prompt for the chat's next reply, oldest first, within `budget` tokens with room for
+    `reply_tokens` of reply.
 
     The newest message is always kept whole, even over budget (it is what must be answered);
     older ones are added while they fit, and the walk stops at the first that does not, so the
     context is always a contiguous tail of the chat. Each message is read once, in the same pass
-    that prices it: this is the part of a turn that grows with the chat.
+    that prices it: this is the part of a turn that grows with the chat. A chat that does not
+    fit has its rolling summary (folds.py) sent before that tail, when it has one and `fold_at`
+    is set: then the tail starts after what the summary covers, and a fold is wanted once the
+    unfolded messages take more than `fold_at` of the budget or no longer all fit.
     """
-    remaining = budget - (message_tokens(system_prompt) if system_prompt else 0)
+    available = budget - reply_tokens - (message_tokens(system_prompt) if system_prompt else 0)
+    newest_first, room = await _newest_that_fit(store, owner, chat_id, available)
+    fits = not newest_first or newest_first[-1].seq == 1
+    if fold_at is None or (fits and room >= (1 - fold_at) * available):
+        return Context(_prompt(system_prompt, newest_first))
+    summary = await store.get_context_summary(owner, chat_id)
+    window, fold_wanted = _unfolded_window(newest_first, summary, available, fold_at)
+    if fits:  # crowded but whole: sent verbatim, while the fold makes room for what comes next
+        return Context(_prompt(system_prompt, newest_first), fold_wanted)
+    return Context(_prompt(system_prompt, window, summary_note(summary) if summary else None), fold_wanted)
+
+
+async def _newest_that_fit(store: ChatStore, owner: str, chat_id: str, budget: int) -> tuple[list[Message], int]:
+    """The chat's newest messages that fit `budget`, newest first (the newest at least), and
+    the tokens left."""
+    remaining = budget
     newest_first: list[Message] = []
     before_seq: int | None = None
     batch = FIRST_BATCH
@@ -55,18 +90,44 @@ async def build_context(
             # estimate_tokens inlined for ASCII: this runs for every message of every turn's window
             cost = (len(text) // 4 + 1 if text.isascii() else estimate_tokens(text)) + MESSAGE_OVERHEAD_TOKENS
             if cost > remaining and newest_first:
-                return _prompt(system_prompt, newest_first)
+                return newest_first, remaining
             newest_first.append(message)
             remaining -= cost
         if len(older) < batch:
             break
         before_seq = older[-1].seq
         batch = _next_batch(remaining, spent=budget - remaining, count=len(newest_first))
-    return _prompt(system_prompt, newest_first)
+    return newest_first, remaining
 
 
-def _prompt(system_prompt: str, newest_first: list[Message]) -> list[PromptMessage]:
+def _unfolded_window(
+    newest_first: list[Message], summary: ContextSummary | None, available: int, fold_at: float
+) -> tuple[list[Message], bool]:
+    """The newest messages after what the rolling summary covers that fit beside it, newest
+    first, and whether a fold is wanted: they take more than `fold_at` of the budget, or no
+    longer all fit."""
+    folded_to = summary.up_to_seq if summary is not None else 0
+    room = available - (message_tokens(summary_note(summary)) if summary is not None else 0)
+    window: list[Message] = []
+    for message in newest_first:
+        cost = message_tokens(message.content)
+        if message.seq <= folded_to or (window and cost > room):
+            break
+        window.append(message)
+        room -= cost
+    behind = not window or window[-1].seq > folded_to + 1
+    return window, behind or room < (1 - fold_at) * available
+
+
+def summary_note(summary: ContextSummary) -> str:
+    """The rolling summary as the model reads it, before the messages that follow it."""
+    return f"Summary of the earlier conversation (its first {summary.up_to_seq} messages, not shown):\n{summary.text}"
+
+
+def _prompt(system_prompt: str, newest_first: list[Message], note: str | None = None) -> list[PromptMessage]:
     prompt: list[PromptMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    if note is not None:
+        prompt.append({"role": "system", "content": note})
     window = newest_first[::-1]
     if any(message.item is not None for message in window):
         prompt += prompt_from_messages(window)  # conversation items: function calls and their outputs...
@@ -79,3 +140,26 @@ def _next_batch(remaining: int, *, spent: int, count: int) -> int:
     """How many more messages are likely to fit, judging by the average cost so far (plus one)."""
     average = max(1, spent // count)
     return max(1, min(MAX_BATCH, remaining // average + 1))
+
+
+OLDEST_BATCH = 256
+
+
+async def oldest_after(
+    store: ChatStore, owner: str, chat_id: str, *, after_seq: int, budget: int, before_seq: int | None = None
+) -> list[Message]:
+    """The oldest messages with after_seq < seq < before_seq that fit `budget` tokens (at least one).
+
+    Seqs are gap-free, so the OLDEST_BATCH after `after_seq` are read by their range.
+    """
+    below = after_seq + OLDEST_BATCH + 1
+    if before_seq is not None:
+        below = min(below, before_seq)
+    window = await store.recent_messages(owner, chat_id, limit=OLDEST_BATCH, before_seq=below, after_seq=after_seq)
+    batch: list[Message] = []
+    for message in reversed(window):
+        budget -= message_tokens(message.content)
+        if batch and budget < 0:
+            break
+        batch.append(message)
+    return batch

@@ -149,6 +149,14 @@ class SummaryText:
 
 
 @dataclass(slots=True, frozen=True)
+class ContextSummary:
+    """A chat's rolling summary: what its messages up to `up_to_seq` said, sent upstream in their stead."""
+
+    text: str
+    up_to_seq: int
+
+
+@dataclass(slots=True, frozen=True)
 class Summary:
     chat_id: str
     stats: MessageStats

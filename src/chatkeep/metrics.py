@@ -68,6 +68,10 @@ class Metrics(Protocol):
         """A summary fold: "made", or "failed" when the LLM could not make it."""
         ...
 
+    def context_folded(self, outcome: str) -> None:
+        """A batch of older messages folded into a chat's rolling summary ("folded"), or "failed"."""
+        ...
+
     def render(self) -> bytes:
         """Every metric in the Prometheus text format (of every worker, under --workers N)."""
         ...
@@ -104,6 +108,9 @@ class NoMetrics:
         pass
 
     def summary_made(self, outcome: str) -> None:
+        pass
+
+    def context_folded(self, outcome: str) -> None:
         pass
 
     def render(self) -> bytes:
@@ -159,6 +166,7 @@ FAMILIES = (
     Family("chatkeep_idempotent_replays", "counter", "Requests answered with an Idempotency-Key's stored answer"),
     Family("chatkeep_llm_breaker_open", "gauge", "1 while the LLM circuit breaker is open", combine="max"),
     Family("chatkeep_summaries", "counter", "Summary folds by outcome", ("outcome",)),
+    Family("chatkeep_context_folds", "counter", "Rolling-summary folds by outcome", ("outcome",)),
 )
 NO_LABELS: Labels = ()
 
@@ -219,6 +227,9 @@ class PrometheusMetrics:
 
     def summary_made(self, outcome: str) -> None:
         _add(self._counter("chatkeep_summaries"), (outcome,), 1)
+
+    def context_folded(self, outcome: str) -> None:
+        _add(self._counter("chatkeep_context_folds"), (outcome,), 1)
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

@@ -27,6 +27,7 @@ from chatkeep.errors import (
     StoreUnavailableError,
     TurnNotRunningError,
 )
+from chatkeep.folds import Folds
 from chatkeep.idempotency import (
     HeldKey,
     IdempotencyKey,
@@ -73,10 +74,27 @@ class ChatService:
         )
         summarizer: Summarizer = ExtractiveSummarizer() if settings.provider == "offline" else LLMSummarizer(llm)
         self._summaries = SummaryKeeper(store, summarizer, metrics, budget=settings.context_tokens // 2)
+        self.folds = (
+            Folds(
+                store,
+                summarizer,
+                metrics,
+                budget=settings.context_tokens,
+                summary_tokens=settings.rolling_summary_tokens,
+            )
+            if settings.context_folding
+            else None
+        )
         # A held key is refreshed a few times per lease; one not refreshed for a whole lease lost its process.
         self._keys = IdempotencyKeys(store, abandoned_after=timedelta(seconds=settings.turn_lease))
         self.engine = TurnEngine(
-            store, llm, metrics, system_prompt=settings.system_prompt, budget=settings.context_tokens
+            store,
+            llm,
+            metrics,
+            system_prompt=settings.system_prompt,
+            budget=settings.context_tokens,
+            folds=self.folds,
+            fold_at=settings.fold_at,
         )
         self._streams = TurnStreams(store)
         self._relay = (
@@ -101,6 +119,8 @@ class ChatService:
             task.cancel()
         await asyncio.gather(self._janitor, *self._tasks, return_exceptions=True)
         await self._summaries.aclose()
+        if self.folds is not None:
+            await self.folds.aclose()
         if self._relay is not None:
             await self._relay.aclose()
 

@@ -7,18 +7,15 @@ task of its own so that a caller who goes away does not waste the LLM call.
 
 import asyncio
 import logging
-from collections.abc import Sequence
 
-from chatkeep.context import message_tokens
-from chatkeep.domain import Message, Summary, SummaryText, utcnow
+from chatkeep.context import oldest_after
+from chatkeep.domain import Summary, SummaryText, utcnow
 from chatkeep.errors import LLMError
 from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore
 from chatkeep.summaries import Summarizer
 
 log = logging.getLogger(__name__)
-
-SUMMARY_BATCH = 256
 
 
 class SummaryKeeper:
@@ -59,7 +56,8 @@ class SummaryKeeper:
         """Fold the messages after `start` into it, batch by batch; None when the LLM failed at once."""
         summary = start
         while True:
-            batch = await self._messages_after(owner, chat_id, summary.up_to_seq if summary else 0)
+            after_seq = summary.up_to_seq if summary else 0
+            batch = await oldest_after(self._store, owner, chat_id, after_seq=after_seq, budget=self._budget)
             if not batch:
                 return summary
             previous = (summary.summary, summary.highlights) if summary else None
@@ -72,17 +70,3 @@ class SummaryKeeper:
             self._metrics.summary_made("made")
             summary = SummaryText(text, highlights, up_to_seq=batch[-1].seq, created_at=utcnow())
             await self._store.save_summary(owner, chat_id, summary)
-
-    async def _messages_after(self, owner: str, chat_id: str, after_seq: int) -> Sequence[Message]:
-        """The oldest messages after `after_seq` that fit the budget (at least one)."""
-        window = await self._store.recent_messages(
-            owner, chat_id, limit=SUMMARY_BATCH, before_seq=after_seq + SUMMARY_BATCH + 1, after_seq=after_seq
-        )
-        batch: list[Message] = []
-        budget = self._budget
-        for message in reversed(window):
-            budget -= message_tokens(message.content)
-            if batch and budget < 0:
-                break
-            batch.append(message)
-        return batch

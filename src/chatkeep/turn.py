@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from chatkeep.context import build_context
 from chatkeep.domain import Chat, Message, MessageStatus, NewMessage, PromptMessage, Role
 from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, Problem, TurnNotRunningError, TurnStoppedError
+from chatkeep.folds import Folds
 from chatkeep.idempotency import HeldKey
 from chatkeep.llm import LLM, Reply
 from chatkeep.llm.base import NO_OPTIONS, CallOptions
@@ -77,15 +78,28 @@ class _Running:
     answered: "asyncio.Future[TurnOutcome]" = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     replying: bool = False  # in the part a stop request may cut short
     stop_requested: bool = False
+    fold_wanted: bool = False  # its context found the chat's older messages worth folding
 
 
 class TurnEngine:
-    def __init__(self, store: ChatStore, llm: LLM, metrics: Metrics, *, system_prompt: str, budget: int) -> None:
+    def __init__(
+        self,
+        store: ChatStore,
+        llm: LLM,
+        metrics: Metrics,
+        *,
+        system_prompt: str,
+        budget: int,
+        folds: Folds | None = None,
+        fold_at: float = 0.75,
+    ) -> None:
         self._store = store
         self._llm = llm
         self._metrics = metrics
         self._system_prompt = system_prompt  # for chats that set none
         self._budget = budget  # tokens of context sent upstream
+        self._folds = folds  # None: long chats are truncated, never summarized
+        self._fold_at = fold_at if folds is not None else None
         self._running: dict[str, _Running] = {}  # by the id of the last input (the "user message")
 
     def holding(self, slot: TurnSlot, request: TurnRequest) -> "HeldTurn":
@@ -110,6 +124,8 @@ class TurnEngine:
         finally:
             del self._running[inputs[-1].id]
         running.answered.set_result(outcome)
+        if running.fold_wanted and self._folds is not None:
+            self._folds.want(request.owner, request.chat.id)
         return outcome
 
     async def run_watched(
@@ -181,9 +197,17 @@ class TurnEngine:
         parts: list[str] = []
         running.replying = True
         try:
-            prompt = await build_context(
-                self._store, request.owner, request.chat.id, system_prompt=system_prompt, budget=self._budget
+            context = await build_context(
+                self._store,
+                request.owner,
+                request.chat.id,
+                system_prompt=system_prompt,
+                budget=self._budget,
+                reply_tokens=request.options.max_tokens or 0,
+                fold_at=self._fold_at,
             )
+            running.fold_wanted = context.fold_wanted
+            prompt = context.prompt
             if request.watcher is None:
                 return await self._llm.complete(prompt, request.options)
             return await self._streamed_reply(prompt, request, parts)

@@ -13,6 +13,7 @@ from typing import Protocol
 from chatkeep.domain import (
     Chat,
     ChatChanges,
+    ContextSummary,
     KeyClaim,
     KeyState,
     Message,
@@ -131,6 +132,20 @@ class ChatStore(Protocol):
 
     async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
         """Cache `summary` unless the cached one already covers more messages. Raises ChatNotFoundError."""
+        ...
+
+    async def get_context_summary(self, owner: str, chat_id: str) -> ContextSummary | None:
+        """The chat's rolling summary (folds.py), or None. Raises ChatNotFoundError."""
+        ...
+
+    async def claim_fold(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+        """Hold the chat's fold for `hold_seconds` unless someone else holds it: True when the caller
+        now does. One fold per chat at a time, across every process sharing the store; a holder
+        that dies lets go when its hold lapses. False for a chat that is gone."""
+        ...
+
+    async def end_fold(self, owner: str, chat_id: str, summary: ContextSummary | None) -> None:
+        """Let go of the chat's fold, keeping `summary` (when given) unless the kept one covers as much."""
         ...
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:

@@ -22,6 +22,7 @@ from chatkeep.domain import (
     DELETED_ITEM,
     Chat,
     ChatChanges,
+    ContextSummary,
     IdempotencyRecord,
     KeyClaim,
     KeyState,
@@ -57,6 +58,8 @@ class _ChatRecord:
     user_count: int = 0
     summary: SummaryText | None = None
     named: dict[str, int] | None = None  # seqs of the messages whose ids the caller chose
+    context_summary: ContextSummary | None = None
+    folding_until: float = 0.0  # the monotonic time a fold's hold lapses
 
     def seq_of(self, message_id: str) -> int | None:
         """The seq of the chat's message `message_id`, which ends with it (see `_message_id`) unless
@@ -241,6 +244,26 @@ class MemoryStore:
         record = self._record(owner, chat_id)
         if record.summary is None or record.summary.up_to_seq <= summary.up_to_seq:
             record.summary = summary
+
+    async def get_context_summary(self, owner: str, chat_id: str) -> ContextSummary | None:
+        return self._record(owner, chat_id).context_summary
+
+    async def claim_fold(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+        record = self._chats.get(chat_id)
+        now = time.monotonic()
+        if record is None or record.owner != owner or record.folding_until > now:
+            return False
+        record.folding_until = now + hold_seconds
+        return True
+
+    async def end_fold(self, owner: str, chat_id: str, summary: ContextSummary | None) -> None:
+        record = self._chats.get(chat_id)
+        if record is None or record.owner != owner:
+            return
+        record.folding_until = 0.0
+        kept = record.context_summary
+        if summary is not None and (kept is None or kept.up_to_seq < summary.up_to_seq):
+            record.context_summary = summary
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         record = self._record(owner, chat_id)

@@ -32,6 +32,7 @@ from chatkeep.domain import (
     DELETED_ITEM,
     Chat,
     ChatChanges,
+    ContextSummary,
     KeyClaim,
     KeyState,
     Message,
@@ -402,6 +403,22 @@ class PostgresStore:
             raise _no_chat(chat_id) from error
         if saved is None:
             await self.get_chat(owner, chat_id)  # not saved: the chat is missing, or its cached summary covers more
+
+    async def get_context_summary(self, owner: str, chat_id: str) -> ContextSummary | None:
+        row = await self._pool.fetchrow(SQL.select_context_summary, chat_id, owner)
+        if row is None:
+            raise _no_chat(chat_id)
+        return None if row[0] is None else ContextSummary(row[0], row[1])
+
+    async def claim_fold(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+        try:
+            return bool(await self._pool.fetchval(SQL.claim_fold, chat_id, owner, hold_seconds))
+        except asyncpg.ForeignKeyViolationError:  # the chat was deleted meanwhile
+            return False
+
+    async def end_fold(self, owner: str, chat_id: str, summary: ContextSummary | None) -> None:
+        text, up_to_seq = (summary.text, summary.up_to_seq) if summary is not None else ("", 0)
+        await self._pool.execute(SQL.end_fold, chat_id, owner, up_to_seq, text)
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         row = await self._pool.fetchrow(SQL.select_message, chat_id, owner, message_id)

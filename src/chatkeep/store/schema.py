@@ -104,6 +104,15 @@ M007_RESPONSES = (
     input {text} NOT NULL
 )""",
 )
+# A chat's rolling summary of its older messages (folds.py), and the hold of the fold under way.
+M008_CONTEXT_SUMMARIES = (
+    """CREATE TABLE context_summaries (
+    chat_id {text} PRIMARY KEY REFERENCES chats (id) ON DELETE CASCADE,
+    summary {text} NOT NULL,
+    up_to_seq {bigint} NOT NULL,
+    folding_until {expiry}
+)""",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -112,6 +121,7 @@ SHARED_MIGRATIONS = {
     "m005_rate_slots": M005_RATE_SLOTS,
     "m006_conversation_items": M006_CONVERSATION_ITEMS,
     "m007_responses": M007_RESPONSES,
+    "m008_context_summaries": M008_CONTEXT_SUMMARIES,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (
