@@ -32,6 +32,7 @@ HOLD_SECONDS = 120.0  # a fold's hold in the store: longer than one LLM call may
 RETRY_SECONDS = 30.0
 KEEP_SHARE = 0.4  # of the context budget: the newest messages a fold leaves unfolded
 KEEP_BATCH = 64
+INSTRUCTION_TOKENS = 120  # the fold's own instructions and framing
 
 
 class Folds:
@@ -41,7 +42,9 @@ class Folds:
         self._store = store
         self._summarizer = summarizer
         self._metrics = metrics
-        self._batch_tokens = budget  # of messages folded per LLM call
+        # Messages folded per LLM call: the call, with the previous summary and room for the next,
+        # must itself fit the budget (it may be the model's whole context).
+        self._batch_tokens = max(budget - 2 * summary_tokens - INSTRUCTION_TOKENS, budget // 4)
         self._keep_tokens = int(budget * KEEP_SHARE)
         self._summary_tokens = summary_tokens
         self._folding: dict[str, asyncio.Task[None]] = {}
@@ -49,7 +52,11 @@ class Folds:
 
     def want(self, owner: str, chat_id: str) -> None:
         """Fold the chat's older messages soon, unless a fold of it runs here or failed lately."""
-        if chat_id in self._folding or time.monotonic() - self._failed_at.get(chat_id, -RETRY_SECONDS) < RETRY_SECONDS:
+        if chat_id in self._folding:
+            return
+        failed_at = self._failed_at.pop(chat_id, None)
+        if failed_at is not None and time.monotonic() - failed_at < RETRY_SECONDS:
+            self._failed_at[chat_id] = failed_at
             return
         task = asyncio.create_task(self._fold(owner, chat_id), name=f"chatkeep-fold-{chat_id}")
         self._folding[chat_id] = task
@@ -72,13 +79,13 @@ class Folds:
                 pass
         except ChatNotFoundError:
             pass  # deleted meanwhile
-        except LLMError as error:
-            log.warning("folding chat %s failed: %s", chat_id, error.detail)
+        except Exception as error:
+            if isinstance(error, LLMError):
+                log.warning("folding chat %s failed: %s", chat_id, error.detail)
+            else:
+                log.exception("folding chat %s failed", chat_id)
             self._failed_at[chat_id] = time.monotonic()
             self._metrics.context_folded("failed")
-        except Exception:
-            log.exception("folding chat %s failed", chat_id)
-            self._failed_at[chat_id] = time.monotonic()
 
     async def _fold_once(self, owner: str, chat_id: str) -> bool:
         """Fold one batch if the chat has older messages to fold and no one else folds it: whether
