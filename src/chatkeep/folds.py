@@ -62,16 +62,11 @@ class Folds:
         self._folding[chat_id] = task
         task.add_done_callback(lambda _: self._folding.pop(chat_id, None))
 
-    async def idle(self) -> None:
-        """Return once no fold runs in this process."""
-        while self._folding:
-            await asyncio.gather(*self._folding.values(), return_exceptions=True)
-
     async def aclose(self) -> None:
         """Stop the folds still running; each lets go of its hold."""
         for task in self._folding.values():
             task.cancel()
-        await self.idle()
+        await asyncio.gather(*self._folding.values(), return_exceptions=True)
 
     async def _fold(self, owner: str, chat_id: str) -> None:
         try:
