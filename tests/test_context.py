@@ -175,7 +175,7 @@ async def test_a_chat_over_budget_sends_its_summary_then_the_messages_after_it()
     await store.end_fold(OWNER, chat_id, ContextSummary("what the first 150 said", 150))
     context = await build_context(store, OWNER, chat_id, system_prompt="S", budget=1000, fold_at=0.75)
     assert context.prompt[0] == {"role": "system", "content": "S"}
-    assert context.prompt[1]["content"].endswith("(its first 150 messages, not shown):\nwhat the first 150 said")
+    assert str(context.prompt[1]["content"]).endswith("(its first 150 messages, not shown):\nwhat the first 150 said")
     assert [m["content"] for m in context.prompt[2:]] == [f"message {n:05d} padded" for n in range(150, 200)]
     assert context.fold_wanted is False  # 50 unfolded messages: half the budget
     with_reply = await build_context(
