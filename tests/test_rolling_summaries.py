@@ -155,6 +155,18 @@ async def test_hundreds_of_turns_stay_within_budget_with_the_newest_verbatim(sum
         assert sum(message_tokens(str(m["content"])) for m in prompt) <= BUDGET
 
 
+async def test_an_early_fold_threshold_folds_as_often_as_it_needs(summarizing_llm: FakeOpenAI) -> None:
+    fake = summarizing_llm
+    async with serve(settings_for(fake, fold_at=0.3)) as client:
+        chat_id = await new_chat(client)
+        await fill(client, chat_id, range(60))
+        await settled(fake)
+        await post(client, chat_id, "What facts do you know?")
+        messages = await messages_of(client, chat_id)
+    assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
+    assert len(fold_requests(fake)) <= 20  # each fold leaves less than the threshold: no fold per turn
+
+
 async def test_turns_posted_during_a_fold_lose_nothing(store_url: str, summarizing_llm: FakeOpenAI) -> None:
     fake = summarizing_llm
     async with serve(settings_for(fake, store_url, max_waiting_turns=16)) as client:
@@ -225,10 +237,10 @@ async def test_the_rolling_summary_survives_a_restart(kind: str, tmp_path: Path,
     assert_summarized_tail(first_after_restart, messages[:-1])
 
 
-def newly_folded(fold: dict[str, Any]) -> set[int]:
-    """The facts of the messages a fold request folds (not those of the previous summary)."""
+def newly_folded(fold: dict[str, Any]) -> set[tuple[str, int]]:
+    """The messages a fold request folds (not the previous summary), by role and the fact they state."""
     new_messages = str(fold["messages"][1]["content"]).split("New messages:\n", 1)[1]
-    return {int(n) for n, _ in FACT.findall(new_messages)}
+    return {(line.split(":")[0], int(FACT.findall(line)[0][0])) for line in new_messages.splitlines()}
 
 
 async def test_two_servers_on_postgresql_fold_a_chat_once(tmp_path: Path, summarizing_llm: FakeOpenAI) -> None:

@@ -74,12 +74,13 @@ class ChatService:
         )
         summarizer: Summarizer = ExtractiveSummarizer() if settings.provider == "offline" else LLMSummarizer(llm)
         self._summaries = SummaryKeeper(store, summarizer, metrics, budget=settings.context_tokens // 2)
-        self.folds = (
+        self._folds = (
             Folds(
                 store,
                 summarizer,
                 metrics,
                 budget=settings.context_tokens,
+                fold_at=settings.fold_at,
                 summary_tokens=settings.rolling_summary_tokens,
             )
             if settings.context_folding
@@ -93,8 +94,7 @@ class ChatService:
             metrics,
             system_prompt=settings.system_prompt,
             budget=settings.context_tokens,
-            folds=self.folds,
-            fold_at=settings.fold_at,
+            folds=self._folds,
         )
         self._streams = TurnStreams(store)
         self._relay = (
@@ -119,8 +119,8 @@ class ChatService:
             task.cancel()
         await asyncio.gather(self._janitor, *self._tasks, return_exceptions=True)
         await self._summaries.aclose()
-        if self.folds is not None:
-            await self.folds.aclose()
+        if self._folds is not None:
+            await self._folds.aclose()
         if self._relay is not None:
             await self._relay.aclose()
 

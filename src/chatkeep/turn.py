@@ -91,7 +91,6 @@ class TurnEngine:
         system_prompt: str,
         budget: int,
         folds: Folds | None = None,
-        fold_at: float = 0.75,
     ) -> None:
         self._store = store
         self._llm = llm
@@ -99,7 +98,7 @@ class TurnEngine:
         self._system_prompt = system_prompt  # for chats that set none
         self._budget = budget  # tokens of context sent upstream
         self._folds = folds  # None: long chats are truncated, never summarized
-        self._fold_at = fold_at if folds is not None else None
+        self._fold_at = folds.fold_at if folds is not None else None
         self._running: dict[str, _Running] = {}  # by the id of the last input (the "user message")
 
     def holding(self, slot: TurnSlot, request: TurnRequest) -> "HeldTurn":
