@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 HOLD_SECONDS = 120.0  # a fold's hold in the store: longer than one LLM call may take
 RETRY_SECONDS = 30.0
-KEEP_SHARE = 0.4  # of the context budget (at most half of fold_at): the newest messages a fold leaves unfolded
 KEEP_BATCH = 64
 INSTRUCTION_TOKENS = 120  # the fold's own instructions and framing
 
@@ -53,8 +52,8 @@ class Folds:
         # must itself fit the budget (it may be the model's whole context).
         self._batch_tokens = max(budget - 2 * summary_tokens - INSTRUCTION_TOKENS, budget // 4)
         self.fold_at = fold_at  # the share of the budget unfolded messages may take before a turn wants a fold
-        # A fold must leave less than fold_at unfolded, or every turn would want another.
-        self._keep_tokens = int(budget * min(KEEP_SHARE, fold_at / 2))
+        # The newest messages a fold leaves as they are: well under fold_at, or every turn would want another fold.
+        self._keep_tokens = int(budget * fold_at / 2)
         self._summary_tokens = summary_tokens
         self._folding: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
