@@ -9,7 +9,10 @@ The request body is not parsed: `model` and `stream` are found by pattern (in JS
 inside a string is escaped, so `"model":` cannot match inside a message's text). Parsing a
 long chat's 30 KB prompt cost 45 µs a request, which the history measure counted as chatkeep's.
 
-Run it as `python -m bench.fake_llm --port P [--latency S] [--chunks N] [--chunk-delay S]`.
+With `--stamp`, each streamed content delta is made as it is sent and reads `@<µs> `, the
+wall-clock microsecond it left, so a client can tell how late it arrived (bench.streams).
+
+Run it as `python -m bench.fake_llm --port P [--latency S] [--chunks N] [--chunk-delay S] [--stamp]`.
 """
 
 import argparse
@@ -37,6 +40,7 @@ class Behaviour:
     latency: float = 0.0
     chunks: int = 70
     chunk_delay: float = 0.0
+    stamp: bool = False  # content deltas carry the microsecond they were sent
 
 
 def reply_pieces(chunks: int) -> list[str]:
@@ -84,6 +88,13 @@ class Replies:
             chunks.append(self._chunk(model, [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]))
         chunks.append(self._chunk(model, [{"index": 0, "delta": {}, "finish_reason": "stop"}]))
         return [_http_chunk(b"data: " + chunk + b"\n\n") for chunk in chunks]
+
+    def stamped_event(self, model: str) -> bytes:
+        """A content delta reading `@<µs> `: the wall-clock microsecond it is made, just before it is sent."""
+        delta = {"content": f"@{time.time_ns() // 1000} "}
+        return _http_chunk(
+            b"data: " + self._chunk(model, [{"index": 0, "delta": delta, "finish_reason": None}]) + b"\n\n"
+        )
 
     def _chunk(self, model: str, choices: Sequence[object], *, usage: object = None) -> bytes:
         chunk = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": self._created, "model": model}
@@ -191,7 +202,7 @@ class CompletionsProtocol(asyncio.Protocol):
         stream = STREAM_ON.search(request.body) is not None
         prompt_tokens = len(request.body) // 4
         if stream:
-            self._later(self._stream, request, self._replies.stream_events(model, prompt_tokens))
+            self._later(self._stream, request, model, self._replies.stream_events(model, prompt_tokens))
         else:
             body = self._replies.completion(model, prompt_tokens)
             self._later(self._send, _response(b"200 OK", b"application/json", body, close=request.close), request)
@@ -209,19 +220,20 @@ class CompletionsProtocol(asyncio.Protocol):
         answer(*args)
         self._serve_buffered()
 
-    def _stream(self, request: _Request, events: list[bytes]) -> None:
+    def _stream(self, request: _Request, model: str, events: list[bytes]) -> None:
         head = STREAM_HEAD % (b"close" if request.close else b"keep-alive")
         if self._behaviour.chunk_delay <= 0:
             self._send(head + b"".join(events), request)
             return
         self._busy = True
         self._write(head)
-        self._drip(request, events, 0)
+        self._drip(request, model, events, 0)
 
-    def _drip(self, request: _Request, events: list[bytes], index: int) -> None:
+    def _drip(self, request: _Request, model: str, events: list[bytes], index: int) -> None:
         if index < len(events) - 1:
-            self._write(events[index])
-            self._loop.call_later(self._behaviour.chunk_delay, self._drip, request, events, index + 1)
+            stamped = self._behaviour.stamp and 1 <= index <= self._behaviour.chunks  # a content delta
+            self._write(self._replies.stamped_event(model) if stamped else events[index])
+            self._loop.call_later(self._behaviour.chunk_delay, self._drip, request, model, events, index + 1)
             return
         self._busy = False
         self._send(events[index], request)
@@ -255,8 +267,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer starts")
     parser.add_argument("--chunks", type=int, default=70, help="content deltas in a streamed reply")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--stamp", action="store_true", help="content deltas read @<µs sent> (needs --chunk-delay)")
     args = parser.parse_args()
-    behaviour = Behaviour(latency=args.latency, chunks=args.chunks, chunk_delay=args.chunk_delay)
+    behaviour = Behaviour(latency=args.latency, chunks=args.chunks, chunk_delay=args.chunk_delay, stamp=args.stamp)
     uvloop.run(serve(args.host, args.port, behaviour))
 
 

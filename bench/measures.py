@@ -25,6 +25,7 @@ BURST_TARGET = Target("<=", 1.15)
 HISTORY_TARGET = Target("<=", 1.2)
 OBSERVED_TARGET = Target(">=", 0.95)
 RESPONSES_TARGET = Target(">=", 0.9)
+LIVE_STREAMS_TARGET = Target(">=", 0.8)
 MEMORY_TARGET = Target("<=", 400, on="value")
 # p99 time to a 503, with 5x the bound offered at once, against the time the bare relay takes to
 # answer every request of the same burst from an instant LLM (same client, machine and run). The
@@ -39,6 +40,13 @@ MEMORY_TIMEOUT_SECONDS = 600
 NO_STREAMING = "n/a (no streaming yet)"
 OVERLOAD_FACTOR = 5
 OVERLOAD_SLACK = 3  # turns accepted beyond (or short of) the bound that still count as the bound held
+# Live streams: replies of LIVE_CHUNKS deltas at LIVE_RATE a second, held open by one core until
+# the p99 delay a chunk picks up between leaving the LLM and reaching the client passes LIVE_P99_MS.
+LIVE_CHUNKS = 200
+LIVE_RATE = 40
+LIVE_P99_MS = 50.0
+LIVE_FIRST = 100  # streams; doubled while held, then bisected
+LIVE_MOST = 6400
 DEFAULT_TURNS_IN_FLIGHT = int(Settings.model_fields["max_turns_in_flight"].default)
 # What an overload run counts against the contract (each turn once per way it breaks it): any is a FAIL.
 BREACHES = {
@@ -255,6 +263,71 @@ def overload(rig: Rig) -> list[Row]:
     return [_overload_row(plan, figures)]
 
 
+def live_streams(rig: Rig) -> list[Row]:
+    """10. Streamed turns held open at once by one core: replies of 200 chunks paced at 40 a
+    second, the count stepped up until the p99 delay a chunk picks up on its way passes 50 ms;
+    then, on a fresh server, that many again for the memory an open stream takes."""
+    llm = rig.llm(chunks=LIVE_CHUNKS, chunk_delay=1 / LIVE_RATE)
+    servers: dict[str, Callable[[], Server]] = {
+        # Neither bound may be what stops chatkeep: the relay has none.
+        "chatkeep": lambda: rig.chatkeep(llm, max_turns_in_flight=LIVE_MOST, llm_connections=LIVE_MOST),
+        "relay": lambda: rig.relay(llm),
+    }
+    steps: dict[str, dict[int, dict[str, float]]] = {}
+    held: dict[str, int] = {}
+    memory: dict[str, float] = {}
+    for label, start in servers.items():
+        steps[label] = _most_streams(rig, start())
+        held[label] = _held(steps[label])
+        rig.stop(start())
+        memory[label] = rig.streams(start(), held[label])["bytes_per_stream"] if held[label] else 0.0
+
+    def at_most(label: str) -> str:
+        if not held[label]:
+            return f"{label}: none held"
+        p99 = steps[label][held[label]]["p99_ms"]
+        return f"{label}: p99 {p99:.0f} ms at {held[label]:,}, {memory[label] / 1024:.0f} KiB per open stream"
+
+    measure = (
+        f"live streams held by one core, {LIVE_CHUNKS}-chunk replies at {LIVE_RATE}/s, "
+        f"p99 added delay <= {LIVE_P99_MS:g} ms"
+    )
+    runs = {label: [float(count) for count in tried] for label, tried in steps.items()}
+    runs |= {f"{label} p99_ms": [result["p99_ms"] for result in tried.values()] for label, tried in steps.items()}
+    runs |= {f"{label} bytes_per_stream": [memory[label]] for label in servers}
+    note = "; ".join(map(at_most, servers))
+    chatkeep, relay = held["chatkeep"], held["relay"]
+    return [Row("live_streams", measure, "streams", chatkeep, relay, target=LIVE_STREAMS_TARGET, note=note, runs=runs)]
+
+
+def _most_streams(rig: Rig, server: Server) -> dict[int, dict[str, float]]:
+    """Each count of streams tried on `server`, doubled from LIVE_FIRST while held, then bisected."""
+    tried: dict[int, dict[str, float]] = {}
+    count = LIVE_FIRST
+    while count <= LIVE_MOST:
+        tried[count] = rig.streams(server, count)
+        if not _holds(tried[count]):
+            break
+        count *= 2
+    failed = min((n for n in tried if not _holds(tried[n])), default=None)
+    held = _held(tried)
+    for _ in range(rig.plan.live_bisections):
+        count = (held + failed) // 2 if failed is not None else held
+        if count in (held, failed):
+            break
+        tried[count] = rig.streams(server, count)
+        held, failed = (count, failed) if _holds(tried[count]) else (held, count)
+    return tried
+
+
+def _holds(result: dict[str, float]) -> bool:
+    return result["failed"] == 0 and result["p99_ms"] <= LIVE_P99_MS
+
+
+def _held(tried: dict[int, dict[str, float]]) -> int:
+    return max((count for count, result in tried.items() if _holds(result)), default=0)
+
+
 def _figures(results: dict[str, list[dict[str, float]]]) -> dict[str, list[float]]:
     """Every figure of every run as `label figure`: one value per run that has it."""
     runs: dict[str, list[float]] = {}
@@ -328,4 +401,5 @@ MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "overload": overload,
     "observed": observed,
     "responses": responses,
+    "live_streams": live_streams,
 }

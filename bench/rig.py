@@ -23,6 +23,7 @@ from bench.processes import LOAD_CORE, PYTHON, SERVER_CORE, Processes, Server, f
 CHATKEEP = str(Path(sys.executable).with_name("chatkeep"))
 BENCH_API_KEY = "bench"
 BURST_TIMEOUT_SECONDS = 300
+STREAMS_TIMEOUT_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Plan:
     burst_latency: float = 1.0
     history_fill_turns: int = 200
     longest_fill_turns: int = 2500
+    live_bisections: int = 3
     history_samples: int = 100
     memory_turns: int = 100_000
     store_runs: int = 3
@@ -65,7 +67,16 @@ class Plan:
 
     @classmethod
     def quick(cls) -> "Plan":
-        return cls(runs=1, seconds=2, warmup_seconds=1, burst_runs=1, history_samples=10, store_runs=1, overload_runs=1)
+        return cls(
+            runs=1,
+            seconds=2,
+            warmup_seconds=1,
+            burst_runs=1,
+            history_samples=10,
+            store_runs=1,
+            overload_runs=1,
+            live_bisections=1,
+        )
 
 
 class Rig:
@@ -75,10 +86,14 @@ class Rig:
         self.plan = plan
         self._servers: dict[str, Server] = {}
 
-    def llm(self, *, latency: float = 0.0) -> Server:
-        key = f"llm-{latency:g}s"
+    def llm(self, *, latency: float = 0.0, chunks: int | None = None, chunk_delay: float = 0.0) -> Server:
+        """The fake LLM; with a `chunk_delay`, its streamed chunks are paced and stamped (bench.streams)."""
+        chunks = chunks or self.plan.stream_chunks
+        key = f"llm-{latency:g}s" + (f"-{chunks}x{chunk_delay:g}s" if chunk_delay else "")
         if key not in self._servers:
-            argv = [PYTHON, "-m", "bench.fake_llm", "--latency", str(latency), "--chunks", str(self.plan.stream_chunks)]
+            argv = [PYTHON, "-m", "bench.fake_llm", "--latency", str(latency), "--chunks", str(chunks)]
+            if chunk_delay:
+                argv += ["--chunk-delay", str(chunk_delay), "--stamp"]
             self._servers[key] = self._serve(key, argv, LOAD_CORE)
         return self._servers[key]
 
@@ -90,12 +105,23 @@ class Rig:
         return self._servers[key]
 
     def chatkeep(
-        self, llm: Server, *, store: str = "memory://", max_turns_in_flight: int | None = None, metrics: bool = True
+        self,
+        llm: Server,
+        *,
+        store: str = "memory://",
+        max_turns_in_flight: int | None = None,
+        metrics: bool = True,
+        llm_connections: int | None = None,
     ) -> Server:
-        """chatkeep on `llm` and `store`, with its default bound on turns in flight unless one is
-        given and /metrics on unless told; raises StartError when it refuses to start."""
+        """chatkeep on `llm` and `store`, with its default bounds on turns in flight and on
+        connections to the LLM unless given, and /metrics on unless told; raises StartError when
+        it refuses to start."""
         key = f"chatkeep-{store.partition(':')[0]}-{llm.name}"
         options: list[str] = []
+        extra_env: dict[str, str] = {}
+        if llm_connections is not None:
+            key += f"-pool{llm_connections}"
+            extra_env["CHATKEEP_LLM_MAX_CONNECTIONS"] = str(llm_connections)
         if max_turns_in_flight is not None:
             key += f"-bound{max_turns_in_flight}"
             options += ["--max-turns-in-flight", str(max_turns_in_flight)]
@@ -106,6 +132,7 @@ class Rig:
             argv = [CHATKEEP, "serve", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning", *options]
             env = {name: value for name, value in os.environ.items() if not name.startswith("CHATKEEP_")}
             env |= {"OPENAI_API_KEY": BENCH_API_KEY, "OPENAI_BASE_URL": llm.url + "/v1", "CHATKEEP_STORE": store}
+            env |= extra_env
             self._servers[key] = self._serve(key, argv, SERVER_CORE, env=env)
         return self._servers[key]
 
@@ -164,6 +191,14 @@ class Rig:
             request_ids=request_ids,
         )
         return LoadRun(result, sum(cpu.cpu_times()[:2]) - before)
+
+    def streams(self, server: Server, count: int) -> dict[str, float]:
+        """`count` streamed turns held open at once on `server` by bench.streams, on new chats."""
+        chat_file = self.chat_file(server, count)
+        argv = pinned(LOAD_CORE, [PYTHON, "-m", "bench.streams", server.url, str(chat_file), str(server.process.pid)])
+        output = self.processes.run(argv, timeout=STREAMS_TIMEOUT_SECONDS)
+        result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+        return result
 
     def bursts(
         self, servers: dict[str, Server], *, runs: int, chats: int | None = None, client: str = "bench.burst"
