@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -94,3 +95,11 @@ async def new_chat(client: httpx.AsyncClient, **body: Any) -> str:
 
 async def post(client: httpx.AsyncClient, chat_id: str, content: str) -> httpx.Response:
     return await client.post(f"/chats/{chat_id}/messages", json={"content": content})
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until `condition()` holds; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

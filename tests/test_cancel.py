@@ -8,7 +8,7 @@ import httpx
 import orjson
 
 from chatkeep.config import Settings
-from tests.conftest import llm_settings, new_chat, post, serve
+from tests.conftest import llm_settings, new_chat, post, serve, until
 from tests.fake_openai import FakeOpenAI, Scripted
 from tests.test_concurrency import messages_of
 
@@ -26,13 +26,6 @@ async def started_stream(client: httpx.AsyncClient, chat_id: str, seen: list[tup
                 kind = line[7:]
             elif line.startswith("data: "):
                 seen.append((kind, orjson.loads(line[6:])))
-
-
-async def until(condition: Any, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_stopped_stream_stores_what_was_written_and_frees_the_chat(
@@ -119,7 +112,7 @@ async def test_a_stop_racing_the_end_of_the_reply_answers_once(fake_llm: FakeOpe
             fake_llm.queue(Scripted(content=WORDS, chunk_delay=0.001))
             seen: list[tuple[str, Any]] = []
             stream = asyncio.create_task(started_stream(client, chat_id, seen))
-            await until(lambda seen=seen: bool(seen))
+            await until(lambda: bool(seen))  # noqa: B023 (awaited here, before seen is rebound)
             stopped = await client.post(f"/chats/{chat_id}/messages/{seen[0][1]['id']}/cancel")
             await stream
             assert stopped.status_code in (200, 409)

@@ -8,7 +8,7 @@ whether the first turns still reach the model.
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,11 @@ import pytest
 from chatkeep import folds
 from chatkeep.context import message_tokens
 from chatkeep.summaries import CONDENSE_INSTRUCTIONS
-from tests.conftest import llm_settings, new_chat, post, serve
+from tests.conftest import llm_settings, new_chat, post, serve, until
 from tests.fake_openai import FakeOpenAI, Scripted, echo
+from tests.servers import all_messages
 from tests.stores import SQL_STORES, STORES, fresh_database
+from tests.test_concurrency import assert_paired
 
 BUDGET = 1500
 FACT = re.compile(r"fact (\d+)=(\d+)")
@@ -61,29 +63,9 @@ async def settled(fake: FakeOpenAI) -> None:
         quiet = quiet + 1 if fake.in_flight == 0 else 0
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("waited 10 s in vain")
-
-
 async def fill(client: httpx.AsyncClient, chat_id: str, facts: range) -> None:
     for n in facts:
         assert (await post(client, chat_id, fact(n))).status_code == 201
-
-
-async def messages_of(client: httpx.AsyncClient, chat_id: str) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    after: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 100} | ({"after": after} if after else {})
-        page = (await client.get(f"/chats/{chat_id}/messages", params=params)).json()
-        messages += page["data"]
-        if not page["has_more"]:
-            return messages
-        after = page["last_id"]
 
 
 def read_prompt(prompt: list[dict[str, Any]]) -> tuple[int, str, list[dict[str, Any]]]:
@@ -130,7 +112,7 @@ async def test_sixty_facts_reach_the_model_through_the_rolling_summary(
         await fill(client, chat_id, range(60))
         await settled(fake)
         assert (await post(client, chat_id, "What facts do you know?")).status_code == 201
-        messages = await messages_of(client, chat_id)
+        messages = await all_messages(client, chat_id)
     prompt = turn_prompts(fake)[-1]
     assert_summarized_tail(prompt, messages[:-1])
     seen = " ".join(str(message["content"]) for message in prompt)
@@ -148,7 +130,7 @@ async def test_hundreds_of_turns_stay_within_budget_with_the_newest_verbatim(sum
             assert (await post(client, chat_id, f"turn {n}: " + "talk " * (n % 7))).status_code == 201
         await settled(fake)
         await post(client, chat_id, "and now?")
-        messages = await messages_of(client, chat_id)
+        messages = await all_messages(client, chat_id)
     folded_to = assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
     assert folded_to > 400
     for prompt in turn_prompts(fake):  # no turn ever went over budget, summary included
@@ -162,7 +144,7 @@ async def test_an_early_fold_threshold_folds_as_often_as_it_needs(summarizing_ll
         await fill(client, chat_id, range(60))
         await settled(fake)
         await post(client, chat_id, "What facts do you know?")
-        messages = await messages_of(client, chat_id)
+        messages = await all_messages(client, chat_id)
     assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
     assert len(fold_requests(fake)) <= 20  # each fold leaves less than the threshold: no fold per turn
 
@@ -175,19 +157,13 @@ async def test_turns_posted_during_a_fold_lose_nothing(store_url: str, summarizi
         await settled(fake)
         fake.respond = lambda body: Scripted(delay=0.6, content=summarizer_or_echo(body)) if is_fold(body) else None
         await fill(client, chat_id, range(30, 45))  # enough to want another fold, which now takes a while
-        await until(lambda: fake.in_flight > 0)
+        await until(lambda: fake.in_flight > 0, seconds=10)
         answers = await asyncio.gather(*(post(client, chat_id, fact(n)) for n in range(45, 55)))
         assert [answer.status_code for answer in answers] == [201] * 10
         await settled(fake)
         await post(client, chat_id, "What facts do you know?")
-        messages = await messages_of(client, chat_id)
-    for question, reply in zip(messages[0:-1:2], messages[1::2], strict=True):
-        assert (question["role"], reply["role"], reply["content"]) == (
-            "user",
-            "assistant",
-            f"echo: {question['content']}",
-        )
-    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+        messages = await all_messages(client, chat_id)
+    assert_paired(messages)
     prompt = turn_prompts(fake)[-1]
     assert_summarized_tail(prompt, messages[:-1])
     seen = " ".join(str(message["content"]) for message in prompt)
@@ -214,7 +190,7 @@ async def test_a_failing_fold_leaves_turns_answered_and_is_tried_again(
         await settled(fake)
         await post(client, chat_id, "What facts do you know?")
         metrics = (await client.get("/metrics")).text
-        messages = await messages_of(client, chat_id)
+        messages = await all_messages(client, chat_id)
     assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
     assert 'chatkeep_context_folds_total{outcome="failed"}' in metrics
     assert 'chatkeep_context_folds_total{outcome="folded"}' in metrics
@@ -231,7 +207,7 @@ async def test_the_rolling_summary_survives_a_restart(kind: str, tmp_path: Path,
         before = len(fake.requests)
         async with serve(settings_for(fake, url)) as client:
             await post(client, chat_id, "What facts do you know?")
-            messages = await messages_of(client, chat_id)
+            messages = await all_messages(client, chat_id)
     first_after_restart = fake.requests[before]["messages"]
     assert not is_fold(fake.requests[before])
     assert_summarized_tail(first_after_restart, messages[:-1])
@@ -254,7 +230,7 @@ async def test_two_servers_on_postgresql_fold_a_chat_once(tmp_path: Path, summar
                 assert (await post(first if n % 2 else second, chat_id, fact(n))).status_code == 201
             await settled(fake)
             await post(second, chat_id, "What facts do you know?")
-            messages = await messages_of(first, chat_id)
+            messages = await all_messages(first, chat_id)
     folded = [newly_folded(fold) for fold in fold_requests(fake)]
     assert len(folded) >= 2
     assert sum(map(len, folded)) == len(set().union(*folded))  # no message was folded twice

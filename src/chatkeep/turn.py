@@ -98,7 +98,6 @@ class TurnEngine:
         self._system_prompt = system_prompt  # for chats that set none
         self._budget = budget  # tokens of context sent upstream
         self._folds = folds  # None: long chats are truncated, never summarized
-        self._fold_at = folds.fold_at if folds is not None else None
         self._running: dict[str, _Running] = {}  # by the id of the last input (the "user message")
 
     def holding(self, slot: TurnSlot, request: TurnRequest) -> "HeldTurn":
@@ -203,7 +202,7 @@ class TurnEngine:
                 system_prompt=system_prompt,
                 budget=self._budget,
                 reply_tokens=request.options.max_tokens or 0,
-                fold_at=self._fold_at,
+                fold_at=self._folds.fold_at if self._folds is not None else None,
             )
             running.fold_wanted = context.fold_wanted
             prompt = context.prompt
