@@ -124,7 +124,14 @@ class CountingStore(MemoryStore):
         self.read = 0
 
     async def recent_messages(
-        self, owner: str, chat_id: str, *, limit: int, before_seq: int | None = None, after_seq: int = 0
+        self,
+        owner: str,
+        chat_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int = 0,
+        ticket: int | None = None,
     ) -> list[Message]:
         window = await super().recent_messages(owner, chat_id, limit=limit, before_seq=before_seq, after_seq=after_seq)
         self.read += len(window)

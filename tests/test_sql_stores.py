@@ -37,6 +37,7 @@ ALL_MIGRATIONS = [
     "m006_conversation_items",
     "m007_responses",
     "m008_context_summaries",
+    "m009_chat_revisions",
 ]
 TABLES = [
     "chatkeep_migrations",
@@ -528,3 +529,49 @@ async def test_rate_slots_are_shared_by_processes(url: str) -> None:
             *(store.take_rate_slot("posts:alice", limit=4, window_seconds=60) for store in [first, second] * 5)
         )
     assert sum(answer is None for answer in answers) == 4
+
+
+async def _turn(store: ChatStore, chat_id: str, question: str) -> list[str]:
+    """A turn as the turn engine takes it: its question appended under its ticket, then the
+    context read as that turn (the contents, newest first), then its reply."""
+    async with store.turn_lease(ALICE, chat_id) as ticket:
+        await store.append_question(ALICE, chat_id, question, ticket=ticket)
+        context = await store.recent_messages(ALICE, chat_id, limit=100, ticket=ticket)
+        await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, f"re: {question}"), ticket=ticket)
+    return [message.content for message in context]
+
+
+async def test_a_turns_context_sees_what_other_processes_did_to_the_chat(url: str) -> None:
+    """A store keeps the chats' newest messages between its turns (tails.py); another process's
+    turn, or a message it forgets, must still show in the next turn's context here."""
+    async with open_sql_store(url) as first, open_sql_store(url) as second:
+        chat_id = await new_chat(first)
+        assert await _turn(first, chat_id, "one") == ["one"]
+        assert await _turn(first, chat_id, "two") == ["two", "re: one", "one"]
+        assert await _turn(second, chat_id, "three") == ["three", "re: two", "two", "re: one", "one"]
+        assert await _turn(first, chat_id, "four") == ["four", "re: three", "three", "re: two", "two", "re: one", "one"]
+        forgotten = (await second.list_messages(ALICE, chat_id, PageRequest(limit=1))).data[0]
+        await second.forget_message(ALICE, chat_id, forgotten.id)
+        assert await _turn(first, chat_id, "five") == [
+            "five", "re: four", "four", "re: three", "three", "re: two", "two", "re: one", "",
+        ]  # fmt: skip
+
+
+async def test_reads_outside_the_turn_that_proved_a_tail_go_to_the_database(url: str) -> None:
+    async with open_sql_store(url) as first, open_sql_store(url) as second:
+        chat_id = await new_chat(first)
+        await _turn(first, chat_id, "one")
+        async with second.turn_lease(ALICE, chat_id) as ticket:
+            await second.append_question(ALICE, chat_id, "two", ticket=ticket)
+        newest = await first.recent_messages(ALICE, chat_id, limit=10)  # no ticket: not a turn's read
+        assert [message.content for message in newest] == ["two", "re: one", "one"]
+
+
+async def test_a_warm_turn_reads_its_context_from_memory(url: str) -> None:
+    """What makes a turn on a SQL store cheap: its context costs no read. Changed behind the
+    store's back (no revision bump, as nothing in chatkeep does), the database goes unseen."""
+    async with open_sql_store(url) as store:
+        chat_id = await new_chat(store)
+        await _turn(store, chat_id, "one")
+        await execute_sql(url, "UPDATE messages SET content = 'changed'")
+        assert await _turn(store, chat_id, "two") == ["two", "re: one", "one"]

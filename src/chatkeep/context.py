@@ -52,6 +52,7 @@ async def build_context(
     budget: int,
     reply_tokens: int = 0,
     fold_at: float | None = None,
+    ticket: int | None = None,
 ) -> Context:
     """The prompt for the chat's next reply, oldest first, within `budget` tokens with room for
     `reply_tokens` of reply.
@@ -62,10 +63,11 @@ async def build_context(
     that prices it: this is the part of a turn that grows with the chat. A chat that does not
     fit has its rolling summary (folds.py) sent before that tail, when it has one and `fold_at`
     is set: then the tail starts after what the summary covers, and a fold is wanted once the
-    unfolded messages take more than `fold_at` of the budget or no longer all fit.
+    unfolded messages take more than `fold_at` of the budget or no longer all fit. The turn
+    holding `ticket` passes it, so the store may answer from the messages it keeps.
     """
     available = budget - reply_tokens - (message_tokens(system_prompt) if system_prompt else 0)
-    newest_first, room = await _newest_that_fit(store, owner, chat_id, available)
+    newest_first, room = await _newest_that_fit(store, owner, chat_id, available, ticket)
     fits = not newest_first or newest_first[-1].seq == 1
     if fold_at is None or (fits and room >= (1 - fold_at) * available):
         return Context(_prompt(system_prompt, newest_first))
@@ -76,7 +78,9 @@ async def build_context(
     return Context(_prompt(system_prompt, window, summary_note(summary) if summary else None), fold_wanted)
 
 
-async def _newest_that_fit(store: ChatStore, owner: str, chat_id: str, budget: int) -> tuple[list[Message], int]:
+async def _newest_that_fit(
+    store: ChatStore, owner: str, chat_id: str, budget: int, ticket: int | None
+) -> tuple[list[Message], int]:
     """The chat's newest messages that fit `budget`, newest first (the newest at least), and
     the tokens left."""
     remaining = budget
@@ -84,7 +88,7 @@ async def _newest_that_fit(store: ChatStore, owner: str, chat_id: str, budget: i
     before_seq: int | None = None
     batch = FIRST_BATCH
     while remaining > 0 or not newest_first:
-        older = await store.recent_messages(owner, chat_id, limit=batch, before_seq=before_seq)
+        older = await store.recent_messages(owner, chat_id, limit=batch, before_seq=before_seq, ticket=ticket)
         for message in older:
             text = message.content
             # estimate_tokens inlined for ASCII: this runs for every message of every turn's window

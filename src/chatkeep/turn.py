@@ -203,6 +203,7 @@ class TurnEngine:
                 budget=self._budget,
                 reply_tokens=request.options.max_tokens or 0,
                 fold_at=self._folds.fold_at if self._folds is not None else None,
+                ticket=request.ticket,
             )
             running.fold_wanted = context.fold_wanted
             prompt = context.prompt

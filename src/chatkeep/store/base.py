@@ -113,12 +113,21 @@ class ChatStore(Protocol):
         ...
 
     async def recent_messages(
-        self, owner: str, chat_id: str, *, limit: int, before_seq: int | None = None, after_seq: int = 0
+        self,
+        owner: str,
+        chat_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int = 0,
+        ticket: int | None = None,
     ) -> list[Message]:
         """Up to `limit` messages with after_seq < seq < before_seq, newest first.
 
         Costs O(limit), not O(history): the context builder walks back from the newest message with it.
-        Raises ChatNotFoundError.
+        The turn holding `ticket` (from `turn_lease`) passes it to read its context: a store may
+        then answer from the newest messages it keeps in memory, which that turn's own appends
+        proved current (the SQL stores' `Tails`). Raises ChatNotFoundError.
         """
         ...
 

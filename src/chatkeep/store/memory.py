@@ -218,7 +218,14 @@ class MemoryStore:
         return Page(*page_rows(_read(messages, lo, hi, span), page, span))
 
     async def recent_messages(
-        self, owner: str, chat_id: str, *, limit: int, before_seq: int | None = None, after_seq: int = 0
+        self,
+        owner: str,
+        chat_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int = 0,
+        ticket: int | None = None,
     ) -> list[Message]:
         messages = self._record(owner, chat_id).messages
         end = len(messages) if before_seq is None else min(before_seq - 1, len(messages))

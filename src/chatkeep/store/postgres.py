@@ -13,6 +13,8 @@ that stalled past its lease writes nothing into the next turn. An Idempotency-Ke
 statement too, sent again only when another claim inserted the same key while it ran; a rate
 slot is one function call under an advisory lock on its key. The same listening connection
 carries `chatkeep_broadcast`, the channel processes use to follow each other's streamed turns.
+A turn reads its context from the chat's newest messages this process keeps (`tails`), which
+its own appends prove current, so a warm turn reads no rows at all.
 Timestamps are `timestamptz`; ticket expiries and rate slots use the database clock, which every
 process shares. The tables and most statements are shared with SQLite (`schema`, `sql`); the
 ones here are those whose guarantee rests on PostgreSQL's locks, and the functions with NOTIFY.
@@ -50,7 +52,7 @@ from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError, StoreUnava
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
 from chatkeep.store.leases import LAPSED_DETAIL, LEASE_SECONDS, Leases, TicketState, state_of
 from chatkeep.store.migrations import Migration, check_schema
-from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
+from chatkeep.store.paging import KeyRange, key_range, page_rows
 from chatkeep.store.rows import (
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
@@ -70,6 +72,7 @@ from chatkeep.store.rows import (
 )
 from chatkeep.store.schema import migrate, migrations_in
 from chatkeep.store.sql import Dialect, Statements, paged
+from chatkeep.store.tails import Tails
 from chatkeep.store.urls import pool_options
 
 log = logging.getLogger(__name__)
@@ -175,11 +178,11 @@ APPEND_MESSAGE = f"""WITH counted AS (
         last_message_at = $6
     WHERE id = $1 AND owner = $2 AND ($12::bigint IS NULL OR $12 = (
         SELECT min(t.ticket) FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now()))
-    RETURNING id, message_count, system_prompt
+    RETURNING id, message_count, system_prompt, revision
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11, $13 FROM counted
-    RETURNING seq, (SELECT system_prompt FROM counted)"""
+    RETURNING seq, (SELECT system_prompt FROM counted), (SELECT revision FROM counted)"""
 # Several messages in one statement, as APPEND_MESSAGE appends one: their fields come as arrays.
 APPEND_MESSAGES = f"""WITH counted AS (
     UPDATE chats SET
@@ -190,7 +193,7 @@ APPEND_MESSAGES = f"""WITH counted AS (
         last_message_at = $5
     WHERE id = $1 AND owner = $2 AND ($6::bigint IS NULL OR $6 = (
         SELECT min(t.ticket) FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now()))
-    RETURNING id, message_count, system_prompt
+    RETURNING id, message_count, system_prompt, revision
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT m.id, c.id, c.message_count - $3 + m.n, m.role, m.content, $5, m.model, m.prompt_tokens,
@@ -198,7 +201,7 @@ INSERT INTO messages ({MESSAGE_COLUMNS})
     FROM counted c, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::integer[], $12::integer[],
         $13::text[], $14::text[]) WITH ORDINALITY
         AS m(id, role, content, model, prompt_tokens, completion_tokens, status, item, n)
-    RETURNING seq, (SELECT system_prompt FROM counted)"""
+    RETURNING seq, (SELECT system_prompt FROM counted), (SELECT revision FROM counted)"""
 # The rules of `ChatStore.claim_key` in one statement. `old` locks the record and reads its latest
 # version (FOR UPDATE in READ COMMITTED follows concurrent updates), and both writes read `old`
 # first. A record that another claim inserted after this statement's snapshot is invisible to
@@ -245,6 +248,7 @@ class PostgresStore:
         self._leases = leases
         self._broadcast = broadcast
         self._migrations = migrations
+        self._tails = Tails()  # the newest messages of chats this process takes turns on
 
     async def check_ready(self) -> None:
         try:
@@ -287,6 +291,7 @@ class PostgresStore:
         deleted = await self._pool.fetchval(SQL.delete_chat, chat_id, owner)
         if deleted is None:
             raise _no_chat(chat_id)
+        self._tails.forget(chat_id)
 
     def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
         return self._leases.hold(owner, chat_id)
@@ -323,9 +328,11 @@ class PostgresStore:
         )
         if row is None:
             raise await self._refused(owner, chat_id)
-        seq, system_prompt = row
+        seq, system_prompt, revision = row
         role, content, model, status, item = message.role, message.content, message.model, message.status, message.item
-        return Message(message_id, chat_id, seq, role, content, now, model, usage, status, item), system_prompt
+        stored = Message(message_id, chat_id, seq, role, content, now, model, usage, status, item)
+        self._tails.appended(owner, chat_id, [stored], revision=revision, ticket=ticket)
+        return stored, system_prompt
 
     async def append_messages(
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
@@ -350,6 +357,7 @@ class PostgresStore:
             Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
             for n, (message_id, m) in enumerate(zip(ids, messages, strict=True))
         ]
+        self._tails.appended(owner, chat_id, stored, revision=rows[0][2], ticket=ticket)
         return stored, rows[0][1]
 
     async def _refused(self, owner: str, chat_id: str) -> Exception:
@@ -364,6 +372,8 @@ class PostgresStore:
                 await connection.fetchrow(SQL.forget_message, chat_id, owner, message_id), chat_id, message_id
             )
             await connection.execute(SQL.forgotten_message, chat_id, message_id, to_json(DELETED_ITEM))
+            await connection.execute(SQL.revise_chat, chat_id)
+        self._tails.forget(chat_id)
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         keys: dict[str, int] = {}
@@ -375,10 +385,24 @@ class PostgresStore:
         return Page(window, has_more)
 
     async def recent_messages(
-        self, owner: str, chat_id: str, *, limit: int, before_seq: int | None = None, after_seq: int = 0
+        self,
+        owner: str,
+        chat_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int = 0,
+        ticket: int | None = None,
     ) -> list[Message]:
-        span = newest_first(limit, before_seq, after_seq)
-        return await self._window(owner, chat_id, span)
+        return await self._tails.recent_messages(
+            owner,
+            chat_id,
+            lambda span: self._window(owner, chat_id, span),
+            limit=limit,
+            before_seq=before_seq,
+            after_seq=after_seq,
+            ticket=ticket,
+        )
 
     async def _window(self, owner: str, chat_id: str, span: KeyRange) -> list[Message]:
         query = paged(SQL.message_page, span)

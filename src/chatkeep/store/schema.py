@@ -113,6 +113,9 @@ M008_CONTEXT_SUMMARIES = (
     folding_until {expiry}
 )""",
 )
+# Bumped whenever a stored message of the chat changes (a forgotten one is emptied): appends answer
+# it, so a process that keeps a chat's newest messages (tails.py) knows when they went stale.
+M009_CHAT_REVISIONS = ("ALTER TABLE chats ADD COLUMN revision {bigint} NOT NULL DEFAULT 0",)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -122,6 +125,7 @@ SHARED_MIGRATIONS = {
     "m006_conversation_items": M006_CONVERSATION_ITEMS,
     "m007_responses": M007_RESPONSES,
     "m008_context_summaries": M008_CONTEXT_SUMMARIES,
+    "m009_chat_revisions": M009_CHAT_REVISIONS,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

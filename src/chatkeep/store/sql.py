@@ -129,6 +129,7 @@ class Statements:
     WHERE c.id = $1 AND c.owner = $2"""
     forgotten_message: str = """UPDATE messages SET content = '', model = NULL, prompt_tokens = NULL,
     completion_tokens = NULL, item = $3 WHERE chat_id = $1 AND id = $2"""
+    revise_chat: str = "UPDATE chats SET revision = revision + 1 WHERE id = $1"
     update_key: str = """UPDATE idempotency_keys
     SET state = $3, result = $4, user_message_id = COALESCE($5, user_message_id), updated_at = $6
     WHERE owner = $1 AND key = $2"""

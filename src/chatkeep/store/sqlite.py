@@ -11,6 +11,8 @@ survives the process being killed (`kill -9`), but not a power cut or OS crash; 
 Turns across processes are ticket rows polled with short, growing sleeps (`leases`); an append
 carrying its turn's ticket checks, inside its write transaction, that the ticket still heads the
 chat. Rate slots are counted in the same file, so every process on the machine shares a limit.
+A turn reads its context from the chat's newest messages this process keeps (`tails`), proved
+current by its own appends.
 Timestamps are integer microseconds since the epoch (UTC), exact both ways. A file that stays
 locked past the busy timeout (another process holding the write lock) is StoreUnavailableError,
 a 503 to retry, not a crash. The tables and most statements are shared with PostgreSQL
@@ -49,7 +51,7 @@ from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError, StoreUnava
 from chatkeep.store.base import Broadcast
 from chatkeep.store.leases import LAPSED_DETAIL, LEASE_SECONDS, Leases, TicketState, state_of
 from chatkeep.store.migrations import Migration, check_schema
-from chatkeep.store.paging import KeyRange, key_range, newest_first, page_rows
+from chatkeep.store.paging import KeyRange, key_range, page_rows
 from chatkeep.store.rows import (
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
@@ -69,6 +71,7 @@ from chatkeep.store.rows import (
 )
 from chatkeep.store.schema import migrate, migrations_in
 from chatkeep.store.sql import Dialect, Statements, paged, spelled
+from chatkeep.store.tails import Tails
 from chatkeep.store.urls import sqlite_location
 
 log = logging.getLogger(__name__)
@@ -107,7 +110,7 @@ COUNT_MESSAGES = """UPDATE chats SET
     first_message_at = COALESCE(first_message_at, :now),
     last_message_at = :now
     WHERE id = :chat_id AND owner = :owner
-    RETURNING message_count, system_prompt"""
+    RETURNING message_count, system_prompt, revision"""
 INSERT_MESSAGE = f"""INSERT INTO messages ({MESSAGE_COLUMNS})
     VALUES (:id, :chat_id, :seq, :role, :content, :now, :model, :prompt_tokens, :completion_tokens, :status, :item)"""
 SELECT_KEY = f"SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE owner = :owner AND key = :key"
@@ -226,9 +229,9 @@ def _delete_chat(db: sqlite3.Connection, owner: str, chat_id: str) -> None:
 
 def _append(
     db: sqlite3.Connection, owner: str, chat_id: str, rows: list[dict[str, Any]], now: int, ticket: int | None
-) -> tuple[int, str | None]:
+) -> tuple[int, str | None, int]:
     """Count the messages on their chat and insert them in one transaction: the count is the last
-    one's seq; the chat's system prompt comes back with it.
+    one's seq; the chat's system prompt and revision come back with it.
 
     With a ticket, only while that ticket is the chat's head; the file's single writer keeps
     another process from taking the turn between the check and the insert.
@@ -245,7 +248,7 @@ def _append(
         db.executemany(
             INSERT_MESSAGE, [{**row, "chat_id": chat_id, "now": now, "seq": first + n} for n, row in enumerate(rows)]
         )
-    return counted[0], counted[1]
+    return counted[0], counted[1], counted[2]
 
 
 def _forget_message(db: sqlite3.Connection, owner: str, chat_id: str, message_id: str) -> None:
@@ -253,6 +256,7 @@ def _forget_message(db: sqlite3.Connection, owner: str, chat_id: str, message_id
         found = db.execute(SQL.forget_message, (chat_id, owner, message_id)).fetchone()
         check_message(found, chat_id, message_id)
         db.execute(SQL.forgotten_message, (chat_id, message_id, to_json(DELETED_ITEM)))
+        db.execute(SQL.revise_chat, (chat_id,))
 
 
 def _messages(db: sqlite3.Connection, owner: str, chat_id: str, page: PageRequest) -> tuple[list[Message], bool]:
@@ -312,6 +316,7 @@ class SqliteStore:
         self._thread = thread
         self._leases = leases
         self._migrations = migrations
+        self._tails = Tails()  # the newest messages of chats this process takes turns on
 
     async def check_ready(self) -> None:
         check_schema(await self._thread.run(_applied_migrations), self._migrations)
@@ -337,6 +342,7 @@ class SqliteStore:
 
     async def delete_chat(self, owner: str, chat_id: str) -> None:
         await self._thread.run(_delete_chat, owner, chat_id)
+        self._tails.forget(chat_id)
 
     def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
         return self._leases.hold(owner, chat_id)
@@ -368,25 +374,41 @@ class SqliteStore:
         now = utcnow()
         ids = [message.id or new_id("msg") for message in messages]
         rows = [_message_row(message_id, message) for message_id, message in zip(ids, messages, strict=True)]
-        last, system_prompt = await self._thread.run(_append, owner, chat_id, rows, _micros(now), ticket)
+        last, system_prompt, revision = await self._thread.run(_append, owner, chat_id, rows, _micros(now), ticket)
         first = last - len(messages) + 1
         stored = [
             Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
             for n, (message_id, m) in enumerate(zip(ids, messages, strict=True))
         ]
+        self._tails.appended(owner, chat_id, stored, revision=revision, ticket=ticket)
         return stored, system_prompt
 
     async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
         await self._thread.run(_forget_message, owner, chat_id, message_id)
+        self._tails.forget(chat_id)
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         return Page(*await self._thread.run(_messages, owner, chat_id, page))
 
     async def recent_messages(
-        self, owner: str, chat_id: str, *, limit: int, before_seq: int | None = None, after_seq: int = 0
+        self,
+        owner: str,
+        chat_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int = 0,
+        ticket: int | None = None,
     ) -> list[Message]:
-        span = newest_first(limit, before_seq, after_seq)
-        return await self._thread.run(_window, owner, chat_id, span)
+        return await self._tails.recent_messages(
+            owner,
+            chat_id,
+            lambda span: self._thread.run(_window, owner, chat_id, span),
+            limit=limit,
+            before_seq=before_seq,
+            after_seq=after_seq,
+            ticket=ticket,
+        )
 
     async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
         return await self._thread.run(_stats, owner, chat_id)
