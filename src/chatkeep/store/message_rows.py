@@ -1,0 +1,148 @@
+"""Messages as the memory store keeps them: their ids and creation times in one buffer of their chat.
+
+A message's id is a 30-character string (80 bytes) and its `created_at` a datetime (48 bytes),
+together a third of what the store spent on a message beside its text. As a row of the chat's
+`MessageRows` (the creation's microsecond and the id's 16 random bytes) they take 24. A
+`StoredMessage` is a `Message` whose `id` and `created_at` slots point at those rows, and whose
+properties of the same names turn them back into the string and the datetime when read, for
+half a microsecond each. Turns read few of them (the context is built from the role, content,
+seq and item of each message, which stay plain slots), and building a message this way saves
+more than those reads cost: the id string, the datetime and the frozen dataclass's __init__.
+"""
+
+import os
+import struct
+import time
+from binascii import b2a_base64
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any
+
+from chatkeep.domain import Message, MessageStatus, Role, Usage
+
+ID_BYTES = 16  # as random as `new_id`'s
+_ROW = struct.Struct(f"<q{ID_BYTES}s")  # microseconds since the epoch, the id's random bytes
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_NAMES = tuple(f.name for f in fields(Message))
+_ID = Message.__dict__["id"]  # the slots beneath StoredMessage's properties of the same names
+_CREATED_AT = Message.__dict__["created_at"]
+
+
+def now_us() -> int:
+    """Microseconds since the epoch: the instant `utcnow()` would give, without building a datetime."""
+    return time.time_ns() // 1000
+
+
+def moment(stamp: int) -> datetime:
+    """The aware datetime `stamp` microseconds after the epoch; exact, as a double holds those to
+    well under half a microsecond until the year 2242."""
+    return datetime.fromtimestamp(stamp / 1e6, UTC)
+
+
+class MessageRows:
+    """The creation time and id bytes of each of one chat's messages, the row of `seq` at
+    `seq - 1`: one growing buffer, which fragments the heap less than one per column."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self) -> None:
+        self._rows = bytearray()
+
+    def add(self) -> int:
+        """The next message's row: created now, with a new random id. Its creation time is returned."""
+        stamp = now_us()
+        self._rows += _ROW.pack(stamp, os.urandom(ID_BYTES))
+        return stamp
+
+    def message_id(self, seq: int) -> str:
+        """`new_id("msg")` of the message's random bytes, then `.seq`: finding a message by id then
+        needs no index (see `_ChatRecord.seq_of`)."""
+        _, random = _ROW.unpack_from(self._rows, _ROW.size * (seq - 1))
+        token = b2a_base64(random, newline=False).translate(_URLSAFE)
+        return f"msg_{token.rstrip(b'=').decode()}.{seq}"
+
+    def created_at(self, seq: int) -> datetime:
+        stamp, _ = _ROW.unpack_from(self._rows, _ROW.size * (seq - 1))
+        return moment(stamp)
+
+
+class StoredMessage(Message):
+    """A message whose `id` and `created_at` are read from its chat's `MessageRows`, unless its slots
+    hold the values themselves (an id the caller chose; a copy made by `dataclasses.replace`)."""
+
+    __slots__ = ()
+    __dataclass_fields__ = Message.__dataclass_fields__  # orjson writes only the dataclasses whose own class says so
+
+    @property
+    def id(self) -> str:
+        kept: str | MessageRows = _ID.__get__(self)
+        return kept.message_id(self.seq) if isinstance(kept, MessageRows) else kept
+
+    @id.setter
+    def id(self, value: str) -> None:
+        _ID.__set__(self, value)
+
+    @property
+    def created_at(self) -> datetime:
+        kept: datetime | MessageRows = _CREATED_AT.__get__(self)
+        return kept.created_at(self.seq) if isinstance(kept, MessageRows) else kept
+
+    @created_at.setter
+    def created_at(self, value: datetime) -> None:
+        _CREATED_AT.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any message of equal fields, as a `Message` is."""
+        if not isinstance(other, Message):
+            return NotImplemented
+        return _values(self) == _values(other)
+
+    __hash__ = Message.__hash__  # which defining __eq__ would drop
+
+
+def _values(message: Message) -> tuple[Any, ...]:
+    return tuple(getattr(message, name) for name in _NAMES)
+
+
+(
+    _put_id,
+    _put_chat_id,
+    _put_seq,
+    _put_role,
+    _put_content,
+    _put_created_at,
+    _put_model,
+    _put_usage,
+    _put_status,
+    _put_item,
+) = (Message.__dict__[name].__set__ for name in _NAMES)
+
+
+def stored_message(
+    rows: MessageRows,
+    chat_id: str,
+    seq: int,
+    role: Role,
+    content: str,
+    *,
+    model: str | None,
+    usage: Usage | None,
+    status: MessageStatus,
+    item: dict[str, Any] | None,
+    message_id: str | None,
+) -> StoredMessage:
+    """The chat's message `seq`, its id and creation time in `rows` (its id in its slot when
+    the caller chose it). The slots are filled directly: the frozen dataclass's __init__ costs
+    twice as much, and this runs for every message stored."""
+    message = object.__new__(StoredMessage)
+    _put_id(message, message_id or rows)
+    _put_chat_id(message, chat_id)
+    _put_seq(message, seq)
+    _put_role(message, role)
+    _put_content(message, content)
+    _put_created_at(message, rows)
+    _put_model(message, model)
+    _put_usage(message, usage)
+    _put_status(message, status)
+    _put_item(message, item)
+    return message
