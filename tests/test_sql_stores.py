@@ -38,6 +38,7 @@ ALL_MIGRATIONS = [
     "m007_responses",
     "m008_context_summaries",
     "m009_chat_revisions",
+    "m010_hand_on",
 ]
 TABLES = [
     "chatkeep_migrations",
@@ -493,6 +494,63 @@ async def test_an_append_with_a_lapsed_ticket_stores_nothing(url: str) -> None:
         assert (await store.get_chat(ALICE, chat_id)).message_count == 1
         with pytest.raises(ChatNotFoundError):
             await store.append_message(ALICE, "chat_missing", NewMessage(Role.USER, "x"), ticket=ticket)
+
+
+@pytest.fixture
+def returned_tickets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every ticket the stores give back by a call of their own (not with an append)."""
+    returned: list[int] = []
+    for book in (postgres.PostgresTickets, sqlite.SqliteTickets):
+
+        async def return_ticket(self: object, chat_id: str, ticket: int, give_back=book.return_ticket) -> None:  # type: ignore[no-untyped-def]
+            returned.append(ticket)
+            await give_back(self, chat_id, ticket)
+
+        monkeypatch.setattr(book, "return_ticket", return_ticket)
+    return returned
+
+
+async def test_the_turns_last_append_hands_the_turn_on(url: str, returned_tickets: list[int]) -> None:
+    """The reply's append gives the ticket back with it: the next turn, in another process, starts
+    before the first one's block ends, and that block has nothing left to give back."""
+    async with open_sql_store(url) as first, open_sql_store(url) as second:
+        chat_id = await new_chat(first)
+        entered = asyncio.Event()
+
+        async def next_turn() -> None:
+            async with second.turn_lease(ALICE, chat_id) as ticket:
+                entered.set()
+                await second.append_message(ALICE, chat_id, NewMessage(Role.USER, "next"), ticket=ticket)
+
+        async with first.turn_lease(ALICE, chat_id) as ticket:
+            await first.append_message(ALICE, chat_id, NewMessage(Role.USER, "q"), ticket=ticket)
+            queued = asyncio.create_task(next_turn())
+            await asyncio.sleep(0.1)
+            assert not entered.is_set(), "the next turn waits while the first is not done"
+            reply = NewMessage(Role.ASSISTANT, "a")
+            await first.append_message(ALICE, chat_id, reply, ticket=ticket, hand_on=True)
+            await asyncio.wait_for(entered.wait(), 5)
+        await queued
+        assert len(returned_tickets) == 1, "only the next turn gave its ticket back"
+        assert ticket not in returned_tickets
+        messages = (await first.list_messages(ALICE, chat_id, PageRequest())).data
+        assert [(m.seq, m.content) for m in messages] == [(1, "q"), (2, "a"), (3, "next")]
+
+
+async def test_a_refused_hand_on_stores_nothing_and_the_ticket_is_still_given_back(
+    url: str, returned_tickets: list[int]
+) -> None:
+    async with open_sql_store(url, lease_seconds=60) as store:
+        chat_id = await new_chat(store)
+        async with store.turn_lease(ALICE, chat_id) as ticket:
+            await execute_sql(url, EXPIRE_TICKETS[url.partition(":")[0]])  # as if this process had stalled
+            reply = NewMessage(Role.ASSISTANT, "too late")
+            with pytest.raises(TurnLapsedError):
+                await store.append_message(ALICE, chat_id, reply, ticket=ticket, hand_on=True)
+        assert returned_tickets == [ticket]
+        assert (await store.get_chat(ALICE, chat_id)).message_count == 0
+        async with store.turn_lease(ALICE, chat_id) as ticket:
+            await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "next turn"), ticket=ticket)
 
 
 async def test_a_ticket_that_is_not_the_head_cannot_write(url: str) -> None:

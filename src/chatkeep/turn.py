@@ -233,7 +233,7 @@ class TurnEngine:
         owner, chat_id, ticket = request.owner, request.chat.id, request.ticket
         replies = reply_messages(reply, request.reply_id)
         if len(replies) == 1:
-            outputs = [await self._store.append_message(owner, chat_id, replies[0], ticket=ticket)]
+            outputs = [await self._store.append_message(owner, chat_id, replies[0], ticket=ticket, hand_on=True)]
         else:
             outputs, _ = await self._store.append_messages(owner, chat_id, replies, ticket=ticket)
         outcome = TurnOutcome(inputs, outputs, reply)

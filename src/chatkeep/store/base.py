@@ -74,13 +74,16 @@ class ChatStore(Protocol):
         ...
 
     async def append_message(
-        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
+        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
     ) -> Message:
         """Store `message` with the chat's next `seq` (gap-free, from 1), durably before returning.
 
         Concurrent appends to one chat get distinct consecutive seqs. With a `ticket` (from
         `turn_lease`), the append happens only while that ticket still holds the chat's turn, else
-        raises TurnLapsedError and stores nothing. Raises ChatNotFoundError.
+        raises TurnLapsedError and stores nothing. With `hand_on` too, this is the turn's last
+        write: the ticket is returned with it, so the next turn in line, in any process, may start
+        before the lease's block ends (which then has nothing left to return). Raises
+        ChatNotFoundError.
         """
         ...
 

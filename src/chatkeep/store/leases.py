@@ -81,6 +81,7 @@ class Leases:
         self._lease = lease_seconds
         self._poll = poll_seconds
         self._tickets: set[int] = set()
+        self._handed_on: set[int] = set()  # returned by the turn's last append: nothing left to return
         self._keys: set[tuple[str, str]] = set()
         self._wakers: dict[str, set[asyncio.Event]] = {}
         self._returning: set[asyncio.Task[None]] = set()
@@ -102,6 +103,11 @@ class Leases:
         """The chat's line moved: let this process's waiters on it look again."""
         for waker in self._wakers.get(chat_id, ()):
             waker.set()
+
+    def handed_on(self, ticket: int) -> None:
+        """The store returned `ticket` along with its turn's last append (`hand_on`)."""
+        self._tickets.discard(ticket)
+        self._handed_on.add(ticket)
 
     def keep_key_alive(self, owner: str, key: str) -> None:
         self._keys.add((owner, key))
@@ -163,10 +169,13 @@ class Leases:
     async def _return(self, chat_id: str, ticket: int) -> None:
         """Give the ticket back even when the turn is being cancelled: the next one need not wait out the lease."""
         self._tickets.discard(ticket)
-        task = asyncio.ensure_future(self._book.return_ticket(chat_id, ticket))
-        self._returning.add(task)
-        task.add_done_callback(self._returning.discard)
-        await asyncio.shield(task)
+        if ticket in self._handed_on:
+            self._handed_on.discard(ticket)
+        else:
+            task = asyncio.ensure_future(self._book.return_ticket(chat_id, ticket))
+            self._returning.add(task)
+            task.add_done_callback(self._returning.discard)
+            await asyncio.shield(task)
         self.wake(chat_id)
 
     async def _beat(self) -> None:

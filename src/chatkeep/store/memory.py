@@ -168,7 +168,7 @@ class MemoryStore:
         return nullcontext()  # one process: the service's TurnQueue is the whole story
 
     async def append_message(
-        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
+        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
     ) -> Message:
         return self._append(self._record(owner, chat_id), message)
 

@@ -162,9 +162,6 @@ RATE_SLOT_FUNCTION = """CREATE FUNCTION chatkeep_take_rate_slot(p_key text, p_li
                 INSERT INTO rate_slots (key, taken_at) VALUES (p_key, now());
                 RETURN NULL;
             END $$"""
-MIGRATIONS = migrations_in(
-    DIALECT, extra={"m002_turn_tickets": TICKET_FUNCTIONS, "m005_rate_slots": (RATE_SLOT_FUNCTION,)}
-)
 SQL = Statements.in_dialect(DIALECT)
 
 # With a ticket ($12), the chat row is counted only while that ticket is the chat's head: a
@@ -183,6 +180,33 @@ APPEND_MESSAGE = f"""WITH counted AS (
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11, $13 FROM counted
     RETURNING seq, (SELECT system_prompt FROM counted), (SELECT revision FROM counted)"""
+# APPEND_MESSAGE with its ticket returned in the same transaction, when it stored the turn's last
+# message: one round trip fewer a turn. The chat row is locked first, as chatkeep_return_ticket
+# does, so no waiter misses its nudge; the append keeps its durable commit.
+HAND_ON_FUNCTION = f"""CREATE FUNCTION chatkeep_append_and_hand_on(
+                text, text, integer, text, text, timestamptz, text, text, integer, integer, text, bigint, text)
+            RETURNS TABLE (appended_seq bigint, chat_prompt text, chat_revision bigint) LANGUAGE plpgsql AS $fn$
+            BEGIN
+                PERFORM FROM chats WHERE chats.id = $1 FOR NO KEY UPDATE;
+                {APPEND_MESSAGE}
+                    INTO appended_seq, chat_prompt, chat_revision;
+                IF FOUND THEN
+                    DELETE FROM turn_tickets WHERE turn_tickets.ticket = $12;
+                    IF EXISTS (SELECT FROM turn_tickets WHERE turn_tickets.chat_id = $1) THEN
+                        PERFORM pg_notify('{CHANNEL}', $1);
+                    END IF;
+                    RETURN NEXT;
+                END IF;
+            END $fn$"""
+MIGRATIONS = migrations_in(
+    DIALECT,
+    extra={
+        "m002_turn_tickets": TICKET_FUNCTIONS,
+        "m005_rate_slots": (RATE_SLOT_FUNCTION,),
+        "m010_hand_on": (HAND_ON_FUNCTION,),
+    },
+)
+APPEND_AND_HAND_ON = "SELECT * FROM chatkeep_append_and_hand_on($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 # Several messages in one statement, as APPEND_MESSAGE appends one: their fields come as arrays.
 APPEND_MESSAGES = f"""WITH counted AS (
     UPDATE chats SET
@@ -297,9 +321,9 @@ class PostgresStore:
         return self._leases.hold(owner, chat_id)
 
     async def append_message(
-        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
+        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
     ) -> Message:
-        return (await self._append(owner, chat_id, message, ticket))[0]
+        return (await self._append(owner, chat_id, message, ticket, hand_on=hand_on))[0]
 
     async def append_question(
         self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
@@ -307,11 +331,12 @@ class PostgresStore:
         return await self._append(owner, chat_id, NewMessage(Role.USER, content), ticket)
 
     async def _append(
-        self, owner: str, chat_id: str, message: NewMessage, ticket: int | None
+        self, owner: str, chat_id: str, message: NewMessage, ticket: int | None, *, hand_on: bool = False
     ) -> tuple[Message, str | None]:
         message_id, now, usage = message.id or new_id("msg"), utcnow(), message.usage
+        handing_on = hand_on and ticket is not None
         row = await self._pool.fetchrow(
-            APPEND_MESSAGE,
+            APPEND_AND_HAND_ON if handing_on else APPEND_MESSAGE,
             chat_id,
             owner,
             int(message.role is Role.USER),
@@ -328,6 +353,9 @@ class PostgresStore:
         )
         if row is None:
             raise await self._refused(owner, chat_id)
+        if handing_on:
+            assert ticket is not None
+            self._leases.handed_on(ticket)
         seq, system_prompt, revision = row
         role, content, model, status, item = message.role, message.content, message.model, message.status, message.item
         stored = Message(message_id, chat_id, seq, role, content, now, model, usage, status, item)

@@ -228,13 +228,21 @@ def _delete_chat(db: sqlite3.Connection, owner: str, chat_id: str) -> None:
 
 
 def _append(
-    db: sqlite3.Connection, owner: str, chat_id: str, rows: list[dict[str, Any]], now: int, ticket: int | None
+    db: sqlite3.Connection,
+    owner: str,
+    chat_id: str,
+    rows: list[dict[str, Any]],
+    now: int,
+    ticket: int | None,
+    *,
+    hand_on: bool = False,
 ) -> tuple[int, str | None, int]:
     """Count the messages on their chat and insert them in one transaction: the count is the last
     one's seq; the chat's system prompt and revision come back with it.
 
     With a ticket, only while that ticket is the chat's head; the file's single writer keeps
-    another process from taking the turn between the check and the insert.
+    another process from taking the turn between the check and the insert. With `hand_on`, the
+    same transaction returns the ticket.
     """
     users = sum(row["role"] == "user" for row in rows)
     chat = {"chat_id": chat_id, "owner": owner, "count": len(rows), "users": users, "now": now}
@@ -248,6 +256,8 @@ def _append(
         db.executemany(
             INSERT_MESSAGE, [{**row, "chat_id": chat_id, "now": now, "seq": first + n} for n, row in enumerate(rows)]
         )
+        if hand_on:
+            db.execute(RETURN_TICKET, (ticket,))
     return counted[0], counted[1], counted[2]
 
 
@@ -348,9 +358,10 @@ class SqliteStore:
         return self._leases.hold(owner, chat_id)
 
     async def append_message(
-        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None
+        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
     ) -> Message:
-        return (await self._append(owner, chat_id, message, ticket))[0]
+        stored, _ = await self._appended(owner, chat_id, [message], ticket, hand_on=hand_on)
+        return stored[0]
 
     async def append_question(
         self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
@@ -369,12 +380,18 @@ class SqliteStore:
         return stored[0], system_prompt
 
     async def _appended(
-        self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: int | None
+        self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: int | None, *, hand_on: bool = False
     ) -> tuple[list[Message], str | None]:
         now = utcnow()
         ids = [message.id or new_id("msg") for message in messages]
         rows = [_message_row(message_id, message) for message_id, message in zip(ids, messages, strict=True)]
-        last, system_prompt, revision = await self._thread.run(_append, owner, chat_id, rows, _micros(now), ticket)
+        handing_on = hand_on and ticket is not None
+        last, system_prompt, revision = await self._thread.run(
+            _append, owner, chat_id, rows, _micros(now), ticket, hand_on=handing_on
+        )
+        if handing_on:
+            assert ticket is not None
+            self._leases.handed_on(ticket)
         first = last - len(messages) + 1
         stored = [
             Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
