@@ -32,6 +32,7 @@ class LoadRun:
 
     wrk: WrkResult
     cpu_seconds: float
+    postgres_cpu_seconds: float  # by every PostgreSQL process of the machine over the same run
 
     @property
     def rate(self) -> float:
@@ -39,7 +40,14 @@ class LoadRun:
 
     @property
     def cpu_us_per_turn(self) -> float:
-        return self.cpu_seconds / self.wrk.requests * 1e6 if self.wrk.requests else 0.0
+        return self._per_turn(self.cpu_seconds)
+
+    @property
+    def postgres_cpu_us_per_turn(self) -> float:
+        return self._per_turn(self.postgres_cpu_seconds)
+
+    def _per_turn(self, seconds: float) -> float:
+        return seconds / self.wrk.requests * 1e6 if self.wrk.requests else 0.0
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,7 @@ class Rig:
     def _wrk(self, server: Server, *, mode: TurnMode, seconds: float, request_ids: bool) -> LoadRun:
         chats = self.chat_file(server, self.plan.chats)
         cpu = psutil.Process(server.process.pid)
-        before = sum(cpu.cpu_times()[:2])
+        before, postgres_before = sum(cpu.cpu_times()[:2]), _postgres_cpu()
         result = run_wrk(
             self.processes,
             self.wrk,
@@ -190,7 +198,8 @@ class Rig:
             seconds=seconds,
             request_ids=request_ids,
         )
-        return LoadRun(result, sum(cpu.cpu_times()[:2]) - before)
+        postgres = sum(seconds - postgres_before.get(pid, 0.0) for pid, seconds in _postgres_cpu().items())
+        return LoadRun(result, sum(cpu.cpu_times()[:2]) - before, postgres)
 
     def streams(self, server: Server, count: int) -> dict[str, float]:
         """`count` streamed turns held open at once on `server` by bench.streams, on new chats."""
@@ -214,3 +223,12 @@ class Rig:
                 output = self.processes.run(argv, timeout=BURST_TIMEOUT_SECONDS)
                 results[label].append(json.loads(output.strip().splitlines()[-1]))
         return results
+
+
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds each PostgreSQL process of the machine has spent so far (user and system)."""
+    found: dict[int, float] = {}
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        if process.info["name"] == "postgres" and process.info["cpu_times"] is not None:
+            found[process.pid] = sum(process.info["cpu_times"][:2])
+    return found
