@@ -1,6 +1,7 @@
 """A feed's followers: every event in order, and a keep-alive only after a quiet spell."""
 
 import asyncio
+from collections.abc import AsyncGenerator
 
 from chatkeep.feed import Feed
 
@@ -9,6 +10,10 @@ QUIET = 0.05
 
 async def follow(feed: Feed[int], **options: float) -> list[list[int]]:
     return [batch async for batch in feed.follow_from(0, **options)]
+
+
+async def first(batches: AsyncGenerator[list[int], None]) -> list[int]:
+    return await anext(batches)
 
 
 async def test_a_follower_sees_every_event_in_order_then_the_end() -> None:
@@ -50,7 +55,7 @@ async def test_a_closed_follower_leaves_no_timer_behind() -> None:
     loop = asyncio.get_running_loop()
     before = len(loop._scheduled)  # type: ignore[attr-defined]
     followers = [feed.follow_from(0, keepalive=QUIET) for _ in range(10)]
-    waits = [asyncio.create_task(anext(follower)) for follower in followers]
+    waits = [asyncio.create_task(first(follower)) for follower in followers]
     await asyncio.sleep(0)
     feed.push(1)
     for wait, follower in zip(waits, followers, strict=True):

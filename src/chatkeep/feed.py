@@ -5,7 +5,7 @@ the task that runs a turn never waits on a client, and a client that leaves lose
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -32,7 +32,7 @@ class Feed(Generic[T]):
         self.done = True
         self._wake()
 
-    async def follow_from(self, index: int, *, keepalive: float | None = None) -> AsyncIterator[list[T]]:
+    async def follow_from(self, index: int, *, keepalive: float | None = None) -> AsyncGenerator[list[T], None]:
         """Batches of the events from `index` on, live until the feed is done.
 
         An empty batch means nothing was yielded for `keepalive` seconds (KEEPALIVE_SECONDS by
