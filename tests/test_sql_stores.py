@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from chatkeep.domain import KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
+from chatkeep.domain import ChatChanges, KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store import ChatStore, open_store, postgres, sqlite
 from chatkeep.store.migrations import Migration, pending
@@ -38,7 +38,7 @@ ALL_MIGRATIONS = [
     "m007_responses",
     "m008_context_summaries",
     "m009_chat_revisions",
-    "m010_hand_on",
+    "m010_fewer_turn_round_trips",
 ]
 TABLES = [
     "chatkeep_migrations",
@@ -551,6 +551,41 @@ async def test_a_refused_hand_on_stores_nothing_and_the_ticket_is_still_given_ba
         assert (await store.get_chat(ALICE, chat_id)).message_count == 0
         async with store.turn_lease(ALICE, chat_id) as ticket:
             await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "next turn"), ticket=ticket)
+
+
+async def contents(store: ChatStore, chat_id: str) -> list[tuple[int, str]]:
+    return [(m.seq, m.content) for m in (await store.list_messages(ALICE, chat_id, PageRequest())).data]
+
+
+async def test_a_turn_on_an_idle_chat_stores_its_question_as_it_takes_the_turn(url: str) -> None:
+    async with open_sql_store(url) as store:
+        chat_id = await new_chat(store)
+        await store.update_chat(ALICE, chat_id, ChatChanges(frozenset({"system_prompt"}), system_prompt="be brief"))
+        async with store.turn_lease(ALICE, chat_id, question="q") as ticket:
+            assert await contents(store, chat_id) == [(1, "q")], "stored with the ticket, before any append"
+            question, prompt = await store.append_question(ALICE, chat_id, "q", ticket=ticket)
+            assert (question.seq, question.content, prompt) == (1, "q", "be brief")
+            assert await store.get_message(ALICE, chat_id, question.id) == question
+            await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "a"), ticket=ticket, hand_on=True)
+        assert await contents(store, chat_id) == [(1, "q"), (2, "a")], "the question was stored once"
+
+
+async def test_a_question_waiting_in_line_is_stored_when_its_turn_comes(url: str) -> None:
+    async with open_sql_store(url) as first, open_sql_store(url) as second:
+        chat_id = await new_chat(first)
+
+        async def next_turn() -> None:
+            async with second.turn_lease(ALICE, chat_id, question="second q") as ticket:
+                await second.append_question(ALICE, chat_id, "second q", ticket=ticket)
+
+        async with first.turn_lease(ALICE, chat_id, question="first q") as ticket:
+            queued = asyncio.create_task(next_turn())
+            await asyncio.sleep(0.1)
+            assert await contents(first, chat_id) == [(1, "first q")], "a waiting turn stores nothing yet"
+            await first.append_question(ALICE, chat_id, "first q", ticket=ticket)
+            await first.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "first a"), ticket=ticket)
+        await queued
+        assert await contents(first, chat_id) == [(1, "first q"), (2, "first a"), (3, "second q")]
 
 
 async def test_a_ticket_that_is_not_the_head_cannot_write(url: str) -> None:

@@ -102,7 +102,7 @@ class TurnEngine:
 
     def holding(self, slot: TurnSlot, request: TurnRequest) -> "HeldTurn":
         """The chat's turn for an `async with` block (see HeldTurn)."""
-        lease = self._store.turn_lease(request.owner, request.chat.id)
+        lease = self._store.turn_lease(request.owner, request.chat.id, question=_question_of(request))
         return HeldTurn(slot, lease, self._metrics, request)
 
     async def run(self, request: TurnRequest) -> TurnOutcome:
@@ -162,11 +162,11 @@ class TurnEngine:
         owner, chat_id, key = request.owner, request.chat.id, request.key
         if key.retry_of is not None:
             return await self._retried(request, key.retry_of)
-        if len(request.inputs) == 1 and request.inputs[0].item is None and request.inputs[0].role is Role.USER:
-            # The native turn's path: one user message, one round trip on the SQL stores.
-            question, chat_prompt = await self._store.append_question(
-                owner, chat_id, request.inputs[0].content, ticket=request.ticket
-            )
+        content = _question_of(request)
+        if content is not None:
+            # The native turn's path: one user message, stored with the ticket on the SQL stores
+            # when the chat's line was empty, else in one round trip.
+            question, chat_prompt = await self._store.append_question(owner, chat_id, content, ticket=request.ticket)
             inputs = [question]
         else:
             inputs, chat_prompt = await self._store.append_messages(
@@ -241,6 +241,14 @@ class TurnEngine:
         if request.watcher is not None:
             request.watcher.ended(outcome)
         return outcome
+
+
+def _question_of(request: TurnRequest) -> str | None:
+    """The text of the one plain user message a new turn stores first, if that is what it stores."""
+    inputs = request.inputs
+    if request.key.retry_of is None and len(inputs) == 1 and inputs[0].item is None and inputs[0].role is Role.USER:
+        return inputs[0].content
+    return None
 
 
 async def stream_reply(

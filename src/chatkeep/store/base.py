@@ -59,7 +59,9 @@ class ChatStore(Protocol):
         """Delete the chat with its messages and summary. Raises ChatNotFoundError."""
         ...
 
-    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
+    def turn_lease(
+        self, owner: str, chat_id: str, *, question: str | None = None
+    ) -> AbstractAsyncContextManager[int | None]:
         """Hold the chat's turn against every other process sharing this store, for the block.
 
         The service's in-process `TurnQueue` already orders one process's turns; this orders
@@ -70,6 +72,10 @@ class ChatStore(Protocol):
         one process can use has nothing to do here and yields None. A store that queues on the
         chat's row (the SQL stores) raises ChatNotFoundError on entry when the owner has no such
         chat, also when the chat is deleted while the turn waits.
+
+        `question` is the user message a turn that stores one first will store: a store may store
+        it as it grants the turn (one round trip for both), and the turn's `append_question`
+        with the ticket then answers that message instead of storing it again.
         """
         ...
 

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Protocol, Self
 
+from chatkeep.domain import Message, Role, new_id, utcnow
+
 log = logging.getLogger(__name__)
 
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
@@ -37,11 +39,43 @@ class TicketState(Enum):
     GONE = "gone"  # lapsed (this process stalled past its lease) or the chat was deleted
 
 
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """The user question a turn stores first, which a store stores along with the turn's ticket
+    when that ticket is at once the chat's head: one round trip for both."""
+
+    message_id: str
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An opening stored with its ticket: the seq it took, and the chat's system prompt and revision then."""
+
+    opening: Opening
+    seq: int
+    system_prompt: str | None
+    revision: int
+
+    def message(self, chat_id: str) -> Message:
+        opening = self.opening
+        return Message(opening.message_id, chat_id, self.seq, Role.USER, opening.content, opening.created_at)
+
+
+def opening_of(question: str | None) -> Opening | None:
+    """The opening of a turn that stores `question` first: under a new id, created now."""
+    return None if question is None else Opening(new_id("msg"), question, utcnow())
+
+
 class TicketBook(Protocol):
     """A store's ticket rows. Tickets are unique across chats; expiries use one shared clock."""
 
-    async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float) -> tuple[int, bool]:
-        """A new ticket, last in the chat's line, and whether it is already the head.
+    async def take_ticket(
+        self, owner: str, chat_id: str, lease_seconds: float, opening: Opening | None
+    ) -> tuple[int, bool, Opened | None]:
+        """A new ticket, last in the chat's line, whether it is already the head, and the
+        `opening` as stored when it is (durably, as an append; None when it is not the head).
 
         Raises ChatNotFoundError when the owner has no such chat.
         """
@@ -72,6 +106,7 @@ def state_of(ticket: int, live: Sequence[int]) -> TicketState:
 @dataclass(slots=True)
 class _Claim:
     chat_id: str
+    opening: Opening | None
     ticket: int | None = None
 
 
@@ -82,6 +117,7 @@ class Leases:
         self._poll = poll_seconds
         self._tickets: set[int] = set()
         self._handed_on: set[int] = set()  # returned by the turn's last append: nothing left to return
+        self._opened: dict[int, Opened] = {}  # by ticket, until the turn asks for it (`opened`)
         self._keys: set[tuple[str, str]] = set()
         self._wakers: dict[str, set[asyncio.Event]] = {}
         self._returning: set[asyncio.Task[None]] = set()
@@ -109,6 +145,10 @@ class Leases:
         self._tickets.discard(ticket)
         self._handed_on.add(ticket)
 
+    def opened(self, ticket: int) -> Opened | None:
+        """The opening the hold of `ticket` stored along with taking it, once (see `hold`)."""
+        return self._opened.pop(ticket, None)
+
     def keep_key_alive(self, owner: str, key: str) -> None:
         self._keys.add((owner, key))
 
@@ -120,9 +160,13 @@ class Leases:
         return NEVER if (owner, key) in self._keys else moment
 
     @asynccontextmanager
-    async def hold(self, owner: str, chat_id: str) -> AsyncIterator[int]:
-        """The chat's turn for the block; yields its ticket, which fences the turn's appends."""
-        claim = _Claim(chat_id)
+    async def hold(self, owner: str, chat_id: str, opening: Opening | None = None) -> AsyncIterator[int]:
+        """The chat's turn for the block; yields its ticket, which fences the turn's appends.
+
+        With an `opening`, the user question the turn stores first, the store may store it as
+        it grants the turn; the turn then finds it in `opened(ticket)` instead of appending it.
+        """
+        claim = _Claim(chat_id, opening)
         waker = asyncio.Event()
         wakers = self._wakers.setdefault(chat_id, set())
         wakers.add(waker)
@@ -135,6 +179,7 @@ class Leases:
             if not wakers:
                 del self._wakers[chat_id]
             if claim.ticket is not None:
+                self._opened.pop(claim.ticket, None)
                 await self._return(claim.chat_id, claim.ticket)
 
     async def _queue(self, owner: str, claim: _Claim, waker: asyncio.Event) -> None:
@@ -162,8 +207,10 @@ class Leases:
     async def _take(self, owner: str, claim: _Claim) -> bool:
         # A cancellation during this call can leave a ticket we never learn of; it lapses
         # after one lease, which only delays the chat's next turns.
-        claim.ticket, head = await self._book.take_ticket(owner, claim.chat_id, self._lease)
+        claim.ticket, head, opened = await self._book.take_ticket(owner, claim.chat_id, self._lease, claim.opening)
         self._tickets.add(claim.ticket)
+        if opened is not None:
+            self._opened[claim.ticket] = opened
         return head
 
     async def _return(self, chat_id: str, ticket: int) -> None:

@@ -164,7 +164,9 @@ class MemoryStore:
         del owned.ranks[bisect_left(owned.ranks, record.rank)]
         del owned.by_rank[record.rank]
 
-    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
+    def turn_lease(
+        self, owner: str, chat_id: str, *, question: str | None = None
+    ) -> AbstractAsyncContextManager[int | None]:
         return nullcontext()  # one process: the service's TurnQueue is the whole story
 
     async def append_message(

@@ -14,7 +14,10 @@ statement too, sent again only when another claim inserted the same key while it
 slot is one function call under an advisory lock on its key. The same listening connection
 carries `chatkeep_broadcast`, the channel processes use to follow each other's streamed turns.
 A turn reads its context from the chat's newest messages this process keeps (`tails`), which
-its own appends prove current, so a warm turn reads no rows at all.
+its own appends prove current, so a warm turn reads no rows at all. A turn on a chat whose line
+is empty stores its question in the function that grants its ticket (`chatkeep_open_turn`), and
+its reply in the one that hands the turn on (`chatkeep_append_and_hand_on`): two write round
+trips a turn.
 Timestamps are `timestamptz`; ticket expiries and rate slots use the database clock, which every
 process shares. The tables and most statements are shared with SQLite (`schema`, `sql`); the
 ones here are those whose guarantee rests on PostgreSQL's locks, and the functions with NOTIFY.
@@ -39,6 +42,7 @@ from chatkeep.domain import (
     KeyState,
     Message,
     MessageStats,
+    MessageStatus,
     NewMessage,
     Page,
     PageRequest,
@@ -50,7 +54,16 @@ from chatkeep.domain import (
 )
 from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
-from chatkeep.store.leases import LAPSED_DETAIL, LEASE_SECONDS, Leases, TicketState, state_of
+from chatkeep.store.leases import (
+    LAPSED_DETAIL,
+    LEASE_SECONDS,
+    Leases,
+    Opened,
+    Opening,
+    TicketState,
+    opening_of,
+    state_of,
+)
 from chatkeep.store.migrations import Migration, check_schema
 from chatkeep.store.paging import KeyRange, key_range, page_rows
 from chatkeep.store.rows import (
@@ -164,22 +177,55 @@ RATE_SLOT_FUNCTION = """CREATE FUNCTION chatkeep_take_rate_slot(p_key text, p_li
             END $$"""
 SQL = Statements.in_dialect(DIALECT)
 
-# With a ticket ($12), the chat row is counted only while that ticket is the chat's head: a
-# process that stalled past its lease writes nothing once another holds the turn.
-APPEND_MESSAGE = f"""WITH counted AS (
+
+def _append_message(ticket: str) -> str:
+    """The append of one message, fenced by the ticket `ticket` spells: with a ticket, the chat
+    row is counted only while that ticket is the chat's head, so a process that stalled past its
+    lease writes nothing once another holds the turn."""
+    return f"""WITH counted AS (
     UPDATE chats SET
         message_count = message_count + 1,
         user_message_count = user_message_count + $3,
         updated_at = $6,
         first_message_at = COALESCE(first_message_at, $6),
         last_message_at = $6
-    WHERE id = $1 AND owner = $2 AND ($12::bigint IS NULL OR $12 = (
+    WHERE id = $1 AND owner = $2 AND ({ticket}::bigint IS NULL OR {ticket} = (
         SELECT min(t.ticket) FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now()))
     RETURNING id, message_count, system_prompt, revision
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11, $13 FROM counted
     RETURNING seq, (SELECT system_prompt FROM counted), (SELECT revision FROM counted)"""
+
+
+# $1 chat, $2 owner, $3 1 for a user message, $4 id, $5 role, $6 created_at, $7 content, $8 model,
+# $9 and $10 tokens, $11 status, $12 ticket, $13 item.
+APPEND_MESSAGE = _append_message("$12")
+# chatkeep_take_ticket, which also appends the turn's question when its ticket is the head at
+# once: one round trip and one commit fewer a turn. Its parameters are APPEND_MESSAGE's, with the
+# lease's seconds in the ticket's place. Only a bare ticket skips the fsync: the question is durable.
+OPEN_TURN_FUNCTION = f"""CREATE FUNCTION chatkeep_open_turn(
+                text, text, integer, text, text, timestamptz, text, text, integer, integer, text,
+                double precision, text)
+            RETURNS TABLE (taken bigint, head bigint, appended_seq bigint, chat_prompt text, chat_revision bigint)
+            LANGUAGE plpgsql AS $fn$
+            BEGIN
+                PERFORM FROM chats WHERE chats.id = $1 AND chats.owner = $2 FOR NO KEY UPDATE;
+                IF NOT FOUND THEN
+                    RETURN;
+                END IF;
+                INSERT INTO turn_tickets (chat_id, expires_at)
+                    VALUES ($1, now() + make_interval(secs => $12))
+                    RETURNING turn_tickets.ticket INTO taken;
+                SELECT min(t.ticket) INTO head FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now();
+                IF taken = head THEN
+                    {_append_message("taken")}
+                        INTO appended_seq, chat_prompt, chat_revision;
+                ELSE
+                    PERFORM set_config('synchronous_commit', 'off', true);
+                END IF;
+                RETURN NEXT;
+            END $fn$"""
 # APPEND_MESSAGE with its ticket returned in the same transaction, when it stored the turn's last
 # message: one round trip fewer a turn. The chat row is locked first, as chatkeep_return_ticket
 # does, so no waiter misses its nudge; the append keeps its durable commit.
@@ -203,9 +249,12 @@ MIGRATIONS = migrations_in(
     extra={
         "m002_turn_tickets": TICKET_FUNCTIONS,
         "m005_rate_slots": (RATE_SLOT_FUNCTION,),
-        "m010_hand_on": (HAND_ON_FUNCTION,),
+        "m010_fewer_turn_round_trips": (HAND_ON_FUNCTION, OPEN_TURN_FUNCTION),
     },
 )
+TAKE_TICKET = "SELECT * FROM chatkeep_take_ticket($1, $2, $3)"
+OPEN_TURN = "SELECT * FROM chatkeep_open_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+USER_EXTRAS = (None, None, None, MessageStatus.COMPLETED.value)  # a question's model, tokens and status
 APPEND_AND_HAND_ON = "SELECT * FROM chatkeep_append_and_hand_on($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 # Several messages in one statement, as APPEND_MESSAGE appends one: their fields come as arrays.
 APPEND_MESSAGES = f"""WITH counted AS (
@@ -317,8 +366,10 @@ class PostgresStore:
             raise _no_chat(chat_id)
         self._tails.forget(chat_id)
 
-    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
-        return self._leases.hold(owner, chat_id)
+    def turn_lease(
+        self, owner: str, chat_id: str, *, question: str | None = None
+    ) -> AbstractAsyncContextManager[int | None]:
+        return self._leases.hold(owner, chat_id, opening_of(question))
 
     async def append_message(
         self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
@@ -328,6 +379,11 @@ class PostgresStore:
     async def append_question(
         self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
     ) -> tuple[Message, str | None]:
+        opened = self._leases.opened(ticket) if ticket is not None else None
+        if opened is not None:  # stored as the turn was taken
+            question = opened.message(chat_id)
+            self._tails.appended(owner, chat_id, [question], revision=opened.revision, ticket=ticket)
+            return question, opened.system_prompt
         return await self._append(owner, chat_id, NewMessage(Role.USER, content), ticket)
 
     async def _append(
@@ -541,12 +597,19 @@ class PostgresTickets:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
-    async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float) -> tuple[int, bool]:
-        row = await self._pool.fetchrow("SELECT * FROM chatkeep_take_ticket($1, $2, $3)", owner, chat_id, lease_seconds)
+    async def take_ticket(
+        self, owner: str, chat_id: str, lease_seconds: float, opening: Opening | None
+    ) -> tuple[int, bool, Opened | None]:
+        if opening is None:
+            row = await self._pool.fetchrow(TAKE_TICKET, owner, chat_id, lease_seconds)
+        else:
+            question = (opening.message_id, Role.USER.value, opening.created_at, opening.content)
+            row = await self._pool.fetchrow(OPEN_TURN, chat_id, owner, 1, *question, *USER_EXTRAS, lease_seconds, None)
         if row is None:
             raise _no_chat(chat_id)
-        taken, head = row
-        return taken, taken == head
+        taken, head = row[0], row[1]
+        opened = None if opening is None or taken != head else Opened(opening, row[2], row[3], row[4])
+        return taken, taken == head, opened
 
     async def ticket_state(self, chat_id: str, ticket: int) -> TicketState:
         live = await self._pool.fetch(SQL.live_tickets, chat_id)

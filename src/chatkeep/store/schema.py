@@ -116,9 +116,10 @@ M008_CONTEXT_SUMMARIES = (
 # Bumped whenever a stored message of the chat changes (a forgotten one is emptied): appends answer
 # it, so a process that keeps a chat's newest messages (tails.py) knows when they went stale.
 M009_CHAT_REVISIONS = ("ALTER TABLE chats ADD COLUMN revision {bigint} NOT NULL DEFAULT 0",)
-# A turn's last append hands the turn on in the same step. SQLite needs no schema for that; PostgreSQL
-# adds a function (postgres.py), so the migration exists for both and changes nothing on SQLite.
-M010_HAND_ON: tuple[str, ...] = ()
+# A turn's first append takes its ticket, and its last one hands the turn on, in the same step.
+# SQLite needs no schema for that; PostgreSQL adds two functions (postgres.py), so the migration
+# exists for both and changes nothing on SQLite.
+M010_FEWER_TURN_ROUND_TRIPS: tuple[str, ...] = ()
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -129,7 +130,7 @@ SHARED_MIGRATIONS = {
     "m007_responses": M007_RESPONSES,
     "m008_context_summaries": M008_CONTEXT_SUMMARIES,
     "m009_chat_revisions": M009_CHAT_REVISIONS,
-    "m010_hand_on": M010_HAND_ON,
+    "m010_fewer_turn_round_trips": M010_FEWER_TURN_ROUND_TRIPS,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

@@ -49,7 +49,16 @@ from chatkeep.domain import (
 )
 from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.base import Broadcast
-from chatkeep.store.leases import LAPSED_DETAIL, LEASE_SECONDS, Leases, TicketState, state_of
+from chatkeep.store.leases import (
+    LAPSED_DETAIL,
+    LEASE_SECONDS,
+    Leases,
+    Opened,
+    Opening,
+    TicketState,
+    opening_of,
+    state_of,
+)
 from chatkeep.store.migrations import Migration, check_schema
 from chatkeep.store.paging import KeyRange, key_range, page_rows
 from chatkeep.store.rows import (
@@ -237,27 +246,34 @@ def _append(
     *,
     hand_on: bool = False,
 ) -> tuple[int, str | None, int]:
-    """Count the messages on their chat and insert them in one transaction: the count is the last
-    one's seq; the chat's system prompt and revision come back with it.
+    """`_count_and_insert` in a transaction of its own; with `hand_on`, the same transaction returns the ticket."""
+    with _writing(db):
+        appended = _count_and_insert(db, owner, chat_id, rows, now, ticket)
+        if hand_on:
+            db.execute(RETURN_TICKET, (ticket,))
+    return appended
+
+
+def _count_and_insert(
+    db: sqlite3.Connection, owner: str, chat_id: str, rows: list[dict[str, Any]], now: int, ticket: int | None
+) -> tuple[int, str | None, int]:
+    """Count the messages on their chat and insert them, in the caller's write transaction: the
+    count is the last one's seq; the chat's system prompt and revision come back with it.
 
     With a ticket, only while that ticket is the chat's head; the file's single writer keeps
-    another process from taking the turn between the check and the insert. With `hand_on`, the
-    same transaction returns the ticket.
+    another process from taking the turn between the check and the insert.
     """
     users = sum(row["role"] == "user" for row in rows)
     chat = {"chat_id": chat_id, "owner": owner, "count": len(rows), "users": users, "now": now}
-    with _writing(db):
-        counted = db.execute(COUNT_MESSAGES, chat).fetchone()
-        if counted is None:
-            raise ChatNotFoundError(f"no chat {chat_id!r}")
-        if ticket is not None and _live_tickets(db, chat_id)[:1] != [ticket]:
-            raise TurnLapsedError(LAPSED_DETAIL)
-        first = counted[0] - len(rows) + 1
-        db.executemany(
-            INSERT_MESSAGE, [{**row, "chat_id": chat_id, "now": now, "seq": first + n} for n, row in enumerate(rows)]
-        )
-        if hand_on:
-            db.execute(RETURN_TICKET, (ticket,))
+    counted = db.execute(COUNT_MESSAGES, chat).fetchone()
+    if counted is None:
+        raise ChatNotFoundError(f"no chat {chat_id!r}")
+    if ticket is not None and _live_tickets(db, chat_id)[:1] != [ticket]:
+        raise TurnLapsedError(LAPSED_DETAIL)
+    first = counted[0] - len(rows) + 1
+    db.executemany(
+        INSERT_MESSAGE, [{**row, "chat_id": chat_id, "now": now, "seq": first + n} for n, row in enumerate(rows)]
+    )
     return counted[0], counted[1], counted[2]
 
 
@@ -354,8 +370,10 @@ class SqliteStore:
         await self._thread.run(_delete_chat, owner, chat_id)
         self._tails.forget(chat_id)
 
-    def turn_lease(self, owner: str, chat_id: str) -> AbstractAsyncContextManager[int | None]:
-        return self._leases.hold(owner, chat_id)
+    def turn_lease(
+        self, owner: str, chat_id: str, *, question: str | None = None
+    ) -> AbstractAsyncContextManager[int | None]:
+        return self._leases.hold(owner, chat_id, opening_of(question))
 
     async def append_message(
         self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
@@ -366,6 +384,11 @@ class SqliteStore:
     async def append_question(
         self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
     ) -> tuple[Message, str | None]:
+        opened = self._leases.opened(ticket) if ticket is not None else None
+        if opened is not None:  # stored as the turn was taken
+            question = opened.message(chat_id)
+            self._tails.appended(owner, chat_id, [question], revision=opened.revision, ticket=ticket)
+            return question, opened.system_prompt
         return await self._append(owner, chat_id, NewMessage(Role.USER, content), ticket)
 
     async def append_messages(
@@ -518,8 +541,16 @@ class SqliteTickets:
     def __init__(self, thread: SqliteThread) -> None:
         self._thread = thread
 
-    async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float) -> tuple[int, bool]:
-        return await self._thread.run(_take_ticket, owner, chat_id, lease_seconds)
+    async def take_ticket(
+        self, owner: str, chat_id: str, lease_seconds: float, opening: Opening | None
+    ) -> tuple[int, bool, Opened | None]:
+        if opening is None:
+            ticket, head, _ = await self._thread.run(_take_ticket, owner, chat_id, lease_seconds, None, 0)
+            return ticket, head, None
+        row = _message_row(opening.message_id, NewMessage(Role.USER, opening.content))
+        now = _micros(opening.created_at)
+        ticket, head, appended = await self._thread.run(_take_ticket, owner, chat_id, lease_seconds, row, now)
+        return ticket, head, None if appended is None else Opened(opening, *appended)
 
     async def ticket_state(self, chat_id: str, ticket: int) -> TicketState:
         live = await self._thread.run(_live_tickets, chat_id)
@@ -536,13 +567,22 @@ class SqliteTickets:
         await self._thread.execute(TOUCH_KEYS, held, _micros(utcnow()))
 
 
-def _take_ticket(db: sqlite3.Connection, owner: str, chat_id: str, lease_seconds: float) -> tuple[int, bool]:
+def _take_ticket(
+    db: sqlite3.Connection,
+    owner: str,
+    chat_id: str,
+    lease_seconds: float,
+    opening: dict[str, Any] | None,
+    now: int,
+) -> tuple[int, bool, tuple[int, str | None, int] | None]:
+    """A ticket, whether it is the head, and, when it is, the `opening` row appended (`_count_and_insert`)."""
     # One writer at a time on the file, so tickets commit in the order of their numbers.
     with _writing(db):
         _chat_row(db, owner, chat_id)
         ticket: int = db.execute(TAKE_TICKET, (chat_id, lease_seconds)).fetchone()[0]
-        head = db.execute(SQL.live_tickets + " LIMIT 1", (chat_id,)).fetchone()[0]
-    return ticket, head == ticket
+        head = db.execute(SQL.live_tickets + " LIMIT 1", (chat_id,)).fetchone()[0] == ticket
+        appended = _count_and_insert(db, owner, chat_id, [opening], now, ticket) if opening and head else None
+    return ticket, head, appended
 
 
 def _message_row(message_id: str, message: NewMessage) -> dict[str, Any]:
