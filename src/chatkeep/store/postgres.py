@@ -201,9 +201,9 @@ INSERT INTO messages ({MESSAGE_COLUMNS})
 # $1 chat, $2 owner, $3 1 for a user message, $4 id, $5 role, $6 created_at, $7 content, $8 model,
 # $9 and $10 tokens, $11 status, $12 ticket, $13 item.
 APPEND_MESSAGE = _append_message("$12")
-# chatkeep_take_ticket, which also appends the turn's question when its ticket is the head at
-# once: one round trip and one commit fewer a turn. Its parameters are APPEND_MESSAGE's, with the
-# lease's seconds in the ticket's place. Only a bare ticket skips the fsync: the question is durable.
+# chatkeep_take_ticket's work, then the append of the turn's question when its ticket is at once
+# the head: one round trip and one commit fewer a turn. Its parameters are APPEND_MESSAGE's, with
+# the lease's seconds in the ticket's place. Only a bare ticket skips the fsync: a question is durable.
 OPEN_TURN_FUNCTION = f"""CREATE FUNCTION chatkeep_open_turn(
                 text, text, integer, text, text, timestamptz, text, text, integer, integer, text,
                 double precision, text)
