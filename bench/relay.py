@@ -27,9 +27,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 MODEL = "bench-model"
-# Requests in flight survive young collections and get promoted, so with CPython's default (700, 10,
-# 10) a busy server runs full collections every second or so; far rarer ones cost it nothing.
-GC_THRESHOLDS = (50_000, 20, 20)
+# chatkeep's collector settings (chatkeep.app): requests in flight survive young collections and get
+# promoted, so with CPython's default (700, 10, 10) a busy server runs full collections every second
+# or so; far rarer ones, each in small steps, cost it nothing and keep its pauses short.
+GC_THRESHOLDS = (5_000, 10, 100)
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
