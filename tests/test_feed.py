@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import AsyncGenerator
 
-from chatkeep.feed import Feed
+from chatkeep.turns.feed import Feed
 
 QUIET = 0.05
 

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from chatkeep import folds
 from chatkeep.context import message_tokens
-from chatkeep.summaries import CONDENSE_INSTRUCTIONS
+from chatkeep.summaries import rolling as folds
+from chatkeep.summaries.summarizer import CONDENSE_INSTRUCTIONS
 from tests.conftest import llm_settings, new_chat, post, serve, until
 from tests.fake_openai import FakeOpenAI, Scripted, echo
 from tests.servers import all_messages

@@ -9,7 +9,8 @@ import httpx
 import orjson
 import pytest
 
-from chatkeep import feed, turn_streams
+from chatkeep.turns import events as turn_streams
+from chatkeep.turns import feed
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI, Scripted
 from tests.test_concurrency import assert_paired, messages_of

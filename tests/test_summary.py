@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from chatkeep.errors import LLMBadResponseError
-from chatkeep.summaries import INSTRUCTIONS, parse_summary
+from chatkeep.summaries.summarizer import INSTRUCTIONS, parse_summary
 from tests.conftest import new_chat, post
 from tests.fake_openai import FakeOpenAI, Scripted
 

@@ -6,7 +6,7 @@ import pytest
 
 from chatkeep.errors import ChatBusyError
 from chatkeep.metrics import NoMetrics
-from chatkeep.turns import TurnQueue
+from chatkeep.turns.queue import TurnQueue
 
 
 async def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order() -> None:

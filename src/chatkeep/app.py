@@ -24,14 +24,14 @@ from chatkeep.api.fast_turn_route import RouteShortcut
 from chatkeep.api.observe import Observe
 from chatkeep.api.problems import install_problem_handlers
 from chatkeep.api.routes import metrics_router, operations, router, turns
-from chatkeep.api.v1 import routes as openai
 from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
-from chatkeep.conversations import Conversations
 from chatkeep.llm import open_llm
 from chatkeep.metrics import Metrics, NoMetrics, PrometheusMetrics
+from chatkeep.openai_compat import routes as openai
+from chatkeep.openai_compat.conversations import Conversations
+from chatkeep.openai_compat.responses import Responses
 from chatkeep.rate_limit import open_rate_limit
-from chatkeep.responses import Responses
 from chatkeep.service import ChatService
 from chatkeep.store import open_store
 

@@ -10,7 +10,7 @@ estimate errs on the generous side so the budget is kept.
 from dataclasses import dataclass
 
 from chatkeep.domain import ContextSummary, Message, PromptMessage
-from chatkeep.items import prompt_from_messages
+from chatkeep.openai_compat.items import prompt_from_messages
 from chatkeep.store import ChatStore
 
 # Chat Completions frames every message with a few tokens (role, separators): OpenAI's cookbook

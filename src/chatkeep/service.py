@@ -27,7 +27,6 @@ from chatkeep.errors import (
     StoreUnavailableError,
     TurnNotRunningError,
 )
-from chatkeep.folds import Folds
 from chatkeep.idempotency import (
     HeldKey,
     IdempotencyKey,
@@ -41,12 +40,13 @@ from chatkeep.llm import LLM
 from chatkeep.metrics import Metrics
 from chatkeep.rate_limit import RateLimit
 from chatkeep.store import ChatStore
-from chatkeep.summaries import ExtractiveSummarizer, LLMSummarizer, Summarizer
-from chatkeep.summary_keeper import SummaryKeeper
-from chatkeep.turn import TurnEngine, TurnOutcome, TurnRequest, TurnWatcher
-from chatkeep.turn_relay import TurnRelay
-from chatkeep.turn_streams import TurnEvent, TurnLog, TurnStreams
-from chatkeep.turns import TurnQueue, TurnSlot
+from chatkeep.summaries.chat import SummaryKeeper
+from chatkeep.summaries.rolling import Folds
+from chatkeep.summaries.summarizer import ExtractiveSummarizer, LLMSummarizer, Summarizer
+from chatkeep.turns.engine import TurnEngine, TurnOutcome, TurnRequest, TurnWatcher
+from chatkeep.turns.events import TurnEvent, TurnLog, TurnStreams
+from chatkeep.turns.queue import TurnQueue, TurnSlot
+from chatkeep.turns.relay import TurnRelay
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 
-from chatkeep.api.v1.errors import error_code, is_openai_path, openai_error
 from chatkeep.errors import ChatkeepError, InvalidInputError, Problem, UnauthorizedError
+from chatkeep.openai_compat.errors import error_code, is_openai_path, openai_error
 from chatkeep.request_context import current_request_id
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from chatkeep.api import bodies
 from chatkeep.api.problems import problem_body
-from chatkeep.turn_streams import END_ID, TurnEvent
+from chatkeep.turns.events import END_ID, TurnEvent
 
 MEDIA_TYPE = "text/event-stream"
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from chatkeep.domain import Message, PageRequest, Role
 from chatkeep.errors import InvalidCursorError, MessageNotFoundError, Problem, ReplyNotFoundError
-from chatkeep.feed import Feed
 from chatkeep.store import ChatStore
+from chatkeep.turns.feed import Feed
 
 if TYPE_CHECKING:  # turn.py reports to logs; the log only reads what it reports
-    from chatkeep.turn import TurnOutcome
+    from chatkeep.turns.engine import TurnOutcome
 
 END_ID = "end"
 KEEP_FINISHED_SECONDS = 300.0

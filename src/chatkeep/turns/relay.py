@@ -26,10 +26,10 @@ from typing import Any
 import orjson
 
 from chatkeep.errors import Problem
-from chatkeep.feed import KEEPALIVE_SECONDS
 from chatkeep.store import ChatStore
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
-from chatkeep.turn_streams import END_ID, TurnEvent, TurnLog, TurnStreams
+from chatkeep.turns.events import END_ID, TurnEvent, TurnLog, TurnStreams
+from chatkeep.turns.feed import KEEPALIVE_SECONDS
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from chatkeep.domain import Summary, SummaryText, utcnow
 from chatkeep.errors import LLMError
 from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore
-from chatkeep.summaries import Summarizer
+from chatkeep.summaries.summarizer import Summarizer
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from chatkeep import __version__, terminal
+from chatkeep import __version__
 from chatkeep.app import create_app
+from chatkeep.cli import chat as terminal
 from chatkeep.config import Settings
 from chatkeep.errors import StoreUnavailableError
 from chatkeep.logs import configure_logging

@@ -24,7 +24,7 @@ from chatkeep.domain import ContextSummary, Message
 from chatkeep.errors import ChatNotFoundError, LLMError
 from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore
-from chatkeep.summaries import Summarizer
+from chatkeep.summaries.summarizer import Summarizer
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import orjson
 from chatkeep.domain import DELETED_ITEM, Chat, ChatChanges, Message, NewMessage, PageRequest
 from chatkeep.errors import MessageNotFoundError
 from chatkeep.idempotency import IdempotencyKey, chat_from_result, chat_result
-from chatkeep.items import item_from_message
+from chatkeep.openai_compat.items import item_from_message
 from chatkeep.service import ChatService
-from chatkeep.turns import TurnSlot
+from chatkeep.turns.queue import TurnSlot
 
 MAX_ITEMS_PER_REQUEST = 20
 

@@ -9,14 +9,14 @@ no NUL characters (PostgreSQL refuses them), no integers beyond 64 bits, no NaN,
 import math
 from typing import Any
 
-from chatkeep.api.v1.schemas import ConversationRef, ResponseCreate
 from chatkeep.config import Settings
 from chatkeep.domain import NewMessage, Role
 from chatkeep.errors import InvalidInputError
 from chatkeep.idempotency import IdempotencyKey
-from chatkeep.items import stored_from_item
 from chatkeep.llm.base import CallOptions
-from chatkeep.responses import ResponseAsk
+from chatkeep.openai_compat.items import stored_from_item
+from chatkeep.openai_compat.responses import ResponseAsk
+from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
 
 MAX_DEPTH = 32
 TOOL_CHOICES = ("auto", "none", "required")

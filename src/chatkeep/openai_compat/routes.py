@@ -14,8 +14,13 @@ from chatkeep.api import sse
 from chatkeep.api.bodies import json_response
 from chatkeep.api.deps import MAX_PAGE, IdempotencyKeyHeader, OwnerDep, service_of
 from chatkeep.api.fast_turn_route import read_json_request, shortcut_openapi
-from chatkeep.api.v1.reading import read_items, read_response_request
-from chatkeep.api.v1.schemas import (
+from chatkeep.domain import PageRequest
+from chatkeep.errors import ModelNotFoundError
+from chatkeep.idempotency import IdempotencyKey
+from chatkeep.openai_compat.conversations import Conversations
+from chatkeep.openai_compat.requests import read_items, read_response_request
+from chatkeep.openai_compat.responses import Responses
+from chatkeep.openai_compat.schemas import (
     ConversationCreate,
     ConversationDeleted,
     ConversationOut,
@@ -29,11 +34,6 @@ from chatkeep.api.v1.schemas import (
     ResponseDeleted,
     ResponseOut,
 )
-from chatkeep.conversations import Conversations
-from chatkeep.domain import PageRequest
-from chatkeep.errors import ModelNotFoundError
-from chatkeep.idempotency import IdempotencyKey
-from chatkeep.responses import Responses
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -24,13 +24,13 @@ from typing import Any, Protocol
 from chatkeep.context import build_context
 from chatkeep.domain import Chat, Message, MessageStatus, NewMessage, PromptMessage, Role
 from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, Problem, TurnNotRunningError, TurnStoppedError
-from chatkeep.folds import Folds
 from chatkeep.idempotency import HeldKey
 from chatkeep.llm import LLM, Reply
 from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore
-from chatkeep.turns import TurnSlot
+from chatkeep.summaries.rolling import Folds
+from chatkeep.turns.queue import TurnSlot
 
 log = logging.getLogger(__name__)
 

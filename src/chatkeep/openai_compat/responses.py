@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 
 from chatkeep.context import message_tokens
-from chatkeep.conversations import items_page
 from chatkeep.domain import (
     Chat,
     Message,
@@ -34,14 +33,15 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import InvalidInputError, Problem, ResponseNotFoundError
-from chatkeep.feed import Feed
 from chatkeep.idempotency import HeldKey, IdempotencyKey
-from chatkeep.items import item_from_message, prompt_from_messages, stored_from_item
 from chatkeep.llm import Reply
 from chatkeep.llm.base import CallOptions
+from chatkeep.openai_compat.conversations import items_page
+from chatkeep.openai_compat.items import item_from_message, prompt_from_messages, stored_from_item
 from chatkeep.service import ChatService
-from chatkeep.turn import TurnOutcome, TurnRequest, TurnWatcher, reply_messages, stream_reply, watched
-from chatkeep.turns import TurnSlot
+from chatkeep.turns.engine import TurnOutcome, TurnRequest, TurnWatcher, reply_messages, stream_reply, watched
+from chatkeep.turns.feed import Feed
+from chatkeep.turns.queue import TurnSlot
 
 Item = dict[str, Any]
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatkeep.api.schemas import Metadata
-from chatkeep.conversations import MAX_ITEMS_PER_REQUEST
+from chatkeep.openai_compat.conversations import MAX_ITEMS_PER_REQUEST
 
 MAX_INPUT_ITEMS = 1000
 

@@ -1,1 +1,0 @@
-"""OpenAI's stateful API under /v1: the Conversations and Responses APIs, and the model list."""
