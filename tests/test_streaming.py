@@ -9,8 +9,8 @@ import httpx
 import orjson
 import pytest
 
-from chatkeep.turns import events as turn_streams
-from chatkeep.turns import feed
+from chatkeep.turns import events as turn_events
+from chatkeep.turns import running
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI, Scripted
 from tests.test_concurrency import assert_paired, messages_of
@@ -226,7 +226,7 @@ async def test_streamed_and_plain_turns_mixed_on_one_chat_stay_paired(
 async def test_an_idle_stream_gets_keep_alive_comments(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(feed, "KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr(turn_events, "KEEPALIVE_SECONDS", 0.1)
     fake_llm.queue(Scripted(delay=0.5))
     events = await stream_turn(client, await new_chat(client), "slow")
     assert {"comment": "keep-alive"} in events
@@ -250,7 +250,7 @@ async def test_resume_on_another_process_after_the_end_always_ends_with_the_repl
 async def test_resume_after_the_log_was_forgotten_ends_with_the_reply(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(turn_streams, "KEEP_FINISHED_SECONDS", 0.0)
+    monkeypatch.setattr(running, "KEEP_ENDED_SECONDS", 0.0)
     chat_id = await new_chat(client)
     streamed = await stream_turn(client, chat_id, "one two three four five")
     url = f"/chats/{chat_id}/messages/{streamed[0]['data']['id']}/events"
@@ -261,7 +261,7 @@ async def test_resume_after_the_log_was_forgotten_ends_with_the_reply(
 async def test_a_streamed_retry_of_a_failed_streamed_turn_breaks_nothing_later(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(turn_streams, "KEEP_FINISHED_SECONDS", 0.2)
+    monkeypatch.setattr(running, "KEEP_ENDED_SECONDS", 0.2)
     fake_llm.queue(Scripted(status=400))
     chat_id = await new_chat(client)
     request = {"content": "retry me", "stream": True}

@@ -7,10 +7,11 @@ estimated offline (see `estimate_tokens`) so nothing has to be downloaded at run
 estimate errs on the generous side so the budget is kept.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from chatkeep.domain import ContextSummary, Message, PromptMessage
-from chatkeep.openai_compat.items import prompt_from_messages
+from chatkeep.domain import ContextSummary, Message, PromptMessage, Role
 from chatkeep.store import ChatStore
 
 # Chat Completions frames every message with a few tokens (role, separators): OpenAI's cookbook
@@ -35,6 +36,19 @@ def estimate_tokens(text: str) -> int:
 
 def message_tokens(content: str) -> int:
     return estimate_tokens(content) + MESSAGE_OVERHEAD_TOKENS
+
+
+class AnyMessage(Protocol):
+    """A message as stored or about to be: `Message` and `NewMessage` both are."""
+
+    @property
+    def role(self) -> Role: ...
+
+    @property
+    def content(self) -> str: ...
+
+    @property
+    def item(self) -> dict[str, Any] | None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -138,6 +152,48 @@ def _prompt(system_prompt: str, newest_first: list[Message], note: str | None = 
     else:
         prompt += [{"role": message.role, "content": message.content} for message in window]
     return prompt
+
+
+def prompt_from_messages(window: Sequence[AnyMessage]) -> list[PromptMessage]:
+    """The Chat Completions messages of a window of stored messages, oldest first.
+
+    A function call goes with the assistant message before it (or in one of its own) as a tool
+    call, its output as a tool message. A call whose output is not in the window, or an output
+    whose call is not, is left out: the API refuses either alone. Reasoning and other kinds the
+    Chat Completions API cannot take are left out too.
+    """
+    answered = {m.item.get("call_id") for m in window if m.item and m.item.get("type") == "function_call_output"}
+    called = {m.item.get("call_id") for m in window if m.item and m.item.get("type") == "function_call"}
+    prompt: list[PromptMessage] = []
+    for message in window:
+        item = message.item
+        if item is None:
+            prompt.append({"role": message.role, "content": message.content})
+            continue
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            prompt.append(
+                {"role": "system" if role in ("system", "developer") else message.role, "content": message.content}
+            )
+        elif kind == "function_call" and item["call_id"] in answered:
+            _add_call(prompt, item)
+        elif kind == "function_call_output" and item["call_id"] in called:
+            prompt.append({"role": "tool", "tool_call_id": item["call_id"], "content": message.content})
+    return prompt
+
+
+def _add_call(prompt: list[PromptMessage], item: dict[str, Any]) -> None:
+    call = {
+        "id": item["call_id"],
+        "type": "function",
+        "function": {"name": item["name"], "arguments": item["arguments"]},
+    }
+    last = prompt[-1] if prompt else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        prompt.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
 def _next_batch(remaining: int, *, spent: int, count: int) -> int:

@@ -1,8 +1,9 @@
 """OpenAI's Conversations API over chatkeep's chats: a conversation is a chat, its items are the chat's messages.
 
-The same id works on `/chats/...` and `/v1/conversations/...`. Adding items takes the chat's turn
-like any turn does, so items added while a response runs on the conversation land after its
-reply, never inside it. Objects are shaped as OpenAI's (`openai/types/conversations`).
+The same id works on `/chats/...` and `/v1/conversations/...`. Adding items is a turn with no
+reply, admitted and run like any other, so items added while a response runs on the
+conversation land after its reply, never inside it; a conversation's first items are stored in
+the write that creates it. Objects are shaped as OpenAI's (`openai/types/conversations`).
 """
 
 from typing import Any
@@ -11,10 +12,10 @@ import orjson
 
 from chatkeep.domain import DELETED_ITEM, Chat, ChatChanges, Message, NewMessage, PageRequest
 from chatkeep.errors import MessageNotFoundError
-from chatkeep.idempotency import IdempotencyKey, chat_from_result, chat_result
+from chatkeep.idempotency import IdempotencyKey
 from chatkeep.openai_compat.items import item_from_message
 from chatkeep.service import ChatService
-from chatkeep.turns.queue import TurnSlot
+from chatkeep.turns.engine import NewTurn, TurnOutcome
 
 MAX_ITEMS_PER_REQUEST = 20
 
@@ -55,14 +56,10 @@ class Conversations:
         self, owner: str, items: list[NewMessage], metadata: dict[str, str], key: IdempotencyKey | None = None
     ) -> dict[str, Any]:
         """Create a conversation with its first items; with a key, once."""
-        async with await self._service.hold_key(owner, key) as hold:
-            if hold.replay is not None:
-                return conversation_object(chat_from_result(hold.replay))
-            chat = await self._store.create_chat(owner, title=None, metadata=metadata, system_prompt=None)
-            if items:
-                await self._append(owner, chat.id, items)
-            hold.succeeded(lambda: chat_result(chat))
-            return conversation_object(chat)
+        chat = await self._service.create_chat(
+            owner, title=None, metadata=metadata, system_prompt=None, messages=items, key=key
+        )
+        return conversation_object(chat)
 
     async def get(self, owner: str, chat_id: str) -> dict[str, Any]:
         return conversation_object(await self._store.get_chat(owner, chat_id))
@@ -79,15 +76,11 @@ class Conversations:
         self, owner: str, chat_id: str, items: list[NewMessage], key: IdempotencyKey | None = None
     ) -> dict[str, Any]:
         """Append items to the conversation; with a key, once: a retry gets the items the first try added."""
-        await self._store.get_chat(owner, chat_id)
-        async with await self._service.hold_key(owner, key) as hold:
-            if hold.replay is not None:
-                page: dict[str, Any] = orjson.loads(hold.replay)
-                return page
-            stored = await self._append(owner, chat_id, items)
-            page = items_page([item_from_message(message) for message in stored], False)
-            hold.succeeded(lambda: orjson.dumps(page).decode())
+        admitted = await self._service.admission.admit(owner, chat_id, key)
+        if admitted.replay is not None:
+            page: dict[str, Any] = orjson.loads(admitted.replay)
             return page
+        return _added(await self._service.engine.run(admitted, NewTurn(items, _added_result, answered=False)))
 
     async def list_items(self, owner: str, chat_id: str, page: PageRequest) -> dict[str, Any]:
         """A page of the conversation's items; deleted ones are skipped, further pages read to fill it."""
@@ -111,10 +104,11 @@ class Conversations:
         await self._store.forget_message(owner, chat_id, item_id)
         return conversation_object(await self._store.get_chat(owner, chat_id))
 
-    async def _append(self, owner: str, chat_id: str, items: list[NewMessage]) -> list[Message]:
-        """Append in the chat's turn, so that they never land inside a running turn."""
-        slot: TurnSlot = self._service.reserve_turn(chat_id)
-        lease = self._store.turn_lease(owner, chat_id)
-        async with slot, lease as ticket:
-            stored, _ = await self._store.append_messages(owner, chat_id, items, ticket=ticket)
-        return stored
+
+def _added(outcome: TurnOutcome) -> dict[str, Any]:
+    """The items a turn with no reply appended, as the page OpenAI answers."""
+    return items_page([item_from_message(message) for message in outcome.inputs], False)
+
+
+def _added_result(outcome: TurnOutcome) -> str:
+    return orjson.dumps(_added(outcome)).decode()

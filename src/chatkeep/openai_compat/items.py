@@ -4,33 +4,19 @@ A stored message is a conversation item. A plain user or assistant text message 
 role and text, as the native API's messages do; any other item (a function call or its output,
 reasoning, a message with another role or with more than text) is kept verbatim in
 `Message.item`, with its plain words in `content` for the native API, summaries and the token
-budget. Three conversions live here: an input item to what is stored, a stored message to the
-item clients read back, and stored messages to the Chat Completions messages the LLM is sent.
+budget. Two conversions live here: an input item to what is stored, and a stored message to the
+item clients read back (how stored items go upstream is the context's: context.py).
 """
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from chatkeep.domain import Message, NewMessage, PromptMessage, Role
+from chatkeep.domain import Message, NewMessage, Role
 from chatkeep.errors import InvalidInputError
 
 TEXT_PARTS = {"input_text", "output_text", "text"}
 PLAIN_MESSAGE_KEYS = {"type", "role", "content", "id", "status"}
 PLAIN_PART_KEYS = {"type", "text", "annotations", "logprobs"}
 INPUT_ROLES = {"user", "system", "developer"}
-
-
-class Said(Protocol):
-    """A message as stored or about to be: `Message` and `NewMessage` both are."""
-
-    @property
-    def role(self) -> Role: ...
-
-    @property
-    def content(self) -> str: ...
-
-    @property
-    def item(self) -> dict[str, Any] | None: ...
 
 
 def stored_from_item(item: Any, param: str) -> NewMessage:
@@ -76,48 +62,6 @@ def item_from_message(message: Message) -> dict[str, Any]:
         "status": message.status.value,
         "content": [content],
     }
-
-
-def prompt_from_messages(window: Sequence[Said]) -> list[PromptMessage]:
-    """The Chat Completions messages of a window of stored messages, oldest first.
-
-    A function call goes with the assistant message before it (or in one of its own) as a tool
-    call, its output as a tool message. A call whose output is not in the window, or an output
-    whose call is not, is left out: the API refuses either alone. Reasoning and other kinds the
-    Chat Completions API cannot take are left out too.
-    """
-    answered = {m.item.get("call_id") for m in window if m.item and m.item.get("type") == "function_call_output"}
-    called = {m.item.get("call_id") for m in window if m.item and m.item.get("type") == "function_call"}
-    prompt: list[PromptMessage] = []
-    for message in window:
-        item = message.item
-        if item is None:
-            prompt.append({"role": message.role, "content": message.content})
-            continue
-        kind = item.get("type", "message")
-        if kind == "message":
-            role = item.get("role")
-            prompt.append(
-                {"role": "system" if role in ("system", "developer") else message.role, "content": message.content}
-            )
-        elif kind == "function_call" and item["call_id"] in answered:
-            _add_call(prompt, item)
-        elif kind == "function_call_output" and item["call_id"] in called:
-            prompt.append({"role": "tool", "tool_call_id": item["call_id"], "content": message.content})
-    return prompt
-
-
-def _add_call(prompt: list[PromptMessage], item: dict[str, Any]) -> None:
-    call = {
-        "id": item["call_id"],
-        "type": "function",
-        "function": {"name": item["name"], "arguments": item["arguments"]},
-    }
-    last = prompt[-1] if prompt else None
-    if last is not None and last["role"] == "assistant":
-        last.setdefault("tool_calls", []).append(call)
-    else:
-        prompt.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
 def _message(item: dict[str, Any], param: str) -> NewMessage:

@@ -15,7 +15,7 @@ from chatkeep.errors import InvalidInputError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm.base import CallOptions
 from chatkeep.openai_compat.items import stored_from_item
-from chatkeep.openai_compat.responses import ResponseAsk
+from chatkeep.openai_compat.responses import ResponseRequest
 from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
 
 MAX_DEPTH = 32
@@ -33,7 +33,7 @@ def read_items(raw: list[Any], param: str, *, max_chars: int) -> list[NewMessage
     return items
 
 
-def read_response_request(body: ResponseCreate, settings: Settings, idempotency_key: str | None) -> ResponseAsk:
+def read_response_request(body: ResponseCreate, settings: Settings, idempotency_key: str | None) -> ResponseRequest:
     """What a `POST /v1/responses` asks, with its Idempotency-Key if sent. Raises InvalidInputError."""
     _check_storable_fields(body)
     key = None
@@ -79,7 +79,7 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
         "truncation": body.truncation or "disabled",
         "user": body.user,
     }
-    return ResponseAsk(
+    return ResponseRequest(
         inputs=inputs,
         conversation=conversation,
         previous_response_id=body.previous_response_id,

@@ -1,53 +1,42 @@
 """OpenAI's Responses API over chatkeep's turns, with OpenAI's two ways of keeping state.
 
-With `conversation`, a response is a turn on that chat, run by the turn engine like any other:
-it queues behind the chat's other turns, its input items and its output are appended to the
-chat, and the chat's stored items are its context. With `previous_response_id` (or neither),
-the context is the chain of earlier responses, each kept with its input; such a response
-belongs to no chat, so nothing queues it. Either way a kept response (`store`, the default) can
-be read back, and a retry with the same Idempotency-Key is answered the response first made.
-
-A streamed response writes OpenAI's events (`response.created` ... `response.completed`) to a
-feed that the HTTP stream only reads, so a client that leaves loses nothing: the response is
-still made and kept. Objects and events are shaped as OpenAI's (`openai/types/responses`).
+A response is a turn, admitted and run like a native one: with `conversation`, on that chat (it
+queues behind the chat's other turns, its input items and its output are appended, and the
+chat's stored items are its context); with `previous_response_id` (or neither), on no chat, its
+context the chain of earlier responses, each kept with its input. Either way a kept response
+(`store`, the default) can be read back, and a retry with the same Idempotency-Key is answered
+the response first made. This module only translates: OpenAI's request into a `NewTurn`, the
+outcome into OpenAI's response object, and the turn's events into OpenAI's stream
+(`response.created` ... `response.completed`), which a client that leaves loses nothing of.
+Objects and events are shaped as OpenAI's (`openai/types/responses`).
 """
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from chatkeep.context import message_tokens
-from chatkeep.domain import (
-    Chat,
-    Message,
-    MessageStatus,
-    NewMessage,
-    PageRequest,
-    PromptMessage,
-    StoredResponse,
-    Usage,
-    new_id,
-    utcnow,
-)
+from chatkeep.context import message_tokens, prompt_from_messages
+from chatkeep.domain import MessageStatus, NewMessage, PageRequest, PromptMessage, StoredResponse, Usage, new_id, utcnow
 from chatkeep.errors import InvalidInputError, Problem, ResponseNotFoundError
-from chatkeep.idempotency import HeldKey, IdempotencyKey
+from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm import Reply
 from chatkeep.llm.base import CallOptions
 from chatkeep.openai_compat.conversations import items_page
-from chatkeep.openai_compat.items import item_from_message, prompt_from_messages, stored_from_item
+from chatkeep.openai_compat.items import item_from_message, stored_from_item
 from chatkeep.service import ChatService
-from chatkeep.turns.engine import TurnOutcome, TurnRequest, TurnWatcher, reply_messages, stream_reply, watched
-from chatkeep.turns.feed import Feed
-from chatkeep.turns.queue import TurnSlot
+from chatkeep.turns.admission import Admitted
+from chatkeep.turns.engine import Chain, NewTurn, TurnOutcome, unstored
+from chatkeep.turns.events import TurnEvent
 
 Item = dict[str, Any]
 
 
 @dataclass(slots=True, frozen=True)
-class ResponseAsk:
+class ResponseRequest:
     """A request of the Responses API, read and checked (the API reads it from HTTP)."""
 
     inputs: list[NewMessage]
@@ -60,11 +49,11 @@ class ResponseAsk:
     key: IdempotencyKey | None = None
 
 
-class Responding:
+class PendingResponse:
     """One response being made: its fixed parts, and its object at each step."""
 
-    def __init__(self, ask: ResponseAsk, model: str, *, streamed: bool) -> None:
-        self.ask = ask
+    def __init__(self, request: ResponseRequest, model: str, *, streamed: bool) -> None:
+        self.request = request
         self.id = new_id("resp")
         # the id its text streams under, and is stored under (a response not streamed leaves it to the store)
         self.reply_id = new_id("msg") if streamed else None
@@ -76,13 +65,14 @@ class Responding:
         """The object while the response is being made."""
         return self._object("in_progress", [], None)
 
-    def finish(self, outputs: Sequence[Message], reply: Reply) -> dict[str, Any]:
+    def finish(self, outcome: TurnOutcome) -> dict[str, Any]:
         """The finished object (made once: a retry with the same key replays these very bytes)."""
         if self.body is None:
-            incomplete = reply.status is MessageStatus.INCOMPLETE
+            reply = outcome.reply
+            incomplete = reply is not None and reply.status is MessageStatus.INCOMPLETE
             self.body = self._object(
                 "incomplete" if incomplete else "completed",
-                [item_from_message(message) for message in outputs],
+                [item_from_message(message) for message in outcome.outputs],
                 reply,
                 incomplete={"reason": "max_output_tokens"} if incomplete else None,
             )
@@ -96,7 +86,7 @@ class Responding:
         *,
         incomplete: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        ask = self.ask
+        ask = self.request
         return {
             "id": self.id,
             "object": "response",
@@ -134,102 +124,122 @@ def failure_object(error: Problem) -> dict[str, str]:
     return {"code": code, "message": f"{error.title}: {error.detail}"}
 
 
-class ResponseEvents(Feed[dict[str, Any]]):
-    """A streamed response's events, in OpenAI's order, each numbered (`sequence_number`).
+class ResponseStream:
+    """A streamed response's events in OpenAI's order, each numbered (`sequence_number`),
+    translated from the events of the turn that makes it.
 
-    As the turn's watcher it hears the reply's text as it is written (the message item opens on
-    the first delta) and its stored outputs at the end; the last event, `response.completed`
-    (or `response.incomplete`), is written once the response is kept, so a client that reads it
-    can fetch the response at once. A failure ends the feed with `response.failed`.
+    The message item opens on the first delta; the stored outputs close it and follow it (function
+    calls whole); the last event, `response.completed` (or `response.incomplete`), comes once the
+    response is kept, as the turn's final event does, so a client that reads it can fetch the
+    response at once. A failure ends the stream with `response.failed`.
     """
 
-    def __init__(self, in_progress: dict[str, Any], reply_id: str) -> None:
-        super().__init__()
-        self._in_progress = in_progress  # the response's object until it is finished
-        self._reply_id = reply_id  # the id the reply's text streams under
+    def __init__(self, pending: PendingResponse) -> None:
+        self._pending = pending
         self._text_open = False
-        self._emit("response.created", response=in_progress)
-        self._emit("response.in_progress", response=in_progress)
+        self._number = 0
 
-    @classmethod
-    def replayed(cls, body: dict[str, Any]) -> "ResponseEvents":
+    async def follow(self, turn_events: AsyncIterator[list[TurnEvent]]) -> AsyncIterator[list[Item]]:
+        """The response's events, in batches as the turn's come (an empty batch: time for a keep-alive)."""
+        in_progress = self._pending.in_progress()
+        yield [
+            self._event("response.created", response=in_progress),
+            self._event("response.in_progress", response=in_progress),
+        ]
+        async for batch in turn_events:
+            translated: list[Item] = []
+            for event in batch:
+                translated += self._translated(event, in_progress)
+            if translated or not batch:
+                yield translated
+
+    def replayed(self, body: dict[str, Any]) -> list[Item]:
         """The events of a response made before (a retry with the same Idempotency-Key)."""
-        events = cls({**body, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}, "")
-        events.outputs_done(body["output"])
-        events.completed(body)
-        return events
+        in_progress = {**body, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+        events = [
+            self._event("response.created", response=in_progress),
+            self._event("response.in_progress", response=in_progress),
+        ]
+        return events + self._outputs_done(body["output"]) + [self._completed(body)]
 
-    # As the turn's watcher (turn.py)
+    def _translated(self, event: TurnEvent, in_progress: Item) -> list[Item]:
+        if event.kind == "delta":
+            opened = [] if self._text_open else self._open_text(self._reply_id)
+            return [*opened, self._text_delta(self._reply_id, event.text)]
+        if event.kind == "error":
+            assert event.error is not None
+            failed = {**in_progress, "status": "failed", "error": failure_object(event.error)}
+            return [self._event("response.failed", response=failed)]
+        if event.kind == "assistant_message":
+            assert event.outcome is not None
+            body = self._pending.finish(event.outcome)
+            return [*self._outputs_done(body["output"]), self._completed(body)]
+        return []  # the user message: OpenAI's stream does not repeat the input
 
-    def started(self, inputs: list[Message]) -> None:
-        pass
+    @property
+    def _reply_id(self) -> str:
+        assert self._pending.reply_id is not None, "a streamed response announces its reply's id"
+        return self._pending.reply_id
 
-    def delta(self, text: str) -> None:
-        if not self._text_open:
-            self._open_text(self._reply_id)
-        self._text_delta(self._reply_id, text)
-
-    def ended(self, outcome: TurnOutcome) -> None:
-        self.outputs_done([item_from_message(message) for message in outcome.outputs])
-
-    def failed(self, error: Problem) -> None:
-        failed = {**self._in_progress, "status": "failed", "error": failure_object(error)}
-        self._emit("response.failed", response=failed, last=True)
-
-    # The rest of the stream
-
-    def outputs_done(self, items: list[Item]) -> None:
+    def _outputs_done(self, items: list[Item]) -> list[Item]:
         """Each output item, finished: the message whose text streamed, then function calls (whole)."""
+        events: list[Item] = []
         for index, item in enumerate(items):
             if item["type"] == "message":
-                self._message_done(index, item)
-            else:
-                self._emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
-                if item["type"] == "function_call":
-                    self._emit(
+                events += self._message_done(index, item)
+                continue
+            events.append(
+                self._event("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
+            )
+            if item["type"] == "function_call":
+                events.append(
+                    self._event(
                         "response.function_call_arguments.done",
                         output_index=index,
                         item_id=item["id"],
                         name=item["name"],
                         arguments=item["arguments"],
                     )
-                self._emit("response.output_item.done", output_index=index, item=item)
+                )
+            events.append(self._event("response.output_item.done", output_index=index, item=item))
+        return events
 
-    def completed(self, body: dict[str, Any]) -> None:
+    def _completed(self, body: dict[str, Any]) -> Item:
         kind = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
-        self._emit(kind, response=body, last=True)
+        return self._event(kind, response=body)
 
-    def _message_done(self, index: int, item: Item) -> None:
+    def _message_done(self, index: int, item: Item) -> list[Item]:
         text = item["content"][0]["text"] if item["content"] else ""
+        events: list[Item] = []
         if not self._text_open:  # nothing streamed (a replay, or no text): the text comes in one delta
-            self._open_text(item["id"], index)
+            events += self._open_text(item["id"], index)
             if text:
-                self._text_delta(item["id"], text, index)
+                events.append(self._text_delta(item["id"], text, index))
         part = item["content"][0] if item["content"] else {"type": "output_text", "text": "", "annotations": []}
         where = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        self._emit("response.output_text.done", **where, text=text, logprobs=[])
-        self._emit("response.content_part.done", **where, part=part)
-        self._emit("response.output_item.done", output_index=index, item=item)
+        events.append(self._event("response.output_text.done", **where, text=text, logprobs=[]))
+        events.append(self._event("response.content_part.done", **where, part=part))
+        events.append(self._event("response.output_item.done", output_index=index, item=item))
+        return events
 
-    def _open_text(self, item_id: str, index: int = 0) -> None:
+    def _open_text(self, item_id: str, index: int = 0) -> list[Item]:
         self._text_open = True
         item = {"type": "message", "id": item_id, "role": "assistant", "status": "in_progress", "content": []}
-        self._emit("response.output_item.added", output_index=index, item=item)
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        self._emit("response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=part)
+        return [
+            self._event("response.output_item.added", output_index=index, item=item),
+            self._event("response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=part),
+        ]
 
-    def _text_delta(self, item_id: str, text: str, index: int = 0) -> None:
-        self._emit(
-            "response.output_text.delta",
-            item_id=item_id,
-            output_index=index,
-            content_index=0,
-            delta=text,
-            logprobs=[],
+    def _text_delta(self, item_id: str, text: str, index: int = 0) -> Item:
+        return self._event(
+            "response.output_text.delta", item_id=item_id, output_index=index, content_index=0, delta=text, logprobs=[]
         )
 
-    def _emit(self, kind: str, *, last: bool = False, **fields: Any) -> None:
-        self.push({"type": kind, "sequence_number": len(self.events), **fields}, last=last)
+    def _event(self, kind: str, **fields: Any) -> Item:
+        event = {"type": kind, "sequence_number": self._number, **fields}
+        self._number += 1
+        return event
 
 
 class Responses:
@@ -238,52 +248,24 @@ class Responses:
         self._store = service.store
         self._settings = service.settings
 
-    async def create(self, owner: str, ask: ResponseAsk) -> dict[str, Any]:
+    async def create(self, owner: str, request: ResponseRequest) -> dict[str, Any]:
         """Make a response and answer its object. Raises like a native turn (ChatNotFoundError,
         ResponseNotFoundError, ChatBusyError, RateLimitedError, an LLMError...)."""
-        chat = await self._admit(owner, ask)
-        async with await self._service.hold_key(owner, ask.key) as hold:
-            if hold.replay is not None:
-                body: dict[str, Any] = orjson.loads(hold.replay)
-                return body
-            responding = self._responding(ask, streamed=False)
-            if chat is None:
-                chain = await self._chain(owner, ask)
-                async with self._service.reserve_turn(responding.id):  # counted in flight
-                    return await self._chained(owner, responding, hold, chain)
-            request = self._turn(owner, chat, responding, hold)
-            async with self._service.engine.holding(self._service.reserve_turn(chat.id), request):
-                outcome = await self._service.engine.run(request)
-            return await self._kept(owner, responding, outcome)
+        admitted, pending, turn = await self._admit(owner, request, streamed=False)
+        if admitted.replay is not None:
+            body: dict[str, Any] = orjson.loads(admitted.replay)
+            return body
+        return pending.finish(await self._service.engine.run(admitted, turn))
 
-    async def stream(self, owner: str, ask: ResponseAsk) -> ResponseEvents:
+    async def stream(self, owner: str, request: ResponseRequest) -> AsyncIterator[list[Item]]:
         """Start a response whose events are streamed: errors before it starts are raised here,
         later ones end the events with `response.failed`. It is made whether anyone reads or not."""
-        chat = await self._admit(owner, ask)
-        hold = await self._service.hold_key(owner, ask.key)
-        if hold.replay is not None:
-            return ResponseEvents.replayed(orjson.loads(hold.replay))
-        responding = self._responding(ask, streamed=True)
-        assert responding.reply_id is not None
-        events = ResponseEvents(responding.in_progress(), responding.reply_id)
-        try:
-            chain = await self._chain(owner, ask) if chat is None else None
-            slot = self._service.reserve_turn(responding.id if chat is None else chat.id)
-        except BaseException:
-            await hold.settle()
-            raise
-        if chain is not None:
-            work = self._chained_later(slot, owner, responding, hold, chain, events)
-            self._service.background(watched(work, events, "a streamed response"))
-            return events
-        assert chat is not None
-
-        async def then(outcome: TurnOutcome) -> None:
-            events.completed(await self._kept(owner, responding, outcome))
-
-        request = self._turn(owner, chat, responding, hold, events)
-        self._service.background(self._service.engine.run_watched(slot, request, then=then))
-        return events
+        admitted, pending, turn = await self._admit(owner, request, streamed=True)
+        if admitted.replay is not None:
+            return _once(ResponseStream(pending).replayed(orjson.loads(admitted.replay)))
+        events = self._service.engine.start(admitted, turn).events
+        assert events is not None
+        return ResponseStream(pending).follow(events.follow())
 
     async def get(self, owner: str, response_id: str) -> dict[str, Any]:
         return (await self._store.get_response(owner, response_id)).body
@@ -305,73 +287,41 @@ class Responses:
         chosen = ordered[start : start + page.limit]
         return items_page(chosen, start + page.limit < len(ordered))
 
-    async def _admit(self, owner: str, ask: ResponseAsk) -> Chat | None:
-        """The conversation, if any, once the owner may post: raises like a native turn."""
-        if ask.conversation is None:
-            await self._service.admit(owner)
-            return None
-        return await self._service.chat_to_post_to(owner, ask.conversation)
-
-    def _responding(self, ask: ResponseAsk, *, streamed: bool) -> Responding:
-        return Responding(ask, ask.options.model or self._settings.llm_model, streamed=streamed)
-
-    def _turn(
-        self, owner: str, chat: Chat, responding: Responding, hold: HeldKey, watcher: TurnWatcher | None = None
-    ) -> TurnRequest:
-        """The response as a turn on its conversation; a retry with its key is answered its object."""
-        ask = responding.ask
-        return TurnRequest(
-            owner,
-            chat,
-            ask.inputs,
-            hold,
-            lambda outcome: orjson.dumps(responding.finish(outcome.outputs, outcome.reply)).decode(),
-            options=ask.options,
-            instructions=ask.instructions,
-            watcher=watcher,
-            reply_id=responding.reply_id,
+    async def _admit(
+        self, owner: str, request: ResponseRequest, *, streamed: bool
+    ) -> tuple[Admitted, PendingResponse, NewTurn]:
+        """The response admitted as a turn (see turns/admission.py): on its conversation, or, chained
+        to earlier responses, on no chat, once its chain is found (a 404 for one that is not)."""
+        chain = await self._chain(owner, request) if request.conversation is None else None
+        admitted = await self._service.admission.admit(owner, request.conversation, request.key)
+        pending = PendingResponse(request, request.options.model or self._settings.llm_model, streamed=streamed)
+        turn = NewTurn(
+            request.inputs,
+            lambda outcome: orjson.dumps(pending.finish(outcome)).decode(),
+            options=request.options,
+            instructions=request.instructions,
+            reply_id=pending.reply_id,
+            chain=chain,
+            kept=functools.partial(self._keep, owner, pending),
         )
+        return admitted, pending, turn
 
-    async def _kept(self, owner: str, responding: Responding, outcome: TurnOutcome) -> dict[str, Any]:
-        """The finished object of a response, kept when asked to."""
-        body = responding.finish(outcome.outputs, outcome.reply)
-        ask = responding.ask
-        if ask.store:
+    async def _keep(self, owner: str, pending: PendingResponse, outcome: TurnOutcome) -> None:
+        """Keep the finished response, when asked to, before the turn ends."""
+        request = pending.request
+        if request.store:
             inputs = [item_from_message(message) for message in outcome.inputs]
-            kept = StoredResponse(responding.id, ask.conversation, ask.previous_response_id, utcnow(), body, inputs)
+            kept = StoredResponse(
+                pending.id,
+                request.conversation,
+                request.previous_response_id,
+                utcnow(),
+                pending.finish(outcome),
+                inputs,
+            )
             await self._store.save_response(owner, kept)
-        return body
 
-    async def _chained_later(
-        self,
-        slot: TurnSlot,
-        owner: str,
-        responding: Responding,
-        hold: HeldKey,
-        chain: "Chain",
-        events: ResponseEvents,
-    ) -> None:
-        async with hold, slot:
-            events.completed(await self._chained(owner, responding, hold, chain, events))
-
-    async def _chained(
-        self, owner: str, responding: Responding, hold: HeldKey, chain: "Chain", watcher: ResponseEvents | None = None
-    ) -> dict[str, Any]:
-        """A response that belongs to no chat: ask the LLM with its chain, keep the response."""
-        options = responding.ask.options
-        if watcher is None:
-            reply = await self._service.llm.complete(chain.prompt, options)
-        else:
-            reply = await stream_reply(self._service.llm, chain.prompt, options, watcher, [])
-        outputs = [_unstored(message) for message in reply_messages(reply, responding.reply_id)]
-        outcome = TurnOutcome(chain.inputs, outputs, reply)
-        if watcher is not None:
-            watcher.ended(outcome)
-        body = await self._kept(owner, responding, outcome)
-        hold.succeeded(lambda: orjson.dumps(body).decode())
-        return body
-
-    async def _chain(self, owner: str, ask: ResponseAsk) -> "Chain":
+    async def _chain(self, owner: str, request: ResponseRequest) -> Chain:
         """The input, and the prompt: the instructions (or the default system prompt), the newest
         earlier responses of the chain that fit the token budget, whole and oldest first, then
         the input, always whole.
@@ -379,17 +329,17 @@ class Responses:
         Raises ResponseNotFoundError when `previous_response_id` names no kept response; an older
         one that is gone ends the chain there.
         """
-        inputs = [_unstored(message) for message in ask.inputs]
-        system_prompt = ask.instructions if ask.instructions is not None else self._settings.system_prompt
+        inputs = [unstored(message) for message in request.inputs]
+        system_prompt = request.instructions if request.instructions is not None else self._settings.system_prompt
         remaining = self._settings.context_tokens - sum(message_tokens(message.content) for message in inputs)
         remaining -= message_tokens(system_prompt) if system_prompt else 0
         earlier: list[NewMessage] = []
-        previous_id = ask.previous_response_id
+        previous_id = request.previous_response_id
         while previous_id is not None and remaining > 0:
             try:
                 previous = await self._store.get_response(owner, previous_id)
             except ResponseNotFoundError:
-                if previous_id == ask.previous_response_id:
+                if previous_id == request.previous_response_id:
                     raise
                 break
             said = [stored_from_item(item, "") for item in [*previous.input_items, *previous.body["output"]]]
@@ -403,25 +353,5 @@ class Responses:
         return Chain(inputs, prompt + prompt_from_messages([*earlier, *inputs]))
 
 
-@dataclass(slots=True, frozen=True)
-class Chain:
-    """A response that belongs to no chat: its input, with ids, and the prompt it is answered with."""
-
-    inputs: list[Message]
-    prompt: list[PromptMessage]
-
-
-def _unstored(message: NewMessage) -> Message:
-    """A message of a response that belongs to no chat, with an id of its own (items need one)."""
-    return Message(
-        id=message.id or new_id("msg"),
-        chat_id="",
-        seq=0,
-        role=message.role,
-        content=message.content,
-        created_at=utcnow(),
-        model=message.model,
-        usage=message.usage,
-        status=message.status,
-        item=message.item,
-    )
+async def _once(events: list[Item]) -> AsyncIterator[list[Item]]:
+    yield events

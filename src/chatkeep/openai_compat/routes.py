@@ -186,11 +186,10 @@ async def create_response(request: Request) -> Response:
     earlier responses is its context."""
     read = await read_json_request(request, ResponseCreate)
     responses: Responses = request.state.responses
-    ask = read_response_request(read.body, service_of(request).settings, read.idempotency_key)
+    asked = read_response_request(read.body, service_of(request).settings, read.idempotency_key)
     if read.body.stream:
-        events = await responses.stream(read.owner, ask)
-        return sse.EventStream(events.follow_from(0), response_event)
-    return json_response(await responses.create(read.owner, ask))
+        return sse.EventStream(await responses.stream(read.owner, asked), response_event)
+    return json_response(await responses.create(read.owner, asked))
 
 
 def response_event(event: dict[str, Any]) -> bytes:

@@ -34,7 +34,7 @@ KEEP_BATCH = 64
 INSTRUCTION_TOKENS = 120  # the fold's own instructions and framing
 
 
-class Folds:
+class RollingSummaries:
     def __init__(
         self,
         store: ChatStore,

@@ -1,36 +1,39 @@
 """The turn: the only place that combines the store and the LLM.
 
-A turn holds its slot in its chat's line (`TurnQueue`, and the store's cross-process lease) for
-its whole length, so turns on one chat run one at a time in arrival order and each reply is
-stored right after what it answers. Nothing else is held across the LLM call: other chats go on,
-and the store is only touched in short calls before and after it.
+A turn holds its chat for its whole length (this process's queue, then the store's ticket across
+processes), so turns on one chat run one at a time in arrival order and each reply is stored
+right after what it answers. Nothing else is held across the LLM call: other chats go on, and
+the store is only touched in short calls before and after it.
 
-One turn, whatever door it came in by: the native API's (one user message in, one reply out) and
-OpenAI's Responses API (input items in, a message and function calls out) are both a
-`TurnRequest`. A `TurnWatcher` follows a turn as it runs (the native stream's `TurnLog`, the
-Responses API's event stream). A reply can be stopped while it is written (`TurnEngine.stop`):
-what was written by then is stored, marked incomplete.
+One engine, whichever API asked: a native message post (one user message in, one reply out), a
+response of OpenAI's Responses API (input items in, a message and function calls out; in a
+conversation, or chained to earlier responses and kept in no chat) and conversation items
+appended (inputs only, no reply) are all a `NewTurn`. Each runs in a `RunningTurn` record: its
+events, when someone streams it, are written there, and a stop request cuts its reply short
+there, keeping what was written (marked incomplete). The turn's Idempotency-Key is settled here
+and nowhere else, once the turn has ended.
 """
 
 import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, aclosing
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
 
 from chatkeep.context import build_context
-from chatkeep.domain import Chat, Message, MessageStatus, NewMessage, PromptMessage, Role
-from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, Problem, TurnNotRunningError, TurnStoppedError
-from chatkeep.idempotency import HeldKey
+from chatkeep.domain import Message, MessageStatus, NewMessage, PromptMessage, Role, new_id, utcnow
+from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, TurnNotRunningError, TurnStoppedError
 from chatkeep.llm import LLM, Reply
 from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore
-from chatkeep.summaries.rolling import Folds
-from chatkeep.turns.queue import TurnSlot
+from chatkeep.summaries.rolling import RollingSummaries
+from chatkeep.turns.admission import Admitted
+from chatkeep.turns.events import TurnEvents
+from chatkeep.turns.queue import QueuedTurn
+from chatkeep.turns.running import RunningTurn, RunningTurns
 
 log = logging.getLogger(__name__)
 
@@ -38,47 +41,31 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True, frozen=True)
 class TurnOutcome:
     inputs: list[Message]  # stored before the reply (or, for a retried key, the stored question)
-    outputs: list[Message]  # the reply: a message, function calls, or both
-    reply: Reply
+    outputs: list[Message]  # the reply: a message, function calls, or both; none when no reply was asked
+    reply: Reply | None
 
 
-class TurnWatcher(Protocol):
-    """Follows one turn: what it stored first, its text as it is written, how it ended."""
+@dataclass(slots=True, frozen=True)
+class Chain:
+    """The context of a response chained to earlier ones, which belongs to no chat: its inputs,
+    with ids of their own, and the prompt they are answered with."""
 
-    def started(self, inputs: list[Message]) -> None: ...
-
-    def delta(self, text: str) -> None: ...
-
-    def ended(self, outcome: TurnOutcome) -> None: ...
-
-    def failed(self, error: Problem) -> None: ...
+    inputs: list[Message]
+    prompt: list[PromptMessage]
 
 
-@dataclass(slots=True)
-class TurnRequest:
-    """A turn to run: who asks what of which chat, and how the model should answer."""
+@dataclass(slots=True, frozen=True)
+class NewTurn:
+    """A turn to run: what it adds, how the model should answer, and what a retry is answered."""
 
-    owner: str
-    chat: Chat
     inputs: list[NewMessage]  # appended, in order, before the reply
-    key: HeldKey
     replay: Callable[[TurnOutcome], str]  # what a retry with the same Idempotency-Key is answered
     options: CallOptions = NO_OPTIONS
     instructions: str | None = None  # replaces the chat's system prompt for this turn
-    watcher: TurnWatcher | None = None
     reply_id: str | None = None  # the id the reply's text is stored under, when announced beforehand
-    ticket: int | None = None  # the store's hold on the chat's turn, which fences its appends
-
-
-@dataclass(slots=True, eq=False)
-class _Running:
-    """A turn past its inputs: where to stop it, and its outcome once stored."""
-
-    task: "asyncio.Task[Any] | None"
-    answered: "asyncio.Future[TurnOutcome]" = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    replying: bool = False  # in the part a stop request may cut short
-    stop_requested: bool = False
-    fold_wanted: bool = False  # its context found the chat's older messages worth folding
+    answered: bool = True  # False: the inputs are stored and that is all (conversation items)
+    chain: Chain | None = None  # set for a response chained to earlier ones: no chat, its own prompt
+    kept: Callable[[TurnOutcome], Awaitable[None]] | None = None  # once the reply is stored, before the turn ends
 
 
 class TurnEngine:
@@ -87,96 +74,109 @@ class TurnEngine:
         store: ChatStore,
         llm: LLM,
         metrics: Metrics,
+        running: RunningTurns,
         *,
         system_prompt: str,
         budget: int,
-        folds: Folds | None = None,
+        rolling: RollingSummaries | None = None,
     ) -> None:
         self._store = store
         self._llm = llm
         self._metrics = metrics
+        self._running = running
         self._system_prompt = system_prompt  # for chats that set none
         self._budget = budget  # tokens of context sent upstream
-        self._folds = folds  # None: long chats are truncated, never summarized
-        self._running: dict[str, _Running] = {}  # by the id of the last input (the "user message")
+        self._rolling = rolling  # None: long chats are truncated, never summarized
 
-    def holding(self, slot: TurnSlot, request: TurnRequest) -> "HeldTurn":
-        """The chat's turn for an `async with` block (see HeldTurn)."""
-        lease = self._store.turn_lease(request.owner, request.chat.id, question=_question_of(request))
-        return HeldTurn(slot, lease, self._metrics, request)
+    async def run(self, admitted: Admitted, turn: NewTurn) -> TurnOutcome:
+        """Run an admitted turn now. Raises what its parts raise: an LLMError names the stored
+        question, which stays stored (a retry with the same key re-runs only the reply)."""
+        running = RunningTurn(_chat_id(admitted), None)
+        running.task = asyncio.current_task()
+        return await self._run(admitted, turn, running)
 
-    async def run(self, request: TurnRequest) -> TurnOutcome:
-        """The turn itself, its slot in line held: inputs, context, reply, stored reply."""
-        inputs, chat_prompt = await self._inputs(request)
-        if request.watcher is not None:
-            request.watcher.started(inputs)
-        running = _Running(asyncio.current_task())
-        self._running[inputs[-1].id] = running
+    def start(self, admitted: Admitted, turn: NewTurn) -> RunningTurn:
+        """Run an admitted turn in the background, streaming its events to the record returned: it
+        completes and is stored whether or not anyone reads them, and any failure is its last event."""
+        running = RunningTurn(_chat_id(admitted), TurnEvents())
+        self._running.start(self._run_streamed(admitted, turn, running), running)
+        return running
+
+    async def _run_streamed(self, admitted: Admitted, turn: NewTurn, running: RunningTurn) -> None:
+        events = running.events
+        assert events is not None
         try:
-            reply = await self._reply(request, inputs[-1], chat_prompt, running)
-            outcome = await self._answer(request, inputs, reply)
-        except BaseException as error:
-            running.answered.set_exception(TurnNotRunningError(f"the turn answering {inputs[-1].id!r} failed"))
-            running.answered.exception()  # retrieved: nobody need wait for it
-            raise error
+            await self._run(admitted, turn, running)
+        except ChatkeepError as error:
+            events.failed(error)
+        except Exception:
+            log.exception("a streamed turn on chat %s failed", running.chat_id)
+            events.failed(ChatkeepError("the turn failed unexpectedly"))
         finally:
-            del self._running[inputs[-1].id]
-        running.answered.set_result(outcome)
-        if running.fold_wanted and self._folds is not None:
-            self._folds.want(request.owner, request.chat.id)
+            if not events.done:  # cut off before its reply began: the server is shutting down
+                events.failed(TurnStoppedError("the turn was stopped before its reply began; post it again"))
+
+    async def _run(self, admitted: Admitted, turn: NewTurn, running: RunningTurn) -> TurnOutcome:
+        try:
+            async with admitted.key:  # settled when the turn ends, however it ends
+                async with self._hold(admitted, turn, running):
+                    outcome = await self._in_turn(admitted, turn, running)
+                if turn.kept is not None:
+                    await turn.kept(outcome)
+                admitted.key.succeeded(lambda: turn.replay(outcome))
+        except BaseException:
+            running.outcome.set_exception(TurnNotRunningError(f"the turn answering {running.question_id!r} failed"))
+            running.outcome.exception()  # retrieved: nobody need wait for it
+            raise
+        finally:
+            self._running.ended(running)
+        running.outcome.set_result(outcome)
+        if running.events is not None:
+            running.events.answered(outcome)
         return outcome
 
-    async def run_watched(
-        self, slot: TurnSlot, request: TurnRequest, *, then: Callable[[TurnOutcome], Awaitable[None]] | None = None
-    ) -> None:
-        """Run the turn in the background: its watcher hears how it went, however it ends.
+    def _hold(self, admitted: Admitted, turn: NewTurn, running: RunningTurn) -> "TurnHold":
+        assert admitted.queued is not None, "a replay runs nothing"
+        if admitted.chat is None:
+            lease: AbstractAsyncContextManager[int | None] = nullcontext()
+        else:
+            lease = self._store.turn_lease(admitted.owner, admitted.chat.id, question=_question_of(turn, admitted))
+        return TurnHold(admitted.queued, lease, self._metrics, running)
 
-        `then` runs once the turn is stored, still under its Idempotency-Key (to store more, or to
-        tell the key what to replay); its failures are the turn's.
-        """
-        assert request.watcher is not None
+    async def _in_turn(self, admitted: Admitted, turn: NewTurn, running: RunningTurn) -> TurnOutcome:
+        """The turn itself, its chat held: inputs, context, reply, stored reply."""
+        inputs, chat_prompt = await self._inputs(admitted, turn, running.ticket)
+        self._running.answering(running, inputs[-1].id)
+        if not turn.answered:
+            return TurnOutcome(inputs, [], None)
+        if admitted.chat is not None:  # from here on a failure is retried by re-running only the reply
+            await admitted.key.question_stored(inputs[-1].id)
+        if running.events is not None:
+            running.events.user_message(inputs[-1])
+        reply, fold_wanted = await self._reply(admitted, turn, running, inputs[-1], chat_prompt)
+        outcome = TurnOutcome(inputs, await self._outputs(admitted, turn, running.ticket, reply), reply)
+        if fold_wanted and self._rolling is not None and admitted.chat is not None:
+            self._rolling.want(admitted.owner, admitted.chat.id)
+        return outcome
 
-        async def turn() -> None:
-            async with request.key:
-                async with self.holding(slot, request):
-                    outcome = await self.run(request)
-                if then is not None:
-                    await then(outcome)
-
-        await watched(turn(), request.watcher, f"a streamed turn on chat {request.chat.id}")
-
-    def stop(self, user_message_id: str) -> "asyncio.Future[TurnOutcome] | None":
-        """Stop the reply to `user_message_id` if this process writes it; the future of its outcome."""
-        running = self._running.get(user_message_id)
-        if running is None:
-            return None
-        if running.replying and not running.stop_requested:
-            running.stop_requested = True
-            if running.task is not None:
-                running.task.cancel()
-        return running.answered
-
-    async def _inputs(self, request: TurnRequest) -> tuple[list[Message], str | None]:
+    async def _inputs(self, admitted: Admitted, turn: NewTurn, ticket: int | None) -> tuple[list[Message], str | None]:
         """The stored inputs (new ones, or the question whose reply a retried key re-runs) and the
         chat's system prompt as it is now, when the turn runs: it may have changed while it waited."""
-        owner, chat_id, key = request.owner, request.chat.id, request.key
+        owner, chat, key = admitted.owner, admitted.chat, admitted.key
+        if chat is None:
+            assert turn.chain is not None
+            return turn.chain.inputs, None
         if key.retry_of is not None:
-            return await self._retried(request, key.retry_of)
-        content = _question_of(request)
+            return await self._retried(owner, chat.id, key.retry_of)
+        content = _question_of(turn, admitted)
         if content is not None:
             # The native turn's path: one user message, stored with the ticket on the SQL stores
-            # when the chat's line was empty, else in one round trip.
-            question, chat_prompt = await self._store.append_question(owner, chat_id, content, ticket=request.ticket)
-            inputs = [question]
-        else:
-            inputs, chat_prompt = await self._store.append_messages(
-                owner, chat_id, request.inputs, ticket=request.ticket
-            )
-        await key.question_stored(inputs[-1].id)
-        return inputs, chat_prompt
+            # when the chat's queue was empty, else in one round trip.
+            question, chat_prompt = await self._store.append_question(owner, chat.id, content, ticket=ticket)
+            return [question], chat_prompt
+        return await self._store.append_messages(owner, chat.id, turn.inputs, ticket=ticket)
 
-    async def _retried(self, request: TurnRequest, question_id: str) -> tuple[list[Message], str | None]:
-        owner, chat_id = request.owner, request.chat.id
+    async def _retried(self, owner: str, chat_id: str, question_id: str) -> tuple[list[Message], str | None]:
         question = await self._store.get_message(owner, chat_id, question_id)
         if (await self._store.message_stats(owner, chat_id)).last_seq != question.seq:
             raise ChatMovedOnError(
@@ -185,102 +185,92 @@ class TurnEngine:
         return [question], (await self._store.get_chat(owner, chat_id)).system_prompt
 
     async def _reply(
-        self, request: TurnRequest, question: Message, chat_prompt: str | None, running: _Running
-    ) -> Reply:
-        """The LLM's reply to the chat so far; a reply stopped on request (or a streamed one cut by
+        self, admitted: Admitted, turn: NewTurn, running: RunningTurn, question: Message, chat_prompt: str | None
+    ) -> tuple[Reply, bool]:
+        """The LLM's reply to the chat so far, and whether the chat's older messages are worth
+        folding into its rolling summary; a reply stopped on request (or a streamed one cut by
         shutdown) is what was written by then, marked incomplete."""
-        system_prompt = request.instructions
-        if system_prompt is None:
-            system_prompt = self._system_prompt if chat_prompt is None else chat_prompt
         parts: list[str] = []
         running.replying = True
         try:
-            context = await build_context(
-                self._store,
-                request.owner,
-                request.chat.id,
-                system_prompt=system_prompt,
-                budget=self._budget,
-                reply_tokens=request.options.max_tokens or 0,
-                fold_at=self._folds.fold_at if self._folds is not None else None,
-                ticket=request.ticket,
-            )
-            running.fold_wanted = context.fold_wanted
-            prompt = context.prompt
-            if request.watcher is None:
-                return await self._llm.complete(prompt, request.options)
-            return await self._streamed_reply(prompt, request, parts)
+            prompt, fold_wanted = await self._prompt(admitted, turn, running.ticket, chat_prompt)
+            if running.events is None:
+                return await self._llm.complete(prompt, turn.options), fold_wanted
+            return await self._streamed(prompt, turn.options, running.events, parts), fold_wanted
         except LLMError as error:
             error.user_message_id = question.id
             raise
         except asyncio.CancelledError:
-            if not running.stop_requested and request.watcher is None:
+            if not running.stop_requested and running.events is None:
                 raise  # a plain turn cut off by shutdown: its question stays, a retry runs the reply
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE)
+            return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE), False
         finally:
             running.replying = False
 
-    async def _streamed_reply(self, prompt: list[PromptMessage], request: TurnRequest, parts: list[str]) -> Reply:
-        """The reply as it streams to the turn's watcher, its text so far kept in `parts`."""
-        assert request.watcher is not None
-        return await stream_reply(self._llm, prompt, request.options, request.watcher, parts)
+    async def _prompt(
+        self, admitted: Admitted, turn: NewTurn, ticket: int | None, chat_prompt: str | None
+    ) -> tuple[list[PromptMessage], bool]:
+        if admitted.chat is None:
+            assert turn.chain is not None
+            return turn.chain.prompt, False
+        system_prompt = turn.instructions
+        if system_prompt is None:
+            system_prompt = self._system_prompt if chat_prompt is None else chat_prompt
+        context = await build_context(
+            self._store,
+            admitted.owner,
+            admitted.chat.id,
+            system_prompt=system_prompt,
+            budget=self._budget,
+            reply_tokens=turn.options.max_tokens or 0,
+            fold_at=self._rolling.fold_at if self._rolling is not None else None,
+            ticket=ticket,
+        )
+        return context.prompt, context.fold_wanted
 
-    async def _answer(self, request: TurnRequest, inputs: list[Message], reply: Reply) -> TurnOutcome:
-        """Store the reply: the turn's outcome, for the key to replay and the watcher to end with."""
-        owner, chat_id, ticket = request.owner, request.chat.id, request.ticket
-        replies = reply_messages(reply, request.reply_id)
+    async def _streamed(
+        self, prompt: list[PromptMessage], options: CallOptions, events: TurnEvents, parts: list[str]
+    ) -> Reply:
+        """The reply as it streams to `events`, its text so far kept in `parts`."""
+        async with aclosing(self._llm.stream(prompt, options)) as items:
+            async for item in items:
+                if isinstance(item, Reply):
+                    return item
+                parts.append(item)
+                events.delta(item)
+        raise AssertionError("an LLM stream ends with its Reply")
+
+    async def _outputs(self, admitted: Admitted, turn: NewTurn, ticket: int | None, reply: Reply) -> list[Message]:
+        """Store the reply; a chained response's is kept with the response, not in a chat."""
+        replies = reply_messages(reply, turn.reply_id)
+        owner, chat = admitted.owner, admitted.chat
+        if chat is None:
+            return [unstored(message) for message in replies]
         if len(replies) == 1:
-            outputs = [await self._store.append_message(owner, chat_id, replies[0], ticket=ticket, hand_on=True)]
-        else:
-            outputs, _ = await self._store.append_messages(owner, chat_id, replies, ticket=ticket)
-        outcome = TurnOutcome(inputs, outputs, reply)
-        request.key.succeeded(lambda: request.replay(outcome))
-        if request.watcher is not None:
-            request.watcher.ended(outcome)
-        return outcome
+            return [await self._store.append_message(owner, chat.id, replies[0], ticket=ticket, hand_on=True)]
+        outputs, _ = await self._store.append_messages(owner, chat.id, replies, ticket=ticket)
+        return outputs
 
 
-def _question_of(request: TurnRequest) -> str | None:
+def _chat_id(admitted: Admitted) -> str:
+    return admitted.chat.id if admitted.chat is not None else ""
+
+
+def _question_of(turn: NewTurn, admitted: Admitted) -> str | None:
     """The text of the one plain user message a new turn stores first, if that is what it stores."""
-    inputs = request.inputs
-    if request.key.retry_of is None and len(inputs) == 1 and inputs[0].item is None and inputs[0].role is Role.USER:
+    inputs = turn.inputs
+    if (
+        turn.answered
+        and admitted.key.retry_of is None
+        and len(inputs) == 1
+        and inputs[0].item is None
+        and inputs[0].role is Role.USER
+    ):
         return inputs[0].content
     return None
-
-
-async def stream_reply(
-    llm: LLM, prompt: list[PromptMessage], options: CallOptions, watcher: TurnWatcher, parts: list[str]
-) -> Reply:
-    """The LLM's reply as it streams to `watcher`, its text so far kept in `parts`."""
-    async with aclosing(llm.stream(prompt, options)) as items:
-        async for item in items:
-            if isinstance(item, Reply):
-                return item
-            parts.append(item)
-            watcher.delta(item)
-    raise AssertionError("an LLM stream ends with its Reply")
-
-
-async def watched(work: Awaitable[None], watcher: TurnWatcher, what: str) -> None:
-    """Await `work`, a turn running in the background, so that its watcher hears how it ended:
-    the work itself tells it of success; any failure, or being cut off, is told here."""
-    ended = False
-    try:
-        await work
-        ended = True
-    except ChatkeepError as error:
-        watcher.failed(error)
-        ended = True
-    except Exception:
-        log.exception("%s failed", what)
-        watcher.failed(ChatkeepError("the turn failed unexpectedly"))
-        ended = True
-    finally:
-        if not ended:  # cut off before its reply began (the server is shutting down)
-            watcher.failed(TurnStoppedError("the turn was stopped before its reply began; post it again"))
 
 
 def reply_messages(reply: Reply, reply_id: str | None = None) -> list[NewMessage]:
@@ -299,33 +289,50 @@ def reply_messages(reply: Reply, reply_id: str | None = None) -> list[NewMessage
     return messages
 
 
-class HeldTurn:
-    """The chat's turn, for an `async with` block: this process's line first, then other
-    processes' (the store's lease, whose ticket the turn's appends carry); the wait is counted.
+def unstored(message: NewMessage) -> Message:
+    """A message of a turn on no chat, with an id of its own (items need one)."""
+    return Message(
+        id=message.id or new_id("msg"),
+        chat_id="",
+        seq=0,
+        role=message.role,
+        content=message.content,
+        created_at=utcnow(),
+        model=message.model,
+        usage=message.usage,
+        status=message.status,
+        item=message.item,
+    )
+
+
+class TurnHold:
+    """The chat's turn, for an `async with` block: this process's queue first, then other
+    processes' (the store's lease, whose ticket goes to the running turn's record, for its
+    appends to carry); the wait is counted.
 
     A class rather than a generator-based context manager: every turn enters one.
     """
 
-    __slots__ = ("_lease", "_metrics", "_request", "_slot")
+    __slots__ = ("_lease", "_metrics", "_queued", "_running")
 
     def __init__(
         self,
-        slot: TurnSlot,
+        queued: QueuedTurn,
         lease: AbstractAsyncContextManager[int | None],
         metrics: Metrics,
-        request: TurnRequest,
+        running: RunningTurn,
     ) -> None:
-        self._slot, self._lease, self._metrics, self._request = slot, lease, metrics, request
+        self._queued, self._lease, self._metrics, self._running = queued, lease, metrics, running
 
     async def __aenter__(self) -> None:
         started = time.perf_counter()
         self._metrics.turns_waiting(1)
         try:
-            await self._slot.__aenter__()
+            await self._queued.__aenter__()
             try:
-                self._request.ticket = await self._lease.__aenter__()
+                self._running.ticket = await self._lease.__aenter__()
             except BaseException:
-                await self._slot.__aexit__(None, None, None)
+                await self._queued.__aexit__(None, None, None)
                 raise
         finally:
             self._metrics.turns_waiting(-1)
@@ -337,4 +344,5 @@ class HeldTurn:
         try:
             await self._lease.__aexit__(kind, error, trace)
         finally:
-            await self._slot.__aexit__(kind, error, trace)
+            self._running.ticket = None
+            await self._queued.__aexit__(kind, error, trace)

@@ -1,12 +1,14 @@
-"""Per-chat turn taking: one turn at a time on a chat, in arrival order, with bounded waiting.
+"""This process's queue of turns per chat: one turn at a time on a chat, in arrival order, with bounded waiting.
 
-Each chat that has a turn running gets a line (an `asyncio.Lock`, whose waiters are woken in
-FIFO order); chats never share a line, so they never wait for each other. A line exists only
-while someone holds or waits on it, so idle chats cost nothing.
+Each chat that has a turn running gets a queue (an `asyncio.Lock`, whose waiters are woken in
+FIFO order); chats never share one, so they never wait for each other. A queue exists only
+while someone holds or waits on it, so idle chats cost nothing. Other processes sharing the
+store are ordered by the store's turn tickets; this queue keeps one process's turns from
+crowding them, and bounds how many may wait.
 
 Taking a turn has two steps so that "too busy" can be answered before any work starts (and
-before a streamed response has begun): `reserve` takes a slot in line at once or raises
-ChatBusyError; entering the slot waits for the turn.
+before a streamed response has begun): `join` takes a place in the queue at once or raises
+ChatBusyError; entering it waits for the turn.
 """
 
 import asyncio
@@ -21,7 +23,7 @@ OVERLOADED_RETRY_AFTER_SECONDS = 1.0
 
 
 @dataclass(slots=True)
-class _ChatLine:
+class _ChatQueue:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     members: int = 0  # the holder plus the waiters
 
@@ -31,28 +33,28 @@ class TurnQueue:
         self._metrics = metrics
         self._max_waiting = max_waiting
         self._max_in_flight = max_in_flight
-        self._lines: dict[str, _ChatLine] = {}
+        self._queues: dict[str, _ChatQueue] = {}
         self.in_flight = 0  # turns running or waiting, over every chat
 
-    def reserve(self, chat_id: str) -> "TurnSlot":
-        """A slot in the chat's line, to enter with `async with` (exactly once).
+    def join(self, chat_id: str) -> "QueuedTurn":
+        """A place in the chat's queue, to enter with `async with` (exactly once).
 
         Raises OverloadedError when `max_in_flight` turns are already running or waiting in this
         process, and ChatBusyError when `max_waiting` turns already wait behind the chat's running one.
         """
         self.check_capacity()
-        line = self._lines.get(chat_id)
-        if line is None:
-            line = self._lines[chat_id] = _ChatLine()
-        elif line.members > self._max_waiting:
+        queue = self._queues.get(chat_id)
+        if queue is None:
+            queue = self._queues[chat_id] = _ChatQueue()
+        elif queue.members > self._max_waiting:
             raise ChatBusyError(
-                f"{line.members - 1} turns already wait on chat {chat_id!r}; retry later",
+                f"{queue.members - 1} turns already wait on chat {chat_id!r}; retry later",
                 retry_after=BUSY_RETRY_AFTER_SECONDS,
             )
-        line.members += 1
+        queue.members += 1
         self.in_flight += 1
         self._metrics.turns_in_flight(1)
-        return TurnSlot(self, chat_id, line)
+        return QueuedTurn(self, chat_id, queue)
 
     def check_capacity(self) -> None:
         """Raise OverloadedError when `max_in_flight` turns are already running or waiting here.
@@ -67,34 +69,34 @@ class TurnQueue:
 
     def waiting(self, chat_id: str) -> int:
         """How many turns wait (not counting the one running) on the chat."""
-        line = self._lines.get(chat_id)
-        return max(0, line.members - 1) if line else 0
+        queue = self._queues.get(chat_id)
+        return max(0, queue.members - 1) if queue else 0
 
-    def _leave(self, chat_id: str, line: _ChatLine) -> None:
+    def _leave(self, chat_id: str, queue: _ChatQueue) -> None:
         self.in_flight -= 1
         self._metrics.turns_in_flight(-1)
-        line.members -= 1
-        if line.members == 0:
-            del self._lines[chat_id]
+        queue.members -= 1
+        if queue.members == 0:
+            del self._queues[chat_id]
 
 
-class TurnSlot:
-    """A reserved slot in one chat's line; holds the turn inside `async with`."""
+class QueuedTurn:
+    """A turn's place in its chat's queue: `async with` waits for its turn, holds it inside, and leaves."""
 
-    __slots__ = ("_chat_id", "_line", "_queue")
+    __slots__ = ("_chat_id", "_queue", "_turns")
 
-    def __init__(self, queue: TurnQueue, chat_id: str, line: _ChatLine) -> None:
-        self._queue, self._chat_id, self._line = queue, chat_id, line
+    def __init__(self, turns: TurnQueue, chat_id: str, queue: _ChatQueue) -> None:
+        self._turns, self._chat_id, self._queue = turns, chat_id, queue
 
     async def __aenter__(self) -> None:
         try:
-            await self._line.lock.acquire()
+            await self._queue.lock.acquire()
         except BaseException:
-            self._queue._leave(self._chat_id, self._line)
+            self._turns._leave(self._chat_id, self._queue)
             raise
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._line.lock.release()
-        self._queue._leave(self._chat_id, self._line)
+        self._queue.lock.release()
+        self._turns._leave(self._chat_id, self._queue)

@@ -2,8 +2,8 @@
 
 Behind a load balancer a reconnecting client lands on any process. When the turn it resumes
 runs elsewhere (PostgreSQL: every process shares the database and its NOTIFY channel), this
-process asks, on the broadcast channel, whoever has the turn's log to forward its events after
-the client's last id; the process that has it (running, or recently finished) answers at once,
+process asks, on the broadcast channel, whoever runs the turn to forward its events after
+the client's last id; the process that has it (running, or recently ended) answers at once,
 then forwards every batch as it comes, with a heartbeat while nothing happens. Nothing is
 published for turns nobody follows from elsewhere, so the channel costs nothing in the common
 case.
@@ -28,8 +28,8 @@ import orjson
 from chatkeep.errors import Problem
 from chatkeep.store import ChatStore
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
-from chatkeep.turns.events import END_ID, TurnEvent, TurnLog, TurnStreams
-from chatkeep.turns.feed import KEEPALIVE_SECONDS
+from chatkeep.turns.events import END_ID, KEEPALIVE_SECONDS, TurnEvent, TurnEvents, stored_end
+from chatkeep.turns.running import RunningTurns
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,11 @@ class RelayedProblem:
         return self.more
 
 
-StopHere = Callable[[str], "asyncio.Future[Any] | None"]
-
-
 class TurnRelay:
-    def __init__(self, broadcast: Broadcast, streams: TurnStreams, store: ChatStore, stop_here: StopHere) -> None:
+    def __init__(self, broadcast: Broadcast, running: RunningTurns, store: ChatStore) -> None:
         self._broadcast = broadcast
-        self._streams = streams
+        self._running = running  # the turns this process runs, which other processes may follow or stop
         self._store = store
-        self._stop_here = stop_here  # stops a turn this process runs; the future of its stored answer
         self._inboxes: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # this process's follows, by token
         self._forwarders: set[asyncio.Task[None]] = set()
         self._unsubscribe: Callable[[], None] | None = None
@@ -95,7 +91,7 @@ class TurnRelay:
                 except TimeoutError:
                     silent += 1
                     if silent >= SILENT_ASKS:
-                        yield [await self._streams.stored_end(owner, chat_id, user_message_id)]
+                        yield [await stored_end(self._store, owner, chat_id, user_message_id)]
                         return
                     await self._ask(token, user_message_id, follower.last_id)
                     continue
@@ -164,9 +160,9 @@ class TurnRelay:
             if inbox is not None:
                 inbox.put_nowait(message)
         elif message["op"] == "stop":
-            answered = self._stop_here(message["turn"])
-            if answered is not None:
-                self._start(self._tell_stopped(answered, message["to"]))
+            turn = self._running.find(message["turn"])
+            if turn is not None and not turn.over:
+                self._start(self._tell_stopped(turn.stop(), message["to"]))
         elif message["op"] == "follow" and len(self._forwarders) < MAX_FORWARDERS:
             self._forward_from_here(message)
 
@@ -184,17 +180,18 @@ class TurnRelay:
         task.add_done_callback(self._forwarders.discard)
 
     def _forward_from_here(self, ask: dict[str, Any]) -> None:
-        turn = self._streams.local(ask["turn"])
-        if turn is None:
-            return  # not ours: the process that has it answers
-        self._start(self._forward(turn.follow(ask["after"], keepalive=HEARTBEAT_SECONDS), turn, ask))
+        turn = self._running.find(ask["turn"])
+        if turn is None or turn.events is None:
+            return  # not ours (the process that has it answers), or nobody streams it
+        events = turn.events
+        self._start(self._forward(events.follow(ask["after"], keepalive=HEARTBEAT_SECONDS), events, ask))
 
-    async def _forward(self, batches: AsyncIterator[list[TurnEvent]], turn: TurnLog, ask: dict[str, Any]) -> None:
+    async def _forward(self, batches: AsyncIterator[list[TurnEvent]], events: TurnEvents, ask: dict[str, Any]) -> None:
         """Forward the turn's events after the asker's last id, then every batch, until the final one."""
         try:
-            await self._publish_events(ask["to"], [], turn.last_number)  # answered: the asker need not wait
+            await self._publish_events(ask["to"], [], events.last_number)  # answered: the asker need not wait
             async for batch in batches:
-                await self._publish_events(ask["to"], batch, turn.last_number)
+                await self._publish_events(ask["to"], batch, events.last_number)
         except Exception:
             log.exception("forwarding turn %s to another process failed", ask["turn"])
 

@@ -1,0 +1,64 @@
+"""Finding a turn wherever it is, to resume its events or stop its reply.
+
+Behind a load balancer a client's next request lands on any process. A turn is looked for here
+first (running, or streamed and ended lately: `RunningTurns`), then, when processes share the
+store's broadcast channel (PostgreSQL), in the process that runs it (`TurnRelay`), and last in
+the store, which knows how it ended: its stored reply, or none.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from chatkeep.domain import Message
+from chatkeep.errors import TurnNotRunningError
+from chatkeep.store import ChatStore
+from chatkeep.turns.events import END_ID, TurnEvent, stored_end
+from chatkeep.turns.relay import TurnRelay
+from chatkeep.turns.running import RunningTurns
+
+
+class TurnLocator:
+    def __init__(self, store: ChatStore, running: RunningTurns, relay: TurnRelay | None) -> None:
+        self._store = store
+        self._running = running
+        self._relay = relay  # None: no other process can run this store's turns
+
+    async def events_after(
+        self, owner: str, chat_id: str, question_id: str, last_event_id: str | None
+    ) -> AsyncIterator[list[TurnEvent]]:
+        """The events of the turn answering `question_id` after `last_event_id`: live while it runs,
+        ending with its final event whatever id the client last saw.
+
+        Raises ChatNotFoundError, or MessageNotFoundError when the chat has no such message,
+        before anything streams.
+        """
+        await self._store.get_chat(owner, chat_id)
+        turn = self._running.find(question_id)
+        if turn is not None and turn.events is not None and turn.chat_id == chat_id:
+            return turn.events.follow(last_event_id)
+        ended = await stored_end(self._store, owner, chat_id, question_id)
+        if ended.kind == "assistant_message" or self._relay is None:
+            return _once(ended, last_event_id)
+        return self._relay.follow(owner, chat_id, question_id, last_event_id)
+
+    async def stop(self, owner: str, chat_id: str, question_id: str) -> Message:
+        """Stop the reply to `question_id` where it is written and answer the stored reply: the
+        text written so far, marked incomplete.
+
+        Raises ChatNotFoundError or MessageNotFoundError, or TurnNotRunningError when no reply to
+        that message is being written (it ended, failed, or its server is gone).
+        """
+        await self._store.get_message(owner, chat_id, question_id)
+        turn = self._running.find(question_id)
+        if turn is not None and turn.chat_id == chat_id and not turn.over:
+            return (await asyncio.shield(turn.stop())).outputs[0]
+        if self._relay is not None and await self._relay.stop(owner, chat_id, question_id):
+            ended = await stored_end(self._store, owner, chat_id, question_id)
+            if ended.message is not None:
+                return ended.message
+        raise TurnNotRunningError(f"no reply to {question_id!r} is being written; it has ended or failed")
+
+
+async def _once(event: TurnEvent, last_event_id: str | None) -> AsyncIterator[list[TurnEvent]]:
+    if last_event_id != END_ID:
+        yield [event]

@@ -1,0 +1,115 @@
+"""The turns this process runs: one record each, and the registry that stop, resume, the relay
+to other processes and shutdown all read.
+
+A `RunningTurn` is made when a turn is admitted and holds everything about it while it runs:
+the task, its events (when someone streams it), its ticket on the chat, the stop request and
+the future of its outcome. The turn's task is its only writer. `RunningTurns` finds a record by
+the id of the question the turn answers (known once the question is stored), keeps a streamed
+turn's record a while after it ends so a late reader can still follow its events, and owns the
+background tasks of turns nobody waits for, so shutdown can stop them and wait for what they store.
+"""
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from chatkeep.turns.events import TurnEvents
+
+if TYPE_CHECKING:  # the engine writes outcomes here; the record only holds them
+    from chatkeep.turns.engine import TurnOutcome
+
+log = logging.getLogger(__name__)
+
+KEEP_ENDED_SECONDS = 300.0
+KEEP_ENDED_COUNT = 1000
+
+
+class RunningTurn:
+    """One turn, from admission to its end."""
+
+    __slots__ = ("chat_id", "events", "outcome", "question_id", "replying", "stop_requested", "task", "ticket")
+
+    def __init__(self, chat_id: str, events: TurnEvents | None) -> None:
+        self.chat_id = chat_id
+        self.events = events  # None: nobody streams this turn
+        self.question_id: str | None = None  # the stored message it answers, once stored
+        self.ticket: int | None = None  # its hold on the chat's turn, while held
+        self.task: asyncio.Task[Any] | None = None
+        self.outcome: asyncio.Future[TurnOutcome] = asyncio.get_running_loop().create_future()
+        self.replying = False  # in the part a stop may cut short
+        self.stop_requested = False
+
+    @property
+    def over(self) -> bool:
+        return self.outcome.done()
+
+    def stop(self) -> "asyncio.Future[TurnOutcome]":
+        """Cut the reply short where it is (what was written is stored, marked incomplete); the
+        future of the stored outcome. A turn not yet replying, or already stopped, is left alone."""
+        if self.replying and not self.stop_requested and self.task is not None:
+            self.stop_requested = True
+            self.task.cancel()
+        return self.outcome
+
+
+class RunningTurns:
+    def __init__(self) -> None:
+        self._running: dict[str, RunningTurn] = {}  # by question id
+        self._ended: OrderedDict[str, tuple[float, RunningTurn]] = OrderedDict()  # streamed ones, oldest first
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def answering(self, turn: RunningTurn, question_id: str) -> None:
+        """The turn's question is stored: it can be found by its id from now on."""
+        turn.question_id = question_id
+        self._running[question_id] = turn
+
+    def ended(self, turn: RunningTurn) -> None:
+        """The turn is over; a streamed one stays readable a while (a retry of its question
+        replaces it: it is the same turn, answered again)."""
+        question_id = turn.question_id
+        if question_id is None:
+            return
+        if self._running.get(question_id) is turn:
+            del self._running[question_id]
+        if turn.events is not None:
+            self._ended.pop(question_id, None)
+            self._ended[question_id] = (time.monotonic(), turn)
+            self._forget_old()
+
+    def find(self, question_id: str) -> RunningTurn | None:
+        """The turn answering `question_id` if this process runs it, or ran and streamed it lately."""
+        self._forget_old()
+        turn = self._running.get(question_id)
+        if turn is None:
+            kept = self._ended.get(question_id)
+            turn = kept[1] if kept is not None else None
+        return turn
+
+    def start(self, work: Coroutine[Any, Any, None], turn: RunningTurn | None = None) -> None:
+        """Run `work` in a task of its own that shutdown waits for (the task of `turn`, if given)."""
+        task = asyncio.create_task(work)
+        if turn is not None:
+            turn.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop the turns still running in the background and wait while they store what they wrote.
+
+        The server gives requests in flight their grace before it closes the service (a streamed
+        turn's request lasts as long as the turn, even when its client has gone), so what still
+        runs now has had its time: a streamed reply stops and stores its text so far, marked
+        incomplete.
+        """
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _forget_old(self) -> None:
+        horizon = time.monotonic() - KEEP_ENDED_SECONDS
+        ended = self._ended
+        while ended and (len(ended) > KEEP_ENDED_COUNT or next(iter(ended.values()))[0] < horizon):
+            ended.popitem(last=False)

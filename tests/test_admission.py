@@ -1,0 +1,85 @@
+"""The one way in for work on a chat, whichever API it comes by: a retry is replayed before any
+limit is counted, a refused request leaves nothing behind, and queued turns keep time in order."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from tests.conftest import llm_settings, new_chat, post, serve, until
+from tests.fake_openai import FakeOpenAI
+from tests.stores import STORES, fresh_database
+
+
+@pytest.fixture(params=STORES)
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {"Idempotency-Key": key}
+
+
+async def test_a_retry_of_a_turn_that_succeeded_is_replayed_past_the_rate_limit(fake_llm: FakeOpenAI) -> None:
+    """The retry finds its stored answer before a rate slot is counted: it is answered, not refused."""
+    async with serve(llm_settings(fake_llm, rate_limit="1/minute")) as client:
+        chat_id = await new_chat(client)
+        path = f"/chats/{chat_id}/messages"
+        first = await client.post(path, json={"content": "hi"}, headers=keyed("turn-1"))
+        assert first.status_code == 201, first.text
+        retried = await client.post(path, json={"content": "hi"}, headers=keyed("turn-1"))
+        streamed = await client.post(path, json={"content": "hi", "stream": True}, headers=keyed("turn-1"))
+        assert (await post(client, chat_id, "a new question")).status_code == 429
+        assert (retried.status_code, retried.json()) == (201, first.json())
+        assert streamed.status_code == 200
+        assert first.json()["assistant_message"]["id"] in streamed.text
+        assert (await client.get(f"/chats/{chat_id}")).json()["message_count"] == 2
+    assert len(fake_llm.prompts) == 1
+
+
+async def test_a_retried_response_is_replayed_past_the_rate_limit(fake_llm: FakeOpenAI) -> None:
+    async with serve(llm_settings(fake_llm, rate_limit="1/minute")) as client:
+        sdk = AsyncOpenAI(base_url=f"{client.base_url}/v1", api_key="sk-anything", max_retries=0)
+        async with sdk:
+            conversation = await sdk.conversations.create()
+            ask: dict[str, Any] = {"model": "gpt-4o-mini", "input": "hi", "conversation": conversation.id}
+            first = await sdk.responses.create(**ask, extra_headers=keyed("response-1"))
+            retried = await sdk.responses.create(**ask, extra_headers=keyed("response-1"))
+            with pytest.raises(openai.RateLimitError):
+                await sdk.responses.create(**ask)
+    assert retried.model_dump() == first.model_dump()
+    assert len(fake_llm.prompts) == 1
+
+
+async def test_a_conversation_refused_for_capacity_leaves_no_chat_behind(fake_llm: FakeOpenAI) -> None:
+    """A conversation created with items while the server is at capacity: whatever the first try
+    answers, its retry with the same key is the one conversation the owner has."""
+    fake_llm.latency = 1.0
+    async with serve(llm_settings(fake_llm, max_turns_in_flight=1)) as client:
+        busy_chat = await new_chat(client)
+        running = asyncio.create_task(post(client, busy_chat, "keep the server busy"))
+        await until(lambda: bool(fake_llm.prompts))
+        sdk: Any = AsyncOpenAI(base_url=f"{client.base_url}/v1", api_key="sk-anything", max_retries=0)
+        async with sdk:
+            items = [{"type": "message", "role": "user", "content": "remember this"}]
+            first = await created_or_refused(sdk, items, "conversation-1")
+            assert (await running).status_code == 201
+            retried = await sdk.conversations.create(items=items, extra_headers=keyed("conversation-1"))
+        chats = (await client.get("/chats")).json()["data"]
+    assert sorted(chat["id"] for chat in chats) == sorted([busy_chat, retried.id])
+    assert first == 503 or first.id == retried.id
+    conversation = next(chat for chat in chats if chat["id"] == retried.id)
+    assert conversation["message_count"] == 1
+
+
+async def created_or_refused(sdk: Any, items: list[dict[str, str]], key: str) -> Any:
+    """The conversation created, or the status it was refused with."""
+    try:
+        return await sdk.conversations.create(items=items, extra_headers=keyed(key))
+    except openai.APIStatusError as refused:
+        return refused.status_code
