@@ -73,18 +73,9 @@ GC_THRESHOLDS = (5_000, 10, 100)
 
 
 def _tune_garbage_collector() -> None:
-    """Collect in small steps, rarely in full, and never walk what startup built again.
-
-    A collection pauses every request for as long as it walks: the young generation up to its
-    threshold, the middle one up to both thresholds' product. Streamed replies keep one event per
-    chunk alive for the whole turn, so with (50_000, 20, 20) a server holding 550 streams paused
-    6-18 ms in each young collection and 195 ms in a middle one (which made that step's p99 chunk
-    delay 222 ms, against 44 ms at 500 streams); with these settings young ones take under 5 ms
-    and middle ones 10-20 ms, and the same step's p99 was 40 ms. Full collections, which walk
-    every stored message of the memory store, stay rare (the third threshold, and CPython's own
-    rule of waiting until a quarter of the old objects are new): none in 25 s of turns at
-    3,000/s; CPython's default ran about 35 in 20 s, with pauses up to 170 ms. Turns/s is the
-    same with either setting.
+    """Collect in small steps, rarely in full, and never walk what startup built again: a
+    collection pauses every request for as long as it walks, and streamed replies keep an event
+    per chunk alive, so large young and middle generations make long pauses (docs/performance.md).
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -124,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Chat sessions in front of any OpenAI-compatible LLM.",
         lifespan=lifespan,
         # FastAPI's native OpenTelemetry asks the global providers whether they are set on every
-        # request (about 5 µs each time); chatkeep exports no telemetry, so it is off.
+        # request; chatkeep exports no telemetry, so it is off.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # the turn, native and OpenAI's, past FastAPI's inner layers

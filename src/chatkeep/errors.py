@@ -8,7 +8,7 @@ subclasses in the LLM client and nowhere else.
 from typing import Any, ClassVar, Protocol
 
 
-class Problem(Protocol):
+class Failure(Protocol):
     """What a client is told of a failure: one of chatkeep's errors, or one relayed from another process."""
 
     @property

@@ -6,13 +6,13 @@ nothing, for `CHATKEEP_METRICS=false`.
 
 `PrometheusMetrics` keeps its figures in plain Python (a turn's updates are a few dict
 operations) and lets prometheus-client render them, through a collector, when `/metrics` is
-scraped. Measured on the real server under load, prometheus-client's own metric objects (a lock
-and several calls per update, a dozen updates a turn) cost about 5% of a turn; this costs well
-under 1%. Under `chatkeep serve --workers N` each worker also writes its figures to a file in a
-shared directory every SNAPSHOT_SECONDS and when it stops, and a scrape of any worker adds up
-every worker's: counts and histograms over all of them, gauges over the workers still alive
-(the same rules as prometheus-client's multiprocess mode). Other workers' figures are then at
-most SNAPSHOT_SECONDS old.
+scraped: prometheus-client's own metric objects take a lock and several calls per update, a
+dozen updates a turn, which cost a visible share of a turn (docs/performance.md). Under
+`chatkeep serve --workers N` each worker also writes its figures to a file in a shared directory
+every SNAPSHOT_SECONDS and when it stops, and a scrape of any worker adds up every worker's:
+counts and histograms over all of them, gauges over the workers still alive (the same rules as
+prometheus-client's multiprocess mode). Other workers' figures are then at most SNAPSHOT_SECONDS
+old.
 
 Routes are labelled by their template (`/chats/{chat_id}`), never by the raw path, so the
 number of series stays bounded whatever clients send.

@@ -27,12 +27,12 @@ from chatkeep.llm import LLM
 from chatkeep.metrics import Metrics
 from chatkeep.rate_limit import RateLimit
 from chatkeep.store import ChatStore
-from chatkeep.summaries.chat import SummaryKeeper
+from chatkeep.summaries.chat import ChatSummaries
 from chatkeep.summaries.rolling import RollingSummaries
 from chatkeep.summaries.summarizer import ExtractiveSummarizer, LLMSummarizer, Summarizer
 from chatkeep.turns.admission import Admission, Admitted
-from chatkeep.turns.engine import NewTurn, TurnEngine, TurnOutcome
-from chatkeep.turns.events import TurnEvent, TurnEvents
+from chatkeep.turns.engine import NewTurn, TurnEngine
+from chatkeep.turns.events import TurnEvent, TurnEvents, TurnOutcome
 from chatkeep.turns.locate import TurnLocator
 from chatkeep.turns.queue import TurnQueue
 from chatkeep.turns.relay import TurnRelay
@@ -60,7 +60,7 @@ class ChatService:
         self.settings = settings
         self._rate_limit = rate_limit
         summarizer: Summarizer = ExtractiveSummarizer() if settings.provider == "offline" else LLMSummarizer(llm)
-        self._summaries = SummaryKeeper(store, summarizer, metrics, budget=settings.context_tokens // 2)
+        self._summaries = ChatSummaries(store, summarizer, metrics, budget=settings.context_tokens // 2)
         self._rolling = (
             RollingSummaries(
                 store,

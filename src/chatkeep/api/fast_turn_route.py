@@ -1,16 +1,14 @@
 """The turn route's fast way in, and all of its hand-written parsing.
 
-The turn is the request a chat service answers most, so its path is kept short. Measured
-in-process with 64 turns in flight, FastAPI's layers between the middleware stack and an
-endpoint (the exception middleware, its exit stacks, the router, the route's request/response
-wrappers) cost about 30 µs of CPU per turn, and Starlette's body and header readers another 8.
-`RouteShortcut` skips those layers for the routes it is given; the routes stay in the app, which
-documents them in OpenAPI and serves them the same way without the shortcut (a parity test
-sends the same requests both ways). `read_json_request` reads what FastAPI's parameter
-machinery would (owner, body, Idempotency-Key) and refuses what it would, with the same 422
-problems; `shortcut_openapi` documents by hand what it reads. OpenAI's `POST /v1/responses`
-takes the same way in.
-"""
+The turn is the request a chat service answers most, so its path is kept short: FastAPI's layers
+between the middleware stack and an endpoint (the exception middleware, its exit stacks, the
+router, the route's request/response wrappers) and Starlette's body and header readers cost a
+measurable share of a turn (docs/performance.md). `RouteShortcut` skips those layers for the
+routes it is given; the routes stay in the app, which documents them in OpenAPI and serves them
+the same way without the shortcut (a parity test sends the same requests both ways).
+`read_json_request` reads what FastAPI's parameter machinery would (owner, body, Idempotency-
+Key) and refuses what it would, with the same 422 problems; `shortcut_openapi` documents by hand
+what it reads. OpenAI's `POST /v1/responses` takes the same way in."""
 
 import re
 from collections.abc import Iterable
@@ -85,22 +83,22 @@ async def read_json_request(request: Request, model: type[M]) -> JsonRequest[M]:
 
 
 @dataclass(slots=True, frozen=True)
-class TurnRequest:
+class MessagePost:
     owner: str
     body: MessageCreate
     idempotency_key: str | None
     streamed: bool  # `"stream": true`, or `Accept: text/event-stream`
 
 
-async def read_turn_request(request: Request, *, max_chars: int) -> TurnRequest:
-    """The owner, body and key of a turn request. Raises UnauthorizedError, or RequestValidationError (422)."""
+async def read_message_post(request: Request, *, max_chars: int) -> MessagePost:
+    """The owner, body and key of a message post. Raises UnauthorizedError, or RequestValidationError (422)."""
     read = await read_json_request(request, MessageCreate)
     body = read.body
     if len(body.content) > max_chars:
         too_long = {"loc": ("body", "content"), "msg": f"String should have at most {max_chars} characters"}
         raise RequestValidationError([too_long | {"type": "string_too_long"}])
     streamed = body.stream or sse.MEDIA_TYPE in read.headers.get("accept", "")
-    return TurnRequest(read.owner, body, read.idempotency_key, streamed)
+    return MessagePost(read.owner, body, read.idempotency_key, streamed)
 
 
 class RouteShortcut:

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 
-from chatkeep.errors import ChatkeepError, InvalidInputError, Problem, UnauthorizedError
+from chatkeep.errors import ChatkeepError, Failure, InvalidInputError, UnauthorizedError
 from chatkeep.openai_compat.errors import error_code, is_openai_path, openai_error
 from chatkeep.request_context import current_request_id
 
@@ -62,7 +62,7 @@ def retry_after_header(seconds: float | None) -> dict[str, str] | None:
     return None if seconds is None else {"Retry-After": str(max(1, -int(-seconds // 1)))}
 
 
-def problem_body(error: Problem) -> dict[str, Any]:
+def problem_body(error: Failure) -> dict[str, Any]:
     """The problem details of one of chatkeep's errors, as a response body or an SSE `error` event."""
     body = {
         "type": PROBLEM_TYPE_BASE + error.slug,

@@ -21,7 +21,7 @@ from chatkeep.api.deps import (
     ServiceDep,
     service_of,
 )
-from chatkeep.api.fast_turn_route import TURN_OPENAPI, read_turn_request
+from chatkeep.api.fast_turn_route import TURN_OPENAPI, read_message_post
 from chatkeep.api.schemas import (
     ChatCreate,
     ChatList,
@@ -163,12 +163,12 @@ async def post_message(request: Request, chat_id: str) -> Response:
     LLM failed, only the reply to the stored question is run again. Each try may stream or not.
     """
     service = service_of(request)
-    turn = await read_turn_request(request, max_chars=service.settings.max_message_chars)
-    key = _key(turn.idempotency_key, f"POST /chats/{chat_id}/messages", turn.body, exclude={"stream"})
-    if turn.streamed:
-        events = await service.stream_message(turn.owner, chat_id, turn.body.content, key=key)
+    post = await read_message_post(request, max_chars=service.settings.max_message_chars)
+    key = _key(post.idempotency_key, f"POST /chats/{chat_id}/messages", post.body, exclude={"stream"})
+    if post.streamed:
+        events = await service.stream_message(post.owner, chat_id, post.body.content, key=key)
         return sse.EventStream(events.follow(), sse.turn_event)
-    return json_response(await service.post_message(turn.owner, chat_id, turn.body.content, key=key), status=201)
+    return json_response(await service.post_message(post.owner, chat_id, post.body.content, key=key), status=201)
 
 
 @router.get(

@@ -15,7 +15,8 @@ from chatkeep.errors import MessageNotFoundError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.openai_compat.items import item_from_message
 from chatkeep.service import ChatService
-from chatkeep.turns.engine import NewTurn, TurnOutcome
+from chatkeep.turns.engine import NewTurn
+from chatkeep.turns.events import TurnOutcome
 
 MAX_ITEMS_PER_REQUEST = 20
 

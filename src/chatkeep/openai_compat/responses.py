@@ -21,7 +21,7 @@ import orjson
 
 from chatkeep.context import message_tokens, prompt_from_messages
 from chatkeep.domain import MessageStatus, NewMessage, PageRequest, PromptMessage, StoredResponse, Usage, new_id, utcnow
-from chatkeep.errors import InvalidInputError, Problem, ResponseNotFoundError
+from chatkeep.errors import Failure, InvalidInputError, ResponseNotFoundError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm import Reply
 from chatkeep.llm.base import CallOptions
@@ -29,8 +29,8 @@ from chatkeep.openai_compat.conversations import items_page
 from chatkeep.openai_compat.items import item_from_message, stored_from_item
 from chatkeep.service import ChatService
 from chatkeep.turns.admission import Admitted
-from chatkeep.turns.engine import Chain, NewTurn, TurnOutcome, unstored
-from chatkeep.turns.events import TurnEvent
+from chatkeep.turns.engine import Chain, NewTurn, unstored
+from chatkeep.turns.events import TurnEvent, TurnOutcome
 
 Item = dict[str, Any]
 
@@ -118,7 +118,7 @@ def usage_object(usage: Usage | None) -> dict[str, Any] | None:
     }
 
 
-def failure_object(error: Problem) -> dict[str, str]:
+def failure_object(error: Failure) -> dict[str, str]:
     """A failed response's `error`, with the codes OpenAI's clients know."""
     code = "rate_limit_exceeded" if error.status == 429 else "server_error"
     return {"code": code, "message": f"{error.title}: {error.detail}"}

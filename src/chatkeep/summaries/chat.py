@@ -1,4 +1,4 @@
-"""SummaryKeeper: a chat's summary, kept up to date by folding new messages into the cached one.
+"""ChatSummaries: a chat's summary, kept up to date by folding new messages into the cached one.
 
 Exact counts come from the store on every call; the text is refreshed only when messages came
 since (or when asked to start over), once per chat at a time however many callers ask, in a
@@ -18,7 +18,7 @@ from chatkeep.summaries.summarizer import Summarizer
 log = logging.getLogger(__name__)
 
 
-class SummaryKeeper:
+class ChatSummaries:
     def __init__(self, store: ChatStore, summarizer: Summarizer, metrics: Metrics, *, budget: int) -> None:
         self._store = store
         self._summarizer = summarizer

@@ -31,18 +31,11 @@ from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore
 from chatkeep.summaries.rolling import RollingSummaries
 from chatkeep.turns.admission import Admitted
-from chatkeep.turns.events import TurnEvents
+from chatkeep.turns.events import TurnEvents, TurnOutcome
 from chatkeep.turns.queue import QueuedTurn
 from chatkeep.turns.running import RunningTurn, RunningTurns
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True, frozen=True)
-class TurnOutcome:
-    inputs: list[Message]  # stored before the reply (or, for a retried key, the stored question)
-    outputs: list[Message]  # the reply: a message, function calls, or both; none when no reply was asked
-    reply: Reply | None
 
 
 @dataclass(slots=True, frozen=True)

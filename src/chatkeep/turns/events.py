@@ -13,19 +13,26 @@ that are known, then always the final event; only one that saw "end" gets nothin
 import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from chatkeep.domain import Message, PageRequest, Role
-from chatkeep.errors import InvalidCursorError, MessageNotFoundError, Problem, ReplyNotFoundError
+from chatkeep.errors import Failure, InvalidCursorError, MessageNotFoundError, ReplyNotFoundError
+from chatkeep.llm.base import Reply
 from chatkeep.store import ChatStore
-
-if TYPE_CHECKING:  # the engine writes outcomes here; events only carry them
-    from chatkeep.turns.engine import TurnOutcome
 
 END_ID = "end"
 KEEPALIVE_SECONDS = 15.0
 
 EventKind = Literal["user_message", "delta", "assistant_message", "error"]
+
+
+@dataclass(slots=True, frozen=True)
+class TurnOutcome:
+    """What a turn stored: the messages it added, then its reply's, and the reply itself."""
+
+    inputs: list[Message]  # stored before the reply (or, for a retried key, the stored question)
+    outputs: list[Message]  # the reply: a message, function calls, or both; none when no reply was asked
+    reply: Reply | None
 
 
 @dataclass(slots=True)  # not frozen: a streamed reply makes one per delta, and frozen init is slow
@@ -34,8 +41,8 @@ class TurnEvent:
     kind: EventKind
     message: Message | None = None  # the user message, or the reply's first stored message
     text: str = ""  # a delta's
-    error: Problem | None = None
-    outcome: "TurnOutcome | None" = None  # the whole stored reply, on the final event of a turn run here
+    error: Failure | None = None
+    outcome: TurnOutcome | None = None  # the whole stored reply, on the final event of a turn run here
 
     @property
     def final(self) -> bool:
@@ -66,10 +73,10 @@ class TurnEvents:
     def delta(self, text: str) -> None:
         self.push(TurnEvent(str(len(self.events)), "delta", text=text))
 
-    def answered(self, outcome: "TurnOutcome") -> None:
+    def answered(self, outcome: TurnOutcome) -> None:
         self.push(TurnEvent(END_ID, "assistant_message", message=outcome.outputs[0], outcome=outcome))
 
-    def failed(self, error: Problem) -> None:
+    def failed(self, error: Failure) -> None:
         self.push(TurnEvent(END_ID, "error", error=error))
 
     def push(self, event: TurnEvent) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from chatkeep.errors import Problem
+from chatkeep.errors import Failure
 from chatkeep.store import ChatStore
 from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
 from chatkeep.turns.events import END_ID, KEEPALIVE_SECONDS, TurnEvent, TurnEvents, stored_end
@@ -41,7 +41,7 @@ STOP_ANSWER_SECONDS = 10.0  # how long a stop request waits for the turn's proce
 
 
 @dataclass(slots=True)
-class RelayedProblem:
+class RelayedFailure:
     """An error event from the process that ran the turn: enough to render its problem."""
 
     status: int
@@ -150,7 +150,7 @@ class TurnRelay:
         if kind == "delta":
             return TurnEvent(event_id, "delta", text=data)
         if kind == "error":
-            return TurnEvent(event_id, "error", error=RelayedProblem(**data))
+            return TurnEvent(event_id, "error", error=RelayedFailure(**data))
         return TurnEvent(event_id, kind, message=await self._store.get_message(owner, chat_id, data))
 
     def _received(self, raw: bytes) -> None:
@@ -249,7 +249,7 @@ def _encoded(event: TurnEvent) -> list[Any]:
     return [event.id, event.kind, event.message.id]
 
 
-def _problem_fields(error: Problem) -> dict[str, Any]:
+def _problem_fields(error: Failure) -> dict[str, Any]:
     return {
         "status": error.status,
         "title": error.title,

@@ -14,12 +14,9 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from chatkeep.turns.events import TurnEvents
-
-if TYPE_CHECKING:  # the engine writes outcomes here; the record only holds them
-    from chatkeep.turns.engine import TurnOutcome
+from chatkeep.turns.events import TurnEvents, TurnOutcome
 
 log = logging.getLogger(__name__)
 
