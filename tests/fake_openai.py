@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 MODEL = "fake-model"
 
@@ -176,5 +176,8 @@ class FakeOpenAI:
                 return response
             await response.write(data)
             await asyncio.sleep(answer.chunk_delay)
-        await response.write_eof()
+        try:
+            await response.write_eof()
+        except ClientConnectionResetError:  # the client left after the last chunk
+            self.abandoned += 1
         return response

@@ -229,11 +229,12 @@ class _Follower:
         return int(event_id) > int(self.last_id)
 
     def is_next(self, event_id: str, last: int | None) -> bool:
-        """Whether `event_id` follows on from what this follower has, with nothing missing between."""
-        have = int(self.last_id) if self.last_id is not None and self.last_id.isdigit() else None
+        """Whether `event_id` follows on from what this follower has, with nothing missing between
+        (a follower that has nothing yet starts at the user message, "0")."""
+        have = int(self.last_id) if self.last_id is not None and self.last_id.isdigit() else -1
         if event_id == END_ID:
-            return last is None or have is None or have >= last
-        return have is None or int(event_id) == have + 1
+            return last is None or have >= last
+        return int(event_id) == have + 1
 
     def saw(self, event_id: str) -> None:
         self.last_id = event_id
