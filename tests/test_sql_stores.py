@@ -21,8 +21,9 @@ import pytest
 
 from chatkeep.domain import ChatChanges, KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
-from chatkeep.store import ChatStore, open_store, postgres, sqlite
-from chatkeep.store.migrations import Migration, pending
+from chatkeep.store import ChatStore, open_store
+from chatkeep.store.sql import postgres, sqlite
+from chatkeep.store.sql.migrations import Migration, pending
 from chatkeep.store.urls import pool_options, sqlite_location
 from tests.stores import SQL_STORES, applied_migrations, execute_sql, fresh_database, open_sql_store
 

@@ -7,11 +7,11 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 import asyncpg
 
 from chatkeep.errors import StoreUnavailableError
-from chatkeep.store.base import ChatStore
-from chatkeep.store.leases import LEASE_SECONDS
-from chatkeep.store.memory import MemoryStore
-from chatkeep.store.postgres import PostgresStore, open_postgres_store
-from chatkeep.store.sqlite import SqliteStore, open_sqlite_store
+from chatkeep.store.memory.store import MemoryStore
+from chatkeep.store.protocols import ChatStore
+from chatkeep.store.sql.postgres import PostgresStore, open_postgres_store
+from chatkeep.store.sql.sqlite import SqliteStore, open_sqlite_store
+from chatkeep.store.sql.tickets import LEASE_SECONDS
 from chatkeep.store.urls import POSTGRES_SCHEMES, check_store_url, redacted
 
 __all__ = ["ChatStore", "MemoryStore", "PostgresStore", "SqliteStore", "open_store"]

@@ -39,9 +39,9 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError
-from chatkeep.store.base import Broadcast
-from chatkeep.store.message_rows import MessageRows, moment, now_us, stored_message
+from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, stored_message
 from chatkeep.store.paging import KeyRange, key_range, page_rows
+from chatkeep.store.protocols import Broadcast
 
 T = TypeVar("T")
 

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Self
 
-from chatkeep.store.migrations import MIGRATIONS_TABLE
 from chatkeep.store.paging import KeyRange
-from chatkeep.store.rows import (
+from chatkeep.store.sql.migrations import MIGRATIONS_TABLE
+from chatkeep.store.sql.rows import (
     CHAT_COLUMNS,
     JOINED_MESSAGE_COLUMNS,
     JOINED_SUMMARY_COLUMNS,

@@ -1,7 +1,7 @@
 """The SQL stores' in-memory tails of chats (tails.py): what proves one current, what it answers."""
 
 from chatkeep.domain import Message, Role, utcnow
-from chatkeep.store.tails import Tails
+from chatkeep.store.sql.recent import Tails
 
 OWNER = "alice"
 CHAT = "chat_1"

@@ -53,20 +53,11 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError, StoreUnavailableError, TurnLapsedError
-from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
-from chatkeep.store.leases import (
-    LAPSED_DETAIL,
-    LEASE_SECONDS,
-    Leases,
-    Opened,
-    Opening,
-    TicketState,
-    opening_of,
-    state_of,
-)
-from chatkeep.store.migrations import Migration, check_schema
 from chatkeep.store.paging import KeyRange, key_range, page_rows
-from chatkeep.store.rows import (
+from chatkeep.store.protocols import MAX_BROADCAST_BYTES, Broadcast
+from chatkeep.store.sql.migrations import Migration, check_schema
+from chatkeep.store.sql.recent import Tails
+from chatkeep.store.sql.rows import (
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
     chat_from_row,
@@ -83,9 +74,18 @@ from chatkeep.store.rows import (
     to_json,
     update_chat_values,
 )
-from chatkeep.store.schema import migrate, migrations_in
-from chatkeep.store.sql import Dialect, Statements, paged
-from chatkeep.store.tails import Tails
+from chatkeep.store.sql.schema import migrate, migrations_in
+from chatkeep.store.sql.statements import Dialect, Statements, paged
+from chatkeep.store.sql.tickets import (
+    LAPSED_DETAIL,
+    LEASE_SECONDS,
+    Leases,
+    Opened,
+    Opening,
+    TicketState,
+    opening_of,
+    state_of,
+)
 from chatkeep.store.urls import pool_options
 
 log = logging.getLogger(__name__)

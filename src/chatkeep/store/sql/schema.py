@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from chatkeep.store.migrations import Migration, pending
-from chatkeep.store.rows import Row
-from chatkeep.store.sql import Dialect, Statements, spelled
+from chatkeep.store.sql.migrations import Migration, pending
+from chatkeep.store.sql.rows import Row
+from chatkeep.store.sql.statements import Dialect, Statements, spelled
 
 log = logging.getLogger(__name__)
 
