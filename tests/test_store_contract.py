@@ -10,13 +10,13 @@ import pytest
 from chatkeep.domain import (
     DELETED_ITEM,
     ChatChanges,
-    ContextSummary,
     IdempotencyRecord,
     KeyClaim,
     KeyState,
     NewMessage,
     PageRequest,
     Role,
+    RollingSummary,
     StoredResponse,
     SummaryText,
     Usage,
@@ -192,36 +192,36 @@ async def test_stats_count_exactly(store: ChatStore) -> None:
     assert stats.last_seq == 3
 
 
-async def test_one_fold_at_a_time_and_the_rolling_summary_only_moves_forward(store: ChatStore) -> None:
+async def test_one_rolling_summary_at_a_time_and_it_only_moves_forward(store: ChatStore) -> None:
     chat_id = await new_chat(store)
-    assert await store.get_context_summary(ALICE, chat_id) is None
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=60)
-    assert not await store.claim_fold(ALICE, chat_id, hold_seconds=60)  # held
-    await store.end_fold(ALICE, chat_id, ContextSummary("up to four", 4))
-    assert await store.get_context_summary(ALICE, chat_id) == ContextSummary("up to four", 4)
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=60)  # let go
-    await store.end_fold(ALICE, chat_id, ContextSummary("up to two", 2))  # older: not kept, but let go
-    assert await store.get_context_summary(ALICE, chat_id) == ContextSummary("up to four", 4)
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=60)
-    await store.end_fold(ALICE, chat_id, None)
-    assert await store.get_context_summary(ALICE, chat_id) == ContextSummary("up to four", 4)
+    assert await store.get_rolling_summary(ALICE, chat_id) is None
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)
+    assert not await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)  # held
+    await store.end_rolling_summary(ALICE, chat_id, RollingSummary("up to four", 4))
+    assert await store.get_rolling_summary(ALICE, chat_id) == RollingSummary("up to four", 4)
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)  # let go
+    await store.end_rolling_summary(ALICE, chat_id, RollingSummary("up to two", 2))  # older: not kept, but let go
+    assert await store.get_rolling_summary(ALICE, chat_id) == RollingSummary("up to four", 4)
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)
+    await store.end_rolling_summary(ALICE, chat_id, None)
+    assert await store.get_rolling_summary(ALICE, chat_id) == RollingSummary("up to four", 4)
 
 
-async def test_a_fold_hold_lapses_and_belongs_to_its_owner(store: ChatStore) -> None:
+async def test_a_rolling_summary_hold_lapses_and_belongs_to_its_owner(store: ChatStore) -> None:
     chat_id = await new_chat(store)
-    assert not await store.claim_fold(BOB, chat_id, hold_seconds=60)
-    assert not await store.claim_fold(ALICE, "chat_missing", hold_seconds=60)
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=0.05)
-    await store.end_fold(BOB, chat_id, ContextSummary("not bob's", 9))  # no effect
+    assert not await store.claim_rolling_summary(BOB, chat_id, hold_seconds=60)
+    assert not await store.claim_rolling_summary(ALICE, "chat_missing", hold_seconds=60)
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=0.05)
+    await store.end_rolling_summary(BOB, chat_id, RollingSummary("not bob's", 9))  # no effect
     await asyncio.sleep(0.1)
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=60)  # its holder died: the hold lapsed
-    assert await store.get_context_summary(ALICE, chat_id) is None
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)  # its holder died: the hold lapsed
+    assert await store.get_rolling_summary(ALICE, chat_id) is None
     with pytest.raises(ChatNotFoundError):
-        await store.get_context_summary(BOB, chat_id)
-    await store.end_fold(ALICE, chat_id, ContextSummary("s", 2))
+        await store.get_rolling_summary(BOB, chat_id)
+    await store.end_rolling_summary(ALICE, chat_id, RollingSummary("s", 2))
     await store.delete_chat(ALICE, chat_id)
     with pytest.raises(ChatNotFoundError):
-        await store.get_context_summary(ALICE, chat_id)
+        await store.get_rolling_summary(ALICE, chat_id)
 
 
 async def test_a_summary_never_goes_back_to_fewer_messages(store: ChatStore) -> None:

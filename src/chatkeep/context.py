@@ -9,7 +9,7 @@ estimate errs on the generous side so the budget is kept.
 
 from dataclasses import dataclass
 
-from chatkeep.domain import ContextSummary, Message, PromptMessage
+from chatkeep.domain import Message, PromptMessage, RollingSummary
 from chatkeep.items import prompt_from_messages
 from chatkeep.store import ChatStore
 
@@ -71,7 +71,7 @@ async def build_context(
     fits = not newest_first or newest_first[-1].seq == 1
     if fold_at is None or (fits and room >= (1 - fold_at) * available):
         return Context(_prompt(system_prompt, newest_first))
-    summary = await store.get_context_summary(owner, chat_id)
+    summary = await store.get_rolling_summary(owner, chat_id)
     window, fold_wanted = _unfolded_window(newest_first, summary, available, fold_at)
     if fits:  # crowded but whole: sent verbatim, while the fold makes room for what comes next
         return Context(_prompt(system_prompt, newest_first), fold_wanted)
@@ -105,7 +105,7 @@ async def _newest_that_fit(
 
 
 def _unfolded_window(
-    newest_first: list[Message], summary: ContextSummary | None, available: int, fold_at: float
+    newest_first: list[Message], summary: RollingSummary | None, available: int, fold_at: float
 ) -> tuple[list[Message], bool]:
     """The newest messages after what the rolling summary covers that fit beside it, newest
     first, and whether a fold is wanted: they take more than `fold_at` of the budget, or no
@@ -123,7 +123,7 @@ def _unfolded_window(
     return window, behind or room < (1 - fold_at) * available
 
 
-def summary_note(summary: ContextSummary) -> str:
+def summary_note(summary: RollingSummary) -> str:
     """The rolling summary as the model reads it, before the messages that follow it."""
     return f"Summary of the earlier conversation (its first {summary.up_to_seq} messages, not shown):\n{summary.text}"
 

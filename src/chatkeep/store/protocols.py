@@ -13,7 +13,6 @@ from typing import Protocol
 from chatkeep.domain import (
     Chat,
     ChatChanges,
-    ContextSummary,
     KeyClaim,
     KeyState,
     Message,
@@ -21,6 +20,7 @@ from chatkeep.domain import (
     NewMessage,
     Page,
     PageRequest,
+    RollingSummary,
     StoredResponse,
     SummaryText,
 )
@@ -152,17 +152,17 @@ class ChatStore(Protocol):
         """Cache `summary` unless the cached one already covers more messages. Raises ChatNotFoundError."""
         ...
 
-    async def get_context_summary(self, owner: str, chat_id: str) -> ContextSummary | None:
+    async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
         """The chat's rolling summary (folds.py), or None. Raises ChatNotFoundError."""
         ...
 
-    async def claim_fold(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+    async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
         """Hold the chat's fold for `hold_seconds` unless someone else holds it: True when the caller
         now does. One fold per chat at a time, across every process sharing the store; a holder
         that dies lets go when its hold lapses. False for a chat that is gone."""
         ...
 
-    async def end_fold(self, owner: str, chat_id: str, summary: ContextSummary | None) -> None:
+    async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
         """Let go of the chat's fold, keeping `summary` (when given) unless the kept one covers as much."""
         ...
 

@@ -23,7 +23,6 @@ from chatkeep.domain import (
     DELETED_ITEM,
     Chat,
     ChatChanges,
-    ContextSummary,
     IdempotencyRecord,
     KeyClaim,
     KeyState,
@@ -33,6 +32,7 @@ from chatkeep.domain import (
     Page,
     PageRequest,
     Role,
+    RollingSummary,
     StoredResponse,
     SummaryText,
     new_id,
@@ -61,8 +61,8 @@ class _ChatRecord:
     user_count: int = 0
     summary: SummaryText | None = None
     named: dict[str, int] | None = None  # seqs of the messages whose ids the caller chose
-    context_summary: ContextSummary | None = None
-    folding_until: float = 0.0  # the monotonic time a fold's hold lapses
+    rolling_summary: RollingSummary | None = None
+    summarizing_until: float = 0.0  # the monotonic time the rolling summary's hold lapses
 
     def seq_of(self, message_id: str) -> int | None:
         """The seq of the chat's message `message_id`, which ends with it (see
@@ -259,25 +259,25 @@ class MemoryStore:
         if record.summary is None or record.summary.up_to_seq <= summary.up_to_seq:
             record.summary = summary
 
-    async def get_context_summary(self, owner: str, chat_id: str) -> ContextSummary | None:
-        return self._record(owner, chat_id).context_summary
+    async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
+        return self._record(owner, chat_id).rolling_summary
 
-    async def claim_fold(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+    async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
         record = self._chats.get(chat_id)
         now = time.monotonic()
-        if record is None or record.owner != owner or record.folding_until > now:
+        if record is None or record.owner != owner or record.summarizing_until > now:
             return False
-        record.folding_until = now + hold_seconds
+        record.summarizing_until = now + hold_seconds
         return True
 
-    async def end_fold(self, owner: str, chat_id: str, summary: ContextSummary | None) -> None:
+    async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
         record = self._chats.get(chat_id)
         if record is None or record.owner != owner:
             return
-        record.folding_until = 0.0
-        kept = record.context_summary
+        record.summarizing_until = 0.0
+        kept = record.rolling_summary
         if summary is not None and (kept is None or kept.up_to_seq < summary.up_to_seq):
-            record.context_summary = summary
+            record.rolling_summary = summary
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         record = self._record(owner, chat_id)

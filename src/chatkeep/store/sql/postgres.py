@@ -37,7 +37,6 @@ from chatkeep.domain import (
     DELETED_ITEM,
     Chat,
     ChatChanges,
-    ContextSummary,
     KeyClaim,
     KeyState,
     Message,
@@ -47,6 +46,7 @@ from chatkeep.domain import (
     Page,
     PageRequest,
     Role,
+    RollingSummary,
     StoredResponse,
     SummaryText,
     new_id,
@@ -512,21 +512,21 @@ class PostgresStore:
         if saved is None:
             await self.get_chat(owner, chat_id)  # not saved: the chat is missing, or its cached summary covers more
 
-    async def get_context_summary(self, owner: str, chat_id: str) -> ContextSummary | None:
-        row = await self._pool.fetchrow(SQL.select_context_summary, chat_id, owner)
+    async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
+        row = await self._pool.fetchrow(SQL.select_rolling_summary, chat_id, owner)
         if row is None:
             raise _no_chat(chat_id)
-        return None if row[0] is None else ContextSummary(row[0], row[1])
+        return None if row[0] is None else RollingSummary(row[0], row[1])
 
-    async def claim_fold(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+    async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
         try:
-            return bool(await self._pool.fetchval(SQL.claim_fold, chat_id, owner, hold_seconds))
+            return bool(await self._pool.fetchval(SQL.claim_rolling_summary, chat_id, owner, hold_seconds))
         except asyncpg.ForeignKeyViolationError:  # the chat was deleted meanwhile
             return False
 
-    async def end_fold(self, owner: str, chat_id: str, summary: ContextSummary | None) -> None:
+    async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
         text, up_to_seq = (summary.text, summary.up_to_seq) if summary is not None else ("", 0)
-        await self._pool.execute(SQL.end_fold, chat_id, owner, up_to_seq, text)
+        await self._pool.execute(SQL.end_rolling_summary, chat_id, owner, up_to_seq, text)
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         row = await self._pool.fetchrow(SQL.select_message, chat_id, owner, message_id)

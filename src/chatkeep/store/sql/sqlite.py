@@ -33,7 +33,6 @@ from chatkeep.domain import (
     DELETED_ITEM,
     Chat,
     ChatChanges,
-    ContextSummary,
     KeyClaim,
     KeyState,
     Message,
@@ -42,6 +41,7 @@ from chatkeep.domain import (
     Page,
     PageRequest,
     Role,
+    RollingSummary,
     StoredResponse,
     SummaryText,
     new_id,
@@ -312,11 +312,11 @@ def _save_summary(db: sqlite3.Connection, owner: str, chat_id: str, values: Sequ
         _chat_row(db, owner, chat_id)  # not saved: the chat is missing, or its cached summary covers more
 
 
-def _context_summary(db: sqlite3.Connection, owner: str, chat_id: str) -> ContextSummary | None:
-    row = db.execute(SQL.select_context_summary, (chat_id, owner)).fetchone()
+def _rolling_summary(db: sqlite3.Connection, owner: str, chat_id: str) -> RollingSummary | None:
+    row = db.execute(SQL.select_rolling_summary, (chat_id, owner)).fetchone()
     if row is None:
         raise ChatNotFoundError(f"no chat {chat_id!r}")
-    return None if row[0] is None else ContextSummary(row[0], row[1])
+    return None if row[0] is None else RollingSummary(row[0], row[1])
 
 
 def _message(db: sqlite3.Connection, owner: str, chat_id: str, message_id: str) -> Message:
@@ -460,16 +460,16 @@ class SqliteStore:
         values = (summary.summary, to_json(summary.highlights), summary.up_to_seq, _micros(summary.created_at))
         await self._thread.run(_save_summary, owner, chat_id, values)
 
-    async def get_context_summary(self, owner: str, chat_id: str) -> ContextSummary | None:
-        return await self._thread.run(_context_summary, owner, chat_id)
+    async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
+        return await self._thread.run(_rolling_summary, owner, chat_id)
 
-    async def claim_fold(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
-        rows = await self._thread.fetch(SQL.claim_fold, chat_id, owner, hold_seconds)
+    async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+        rows = await self._thread.fetch(SQL.claim_rolling_summary, chat_id, owner, hold_seconds)
         return bool(rows)
 
-    async def end_fold(self, owner: str, chat_id: str, summary: ContextSummary | None) -> None:
+    async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
         text, up_to_seq = (summary.text, summary.up_to_seq) if summary is not None else ("", 0)
-        await self._thread.execute(SQL.end_fold, chat_id, owner, up_to_seq, text)
+        await self._thread.execute(SQL.end_rolling_summary, chat_id, owner, up_to_seq, text)
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         return await self._thread.run(_message, owner, chat_id, message_id)

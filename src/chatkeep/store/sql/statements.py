@@ -110,15 +110,15 @@ class Statements:
     WHERE summaries.up_to_seq <= excluded.up_to_seq
     RETURNING true"""
     # A row of NULLs: no rolling summary yet; no row: no chat.
-    select_context_summary: str = """SELECT s.summary, s.up_to_seq FROM chats c
+    select_rolling_summary: str = """SELECT s.summary, s.up_to_seq FROM chats c
     LEFT JOIN context_summaries s ON s.chat_id = c.id AND s.up_to_seq > 0 WHERE c.id = $1 AND c.owner = $2"""
     # A row back when the caller now holds the fold; none when another does or the chat is gone.
-    claim_fold: str = """INSERT INTO context_summaries (chat_id, summary, up_to_seq, folding_until)
+    claim_rolling_summary: str = """INSERT INTO context_summaries (chat_id, summary, up_to_seq, folding_until)
     SELECT id, '', 0, {now} + $3 * {second} FROM chats WHERE id = $1 AND owner = $2
     ON CONFLICT (chat_id) DO UPDATE SET folding_until = excluded.folding_until
     WHERE context_summaries.folding_until IS NULL OR context_summaries.folding_until <= {now}
     RETURNING true"""
-    end_fold: str = """UPDATE context_summaries SET folding_until = NULL,
+    end_rolling_summary: str = """UPDATE context_summaries SET folding_until = NULL,
         summary = CASE WHEN up_to_seq < $3 THEN $4 ELSE summary END,
         up_to_seq = CASE WHEN up_to_seq < $3 THEN $3 ELSE up_to_seq END
     WHERE chat_id = $1 AND chat_id IN (SELECT id FROM chats WHERE id = $1 AND owner = $2)"""
