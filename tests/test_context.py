@@ -9,7 +9,7 @@ import httpx
 from chatkeep.config import DEFAULT_SYSTEM_PROMPT
 from chatkeep.context import MESSAGE_OVERHEAD_TOKENS, build_context, estimate_tokens
 from chatkeep.domain import Message, NewMessage, Role, RollingSummary
-from chatkeep.store import MemoryStore
+from chatkeep.store import MemoryStore, TurnTicket
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI
 
@@ -131,7 +131,7 @@ class CountingStore(MemoryStore):
         limit: int,
         before_seq: int | None = None,
         after_seq: int = 0,
-        ticket: int | None = None,
+        ticket: TurnTicket | None = None,
     ) -> list[Message]:
         window = await super().recent_messages(owner, chat_id, limit=limit, before_seq=before_seq, after_seq=after_seq)
         self.read += len(window)

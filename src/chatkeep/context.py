@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from chatkeep.domain import Message, PromptMessage, RollingSummary
 from chatkeep.items import prompt_from_messages
-from chatkeep.store import ChatStore
+from chatkeep.store import ChatStore, TurnTicket
 
 # Chat Completions frames every message with a few tokens (role, separators): OpenAI's cookbook
 # counts 3 per message plus the reply primer; 4 is a safe round figure.
@@ -52,7 +52,7 @@ async def build_context(
     budget: int,
     reply_tokens: int = 0,
     fold_at: float | None = None,
-    ticket: int | None = None,
+    ticket: TurnTicket | None = None,
 ) -> Context:
     """The prompt for the chat's next reply, oldest first, within `budget` tokens with room for
     `reply_tokens` of reply.
@@ -79,7 +79,7 @@ async def build_context(
 
 
 async def _newest_that_fit(
-    store: ChatStore, owner: str, chat_id: str, budget: int, ticket: int | None
+    store: ChatStore, owner: str, chat_id: str, budget: int, ticket: TurnTicket | None
 ) -> tuple[list[Message], int]:
     """The chat's newest messages that fit `budget`, newest first (the newest at least), and
     the tokens left."""

@@ -29,7 +29,7 @@ from chatkeep.idempotency import HeldKey
 from chatkeep.llm import LLM, Reply
 from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.metrics import Metrics
-from chatkeep.store import ChatStore
+from chatkeep.store import ChatStore, TurnTicket
 from chatkeep.turns import TurnSlot
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class TurnRequest:
     instructions: str | None = None  # replaces the chat's system prompt for this turn
     watcher: TurnWatcher | None = None
     reply_id: str | None = None  # the id the reply's text is stored under, when announced beforehand
-    ticket: int | None = None  # the store's hold on the chat's turn, which fences its appends
+    ticket: TurnTicket | None = None  # the store's hold on the chat's turn, which fences its appends
 
 
 @dataclass(slots=True, eq=False)
@@ -162,11 +162,12 @@ class TurnEngine:
         owner, chat_id, key = request.owner, request.chat.id, request.key
         if key.retry_of is not None:
             return await self._retried(request, key.retry_of)
-        content = _question_of(request)
-        if content is not None:
-            # The native turn's path: one user message, stored with the ticket on the SQL stores
-            # when the chat's line was empty, else in one round trip.
-            question, chat_prompt = await self._store.append_question(owner, chat_id, content, ticket=request.ticket)
+        content, ticket = _question_of(request), request.ticket
+        if ticket is not None and ticket.question is not None:  # stored as the turn was granted
+            inputs, chat_prompt = [ticket.question], ticket.system_prompt
+        elif content is not None:
+            # The native turn's path when the chat's line was not empty: one user message, one round trip.
+            question, chat_prompt = await self._store.append_question(owner, chat_id, content, ticket=ticket)
             inputs = [question]
         else:
             inputs, chat_prompt = await self._store.append_messages(
@@ -233,9 +234,9 @@ class TurnEngine:
         owner, chat_id, ticket = request.owner, request.chat.id, request.ticket
         replies = reply_messages(reply, request.reply_id)
         if len(replies) == 1:
-            outputs = [await self._store.append_message(owner, chat_id, replies[0], ticket=ticket, hand_on=True)]
+            outputs = [await self._store.append_message(owner, chat_id, replies[0], ticket=ticket, ends_turn=True)]
         else:
-            outputs, _ = await self._store.append_messages(owner, chat_id, replies, ticket=ticket)
+            outputs, _ = await self._store.append_messages(owner, chat_id, replies, ticket=ticket, ends_turn=True)
         outcome = TurnOutcome(inputs, outputs, reply)
         request.key.succeeded(lambda: request.replay(outcome))
         if request.watcher is not None:
@@ -311,7 +312,7 @@ class HeldTurn:
     def __init__(
         self,
         slot: TurnSlot,
-        lease: AbstractAsyncContextManager[int | None],
+        lease: AbstractAsyncContextManager[TurnTicket],
         metrics: Metrics,
         request: TurnRequest,
     ) -> None:

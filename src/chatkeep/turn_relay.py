@@ -27,8 +27,7 @@ import orjson
 
 from chatkeep.errors import Problem
 from chatkeep.feed import KEEPALIVE_SECONDS
-from chatkeep.store import ChatStore
-from chatkeep.store.protocols import MAX_BROADCAST_BYTES, Broadcast
+from chatkeep.store import MAX_BROADCAST_BYTES, Broadcast, ChatStore
 from chatkeep.turn_streams import END_ID, TurnEvent, TurnLog, TurnStreams
 
 log = logging.getLogger(__name__)

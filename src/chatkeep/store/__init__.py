@@ -1,4 +1,9 @@
-"""State behind one protocol: `ChatStore`, and `open_store(url)` that picks the backend."""
+"""State behind one contract: `ChatStore` (protocols.py), and `open_store(url)` that picks the backend.
+
+The memory store (memory/) is the specification and the default; the SQL stores (sql/) are one
+`SqlStore` over a driver for SQLite or PostgreSQL. Callers import from here, so where a backend
+lives can change without them.
+"""
 
 import sqlite3
 from collections.abc import AsyncIterator
@@ -7,14 +12,42 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 import asyncpg
 
 from chatkeep.errors import StoreUnavailableError
-from chatkeep.store.memory.store import MemoryStore
-from chatkeep.store.protocols import ChatStore
-from chatkeep.store.sql.postgres import PostgresStore, open_postgres_store
-from chatkeep.store.sql.sqlite import SqliteStore, open_sqlite_store
+from chatkeep.store.memory import MemoryStore
+from chatkeep.store.protocols import (
+    MAX_BROADCAST_BYTES,
+    Broadcast,
+    Chats,
+    ChatStore,
+    IdempotencyKeyStore,
+    MessageLog,
+    RateSlots,
+    ResponseStore,
+    Summaries,
+    TurnTicket,
+    TurnTickets,
+)
+from chatkeep.store.sql.base import SqlStore
+from chatkeep.store.sql.postgres import open_postgres_store
+from chatkeep.store.sql.sqlite import open_sqlite_store
 from chatkeep.store.sql.tickets import LEASE_SECONDS
 from chatkeep.store.urls import POSTGRES_SCHEMES, check_store_url, redacted
 
-__all__ = ["ChatStore", "MemoryStore", "PostgresStore", "SqliteStore", "open_store"]
+__all__ = [
+    "MAX_BROADCAST_BYTES",
+    "Broadcast",
+    "ChatStore",
+    "Chats",
+    "IdempotencyKeyStore",
+    "MemoryStore",
+    "MessageLog",
+    "RateSlots",
+    "ResponseStore",
+    "SqlStore",
+    "Summaries",
+    "TurnTicket",
+    "TurnTickets",
+    "open_store",
+]
 
 
 # How opening a store fails when the database is not there to open: unreachable, refused,

@@ -1,12 +1,20 @@
-"""The storage contract every backend meets; `MemoryStore` is its executable specification.
+"""The storage contract, one small protocol per concern, and `ChatStore`, their union.
 
-Every method takes the owner first: a chat of another owner is indistinguishable from a missing
-one (`ChatNotFoundError`), so isolation cannot be forgotten by a caller. Text handed to a store
-holds no NUL characters (PostgreSQL's `text` cannot store them; the API refuses them).
+A part of the service that needs only one concern can say so in its signature (the context
+builder reads a `MessageLog`, the rate limiter takes `RateSlots`), so what it may touch is plain
+from there. Every backend implements the whole union, and `MemoryStore` is its executable
+specification. Each method's contract (what it raises, its ordering, its idempotence) is stated
+here, once; implementations do not repeat it.
+
+Every method that touches a chat takes the owner first, and a chat of another owner is
+indistinguishable from a missing one (`ChatNotFoundError`), so isolation cannot be forgotten by
+a caller. Text handed to a store holds no NUL characters (PostgreSQL's `text` cannot store them;
+the API refuses them).
 """
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -25,19 +33,31 @@ from chatkeep.domain import (
     SummaryText,
 )
 
+MAX_BROADCAST_BYTES = 7000  # under PostgreSQL's NOTIFY payload limit of 8000 bytes
 
-class ChatStore(Protocol):
-    async def check_ready(self) -> None:
-        """Return once the store answers with its schema up to date; raise StoreUnavailableError otherwise.
 
-        Cheap (one round trip at most): readiness probes call it every few seconds.
-        """
-        ...
+@dataclass(slots=True, frozen=True)
+class TurnTicket:
+    """The hold on a chat's turn: its number fences the turn's appends; `question` is the
+    user message stored as the turn was granted (asked for with `question=`, and the chat idle)."""
 
+    number: int
+    question: Message | None = None
+    system_prompt: str | None = None  # the chat's, as it was when `question` was stored
+
+
+class Chats(Protocol):
     async def create_chat(
-        self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
+        self,
+        owner: str,
+        *,
+        title: str | None,
+        metadata: dict[str, str],
+        system_prompt: str | None,
+        messages: Sequence[NewMessage] = (),
     ) -> Chat:
-        """Create and return an empty chat with a fresh random id."""
+        """Create a chat with a fresh random id and its first `messages` (seqs 1 to n, so
+        `message_count` n) in one atomic write: when it fails, nothing at all is stored."""
         ...
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
@@ -56,61 +76,64 @@ class ChatStore(Protocol):
         ...
 
     async def delete_chat(self, owner: str, chat_id: str) -> None:
-        """Delete the chat with its messages and summary. Raises ChatNotFoundError."""
-        ...
+        """Delete the chat with its messages, summaries and turn tickets. Raises ChatNotFoundError.
 
-    def turn_lease(
-        self, owner: str, chat_id: str, *, question: str | None = None
-    ) -> AbstractAsyncContextManager[int | None]:
-        """Hold the chat's turn against every other process sharing this store, for the block.
-
-        The service's in-process `TurnQueue` already orders one process's turns; this orders
-        processes, in request order. No database connection or transaction stays open while it is
-        held (the LLM is called under it), and a holder that dies releases it after a bounded time
-        (the lease). It yields the turn's ticket, which the turn's appends carry so that a holder
-        that stalled past its lease cannot write once another process has the turn; a store only
-        one process can use has nothing to do here and yields None. A store that queues on the
-        chat's row (the SQL stores) raises ChatNotFoundError on entry when the owner has no such
-        chat, also when the chat is deleted while the turn waits.
-
-        `question` is the user message a turn that stores one first will store: a store may store
-        it as it grants the turn (one round trip for both), and the turn's `append_question`
-        with the ticket then answers that message instead of storing it again.
+        A turn waiting for the chat then raises ChatNotFoundError, and so do the appends of the
+        turn holding it.
         """
         ...
 
+
+class MessageLog(Protocol):
     async def append_message(
-        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
+        self,
+        owner: str,
+        chat_id: str,
+        message: NewMessage,
+        *,
+        ticket: TurnTicket | None = None,
+        ends_turn: bool = False,
     ) -> Message:
-        """Store `message` with the chat's next `seq` (gap-free, from 1), durably before returning.
+        """Store `message` with the chat's next `seq` (gap-free, from 1), durably before returning;
+        its `created_at` is the moment it is stored, so it never goes backwards within a turn's chat.
 
         Concurrent appends to one chat get distinct consecutive seqs. With a `ticket` (from
-        `turn_lease`), the append happens only while that ticket still holds the chat's turn, else
-        raises TurnLapsedError and stores nothing. With `hand_on` too, this is the turn's last
-        write: the ticket is returned with it, so the next turn in line, in any process, may start
-        before the lease's block ends (which then has nothing left to return). Raises
-        ChatNotFoundError.
+        `turn_lease`), the message is stored only while that ticket heads the chat, else this
+        raises TurnLapsedError and stores nothing (the ticket was given back, or it lapsed while
+        its process stalled). With `ends_turn` too, this is the turn's last write: the ticket is
+        given back with it, so the next turn in line, in any process, may start once the call
+        returns, and the lease's block has nothing left to give back. Raises ChatNotFoundError.
         """
         ...
 
     async def append_messages(
-        self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
+        self,
+        owner: str,
+        chat_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        ticket: TurnTicket | None = None,
+        ends_turn: bool = False,
     ) -> tuple[list[Message], str | None]:
         """Append `messages` (at least one) in order, with consecutive seqs, all or none, as
-        `append_message` does one; and tell the chat's system prompt as it is at that moment."""
+        `append_message` does one (`ticket` and `ends_turn` alike); and tell the chat's system
+        prompt as it is at that moment."""
         ...
 
     async def append_question(
-        self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
+        self, owner: str, chat_id: str, content: str, *, ticket: TurnTicket | None = None
     ) -> tuple[Message, str | None]:
         """Append a user message as `append_message` does, and tell the chat's system prompt as it
-        is at that moment (the turn's context needs it; the append reads the chat anyway)."""
+        is at that moment (the turn's context needs it; the append reads the chat anyway).
+
+        A turn whose ticket came with its question stored (`TurnTicket.question`) does not call this.
+        """
         ...
 
     async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
         """Empty a message and mark it deleted (`DELETED_ITEM`), keeping its seq: seqs stay gap-free.
 
-        Raises ChatNotFoundError or MessageNotFoundError.
+        Idempotent. Raises ChatNotFoundError or MessageNotFoundError.
         """
         ...
 
@@ -129,20 +152,54 @@ class ChatStore(Protocol):
         limit: int,
         before_seq: int | None = None,
         after_seq: int = 0,
-        ticket: int | None = None,
+        ticket: TurnTicket | None = None,
     ) -> list[Message]:
         """Up to `limit` messages with after_seq < seq < before_seq, newest first.
 
-        Costs O(limit), not O(history): the context builder walks back from the newest message with it.
-        The turn holding `ticket` (from `turn_lease`) passes it to read its context: a store may
-        then answer from the newest messages it keeps in memory, which that turn's own appends
-        proved current (the SQL stores' `Tails`). Raises ChatNotFoundError.
+        Costs O(limit), not O(history): the context builder walks back from the newest message with
+        it. The turn holding `ticket` passes it to read its context: a store may then answer from
+        the newest messages it keeps in memory, which that turn's own appends proved current.
+        Raises ChatNotFoundError.
         """
         ...
 
     async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
         """Exact counts and first/last timestamps of the chat's messages. Raises ChatNotFoundError."""
         ...
+
+    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
+        """One message of the chat. Raises ChatNotFoundError, or MessageNotFoundError."""
+        ...
+
+
+class TurnTickets(Protocol):
+    def turn_lease(
+        self, owner: str, chat_id: str, *, question: str | None = None
+    ) -> AbstractAsyncContextManager[TurnTicket]:
+        """Hold the chat's turn for the block, against every process sharing this store; yields
+        the turn's ticket, which the turn's appends carry.
+
+        A chat's tickets are granted in the order they were asked for, and one holds the turn at
+        a time: the oldest live one heads the chat. Entering waits for the turns ahead of it.
+        Nothing stays open in the database while a turn is held (the LLM is called under it); a
+        holder whose process dies lets go after a bounded time (the lease), and one that stalled
+        past it finds its appends refused. Within one process a ticket lapses only when its chat
+        is deleted. The block's end gives the ticket back, unless an append with `ends_turn`
+        already did. Raises ChatNotFoundError on entry when the owner has no such chat, and while
+        waiting when the chat is deleted.
+
+        With `question`, when the new ticket heads the chat at once, the user message `question`
+        is stored in the same step as the ticket is granted (created at that moment, not when
+        `turn_lease` was called) and comes back as `ticket.question`, with the chat's system
+        prompt then. Otherwise `ticket.question` is None, and the turn appends its question
+        itself (`append_question` with the ticket): a turn waiting in line stores nothing.
+        """
+        ...
+
+
+class Summaries(Protocol):
+    """A chat's cached summary (`SummaryText`, for the summary endpoint) and its rolling summary
+    (`RollingSummary`, sent upstream instead of the older messages it covers)."""
 
     async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
         """The cached summary, or None. Raises ChatNotFoundError."""
@@ -153,23 +210,25 @@ class ChatStore(Protocol):
         ...
 
     async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
-        """The chat's rolling summary (folds.py), or None. Raises ChatNotFoundError."""
+        """The chat's rolling summary, or None. Raises ChatNotFoundError."""
         ...
 
     async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
-        """Hold the chat's fold for `hold_seconds` unless someone else holds it: True when the caller
-        now does. One fold per chat at a time, across every process sharing the store; a holder
-        that dies lets go when its hold lapses. False for a chat that is gone."""
+        """Hold the right to write the chat's rolling summary for `hold_seconds` unless someone else
+        holds it: True when the caller now does. One holder per chat at a time, across every
+        process sharing the store; a holder that dies lets go when its hold lapses. False for a
+        chat that is gone or another owner's."""
         ...
 
     async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
-        """Let go of the chat's fold, keeping `summary` (when given) unless the kept one covers as much."""
+        """Let go of the hold, keeping `summary` (when given) unless the kept one covers as much.
+
+        Does nothing for a chat that is gone or another owner's.
+        """
         ...
 
-    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
-        """One message of the chat. Raises ChatNotFoundError, or MessageNotFoundError."""
-        ...
 
+class IdempotencyKeyStore(Protocol):
     async def claim_key(
         self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
     ) -> KeyClaim:
@@ -196,7 +255,7 @@ class ChatStore(Protocol):
         result: str | None = None,
         user_message_id: str | None = None,
     ) -> None:
-        """Record how far a claimed key's request got; bumps updated_at.
+        """Record how far a claimed key's request got; bumps updated_at. Does nothing for an unknown key.
 
         `result` replaces the stored one; a `user_message_id` of None keeps the one recorded.
         """
@@ -205,8 +264,8 @@ class ChatStore(Protocol):
     def keep_key_alive(self, owner: str, key: str) -> None:
         """This process works on the key it claimed until `let_key_lapse`: no other claim may take it over.
 
-        The SQL stores refresh the key's `updated_at` with the heartbeat that keeps turn tickets
-        alive, so only a key whose holder died (stopped refreshing it) counts as abandoned.
+        A store shared by processes refreshes the key's `updated_at` while it is kept alive, so
+        only a key whose holder died (stopped refreshing it) counts as abandoned.
         """
         ...
 
@@ -215,13 +274,15 @@ class ChatStore(Protocol):
         ...
 
     async def release_key(self, owner: str, key: str) -> None:
-        """Forget a claimed key whose request stored nothing, so that a retry starts afresh."""
+        """Forget a claimed key whose request stored nothing, so that a retry starts afresh. Idempotent."""
         ...
 
     async def purge_keys(self, *, expired_before: datetime) -> int:
         """Delete every key (of every owner) created before `expired_before`; how many went."""
         ...
 
+
+class ResponseStore(Protocol):
     async def save_response(self, owner: str, response: StoredResponse) -> None:
         """Keep a response of the Responses API (its id is new)."""
         ...
@@ -234,17 +295,14 @@ class ChatStore(Protocol):
         """Forget a kept response. Raises ResponseNotFoundError."""
         ...
 
+
+class RateSlots(Protocol):
     async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
         """Count one event for `key` if fewer than `limit` were counted in the last `window_seconds`.
 
         None when it was counted, else the seconds until one would be. Shared by every process
         that shares the store; concurrent takers never count more than `limit` in a window.
         """
-        ...
-
-    @property
-    def broadcast(self) -> "Broadcast | None":
-        """Small messages to every process sharing this store (None: no other process can)."""
         ...
 
 
@@ -255,11 +313,26 @@ class Broadcast(Protocol):
     is at most MAX_BROADCAST_BYTES.
     """
 
-    async def publish(self, message: bytes) -> None: ...
+    async def publish(self, message: bytes) -> None:
+        """Send `message` to every listener; raises ValueError when it is over MAX_BROADCAST_BYTES."""
+        ...
 
     def subscribe(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
         """Call `listener` with every message from now on, until the returned function is called."""
         ...
 
 
-MAX_BROADCAST_BYTES = 7000  # under PostgreSQL's NOTIFY payload limit of 8000 bytes
+class ChatStore(Chats, MessageLog, TurnTickets, Summaries, IdempotencyKeyStore, ResponseStore, RateSlots, Protocol):
+    """Everything the service keeps: what every backend implements."""
+
+    async def check_ready(self) -> None:
+        """Return once the store answers with its schema up to date; raise StoreUnavailableError otherwise.
+
+        Cheap (one round trip at most): readiness probes call it every few seconds.
+        """
+        ...
+
+    @property
+    def broadcast(self) -> Broadcast | None:
+        """Small messages to every process sharing this store (None: no other process can)."""
+        ...

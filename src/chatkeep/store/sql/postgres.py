@@ -1,94 +1,50 @@
-"""`PostgresStore`: chats in PostgreSQL, shared by any number of server processes.
+"""PostgreSQL's driver: chats in one database, shared by any number of server processes.
 
-Every store call is one statement on a pooled connection (asyncpg prepares and caches it), and
-a connection goes back to the pool as soon as the statement ends, so a pool of ~20 serves
-thousands of turns in flight. An append bumps the chat's counters and inserts the message in
-one statement: the chat row's lock makes concurrent appends, from any process, take
-consecutive seqs. Turns across processes are ticket rows (`leases`) taken and returned by
-two small PL/pgSQL functions that lock the chat row, so a chat's tickets commit in number order;
-a returned ticket NOTIFYs `chatkeep_turns`, which one listening connection per process turns
-into wake-ups (polling covers a lost one). An append that carries its turn's ticket counts the
-message only while that ticket is still the chat's head, in the same statement, so a process
-that stalled past its lease writes nothing into the next turn. An Idempotency-Key claim is one
-statement too, sent again only when another claim inserted the same key while it ran; a rate
+Every store call is one statement on a pooled connection (asyncpg prepares and caches it), or a
+short plan of them on one, and the connection goes back to the pool as soon as the call ends,
+so a pool of ~20 serves thousands of turns in flight. What this driver's own statements rest on
+is the chat row's lock: an append bumps the chat's counters and inserts its messages in one
+statement, so concurrent appends, from any process, take consecutive seqs, and an append that
+carries its turn's ticket counts the messages only while that ticket heads the chat, so a
+process that stalled past its lease writes nothing into the next turn. Tickets are taken and
+given back by small PL/pgSQL functions that lock the chat row too, so a chat's tickets commit
+in number order; a ticket given back NOTIFYs `chatkeep_turns`, which one listening connection
+per process turns into wake-ups (polling covers a lost one). A turn on an idle chat stores its
+question in the function that grants its ticket (`chatkeep_open_turn`) and its reply in the one
+that gives the ticket back (`chatkeep_append_and_hand_on`): two write round trips a turn, as the
+messages kept in memory (`recent`) make a warm turn's context free. An Idempotency-Key claim is
+one statement, sent again only when another claim inserted the same key while it ran; a rate
 slot is one function call under an advisory lock on its key. The same listening connection
 carries `chatkeep_broadcast`, the channel processes use to follow each other's streamed turns.
-A turn reads its context from the chat's newest messages this process keeps (`tails`), which
-its own appends prove current, so a warm turn reads no rows at all. A turn on a chat whose line
-is empty stores its question in the function that grants its ticket (`chatkeep_open_turn`), and
-its reply in the one that hands the turn on (`chatkeep_append_and_hand_on`): two write round
-trips a turn.
 Timestamps are `timestamptz`; ticket expiries and rate slots use the database clock, which every
-process shares. The tables and most statements are shared with SQLite (`schema`, `sql`); the
-ones here are those whose guarantee rests on PostgreSQL's locks, and the functions with NOTIFY.
+process shares. The functions' names and bodies are released migrations, so they keep the words
+of their first release.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
-from chatkeep.domain import (
-    DELETED_ITEM,
-    Chat,
-    ChatChanges,
-    KeyClaim,
-    KeyState,
-    Message,
-    MessageStats,
-    MessageStatus,
-    NewMessage,
-    Page,
-    PageRequest,
-    Role,
-    RollingSummary,
-    StoredResponse,
-    SummaryText,
-    new_id,
-    utcnow,
-)
-from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError, StoreUnavailableError, TurnLapsedError
-from chatkeep.store.paging import KeyRange, key_range, page_rows
-from chatkeep.store.protocols import MAX_BROADCAST_BYTES, Broadcast
-from chatkeep.store.sql.migrations import Migration, check_schema
-from chatkeep.store.sql.recent import Tails
-from chatkeep.store.sql.rows import (
-    KEY_COLUMNS,
-    MESSAGE_COLUMNS,
-    chat_from_row,
-    check_message,
-    claim_from_row,
-    item_json,
-    joined_keys_from_rows,
-    joined_message_from_row,
-    joined_messages_from_rows,
-    joined_summary_from_row,
-    response_from_row,
-    response_values,
-    stats_from_row,
-    to_json,
-    update_chat_values,
-)
+from chatkeep.domain import MessageStatus, Role, utcnow
+from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
+from chatkeep.store.protocols import MAX_BROADCAST_BYTES
+from chatkeep.store.sql.base import SqlStore, sql_store
+from chatkeep.store.sql.migrations import Migration
+from chatkeep.store.sql.rows import KEY_COLUMNS, MESSAGE_COLUMNS, Appended, NewRow, Row, message_values
 from chatkeep.store.sql.schema import migrate, migrations_in
-from chatkeep.store.sql.statements import Dialect, Statements, paged
-from chatkeep.store.sql.tickets import (
-    LAPSED_DETAIL,
-    LEASE_SECONDS,
-    Leases,
-    Opened,
-    Opening,
-    TicketState,
-    opening_of,
-    state_of,
-)
+from chatkeep.store.sql.statements import Answer, Dialect, Done, Plan, Statement, Statements, advance
+from chatkeep.store.sql.tickets import LAPSED_DETAIL, LEASE_SECONDS, TakenTicket
 from chatkeep.store.urls import pool_options
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # generic only to the type checker
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
@@ -176,6 +132,8 @@ RATE_SLOT_FUNCTION = """CREATE FUNCTION chatkeep_take_rate_slot(p_key text, p_li
                 RETURN NULL;
             END $$"""
 SQL = Statements.in_dialect(DIALECT)
+GIVE_BACK_TICKET = "SELECT chatkeep_return_ticket($1, $2)"
+TAKE_RATE_SLOT = "SELECT chatkeep_take_rate_slot($1, $2, $3)"
 
 
 def _append_message(ticket: str) -> str:
@@ -202,9 +160,9 @@ INSERT INTO messages ({MESSAGE_COLUMNS})
 # $9 and $10 tokens, $11 status, $12 ticket, $13 item.
 APPEND_MESSAGE = _append_message("$12")
 # chatkeep_take_ticket's work, then the append of the turn's question when its ticket is at once
-# the head: one round trip and one commit fewer a turn. Its parameters are APPEND_MESSAGE's, with
-# the lease's seconds in the ticket's place. Only a bare ticket skips the fsync: a question is durable.
-OPEN_TURN_FUNCTION = f"""CREATE FUNCTION chatkeep_open_turn(
+# the head, in one round trip and one commit. Its parameters are APPEND_MESSAGE's, with the
+# lease's seconds in the ticket's place. Only a bare ticket skips the fsync: a question is durable.
+TAKE_TICKET_WITH_QUESTION_FUNCTION = f"""CREATE FUNCTION chatkeep_open_turn(
                 text, text, integer, text, text, timestamptz, text, text, integer, integer, text,
                 double precision, text)
             RETURNS TABLE (taken bigint, head bigint, appended_seq bigint, chat_prompt text, chat_revision bigint)
@@ -226,10 +184,10 @@ OPEN_TURN_FUNCTION = f"""CREATE FUNCTION chatkeep_open_turn(
                 END IF;
                 RETURN NEXT;
             END $fn$"""
-# APPEND_MESSAGE with its ticket returned in the same transaction, when it stored the turn's last
-# message: one round trip fewer a turn. The chat row is locked first, as chatkeep_return_ticket
-# does, so no waiter misses its nudge; the append keeps its durable commit.
-HAND_ON_FUNCTION = f"""CREATE FUNCTION chatkeep_append_and_hand_on(
+# APPEND_MESSAGE with its ticket given back in the same transaction, when it stores the turn's
+# last message (`ends_turn`). The chat row is locked first, as chatkeep_return_ticket does, so no
+# waiter misses its nudge; the append keeps its durable commit.
+APPEND_ENDING_TURN_FUNCTION = f"""CREATE FUNCTION chatkeep_append_and_hand_on(
                 text, text, integer, text, text, timestamptz, text, text, integer, integer, text, bigint, text)
             RETURNS TABLE (appended_seq bigint, chat_prompt text, chat_revision bigint) LANGUAGE plpgsql AS $fn$
             BEGIN
@@ -249,13 +207,13 @@ MIGRATIONS = migrations_in(
     extra={
         "m002_turn_tickets": TICKET_FUNCTIONS,
         "m005_rate_slots": (RATE_SLOT_FUNCTION,),
-        "m010_fewer_turn_round_trips": (HAND_ON_FUNCTION, OPEN_TURN_FUNCTION),
+        "m010_fewer_turn_round_trips": (APPEND_ENDING_TURN_FUNCTION, TAKE_TICKET_WITH_QUESTION_FUNCTION),
     },
 )
 TAKE_TICKET = "SELECT * FROM chatkeep_take_ticket($1, $2, $3)"
-OPEN_TURN = "SELECT * FROM chatkeep_open_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+TAKE_TICKET_WITH_QUESTION = "SELECT * FROM chatkeep_open_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 USER_EXTRAS = (None, None, None, MessageStatus.COMPLETED.value)  # a question's model, tokens and status
-APPEND_AND_HAND_ON = "SELECT * FROM chatkeep_append_and_hand_on($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+APPEND_ENDING_TURN = "SELECT * FROM chatkeep_append_and_hand_on($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 # Several messages in one statement, as APPEND_MESSAGE appends one: their fields come as arrays.
 APPEND_MESSAGES = f"""WITH counted AS (
     UPDATE chats SET
@@ -305,144 +263,88 @@ SELECT EXISTS (SELECT FROM fresh) OR EXISTS (SELECT FROM renewed), old.*
     FROM (VALUES (true)) AS one LEFT JOIN old ON true"""
 
 
-def _when(moment: datetime) -> datetime:
-    return moment
-
-
 def _no_chat(chat_id: str) -> ChatNotFoundError:
     return ChatNotFoundError(f"no chat {chat_id!r}")
 
 
-class PostgresStore:
-    def __init__(
-        self, pool: Pool, leases: Leases, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]
-    ) -> None:
-        self._pool = pool
-        self._leases = leases
-        self._broadcast = broadcast
-        self._migrations = migrations
-        self._tails = Tails()  # the newest messages of chats this process takes turns on
-
-    async def check_ready(self) -> None:
+async def _drive(connection: Connection, plan: Plan[T]) -> T:
+    """Run `plan` on `connection`."""
+    step = advance(plan)
+    while not isinstance(step, Done):
         try:
-            applied = {row[0] for row in await self._pool.fetch(SQL.applied_migrations, timeout=READY_TIMEOUT_SECONDS)}
+            answer = await _answer(connection, step)
+        except asyncpg.ForeignKeyViolationError:
+            step = advance(plan, error=ChatNotFoundError("the chat was deleted meanwhile"))
+        else:
+            step = advance(plan, answer)
+    result: T = step.value
+    return result
+
+
+async def _answer(connection: Connection, statement: Statement) -> Any:
+    query, args, answer = statement.query, statement.args, statement.answer
+    if answer is Answer.ROWS:
+        return await connection.fetch(query, *args)
+    if answer is Answer.ROW:
+        return await connection.fetchrow(query, *args)
+    if answer is Answer.EACH:
+        return await connection.executemany(query, args)
+    status = await connection.execute(query, *args)
+    return int(status.rpartition(" ")[2]) if answer is Answer.COUNT else None  # "DELETE <count>"
+
+
+class PostgresDriver:
+    sql = SQL
+    touch_keys = TOUCH_KEYS
+
+    def __init__(self, pool: Pool, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]) -> None:
+        self._pool = pool
+        self.broadcast = broadcast
+        self.migrations = migrations
+
+    async def run(self, plan: Plan[T], *, write: bool = False) -> T:
+        async with self._pool.acquire() as connection:
+            if not write:
+                return await _drive(connection, plan)
+            async with connection.transaction():
+                return await _drive(connection, plan)
+
+    def stamp(self, moment: datetime) -> datetime:
+        return moment
+
+    def moment(self, value: datetime) -> datetime:
+        return value
+
+    async def applied_migrations(self) -> set[str]:
+        try:
+            rows = await self._pool.fetch(SQL.applied_migrations, timeout=READY_TIMEOUT_SECONDS)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise StoreUnavailableError(f"PostgreSQL does not answer: {error or type(error).__name__}") from error
-        check_schema(applied, self._migrations)
+        return {row[0] for row in rows}
 
-    async def create_chat(
-        self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
-    ) -> Chat:
+    async def append(
+        self, owner: str, chat_id: str, messages: Sequence[NewRow], ticket: int | None, *, ends_turn: bool
+    ) -> Appended:
+        """One statement; with `ends_turn`, one that gives the ticket back too, for a single message
+        (the turn's reply): several are given back right after, by the caller."""
         now = utcnow()
-        chat = Chat(new_id("chat"), title, dict(metadata), system_prompt, now, now)
-        await self._pool.execute(SQL.insert_chat, chat.id, owner, title, to_json(metadata), system_prompt, now)
-        return chat
-
-    async def get_chat(self, owner: str, chat_id: str) -> Chat:
-        row = await self._pool.fetchrow(SQL.select_chat, chat_id, owner)
-        if row is None:
-            raise _no_chat(chat_id)
-        return chat_from_row(row, _when)
-
-    async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
-        keys: dict[str, int] = {}
-        if page.after is not None or page.before is not None:
-            cursors = await self._pool.fetch(SQL.chat_cursors, owner, page.after or "", page.before or "")
-            keys = {row[0]: row[1] for row in cursors}
-        span = key_range(page, keys, "chat")
-        rows = await self._pool.fetch(paged(SQL.chat_page, span), owner, span.above, span.below, span.fetch)
-        chats, has_more = page_rows(rows, page, span)
-        return Page([chat_from_row(row, _when) for row in chats], has_more)
-
-    async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
-        row = await self._pool.fetchrow(SQL.update_chat, *update_chat_values(chat_id, owner, changes, utcnow()))
-        if row is None:
-            raise _no_chat(chat_id)
-        return chat_from_row(row, _when)
-
-    async def delete_chat(self, owner: str, chat_id: str) -> None:
-        deleted = await self._pool.fetchval(SQL.delete_chat, chat_id, owner)
-        if deleted is None:
-            raise _no_chat(chat_id)
-        self._tails.forget(chat_id)
-
-    def turn_lease(
-        self, owner: str, chat_id: str, *, question: str | None = None
-    ) -> AbstractAsyncContextManager[int | None]:
-        return self._leases.hold(owner, chat_id, opening_of(question))
-
-    async def append_message(
-        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
-    ) -> Message:
-        return (await self._append(owner, chat_id, message, ticket, hand_on=hand_on))[0]
-
-    async def append_question(
-        self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
-    ) -> tuple[Message, str | None]:
-        opened = self._leases.opened(ticket) if ticket is not None else None
-        if opened is not None:  # stored as the turn was taken
-            question = opened.message(chat_id)
-            self._tails.appended(owner, chat_id, [question], revision=opened.revision, ticket=ticket)
-            return question, opened.system_prompt
-        return await self._append(owner, chat_id, NewMessage(Role.USER, content), ticket)
-
-    async def _append(
-        self, owner: str, chat_id: str, message: NewMessage, ticket: int | None, *, hand_on: bool = False
-    ) -> tuple[Message, str | None]:
-        message_id, now, usage = message.id or new_id("msg"), utcnow(), message.usage
-        handing_on = hand_on and ticket is not None
-        row = await self._pool.fetchrow(
-            APPEND_AND_HAND_ON if handing_on else APPEND_MESSAGE,
-            chat_id,
-            owner,
-            int(message.role is Role.USER),
-            message_id,
-            message.role.value,
-            now,
-            message.content,
-            message.model,
-            usage.prompt_tokens if usage else None,
-            usage.completion_tokens if usage else None,
-            message.status.value,
-            ticket,
-            item_json(message),
-        )
-        if row is None:
-            raise await self._refused(owner, chat_id)
-        if handing_on:
-            assert ticket is not None
-            self._leases.handed_on(ticket)
-        seq, system_prompt, revision = row
-        role, content, model, status, item = message.role, message.content, message.model, message.status, message.item
-        stored = Message(message_id, chat_id, seq, role, content, now, model, usage, status, item)
-        self._tails.appended(owner, chat_id, [stored], revision=revision, ticket=ticket)
-        return stored, system_prompt
-
-    async def append_messages(
-        self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
-    ) -> tuple[list[Message], str | None]:
-        now, ids = utcnow(), [message.id or new_id("msg") for message in messages]
-        users = sum(message.role is Role.USER for message in messages)
-        columns = [
-            ids,
-            [m.role.value for m in messages],
-            [m.content for m in messages],
-            [m.model for m in messages],
-            [m.usage.prompt_tokens if m.usage else None for m in messages],
-            [m.usage.completion_tokens if m.usage else None for m in messages],
-            [m.status.value for m in messages],
-            [item_json(m) for m in messages],
-        ]
-        rows = await self._pool.fetch(APPEND_MESSAGES, chat_id, owner, len(messages), users, now, ticket, *columns)
+        if len(messages) == 1:
+            (message_id, message), statement = messages[0], APPEND_ENDING_TURN if ends_turn else APPEND_MESSAGE
+            role, content, *extras = message_values(message)
+            user = int(message.role is Role.USER)
+            row = await self._pool.fetchrow(
+                statement, chat_id, owner, user, message_id, role, now, content, *extras[:-1], ticket, extras[-1]
+            )
+            if row is None:
+                raise await self._refused(owner, chat_id)
+            return Appended(row[0], row[1], row[2], now, gave_back=ends_turn)
+        users = sum(message.role is Role.USER for _, message in messages)
+        columns = [list(column) for column in zip(*(message_values(m) for _, m in messages), strict=True)]
+        ids = [message_id for message_id, _ in messages]
+        rows = await self._pool.fetch(APPEND_MESSAGES, chat_id, owner, len(messages), users, now, ticket, ids, *columns)
         if not rows:
             raise await self._refused(owner, chat_id)
-        first = min(row[0] for row in rows)
-        stored = [
-            Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
-            for n, (message_id, m) in enumerate(zip(ids, messages, strict=True))
-        ]
-        self._tails.appended(owner, chat_id, stored, revision=rows[0][2], ticket=ticket)
-        return stored, rows[0][1]
+        return Appended(max(row[0] for row in rows), rows[0][1], rows[0][2], now)
 
     async def _refused(self, owner: str, chat_id: str) -> Exception:
         """Why an append wrote nothing: the chat is gone, or the append's ticket no longer holds its turn."""
@@ -450,184 +352,39 @@ class PostgresStore:
             return TurnLapsedError(LAPSED_DETAIL)
         return _no_chat(chat_id)
 
-    async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
-        async with self._pool.acquire() as connection, connection.transaction():
-            check_message(
-                await connection.fetchrow(SQL.forget_message, chat_id, owner, message_id), chat_id, message_id
+    async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float, question: NewRow | None) -> TakenTicket:
+        now = utcnow()
+        if question is None:
+            row = await self._pool.fetchrow(TAKE_TICKET, owner, chat_id, lease_seconds)
+        else:
+            message_id, message = question
+            asked = (message_id, Role.USER.value, now, message.content)
+            row = await self._pool.fetchrow(
+                TAKE_TICKET_WITH_QUESTION, chat_id, owner, 1, *asked, *USER_EXTRAS, lease_seconds, None
             )
-            await connection.execute(SQL.forgotten_message, chat_id, message_id, to_json(DELETED_ITEM))
-            await connection.execute(SQL.revise_chat, chat_id)
-        self._tails.forget(chat_id)
-
-    async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
-        keys: dict[str, int] = {}
-        if page.after is not None or page.before is not None:
-            cursors = await self._pool.fetch(SQL.message_cursors, chat_id, owner, page.after or "", page.before or "")
-            keys = joined_keys_from_rows(cursors, chat_id)
-        span = key_range(page, keys, "message")
-        window, has_more = page_rows(await self._window(owner, chat_id, span), page, span)
-        return Page(window, has_more)
-
-    async def recent_messages(
-        self,
-        owner: str,
-        chat_id: str,
-        *,
-        limit: int,
-        before_seq: int | None = None,
-        after_seq: int = 0,
-        ticket: int | None = None,
-    ) -> list[Message]:
-        return await self._tails.recent_messages(
-            owner,
-            chat_id,
-            lambda span: self._window(owner, chat_id, span),
-            limit=limit,
-            before_seq=before_seq,
-            after_seq=after_seq,
-            ticket=ticket,
-        )
-
-    async def _window(self, owner: str, chat_id: str, span: KeyRange) -> list[Message]:
-        query = paged(SQL.message_page, span)
-        rows = await self._pool.fetch(query, chat_id, owner, span.above, span.below, span.fetch)
-        return joined_messages_from_rows(rows, _when, chat_id)
-
-    async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
-        row = await self._pool.fetchrow(SQL.select_stats, chat_id, owner)
         if row is None:
             raise _no_chat(chat_id)
-        return stats_from_row(row, _when)
+        taken, head = row[0], row[0] == row[1]
+        stored = Appended(row[2], row[3], row[4], now) if question is not None and head else None
+        return TakenTicket(taken, head, stored)
 
-    async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
-        row = await self._pool.fetchrow(SQL.select_summary, chat_id, owner)
-        return joined_summary_from_row(row, _when, chat_id)
-
-    async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
-        values = (summary.summary, to_json(summary.highlights), summary.up_to_seq, summary.created_at)
-        try:
-            saved = await self._pool.fetchval(SQL.save_summary, chat_id, owner, *values)
-        except asyncpg.ForeignKeyViolationError as error:  # the chat was deleted while we wrote
-            raise _no_chat(chat_id) from error
-        if saved is None:
-            await self.get_chat(owner, chat_id)  # not saved: the chat is missing, or its cached summary covers more
-
-    async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
-        row = await self._pool.fetchrow(SQL.select_rolling_summary, chat_id, owner)
-        if row is None:
-            raise _no_chat(chat_id)
-        return None if row[0] is None else RollingSummary(row[0], row[1])
-
-    async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
-        try:
-            return bool(await self._pool.fetchval(SQL.claim_rolling_summary, chat_id, owner, hold_seconds))
-        except asyncpg.ForeignKeyViolationError:  # the chat was deleted meanwhile
-            return False
-
-    async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
-        text, up_to_seq = (summary.text, summary.up_to_seq) if summary is not None else ("", 0)
-        await self._pool.execute(SQL.end_rolling_summary, chat_id, owner, up_to_seq, text)
-
-    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
-        row = await self._pool.fetchrow(SQL.select_message, chat_id, owner, message_id)
-        return joined_message_from_row(row, _when, chat_id, message_id)
+    async def give_back_ticket(self, chat_id: str, ticket: int) -> None:
+        await self._pool.execute(GIVE_BACK_TICKET, chat_id, ticket)
 
     async def claim_key(
-        self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
-    ) -> KeyClaim:
-        abandoned_before = self._leases.abandoned_before(owner, key, abandoned_before)
-        request = (owner, key, fingerprint)
+        self, owner: str, key: str, fingerprint: str, *, now: Any, expired_before: Any, abandoned_before: Any
+    ) -> tuple[bool, Row | None]:
         while True:
-            row = await self._pool.fetchrow(CLAIM_KEY, *request, utcnow(), expired_before, abandoned_before)
+            row = await self._pool.fetchrow(CLAIM_KEY, owner, key, fingerprint, now, expired_before, abandoned_before)
             assert row is not None  # the statement answers one row, always
             claimed, *previous = row
             if claimed or previous[0] is not None:
-                return claim_from_row(claimed, None if previous[0] is None else previous, _when, expired_before)
+                return claimed, None if previous[0] is None else previous
             log.debug("a concurrent claim inserted key %r first; claiming again", key)
 
-    async def update_key(
-        self,
-        owner: str,
-        key: str,
-        *,
-        state: KeyState,
-        result: str | None = None,
-        user_message_id: str | None = None,
-    ) -> None:
-        await self._pool.execute(SQL.update_key, owner, key, state.value, result, user_message_id, utcnow())
-
-    def keep_key_alive(self, owner: str, key: str) -> None:
-        self._leases.keep_key_alive(owner, key)
-
-    def let_key_lapse(self, owner: str, key: str) -> None:
-        self._leases.let_key_lapse(owner, key)
-
-    async def release_key(self, owner: str, key: str) -> None:
-        await self._pool.execute(SQL.release_key, owner, key)
-
-    async def purge_keys(self, *, expired_before: datetime) -> int:
-        status = await self._pool.execute(SQL.purge_keys, expired_before)
-        return int(status.rpartition(" ")[2])  # "DELETE <count>"
-
-    async def save_response(self, owner: str, response: StoredResponse) -> None:
-        await self._pool.execute(SQL.insert_response, *response_values(owner, response, response.created_at))
-
-    async def get_response(self, owner: str, response_id: str) -> StoredResponse:
-        row = await self._pool.fetchrow(SQL.select_response, response_id, owner)
-        return response_from_row(row, _when, response_id)
-
-    async def delete_response(self, owner: str, response_id: str) -> None:
-        if await self._pool.fetchval(SQL.delete_response, response_id, owner) is None:
-            raise ResponseNotFoundError(f"no response {response_id!r}")
-
-    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
-        wait: float | None = await self._pool.fetchval(
-            "SELECT chatkeep_take_rate_slot($1, $2, $3)", key, limit, window_seconds
-        )
+    async def take_rate_slot(self, key: str, limit: int, window_seconds: float) -> float | None:
+        wait: float | None = await self._pool.fetchval(TAKE_RATE_SLOT, key, limit, window_seconds)
         return wait
-
-    @property
-    def broadcast(self) -> Broadcast:
-        return self._broadcast
-
-
-class PostgresTickets:
-    """Turn tickets as rows; expiries on the database clock."""
-
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
-
-    async def take_ticket(
-        self, owner: str, chat_id: str, lease_seconds: float, opening: Opening | None
-    ) -> tuple[int, bool, Opened | None]:
-        if opening is None:
-            row = await self._pool.fetchrow(TAKE_TICKET, owner, chat_id, lease_seconds)
-        else:
-            question = (opening.message_id, Role.USER.value, opening.created_at, opening.content)
-            row = await self._pool.fetchrow(OPEN_TURN, chat_id, owner, 1, *question, *USER_EXTRAS, lease_seconds, None)
-        if row is None:
-            raise _no_chat(chat_id)
-        taken, head = row[0], row[1]
-        opened = None if opening is None or taken != head else Opened(opening, row[2], row[3], row[4])
-        return taken, taken == head, opened
-
-    async def ticket_state(self, chat_id: str, ticket: int) -> TicketState:
-        live = await self._pool.fetch(SQL.live_tickets, chat_id)
-        return state_of(ticket, [row[0] for row in live])
-
-    async def return_ticket(self, chat_id: str, ticket: int) -> None:
-        await self._pool.execute("SELECT chatkeep_return_ticket($1, $2)", chat_id, ticket)
-
-    async def extend_tickets(self, tickets: Collection[int], lease_seconds: float) -> set[int]:
-        """Extend the live ones and drop every lapsed ticket (of this process or a dead one)."""
-        async with self._pool.acquire() as connection, connection.transaction():
-            live = {row[0] for row in await connection.fetch(SQL.extend_tickets, to_json(list(tickets)), lease_seconds)}
-            await connection.execute(SQL.drop_lapsed_tickets)
-        return live
-
-    async def touch_keys(self, keys: Collection[tuple[str, str]]) -> None:
-        held = to_json([{"owner": owner, "key": key} for owner, key in keys])
-        await self._pool.execute(TOUCH_KEYS, held, utcnow())
 
 
 class PostgresBroadcast:
@@ -713,7 +470,7 @@ async def _listening(dsn: str, listeners: Listeners) -> AsyncIterator[None]:
 @asynccontextmanager
 async def open_postgres_store(
     url: str, *, lease_seconds: float = LEASE_SECONDS, migrations: Sequence[Migration] = MIGRATIONS
-) -> AsyncIterator[PostgresStore]:
+) -> AsyncIterator[SqlStore]:
     """The store in the database `url` names, upgraded to `migrations` first."""
     dsn, pool_size = pool_options(url)
     pool: Pool = await asyncpg.create_pool(
@@ -723,10 +480,10 @@ async def open_postgres_store(
         async with pool.acquire() as connection:
             await migrate(_migrating(connection), DIALECT, migrations, applied_at=utcnow())
         poll = (0.05, min(MAX_POLL_SECONDS, lease_seconds / 4))
-        leases = Leases(PostgresTickets(pool), lease_seconds=lease_seconds, poll_seconds=poll)
-        broadcast = PostgresBroadcast(pool)
-        listeners: Listeners = {CHANNEL: leases.wake, BROADCAST_CHANNEL: broadcast.deliver}
-        async with leases, _listening(dsn, listeners):
-            yield PostgresStore(pool, leases, broadcast, migrations)
+        driver = PostgresDriver(pool, PostgresBroadcast(pool), migrations)
+        async with sql_store(driver, lease_seconds=lease_seconds, poll_seconds=poll) as store:
+            listeners: Listeners = {CHANNEL: store.wake, BROADCAST_CHANNEL: driver.broadcast.deliver}
+            async with _listening(dsn, listeners):
+                yield store
     finally:
         await pool.close()

@@ -1,19 +1,17 @@
 """The newest messages of the chats this process takes turns on, kept in memory by the SQL stores.
 
-Every turn reads its chat's newest messages for the context it sends upstream; read from the
-database, that is the costliest part of a turn (a round trip or more, and a hundred rows or so
-to decode). A turn's own appends prove what the process has kept current: an append carrying
-the turn's ticket runs while that ticket holds the chat's turn, so no other process appends to
-the chat meanwhile, and it answers the chat's message count and its `revision` (bumped whenever
-a stored message changes, as a forgotten one does). When the count follows on from the kept
-tail and the revision is the one it was kept at, nothing happened to the chat in between, and
-the appended messages join the tail; otherwise the tail starts over from them. Reads for the
-turn holding that same ticket are then answered from the tail wherever it covers them; older
-messages come from the database, and join the tail when they fit on.
-
-A tail is only ever trusted by the turn whose appends proved it: any other reader (listing a
-chat, a fold, another process) reads the database. Tails are bounded: at most `MAX_MESSAGES` a
-chat, and `max_chars` of content over all chats, the least recently used chats going first.
+Every turn reads its chat's newest messages for the context it sends upstream, and read from
+the database that is the costliest part of a turn; so a store keeps them, and only the turn
+whose own appends proved them current may read them back. An append carrying the turn's ticket
+runs while that ticket heads the chat, so no other process appends meanwhile, and it answers
+the chat's message count and `revision` (bumped whenever a stored message changes, as a
+forgotten one does): when the count follows on from what is kept and the revision is the one it
+was kept at, nothing happened to the chat in between, and the appended messages join the kept
+ones; otherwise the chat's are kept afresh from them. Reads for the turn holding that same
+ticket are answered from memory wherever it covers them; older messages come from the database
+and join the kept ones when they fit on. Any other reader (listing a chat, a rolling summary,
+another process) reads the database. What is kept is bounded: at most `MAX_MESSAGES` a chat and
+`max_chars` of content over all chats, the least recently used chats going first.
 """
 
 from collections import OrderedDict
@@ -28,10 +26,10 @@ MAX_CHARS = 32_000_000  # over every chat: about 32 MB of ASCII text, plus the m
 
 
 @dataclass(slots=True, eq=False)
-class _Tail:
+class _Kept:
     owner: str
     revision: int
-    proven_by: int  # the ticket whose appends proved the tail current
+    proven_by: int  # the ticket whose appends proved these current
     messages: list[Message] = field(default_factory=list)  # contiguous seqs, oldest first
     chars: int = 0
 
@@ -44,27 +42,27 @@ class _Tail:
         return self.messages[-1].seq
 
 
-class Tails:
+class RecentMessages:
     def __init__(self, *, max_chars: int = MAX_CHARS, max_messages: int = MAX_MESSAGES) -> None:
-        self._tails: OrderedDict[str, _Tail] = OrderedDict()  # by chat id, least recently used first
+        self._chats: OrderedDict[str, _Kept] = OrderedDict()  # by chat id, least recently used first
         self._max_chars = max_chars
         self._max_messages = max_messages
         self._chars = 0
 
     def appended(self, owner: str, chat_id: str, messages: list[Message], *, revision: int, ticket: int | None) -> None:
-        """Messages this process just appended under `ticket` (nothing is kept without one): the
-        chat's tail grows by them when it runs on into them at the same revision, else starts over."""
+        """Messages this process just appended under `ticket` (nothing is kept without one): they
+        join the chat's kept messages when they run on from them at the same revision, else replace them."""
         if ticket is None:
             return
-        tail = self._tails.get(chat_id)
-        follows = tail is not None and tail.revision == revision and tail.last_seq + 1 == messages[0].seq
-        if tail is None or not follows or tail.owner != owner:
+        kept = self._chats.get(chat_id)
+        follows = kept is not None and kept.revision == revision and kept.last_seq + 1 == messages[0].seq
+        if kept is None or not follows or kept.owner != owner:
             self.forget(chat_id)
-            tail = self._tails[chat_id] = _Tail(owner, revision, ticket)
-        tail.proven_by = ticket
-        self._tails.move_to_end(chat_id)
-        self._add(tail, messages, at_end=True)
-        self._trim(tail)
+            kept = self._chats[chat_id] = _Kept(owner, revision, ticket)
+        kept.proven_by = ticket
+        self._chats.move_to_end(chat_id)
+        self._add(kept, messages, at_end=True)
+        self._trim(kept)
 
     async def recent_messages(
         self,
@@ -77,8 +75,8 @@ class Tails:
         after_seq: int,
         ticket: int | None,
     ) -> list[Message]:
-        """`ChatStore.recent_messages`: from the tail `ticket` proved where it holds them all, else
-        `read` from the database (and what was read joins the tail where it runs on into it)."""
+        """`ChatStore.recent_messages`: from memory when the messages `ticket` proved hold them all,
+        else `read` from the database (and what was read joins the kept messages where it runs on into them)."""
         kept = self.newest(owner, chat_id, ticket=ticket, limit=limit, before_seq=before_seq, after_seq=after_seq)
         if kept is not None:
             return kept
@@ -89,62 +87,62 @@ class Tails:
     def newest(
         self, owner: str, chat_id: str, *, ticket: int | None, limit: int, before_seq: int | None, after_seq: int
     ) -> list[Message] | None:
-        """What `ChatStore.recent_messages` answers, from the tail `ticket` proved; None when the
-        tail does not hold all of it (or `ticket` proved none)."""
-        tail = self._proven(owner, chat_id, ticket)
-        if tail is None:
+        """What `ChatStore.recent_messages` answers, from the messages `ticket` proved; None when
+        they do not hold all of it (or `ticket` proved none)."""
+        kept = self._proven(owner, chat_id, ticket)
+        if kept is None:
             return None
-        end = tail.last_seq + 1 if before_seq is None else min(before_seq, tail.last_seq + 1)
+        end = kept.last_seq + 1 if before_seq is None else min(before_seq, kept.last_seq + 1)
         start = max(after_seq + 1, end - limit)  # the oldest seq asked for
-        if start < tail.first_seq and tail.first_seq > 1:
+        if start < kept.first_seq and kept.first_seq > 1:
             return None
-        first = tail.first_seq
-        return tail.messages[max(start - first, 0) : max(end - first, 0)][::-1]
+        first = kept.first_seq
+        return kept.messages[max(start - first, 0) : max(end - first, 0)][::-1]
 
     def read_older(self, owner: str, chat_id: str, ticket: int | None, newest_first: list[Message]) -> None:
-        """Messages the turn holding `ticket` read from the database: those older than the tail
-        join it when they run on into its oldest, while it has room."""
-        tail = self._proven(owner, chat_id, ticket)
-        if tail is None:
+        """Messages the turn holding `ticket` read from the database: those older than the kept ones
+        join them when they run on into the oldest, while there is room."""
+        kept = self._proven(owner, chat_id, ticket)
+        if kept is None:
             return
-        older = [message for message in newest_first if message.seq < tail.first_seq]
-        if not older or older[0].seq + 1 != tail.first_seq:
+        older = [message for message in newest_first if message.seq < kept.first_seq]
+        if not older or older[0].seq + 1 != kept.first_seq:
             return
-        room = self._max_messages - len(tail.messages)
-        self._add(tail, older[:room][::-1], at_end=False)
+        room = self._max_messages - len(kept.messages)
+        self._add(kept, older[:room][::-1], at_end=False)
         self._shed()
 
     def forget(self, chat_id: str) -> None:
-        """Drop the chat's tail (the chat is deleted, or its tail can no longer be trusted)."""
-        tail = self._tails.pop(chat_id, None)
-        if tail is not None:
-            self._chars -= tail.chars
+        """Drop the chat's kept messages (the chat is deleted, or they can no longer be trusted)."""
+        kept = self._chats.pop(chat_id, None)
+        if kept is not None:
+            self._chars -= kept.chars
 
-    def _proven(self, owner: str, chat_id: str, ticket: int | None) -> _Tail | None:
-        tail = self._tails.get(chat_id)
-        if ticket is None or tail is None or tail.proven_by != ticket or tail.owner != owner:
+    def _proven(self, owner: str, chat_id: str, ticket: int | None) -> _Kept | None:
+        kept = self._chats.get(chat_id)
+        if ticket is None or kept is None or kept.proven_by != ticket or kept.owner != owner:
             return None
-        return tail
+        return kept
 
-    def _add(self, tail: _Tail, messages: list[Message], *, at_end: bool) -> None:
+    def _add(self, kept: _Kept, messages: list[Message], *, at_end: bool) -> None:
         chars = sum(len(message.content) for message in messages)
         if at_end:
-            tail.messages.extend(messages)
+            kept.messages.extend(messages)
         else:
-            tail.messages[:0] = messages
-        tail.chars += chars
+            kept.messages[:0] = messages
+        kept.chars += chars
         self._chars += chars
 
-    def _trim(self, tail: _Tail) -> None:
-        """Keep the tail to its newest `max_messages`, then every tail to `max_chars`."""
-        extra = len(tail.messages) - self._max_messages
+    def _trim(self, kept: _Kept) -> None:
+        """Keep the chat's newest `max_messages`, then every chat's to `max_chars` in all."""
+        extra = len(kept.messages) - self._max_messages
         if extra > 0:
-            dropped = sum(len(message.content) for message in tail.messages[:extra])
-            del tail.messages[:extra]
-            tail.chars -= dropped
+            dropped = sum(len(message.content) for message in kept.messages[:extra])
+            del kept.messages[:extra]
+            kept.chars -= dropped
             self._chars -= dropped
         self._shed()
 
     def _shed(self) -> None:
-        while self._chars > self._max_chars and len(self._tails) > 1:
-            self.forget(next(iter(self._tails)))
+        while self._chars > self._max_chars and len(self._chats) > 1:
+            self.forget(next(iter(self._chats)))

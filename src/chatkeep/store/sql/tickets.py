@@ -1,31 +1,38 @@
-"""What a process holds in a shared store, kept alive by one heartbeat: turn tickets and claimed keys.
+"""Turn tickets as rows shared by every process, and the one heartbeat that keeps a process's alive.
 
 A turn takes a ticket row for its chat (the database hands a chat's tickets out in arrival
 order) and holds the turn while its ticket is the lowest live one. Nothing stays open between
-calls: a ticket is a row with an expiry that one background heartbeat per store extends for
-every ticket this process holds or waits with. A process that dies stops extending, so its
-tickets lapse after at most `lease_seconds` and the chat moves on; one that only stalls (a GC
-pause, SIGSTOP) finds its ticket lapsed when it wakes, and the store refuses the appends that
-carry it (fencing), so two turns never interleave. The same beat refreshes the Idempotency-Keys
-this process works on, so only a dead holder's key can be claimed again. Waiters wake on a
-nudge (PostgreSQL LISTEN/NOTIFY, or a release in this process) and otherwise poll with a growing
-pause, so a lost nudge costs latency, never correctness. The SQL lives in each store's
-`TicketBook`; this module is the protocol they share.
+calls, because the LLM is called while a turn is held: a ticket is a row with an expiry that one
+background heartbeat per store extends for every ticket this process holds or waits with. A
+process that dies stops extending, so its tickets lapse after at most `lease_seconds` and the
+chat moves on; one that only stalls (a GC pause, SIGSTOP) finds its ticket lapsed when it wakes,
+and the store refuses the appends that carry it (fencing), so two turns never interleave. The
+same beat refreshes the Idempotency-Keys this process works on, so only a dead holder's key can
+be claimed again. Waiters wake on a nudge (PostgreSQL LISTEN/NOTIFY, or a ticket given back in
+this process) and otherwise poll with a growing pause, so a lost nudge costs latency, never
+correctness. The statements that take and give back a ticket are each dialect's (`TicketRows`);
+the rest is here, once.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
-from chatkeep.domain import Message, Role, new_id, utcnow
+from chatkeep.domain import Message, NewMessage, Role, new_id, utcnow
+from chatkeep.store.protocols import TurnTicket
+from chatkeep.store.sql.recent import RecentMessages
+from chatkeep.store.sql.rows import Appended, NewRow, to_json
+from chatkeep.store.sql.statements import Plan, Statements, execute, fetch, only
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 LAPSED_DETAIL = "this server stalled past its hold on the chat's turn and another took it; nothing was stored"
@@ -40,63 +47,37 @@ class TicketState(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Opening:
-    """The user question a turn stores first, which a store stores along with the turn's ticket
-    when that ticket is at once the chat's head: one round trip for both."""
-
-    message_id: str
-    content: str
-    created_at: datetime
+class TakenTicket:
+    number: int
+    head: bool  # already the chat's head
+    question: Appended | None  # the question, as stored with the ticket (only when it is the head)
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """An opening stored with its ticket: the seq it took, and the chat's system prompt and revision then."""
+class TicketRows(Protocol):
+    """What `Tickets` needs of a database. Ticket numbers are unique across chats; expiries use one
+    clock that every process shares (the database's, or the machine's for SQLite)."""
 
-    opening: Opening
-    seq: int
-    system_prompt: str | None
-    revision: int
+    sql: Statements
+    touch_keys: str  # refreshes the RUNNING ones among (owner, key) pairs given as a JSON array of {"owner", "key"}
 
-    def message(self, chat_id: str) -> Message:
-        opening = self.opening
-        return Message(opening.message_id, chat_id, self.seq, Role.USER, opening.content, opening.created_at)
+    def run(self, plan: Plan[T], *, write: bool = False) -> Awaitable[T]: ...
 
+    def stamp(self, moment: datetime) -> Any: ...
 
-def opening_of(question: str | None) -> Opening | None:
-    """The opening of a turn that stores `question` first: under a new id, created now."""
-    return None if question is None else Opening(new_id("msg"), question, utcnow())
-
-
-class TicketBook(Protocol):
-    """A store's ticket rows. Tickets are unique across chats; expiries use one shared clock."""
-
-    async def take_ticket(
-        self, owner: str, chat_id: str, lease_seconds: float, opening: Opening | None
-    ) -> tuple[int, bool, Opened | None]:
-        """A new ticket, last in the chat's line, whether it is already the head, and the
-        `opening` as stored when it is (durably, as an append; None when it is not the head).
+    async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float, question: NewRow | None) -> TakenTicket:
+        """A new ticket, last in the chat's line, and whether it is already the head; when it is,
+        `question` stored too, durably as an append (created at that moment), in the same transaction.
 
         Raises ChatNotFoundError when the owner has no such chat.
         """
         ...
 
-    async def ticket_state(self, chat_id: str, ticket: int) -> TicketState: ...
-
-    async def return_ticket(self, chat_id: str, ticket: int) -> None:
+    async def give_back_ticket(self, chat_id: str, ticket: int) -> None:
         """Drop the ticket (no-op when gone) and nudge the chat's waiters in other processes."""
         ...
 
-    async def extend_tickets(self, tickets: Collection[int], lease_seconds: float) -> set[int]:
-        """Push the live ones among `tickets` to expire `lease_seconds` from now; return those."""
-        ...
 
-    async def touch_keys(self, keys: Collection[tuple[str, str]]) -> None:
-        """Mark the RUNNING ones among these (owner, key) Idempotency-Keys as updated now."""
-        ...
-
-
-def state_of(ticket: int, live: Sequence[int]) -> TicketState:
+def state_of(ticket: int, live: list[int]) -> TicketState:
     """Where `ticket` stands among a chat's live tickets, lowest first."""
     if ticket not in live:
         return TicketState.GONE
@@ -106,21 +87,23 @@ def state_of(ticket: int, live: Sequence[int]) -> TicketState:
 @dataclass(slots=True)
 class _Claim:
     chat_id: str
-    opening: Opening | None
-    ticket: int | None = None
+    question: NewRow | None
+    number: int | None = None
 
 
-class Leases:
-    def __init__(self, book: TicketBook, *, lease_seconds: float, poll_seconds: tuple[float, float]) -> None:
-        self._book = book
+class Tickets:
+    def __init__(
+        self, rows: TicketRows, recent: RecentMessages, *, lease_seconds: float, poll_seconds: tuple[float, float]
+    ) -> None:
+        self._rows = rows
+        self._recent = recent  # where a question stored with its ticket goes, as any append does
         self._lease = lease_seconds
         self._poll = poll_seconds
         self._tickets: set[int] = set()
-        self._handed_on: set[int] = set()  # returned by the turn's last append: nothing left to return
-        self._opened: dict[int, Opened] = {}  # by ticket, until the turn asks for it (`opened`)
+        self._given_back: set[int] = set()  # by the turn's last append: nothing left to give back
         self._keys: set[tuple[str, str]] = set()
         self._wakers: dict[str, set[asyncio.Event]] = {}
-        self._returning: set[asyncio.Task[None]] = set()
+        self._giving_back: set[asyncio.Task[None]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
@@ -133,21 +116,23 @@ class Leases:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-        await asyncio.gather(*self._returning, return_exceptions=True)
+        await asyncio.gather(*self._giving_back, return_exceptions=True)
 
     def wake(self, chat_id: str) -> None:
         """The chat's line moved: let this process's waiters on it look again."""
         for waker in self._wakers.get(chat_id, ()):
             waker.set()
 
-    def handed_on(self, ticket: int) -> None:
-        """The store returned `ticket` along with its turn's last append (`hand_on`)."""
+    def given_back(self, ticket: int) -> None:
+        """The store gave `ticket` back along with its turn's last append (`ends_turn`)."""
         self._tickets.discard(ticket)
-        self._handed_on.add(ticket)
+        self._given_back.add(ticket)
 
-    def opened(self, ticket: int) -> Opened | None:
-        """The opening the hold of `ticket` stored along with taking it, once (see `hold`)."""
-        return self._opened.pop(ticket, None)
+    async def give_back(self, chat_id: str, ticket: int) -> None:
+        """Give the ticket back now, before its turn's block ends (`ends_turn`)."""
+        await self._rows.give_back_ticket(chat_id, ticket)
+        self.given_back(ticket)
+        self.wake(chat_id)
 
     def keep_key_alive(self, owner: str, key: str) -> None:
         self._keys.add((owner, key))
@@ -160,68 +145,78 @@ class Leases:
         return NEVER if (owner, key) in self._keys else moment
 
     @asynccontextmanager
-    async def hold(self, owner: str, chat_id: str, opening: Opening | None = None) -> AsyncIterator[int]:
-        """The chat's turn for the block; yields its ticket, which fences the turn's appends.
-
-        With an `opening`, the user question the turn stores first, the store may store it as
-        it grants the turn; the turn then finds it in `opened(ticket)` instead of appending it.
-        """
-        claim = _Claim(chat_id, opening)
+    async def hold(self, owner: str, chat_id: str, question: str | None = None) -> AsyncIterator[TurnTicket]:
+        """`ChatStore.turn_lease`."""
+        claim = _Claim(chat_id, None if question is None else (new_id("msg"), NewMessage(Role.USER, question)))
         waker = asyncio.Event()
         wakers = self._wakers.setdefault(chat_id, set())
         wakers.add(waker)
         try:
-            await self._queue(owner, claim, waker)
-            assert claim.ticket is not None
-            yield claim.ticket
+            yield await self._queue(owner, claim, waker)
         finally:
             wakers.discard(waker)
             if not wakers:
                 del self._wakers[chat_id]
-            if claim.ticket is not None:
-                self._opened.pop(claim.ticket, None)
-                await self._return(claim.chat_id, claim.ticket)
+            if claim.number is not None:
+                await self._end(claim.chat_id, claim.number)
 
-    async def _queue(self, owner: str, claim: _Claim, waker: asyncio.Event) -> None:
+    async def _queue(self, owner: str, claim: _Claim, waker: asyncio.Event) -> TurnTicket:
         """Take a ticket and wait until it is the chat's head."""
-        head = await self._take(owner, claim)
+        taken = await self._take(owner, claim)
+        if taken.head:
+            return self._granted(owner, claim.chat_id, taken, claim.question)
         pause = self._poll[0]
-        while not head:
+        while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await waker.wait()
             waker.clear()  # before looking, so a nudge that comes while we look is not lost
             pause = min(pause * 2, self._poll[1])
-            assert claim.ticket is not None
-            state = await self._book.ticket_state(claim.chat_id, claim.ticket)
+            state = await self._state(claim)
+            if state is TicketState.HEAD:
+                return TurnTicket(taken.number)
             if state is TicketState.GONE:
                 log.warning(
-                    "turn ticket %s of chat %s lapsed while waiting; queueing again", claim.ticket, claim.chat_id
+                    "turn ticket %s of chat %s lapsed while waiting; queueing again", claim.number, claim.chat_id
                 )
-                self._tickets.discard(claim.ticket)
-                claim.ticket = None
-                head = await self._take(owner, claim)
-            else:
-                head = state is TicketState.HEAD
+                self._tickets.discard(taken.number)
+                claim.number = None
+                taken = await self._take(owner, claim)
+                if taken.head:
+                    return self._granted(owner, claim.chat_id, taken, claim.question)
 
-    async def _take(self, owner: str, claim: _Claim) -> bool:
+    async def _state(self, claim: _Claim) -> TicketState:
+        assert claim.number is not None
+        live = await self._rows.run(only(fetch(self._rows.sql.live_tickets, claim.chat_id)))
+        return state_of(claim.number, [row[0] for row in live])
+
+    async def _take(self, owner: str, claim: _Claim) -> TakenTicket:
         # A cancellation during this call can leave a ticket we never learn of; it lapses
         # after one lease, which only delays the chat's next turns.
-        claim.ticket, head, opened = await self._book.take_ticket(owner, claim.chat_id, self._lease, claim.opening)
-        self._tickets.add(claim.ticket)
-        if opened is not None:
-            self._opened[claim.ticket] = opened
-        return head
+        taken = await self._rows.take_ticket(owner, claim.chat_id, self._lease, claim.question)
+        claim.number = taken.number
+        self._tickets.add(taken.number)
+        return taken
 
-    async def _return(self, chat_id: str, ticket: int) -> None:
+    def _granted(self, owner: str, chat_id: str, taken: TakenTicket, question: NewRow | None) -> TurnTicket:
+        """The ticket of a turn that headed the chat at once, with its question when that was stored."""
+        stored = taken.question
+        if stored is None or question is None:
+            return TurnTicket(taken.number)
+        message_id, asked = question
+        message = Message(message_id, chat_id, stored.last_seq, Role.USER, asked.content, stored.created_at)
+        self._recent.appended(owner, chat_id, [message], revision=stored.revision, ticket=taken.number)
+        return TurnTicket(taken.number, message, stored.system_prompt)
+
+    async def _end(self, chat_id: str, ticket: int) -> None:
         """Give the ticket back even when the turn is being cancelled: the next one need not wait out the lease."""
         self._tickets.discard(ticket)
-        if ticket in self._handed_on:
-            self._handed_on.discard(ticket)
+        if ticket in self._given_back:
+            self._given_back.discard(ticket)
         else:
-            task = asyncio.ensure_future(self._book.return_ticket(chat_id, ticket))
-            self._returning.add(task)
-            task.add_done_callback(self._returning.discard)
+            task = asyncio.ensure_future(self._rows.give_back_ticket(chat_id, ticket))
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
             await asyncio.shield(task)
         self.wake(chat_id)
 
@@ -232,17 +227,28 @@ class Leases:
                 await self._extend_tickets()
             if self._keys:
                 try:
-                    await self._book.touch_keys(set(self._keys))
+                    await self._touch_keys(set(self._keys))
                 except Exception:
                     log.exception("refreshing %d Idempotency-Keys failed; a later beat tries again", len(self._keys))
 
     async def _extend_tickets(self) -> None:
         tickets = set(self._tickets)
         try:
-            live = await self._book.extend_tickets(tickets, self._lease)
+            live = await self._rows.run(self._extended(tickets), write=True)
         except Exception:
             log.exception("extending %d turn tickets failed; they lapse unless a later beat succeeds", len(tickets))
             return
         lost = (tickets - live) & self._tickets
         if lost:
             log.warning("turn tickets %s lapsed before their heartbeat: their turns' writes will be refused", lost)
+
+    def _extended(self, tickets: Collection[int]) -> Plan[set[int]]:
+        """Extend the live ones of `tickets`, and drop every lapsed ticket (of this process or a dead one)."""
+        sql = self._rows.sql
+        live = yield fetch(sql.extend_tickets, to_json(list(tickets)), self._lease)
+        yield execute(sql.drop_lapsed_tickets)
+        return {row[0] for row in live}
+
+    async def _touch_keys(self, keys: Collection[tuple[str, str]]) -> None:
+        held = to_json([{"owner": owner, "key": key} for owner, key in keys])
+        await self._rows.run(only(execute(self._rows.touch_keys, held, self._rows.stamp(utcnow()))))
