@@ -68,14 +68,14 @@ async def open_store(url: str, *, lease_seconds: float = LEASE_SECONDS) -> Async
     check_store_url(url)
     async with AsyncExitStack() as stack:
         try:
-            store = await stack.enter_async_context(_opened(url, lease_seconds))
+            store = await stack.enter_async_context(_store_at(url, lease_seconds))
         except OPEN_ERRORS as error:
             reason = str(error).strip() or type(error).__name__
             raise StoreUnavailableError(f"cannot open {redacted(url)}: {reason}") from error
         yield store
 
 
-def _opened(url: str, lease_seconds: float) -> AbstractAsyncContextManager[ChatStore]:
+def _store_at(url: str, lease_seconds: float) -> AbstractAsyncContextManager[ChatStore]:
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
         return open_sqlite_store(url, lease_seconds=lease_seconds)

@@ -75,10 +75,10 @@ class _ChatRecord:
     def seq_of(self, message_id: str) -> int | None:
         """The seq of the chat's message `message_id`, which ends with it (see
         `MessageRows.message_id`) unless the caller chose the id."""
-        _, dot, tail = message_id.rpartition(".")
-        if not dot or not tail.isdigit() or not 0 < int(tail) <= len(self.messages):
+        _, dot, suffix = message_id.rpartition(".")
+        if not dot or not suffix.isdigit() or not 0 < int(suffix) <= len(self.messages):
             return self.named.get(message_id) if self.named else None
-        seq = int(tail)
+        seq = int(suffix)
         return seq if self.messages[seq - 1].id == message_id else None
 
     def to_chat(self) -> Chat:
