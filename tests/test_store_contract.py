@@ -306,9 +306,13 @@ async def test_an_append_whose_ticket_no_longer_heads_the_chat_stores_nothing(st
     assert (await store.get_chat(ALICE, chat_id)).message_count == 2
 
 
-async def test_the_turns_last_append_lets_the_next_turn_in_before_its_block_ends(store: ChatStore) -> None:
-    """`ends_turn` gives the ticket back with the append: the turn waiting next begins at once, and
-    the first block's end has nothing left to give back (so the one after that still waits)."""
+@pytest.mark.parametrize("replies", [1, 2])
+async def test_the_turns_last_append_lets_the_next_turn_in_before_its_block_ends(
+    store: ChatStore, replies: int
+) -> None:
+    """`ends_turn` gives the ticket back with the append (of one message or several): the turn
+    waiting next begins at once, and the first block's end has nothing left to give back (so the
+    one after that still waits)."""
     chat_id = await new_chat(store)
     order: list[str] = []
     second_in, second_may_end = asyncio.Event(), asyncio.Event()
@@ -332,7 +336,11 @@ async def test_the_turns_last_append_lets_the_next_turn_in_before_its_block_ends
         waiting.append(asyncio.create_task(third()))
         await asyncio.sleep(0.05)
         assert order == [], "the next turns wait while the first is not done"
-        await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "first"), ticket=ticket, ends_turn=True)
+        first = [NewMessage(Role.ASSISTANT, "first")] * replies
+        if replies == 1:
+            await store.append_message(ALICE, chat_id, first[0], ticket=ticket, ends_turn=True)
+        else:
+            await store.append_messages(ALICE, chat_id, first, ticket=ticket, ends_turn=True)
         await asyncio.wait_for(second_in.wait(), 5)
         order.append("first out")
     await asyncio.sleep(0.2)
@@ -340,7 +348,7 @@ async def test_the_turns_last_append_lets_the_next_turn_in_before_its_block_ends
     second_may_end.set()
     await asyncio.gather(*waiting)
     assert order == ["second in", "first out", "second out", "third in"]
-    assert await contents(store, chat_id) == ["first", "second", "third"]
+    assert await contents(store, chat_id) == ["first"] * replies + ["second", "third"]
 
 
 async def test_a_turn_on_an_idle_chat_stores_its_question_with_its_ticket(store: ChatStore) -> None:
