@@ -1,15 +1,12 @@
 """The storage contract, one small protocol per concern, and `ChatStore`, their union.
 
-A part of the service that needs only one concern can say so in its signature (the context
-builder reads a `MessageLog`, the rate limiter takes `RateSlots`), so what it may touch is plain
-from there. Every backend implements the whole union, and `MemoryStore` is its executable
-specification. Each method's contract (what it raises, its ordering, its idempotence) is stated
-here, once; implementations do not repeat it.
-
-Every method that touches a chat takes the owner first, and a chat of another owner is
-indistinguishable from a missing one (`ChatNotFoundError`), so isolation cannot be forgotten by
-a caller. Text handed to a store holds no NUL characters (PostgreSQL's `text` cannot store them;
-the API refuses them).
+A part of the service that needs one concern can say so in its signature (the context builder
+reads a `MessageLog`, the rate limiter takes `RateSlots`); every backend implements the union,
+and `MemoryStore` is its executable specification. Each method's contract (what it raises, its
+ordering, its idempotence) is stated here, once. Every method that touches a chat takes the owner
+first, and another owner's chat is indistinguishable from a missing one (`ChatNotFoundError`), so
+isolation cannot be forgotten by a caller. Text handed to a store holds no NUL characters
+(PostgreSQL's `text` cannot store them; the API refuses them).
 """
 
 from collections.abc import Callable, Sequence

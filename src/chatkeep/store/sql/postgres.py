@@ -1,24 +1,13 @@
 """PostgreSQL's driver: chats in one database, shared by any number of server processes.
 
-Every store call is one statement on a pooled connection (asyncpg prepares and caches it), or a
-short plan of them on one, and the connection goes back to the pool as soon as the call ends,
-so a pool of ~20 serves thousands of turns in flight. What this driver's own statements rest on
-is the chat row's lock: an append bumps the chat's counters and inserts its messages in one
-statement, so concurrent appends, from any process, take consecutive seqs, and an append that
-carries its turn's ticket counts the messages only while that ticket heads the chat, so a
-process that stalled past its lease writes nothing into the next turn. Tickets are taken and
-given back by small PL/pgSQL functions that lock the chat row too, so a chat's tickets commit
-in number order; a ticket given back NOTIFYs `chatkeep_turns`, which one listening connection
-per process turns into wake-ups (polling covers a lost one). A turn on an idle chat stores its
-question in the function that grants its ticket (`chatkeep_open_turn`) and its reply in the one
-that gives the ticket back (`chatkeep_append_and_hand_on`): two write round trips a turn, as the
-messages kept in memory (`recent`) make a warm turn's context free. An Idempotency-Key claim is
-one statement, sent again only when another claim inserted the same key while it ran; a rate
-slot is one function call under an advisory lock on its key. The same listening connection
-carries `chatkeep_broadcast`, the channel processes use to follow each other's streamed turns.
-Timestamps are `timestamptz`; ticket expiries and rate slots use the database clock, which every
-process shares. The functions' names and bodies are released migrations, so they keep the words
-of their first release.
+Its own statements are those whose guarantee rests on the chat row's lock: an append counts its
+messages and inserts them in one statement, fenced by the turn's ticket, so concurrent appends
+from any process take consecutive seqs and a process that stalled past its lease writes nothing;
+tickets are taken and given back by PL/pgSQL functions that lock the row too, so a chat's
+tickets commit in number order, and a ticket given back NOTIFYs the chat's waiters in every
+process (one LISTEN connection each, which also carries `chatkeep_broadcast`). A turn's question
+rides with its ticket and its reply gives the ticket back, so a turn is two write round trips.
+The functions are released migrations: their names and bodies keep their first release's words.
 """
 
 import asyncio

@@ -1,17 +1,11 @@
 """The newest messages of the chats this process takes turns on, kept in memory by the SQL stores.
 
-Every turn reads its chat's newest messages for the context it sends upstream, and read from
-the database that is the costliest part of a turn; so a store keeps them, and only the turn
-whose own appends proved them current may read them back. An append carrying the turn's ticket
-runs while that ticket heads the chat, so no other process appends meanwhile, and it answers
-the chat's message count and `revision` (bumped whenever a stored message changes, as a
-forgotten one does): when the count follows on from what is kept and the revision is the one it
-was kept at, nothing happened to the chat in between, and the appended messages join the kept
-ones; otherwise the chat's are kept afresh from them. Reads for the turn holding that same
-ticket are answered from memory wherever it covers them; older messages come from the database
-and join the kept ones when they fit on. Any other reader (listing a chat, a rolling summary,
-another process) reads the database. What is kept is bounded: at most `MAX_MESSAGES` a chat and
-`max_chars` of content over all chats, the least recently used chats going first.
+Reading a turn's context from the database is the costliest part of a turn, so a store keeps
+each chat's newest messages, and only the turn whose own appends proved them current may read
+them back: an append under the turn's ticket answers the chat's count and `revision` (bumped
+when a stored message changes), and when they run on from what is kept, nothing happened to the
+chat in between. Any other reader, or any doubt, reads the database. What is kept is bounded per
+chat and over all chats, the least recently used going first.
 """
 
 from collections import OrderedDict

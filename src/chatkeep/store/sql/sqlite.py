@@ -1,20 +1,14 @@
 """SQLite's driver: chats in one file, durable, for one machine (one or several processes).
 
-One thread owns the connection and every store call is one job on it, a whole plan in one hop
-off the event loop, since a hop costs more than the SQL here. That thread is the process's
-single writer, and SQLite's write lock (WAL mode, BEGIN IMMEDIATE, a busy timeout) orders the
-writers of several processes on one file: what this driver's own statements rest on. An append
-carrying its turn's ticket checks, inside its write transaction, that the ticket still heads the
-chat, and takes its timestamp there too, so timestamps follow the order of the writes. Waiters
-for a turn poll with short, growing sleeps (no process nudges another). Rate slots are counted
-in the same file, so every process on the machine shares a limit.
-
-Durability: WAL with `synchronous=NORMAL` (the default) writes every commit into the WAL before
-the call returns, so every acknowledged write survives the process being killed (`kill -9`),
-but not a power cut or OS crash; the URL option `?synchronous=full` syncs each commit to disk
-and survives those too, at a cost per write. Timestamps are integer microseconds since the
-epoch (UTC), exact both ways. A file that stays locked past the busy timeout (another process
-holding the write lock) is StoreUnavailableError, a 503 to retry, not a crash.
+One thread owns the connection and runs each store call's whole plan as one job, since a hop off
+the event loop costs more than the SQL here. That thread is the process's single writer, and
+SQLite's write lock (WAL, BEGIN IMMEDIATE, a busy timeout) orders the writers of several
+processes: what this driver's own statements rest on. An append checks its ticket and takes its
+timestamp inside its write transaction, so a stalled process writes nothing and timestamps
+follow the order of the writes; waiters poll, as no process can nudge another. Every
+acknowledged write survives the process being killed (WAL, `synchronous=NORMAL`); the URL option
+`?synchronous=full` survives power loss too, at a cost per write. A file locked past the busy
+timeout is StoreUnavailableError, a 503 to retry.
 """
 
 import asyncio

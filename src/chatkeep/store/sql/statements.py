@@ -1,18 +1,11 @@
 """The statements both SQL stores run, written once; the `Dialect` that spells them; and plans of them.
 
-SQLite and PostgreSQL agree on nearly all of chatkeep's SQL; where they differ it is in a few
-words: how a parameter is written (both number them, `?1` and `$1`, so one statement binds the
-same arguments in both), type names, and the clock a turn ticket's expiry is read on. A
-template is a plain string with `$n` for the n-th parameter and `{name}` for one of `NAMES`
-(a column list, the migrations table) or a dialect's word; `spelled` fills both in. The
-statements whose concurrency guarantee depends on the database (appending a message with its
-seq, claiming an Idempotency-Key, taking and returning a turn ticket) are not here: each
-dialect's module keeps its own.
-
-A store call that runs several statements is written once as a `Plan`: a generator that yields
-each `Statement` and is sent what it answers. The plan says what to run; the dialect's driver
-says how, so SQLite can run a whole plan as one job on its thread while PostgreSQL runs it on
-one pooled connection, and neither store writes the call's logic again.
+SQLite and PostgreSQL differ in a few words (parameters `?1`/`$1`, type names, the clock a
+ticket's expiry is read on), so a template (`$n` parameters, `{name}` words) is `spelled` for
+each. A store call of several statements is written once as a `Plan`, a generator that yields
+each `Statement` and is sent its answer, so that each driver decides how to run it (one job on
+SQLite's thread, one pooled connection on PostgreSQL). Statements whose guarantee rests on one
+database's locking are each dialect's own.
 """
 
 import re

@@ -1,17 +1,11 @@
-"""Turn tickets as rows shared by every process, and the one heartbeat that keeps a process's alive.
+"""Turn tickets as rows every process shares, and the one heartbeat that keeps a process's alive.
 
-A turn takes a ticket row for its chat (the database hands a chat's tickets out in arrival
-order) and holds the turn while its ticket is the lowest live one. Nothing stays open between
-calls, because the LLM is called while a turn is held: a ticket is a row with an expiry that one
-background heartbeat per store extends for every ticket this process holds or waits with. A
-process that dies stops extending, so its tickets lapse after at most `lease_seconds` and the
-chat moves on; one that only stalls (a GC pause, SIGSTOP) finds its ticket lapsed when it wakes,
-and the store refuses the appends that carry it (fencing), so two turns never interleave. The
-same beat refreshes the Idempotency-Keys this process works on, so only a dead holder's key can
-be claimed again. Waiters wake on a nudge (PostgreSQL LISTEN/NOTIFY, or a ticket given back in
-this process) and otherwise poll with a growing pause, so a lost nudge costs latency, never
-correctness. The statements that take and give back a ticket are each dialect's (`TicketRows`);
-the rest is here, once.
+A turn holds its chat while its ticket is the chat's lowest live row; nothing stays open between
+calls, because the LLM is called while a turn is held. A process's heartbeat extends its tickets
+(and refreshes the Idempotency-Keys it works on), so a process that dies lets its turns go after
+one lease, and one that stalls finds its ticket lapsed and its appends refused (fencing). Waiters
+wake on a nudge and otherwise poll with a growing pause, so a lost nudge costs latency, never
+correctness. The statements that take and give back a ticket are each dialect's (`TicketRows`).
 """
 
 import asyncio
