@@ -92,7 +92,7 @@ class MessageLog(Protocol):
         ends_turn: bool = False,
     ) -> Message:
         """Store `message` with the chat's next `seq` (gap-free, from 1), durably before returning;
-        its `created_at` is the moment it is stored, so it never goes backwards within a turn's chat.
+        its `created_at` is the moment it is stored.
 
         Concurrent appends to one chat get distinct consecutive seqs. With a `ticket` (from
         `turn_lease`), the message is stored only while that ticket heads the chat, else this
