@@ -19,8 +19,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from chatkeep.store import ChatStore, open_store, postgres, sqlite
-from chatkeep.store.migrations import MIGRATIONS_TABLE
+from chatkeep.store import ChatStore, open_store
+from chatkeep.store.sql import postgres, sqlite
+from chatkeep.store.sql.migrations import MIGRATIONS_TABLE
 from chatkeep.store.urls import sqlite_location
 
 STORES = ["memory", "sqlite", "postgres"]

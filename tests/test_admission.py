@@ -3,6 +3,7 @@ limit is counted, a refused request leaves nothing behind, and queued turns keep
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,24 @@ async def created_or_refused(sdk: Any, items: list[dict[str, str]], key: str) ->
         return await sdk.conversations.create(items=items, extra_headers=keyed(key))
     except openai.APIStatusError as refused:
         return refused.status_code
+
+
+async def test_queued_questions_are_stored_in_time_order(store_url: str, fake_llm: FakeOpenAI) -> None:
+    """Turns that waited in line store their question when their turn comes, after the reply
+    before them: `created_at` never goes backwards within a chat, nor does the summary's last time."""
+    fake_llm.latency = 0.3
+    async with serve(llm_settings(fake_llm, store=store_url)) as client:
+        chat_id = await new_chat(client)
+        answers = await asyncio.gather(*(post_later(client, chat_id, n) for n in range(3)))
+        assert [answer.status_code for answer in answers] == [201] * 3
+        messages = (await client.get(f"/chats/{chat_id}/messages")).json()["data"]
+        summary = (await client.get(f"/chats/{chat_id}/summary")).json()
+    times = [datetime.fromisoformat(message["created_at"]) for message in messages]
+    assert [message["seq"] for message in messages] == list(range(1, 7))
+    assert times == sorted(times), [(m["seq"], m["role"], m["created_at"]) for m in messages]
+    assert datetime.fromisoformat(summary["last_message_at"]) == times[-1]
+
+
+async def post_later(client: Any, chat_id: str, n: int) -> Any:
+    await asyncio.sleep(0.05 * n)
+    return await post(client, chat_id, f"question {n}")

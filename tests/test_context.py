@@ -8,8 +8,8 @@ import httpx
 
 from chatkeep.config import DEFAULT_SYSTEM_PROMPT
 from chatkeep.context import MESSAGE_OVERHEAD_TOKENS, build_context, estimate_tokens
-from chatkeep.domain import ContextSummary, Message, NewMessage, Role
-from chatkeep.store import MemoryStore
+from chatkeep.domain import Message, NewMessage, Role, RollingSummary
+from chatkeep.store import MemoryStore, TurnTicket
 from tests.conftest import llm_settings, new_chat, post, serve
 from tests.fake_openai import FakeOpenAI
 
@@ -131,7 +131,7 @@ class CountingStore(MemoryStore):
         limit: int,
         before_seq: int | None = None,
         after_seq: int = 0,
-        ticket: int | None = None,
+        ticket: TurnTicket | None = None,
     ) -> list[Message]:
         window = await super().recent_messages(owner, chat_id, limit=limit, before_seq=before_seq, after_seq=after_seq)
         self.read += len(window)
@@ -168,8 +168,8 @@ async def test_a_chat_that_fits_goes_verbatim_and_wants_a_fold_once_crowded() ->
         context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, fold_at=0.75)
         assert [m["content"] for m in context.prompt] == [f"message {n:05d} padded" for n in range(count)]
         assert context.fold_wanted is wanted
-    await store.claim_fold(OWNER, chat_id, hold_seconds=60)
-    await store.end_fold(OWNER, chat_id, ContextSummary("what the first 40 said", 40))
+    await store.claim_rolling_summary(OWNER, chat_id, hold_seconds=60)
+    await store.end_rolling_summary(OWNER, chat_id, RollingSummary("what the first 40 said", 40))
     context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, fold_at=0.75)
     assert len(context.prompt) == 80  # whole: what fits is sent as it is, not summarized
     assert context.fold_wanted is False  # the 40 unfolded messages take less than 75%
@@ -178,8 +178,8 @@ async def test_a_chat_that_fits_goes_verbatim_and_wants_a_fold_once_crowded() ->
 async def test_a_chat_over_budget_sends_its_summary_then_the_messages_after_it() -> None:
     store = MemoryStore()
     chat_id = await chat_of(store, 200)
-    await store.claim_fold(OWNER, chat_id, hold_seconds=60)
-    await store.end_fold(OWNER, chat_id, ContextSummary("what the first 150 said", 150))
+    await store.claim_rolling_summary(OWNER, chat_id, hold_seconds=60)
+    await store.end_rolling_summary(OWNER, chat_id, RollingSummary("what the first 150 said", 150))
     context = await build_context(store, OWNER, chat_id, system_prompt="S", budget=1000, fold_at=0.75)
     assert context.prompt[0] == {"role": "system", "content": "S"}
     assert str(context.prompt[1]["content"]).endswith("(its first 150 messages, not shown):\nwhat the first 150 said")

@@ -19,10 +19,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from chatkeep.domain import ChatChanges, KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
+from chatkeep.domain import KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
-from chatkeep.store import ChatStore, open_store, postgres, sqlite
-from chatkeep.store.migrations import Migration, pending
+from chatkeep.store import ChatStore, TurnTicket, open_store
+from chatkeep.store.sql import postgres, sqlite
+from chatkeep.store.sql.migrations import Migration, pending
 from chatkeep.store.urls import pool_options, sqlite_location
 from tests.stores import SQL_STORES, applied_migrations, execute_sql, fresh_database, open_sql_store
 
@@ -56,7 +57,7 @@ TABLES = [
 # microseconds since the epoch; both integer widths are SQLite's one INTEGER.
 SQLITE_TYPE = {"text": "TEXT", "bigint": "INTEGER", "integer": "INTEGER", "timestamp with time zone": "INTEGER"}
 # Columns spelled otherwise: moments on the database's clock (a ticket's expiry, when a rate slot
-# was taken, a fold's hold) are REAL seconds since the epoch on SQLite's.
+# was taken, a rolling summary's hold) are REAL seconds since the epoch on SQLite's.
 SQLITE_TYPE_OF_COLUMN = {
     ("turn_tickets", "expires_at"): "REAL",
     ("rate_slots", "taken_at"): "REAL",
@@ -360,16 +361,12 @@ async def test_one_of_two_stores_racing_for_a_key_claims_it(url: str) -> None:
                     assert (outcome.previous.state, outcome.previous.fingerprint) == (KeyState.RUNNING, "request")
 
 
-async def test_a_turn_on_a_missing_chat_is_refused(url: str) -> None:
+async def test_a_chat_whose_first_messages_cannot_be_stored_is_not_created(url: str) -> None:
     async with open_store(url) as store:
-        chat_id = await new_chat(store)
-        with pytest.raises(ChatNotFoundError):
-            async with store.turn_lease("bob", chat_id):
-                pass
-        await store.delete_chat(ALICE, chat_id)
-        with pytest.raises(ChatNotFoundError):
-            async with store.turn_lease(ALICE, chat_id):
-                pass
+        clash = [NewMessage(Role.USER, "one", id="msg_same"), NewMessage(Role.ASSISTANT, "two", id="msg_same")]
+        with pytest.raises((sqlite_driver.IntegrityError, asyncpg.UniqueViolationError)):
+            await store.create_chat(ALICE, title=None, metadata={}, system_prompt=None, messages=clash)
+        assert (await store.list_chats(ALICE, PageRequest())).data == []
 
 
 async def test_a_waiting_turn_whose_chat_is_deleted_ends_not_found(url: str) -> None:
@@ -484,7 +481,6 @@ async def test_an_append_with_a_lapsed_ticket_stores_nothing(url: str) -> None:
     async with open_sql_store(url, lease_seconds=60) as store:
         chat_id = await new_chat(store)
         async with store.turn_lease(ALICE, chat_id) as ticket:
-            assert ticket is not None
             await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "asked in time"), ticket=ticket)
             await execute_sql(url, EXPIRE_TICKETS[url.partition(":")[0]])  # as if this process had stalled
             with pytest.raises(TurnLapsedError):
@@ -500,17 +496,17 @@ async def test_an_append_with_a_lapsed_ticket_stores_nothing(url: str) -> None:
 def returned_tickets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every ticket the stores give back by a call of their own (not with an append)."""
     returned: list[int] = []
-    for book in (postgres.PostgresTickets, sqlite.SqliteTickets):
+    for driver in (postgres.PostgresDriver, sqlite.SqliteDriver):
 
-        async def return_ticket(self: object, chat_id: str, ticket: int, give_back=book.return_ticket) -> None:  # type: ignore[no-untyped-def]
+        async def give_back_ticket(self: object, chat_id: str, ticket: int, give_back=driver.give_back_ticket) -> None:  # type: ignore[no-untyped-def]
             returned.append(ticket)
             await give_back(self, chat_id, ticket)
 
-        monkeypatch.setattr(book, "return_ticket", return_ticket)
+        monkeypatch.setattr(driver, "give_back_ticket", give_back_ticket)
     return returned
 
 
-async def test_the_turns_last_append_hands_the_turn_on(url: str, returned_tickets: list[int]) -> None:
+async def test_the_turns_last_append_gives_its_ticket_back(url: str, returned_tickets: list[int]) -> None:
     """The reply's append gives the ticket back with it: the next turn, in another process, starts
     before the first one's block ends, and that block has nothing left to give back."""
     async with open_sql_store(url) as first, open_sql_store(url) as second:
@@ -528,16 +524,16 @@ async def test_the_turns_last_append_hands_the_turn_on(url: str, returned_ticket
             await asyncio.sleep(0.1)
             assert not entered.is_set(), "the next turn waits while the first is not done"
             reply = NewMessage(Role.ASSISTANT, "a")
-            await first.append_message(ALICE, chat_id, reply, ticket=ticket, hand_on=True)
+            await first.append_message(ALICE, chat_id, reply, ticket=ticket, ends_turn=True)
             await asyncio.wait_for(entered.wait(), 5)
         await queued
         assert len(returned_tickets) == 1, "only the next turn gave its ticket back"
-        assert ticket not in returned_tickets
+        assert ticket.number not in returned_tickets
         messages = (await first.list_messages(ALICE, chat_id, PageRequest())).data
         assert [(m.seq, m.content) for m in messages] == [(1, "q"), (2, "a"), (3, "next")]
 
 
-async def test_a_refused_hand_on_stores_nothing_and_the_ticket_is_still_given_back(
+async def test_a_refused_last_append_stores_nothing_and_the_ticket_is_still_given_back(
     url: str, returned_tickets: list[int]
 ) -> None:
     async with open_sql_store(url, lease_seconds=60) as store:
@@ -546,8 +542,8 @@ async def test_a_refused_hand_on_stores_nothing_and_the_ticket_is_still_given_ba
             await execute_sql(url, EXPIRE_TICKETS[url.partition(":")[0]])  # as if this process had stalled
             reply = NewMessage(Role.ASSISTANT, "too late")
             with pytest.raises(TurnLapsedError):
-                await store.append_message(ALICE, chat_id, reply, ticket=ticket, hand_on=True)
-        assert returned_tickets == [ticket]
+                await store.append_message(ALICE, chat_id, reply, ticket=ticket, ends_turn=True)
+        assert returned_tickets == [ticket.number]
         assert (await store.get_chat(ALICE, chat_id)).message_count == 0
         async with store.turn_lease(ALICE, chat_id) as ticket:
             await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "next turn"), ticket=ticket)
@@ -557,32 +553,20 @@ async def contents(store: ChatStore, chat_id: str) -> list[tuple[int, str]]:
     return [(m.seq, m.content) for m in (await store.list_messages(ALICE, chat_id, PageRequest())).data]
 
 
-async def test_a_turn_on_an_idle_chat_stores_its_question_as_it_takes_the_turn(url: str) -> None:
-    async with open_sql_store(url) as store:
-        chat_id = await new_chat(store)
-        await store.update_chat(ALICE, chat_id, ChatChanges(frozenset({"system_prompt"}), system_prompt="be brief"))
-        async with store.turn_lease(ALICE, chat_id, question="q") as ticket:
-            assert await contents(store, chat_id) == [(1, "q")], "stored with the ticket, before any append"
-            question, prompt = await store.append_question(ALICE, chat_id, "q", ticket=ticket)
-            assert (question.seq, question.content, prompt) == (1, "q", "be brief")
-            assert await store.get_message(ALICE, chat_id, question.id) == question
-            await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "a"), ticket=ticket, hand_on=True)
-        assert await contents(store, chat_id) == [(1, "q"), (2, "a")], "the question was stored once"
-
-
-async def test_a_question_waiting_in_line_is_stored_when_its_turn_comes(url: str) -> None:
+async def test_a_question_waiting_in_another_processs_line_is_stored_when_its_turn_comes(url: str) -> None:
     async with open_sql_store(url) as first, open_sql_store(url) as second:
         chat_id = await new_chat(first)
 
         async def next_turn() -> None:
             async with second.turn_lease(ALICE, chat_id, question="second q") as ticket:
+                assert ticket.question is None
                 await second.append_question(ALICE, chat_id, "second q", ticket=ticket)
 
         async with first.turn_lease(ALICE, chat_id, question="first q") as ticket:
+            assert ticket.question is not None
             queued = asyncio.create_task(next_turn())
             await asyncio.sleep(0.1)
             assert await contents(first, chat_id) == [(1, "first q")], "a waiting turn stores nothing yet"
-            await first.append_question(ALICE, chat_id, "first q", ticket=ticket)
             await first.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "first a"), ticket=ticket)
         await queued
         assert await contents(first, chat_id) == [(1, "first q"), (2, "first a"), (3, "second q")]
@@ -594,9 +578,9 @@ async def test_a_ticket_that_is_not_the_head_cannot_write(url: str) -> None:
         async with first.turn_lease(ALICE, chat_id) as head:
             queued = asyncio.create_task(_hold(second, chat_id))
             await asyncio.sleep(0.1)
-            assert head is not None
+            waiting = TurnTicket(head.number + 1)  # the ticket the queued turn took
             with pytest.raises(TurnLapsedError):
-                await second.append_message(ALICE, chat_id, NewMessage(Role.USER, "not mine"), ticket=head + 1)
+                await second.append_message(ALICE, chat_id, NewMessage(Role.USER, "not mine"), ticket=waiting)
             await first.append_message(ALICE, chat_id, NewMessage(Role.USER, "mine"), ticket=head)
         await queued
 
@@ -635,7 +619,7 @@ async def _turn(store: ChatStore, chat_id: str, question: str) -> list[str]:
 
 
 async def test_a_turns_context_sees_what_other_processes_did_to_the_chat(url: str) -> None:
-    """A store keeps the chats' newest messages between its turns (tails.py); another process's
+    """A store keeps the chats' newest messages between its turns (sql/recent.py); another process's
     turn, or a message it forgets, must still show in the next turn's context here."""
     async with open_sql_store(url) as first, open_sql_store(url) as second:
         chat_id = await new_chat(first)
@@ -650,7 +634,7 @@ async def test_a_turns_context_sees_what_other_processes_did_to_the_chat(url: st
         ]  # fmt: skip
 
 
-async def test_reads_outside_the_turn_that_proved_a_tail_go_to_the_database(url: str) -> None:
+async def test_reads_outside_the_turn_that_proved_the_kept_messages_go_to_the_database(url: str) -> None:
     async with open_sql_store(url) as first, open_sql_store(url) as second:
         chat_id = await new_chat(first)
         await _turn(first, chat_id, "one")

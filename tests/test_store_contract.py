@@ -10,19 +10,25 @@ import pytest
 from chatkeep.domain import (
     DELETED_ITEM,
     ChatChanges,
-    ContextSummary,
     IdempotencyRecord,
     KeyClaim,
     KeyState,
     NewMessage,
     PageRequest,
     Role,
+    RollingSummary,
     StoredResponse,
     SummaryText,
     Usage,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, InvalidCursorError, MessageNotFoundError, ResponseNotFoundError
+from chatkeep.errors import (
+    ChatNotFoundError,
+    InvalidCursorError,
+    MessageNotFoundError,
+    ResponseNotFoundError,
+    TurnLapsedError,
+)
 from chatkeep.store import ChatStore
 from tests.stores import STORES, open_test_store
 
@@ -169,8 +175,9 @@ async def test_recent_messages_are_a_newest_first_window(store: ChatStore) -> No
     chat_id = await new_chat(store)
     await add(store, chat_id, *[f"m{n}" for n in range(1, 11)])
 
-    async def seqs(**kwargs: int) -> list[int]:
-        return [m.seq for m in await store.recent_messages(ALICE, chat_id, **kwargs)]
+    async def seqs(*, limit: int, before_seq: int | None = None, after_seq: int = 0) -> list[int]:
+        window = await store.recent_messages(ALICE, chat_id, limit=limit, before_seq=before_seq, after_seq=after_seq)
+        return [m.seq for m in window]
 
     assert await seqs(limit=3) == [10, 9, 8]
     assert await seqs(limit=3, before_seq=5) == [4, 3, 2]
@@ -192,36 +199,36 @@ async def test_stats_count_exactly(store: ChatStore) -> None:
     assert stats.last_seq == 3
 
 
-async def test_one_fold_at_a_time_and_the_rolling_summary_only_moves_forward(store: ChatStore) -> None:
+async def test_one_rolling_summary_at_a_time_and_it_only_moves_forward(store: ChatStore) -> None:
     chat_id = await new_chat(store)
-    assert await store.get_context_summary(ALICE, chat_id) is None
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=60)
-    assert not await store.claim_fold(ALICE, chat_id, hold_seconds=60)  # held
-    await store.end_fold(ALICE, chat_id, ContextSummary("up to four", 4))
-    assert await store.get_context_summary(ALICE, chat_id) == ContextSummary("up to four", 4)
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=60)  # let go
-    await store.end_fold(ALICE, chat_id, ContextSummary("up to two", 2))  # older: not kept, but let go
-    assert await store.get_context_summary(ALICE, chat_id) == ContextSummary("up to four", 4)
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=60)
-    await store.end_fold(ALICE, chat_id, None)
-    assert await store.get_context_summary(ALICE, chat_id) == ContextSummary("up to four", 4)
+    assert await store.get_rolling_summary(ALICE, chat_id) is None
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)
+    assert not await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)  # held
+    await store.end_rolling_summary(ALICE, chat_id, RollingSummary("up to four", 4))
+    assert await store.get_rolling_summary(ALICE, chat_id) == RollingSummary("up to four", 4)
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)  # let go
+    await store.end_rolling_summary(ALICE, chat_id, RollingSummary("up to two", 2))  # older: not kept, but let go
+    assert await store.get_rolling_summary(ALICE, chat_id) == RollingSummary("up to four", 4)
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)
+    await store.end_rolling_summary(ALICE, chat_id, None)
+    assert await store.get_rolling_summary(ALICE, chat_id) == RollingSummary("up to four", 4)
 
 
-async def test_a_fold_hold_lapses_and_belongs_to_its_owner(store: ChatStore) -> None:
+async def test_a_rolling_summary_hold_lapses_and_belongs_to_its_owner(store: ChatStore) -> None:
     chat_id = await new_chat(store)
-    assert not await store.claim_fold(BOB, chat_id, hold_seconds=60)
-    assert not await store.claim_fold(ALICE, "chat_missing", hold_seconds=60)
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=0.05)
-    await store.end_fold(BOB, chat_id, ContextSummary("not bob's", 9))  # no effect
+    assert not await store.claim_rolling_summary(BOB, chat_id, hold_seconds=60)
+    assert not await store.claim_rolling_summary(ALICE, "chat_missing", hold_seconds=60)
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=0.05)
+    await store.end_rolling_summary(BOB, chat_id, RollingSummary("not bob's", 9))  # no effect
     await asyncio.sleep(0.1)
-    assert await store.claim_fold(ALICE, chat_id, hold_seconds=60)  # its holder died: the hold lapsed
-    assert await store.get_context_summary(ALICE, chat_id) is None
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=60)  # its holder died: the hold lapsed
+    assert await store.get_rolling_summary(ALICE, chat_id) is None
     with pytest.raises(ChatNotFoundError):
-        await store.get_context_summary(BOB, chat_id)
-    await store.end_fold(ALICE, chat_id, ContextSummary("s", 2))
+        await store.get_rolling_summary(BOB, chat_id)
+    await store.end_rolling_summary(ALICE, chat_id, RollingSummary("s", 2))
     await store.delete_chat(ALICE, chat_id)
     with pytest.raises(ChatNotFoundError):
-        await store.get_context_summary(ALICE, chat_id)
+        await store.get_rolling_summary(ALICE, chat_id)
 
 
 async def test_a_summary_never_goes_back_to_fewer_messages(store: ChatStore) -> None:
@@ -239,6 +246,230 @@ async def test_turn_lease_can_be_taken_again_once_released(store: ChatStore) -> 
     for _ in range(2):
         async with store.turn_lease(ALICE, chat_id):
             await add(store, chat_id, "inside a turn")
+
+
+async def contents(store: ChatStore, chat_id: str) -> list[str]:
+    return [m.content for m in (await store.list_messages(ALICE, chat_id, PageRequest(limit=100))).data]
+
+
+async def hold(store: ChatStore, chat_id: str) -> None:
+    async with store.turn_lease(ALICE, chat_id):
+        pass
+
+
+async def test_turns_on_one_chat_are_granted_one_at_a_time_in_the_order_asked(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    entered: list[int] = []
+    inside = 0
+
+    async def turn(n: int) -> None:
+        nonlocal inside
+        await asyncio.sleep(n * 0.01)  # asked in this order
+        async with store.turn_lease(ALICE, chat_id) as ticket:
+            inside += 1
+            assert inside == 1, "two turns held the chat at once"
+            entered.append(n)
+            await store.append_message(ALICE, chat_id, NewMessage(Role.USER, f"turn {n}"), ticket=ticket)
+            await asyncio.sleep(0.02)
+            inside -= 1
+
+    await asyncio.gather(*(turn(n) for n in range(5)))
+    assert entered == list(range(5))
+    assert await contents(store, chat_id) == [f"turn {n}" for n in range(5)]
+
+
+async def test_turns_on_different_chats_do_not_wait_for_each_other(store: ChatStore) -> None:
+    first, second = await new_chat(store), await new_chat(store)
+    async with store.turn_lease(ALICE, first), asyncio.timeout(5), store.turn_lease(ALICE, second) as ticket:
+        await store.append_message(ALICE, second, NewMessage(Role.USER, "meanwhile"), ticket=ticket)
+
+
+async def test_an_append_whose_ticket_no_longer_heads_the_chat_stores_nothing(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    async with store.turn_lease(ALICE, chat_id) as old:
+        await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "in time"), ticket=old)
+    with pytest.raises(TurnLapsedError):  # given back at its block's end
+        await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "too late"), ticket=old)
+    async with store.turn_lease(ALICE, chat_id) as current:
+        with pytest.raises(TurnLapsedError):
+            await store.append_question(ALICE, chat_id, "too late", ticket=old)
+        with pytest.raises(TurnLapsedError):
+            await store.append_messages(
+                ALICE, chat_id, [NewMessage(Role.USER, "too"), NewMessage(Role.USER, "late")], ticket=old
+            )
+        await store.append_message(
+            ALICE, chat_id, NewMessage(Role.USER, "the next turn"), ticket=current, ends_turn=True
+        )
+        with pytest.raises(TurnLapsedError):  # given back with its last append
+            await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "after its end"), ticket=current)
+    assert await contents(store, chat_id) == ["in time", "the next turn"]
+    assert (await store.get_chat(ALICE, chat_id)).message_count == 2
+
+
+@pytest.mark.parametrize("replies", [1, 2])
+async def test_the_turns_last_append_lets_the_next_turn_in_before_its_block_ends(
+    store: ChatStore, replies: int
+) -> None:
+    """`ends_turn` gives the ticket back with the append (of one message or several): the turn
+    waiting next begins at once, and the first block's end has nothing left to give back (so the
+    one after that still waits)."""
+    chat_id = await new_chat(store)
+    order: list[str] = []
+    second_in, second_may_end = asyncio.Event(), asyncio.Event()
+
+    async def second() -> None:
+        async with store.turn_lease(ALICE, chat_id) as ticket:
+            order.append("second in")
+            second_in.set()
+            await second_may_end.wait()
+            await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "second"), ticket=ticket)
+        order.append("second out")
+
+    async def third() -> None:
+        async with store.turn_lease(ALICE, chat_id) as ticket:
+            order.append("third in")
+            await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "third"), ticket=ticket)
+
+    async with store.turn_lease(ALICE, chat_id) as ticket:
+        waiting = [asyncio.create_task(second())]
+        await asyncio.sleep(0.05)
+        waiting.append(asyncio.create_task(third()))
+        await asyncio.sleep(0.05)
+        assert order == [], "the next turns wait while the first is not done"
+        first = [NewMessage(Role.ASSISTANT, "first")] * replies
+        if replies == 1:
+            await store.append_message(ALICE, chat_id, first[0], ticket=ticket, ends_turn=True)
+        else:
+            await store.append_messages(ALICE, chat_id, first, ticket=ticket, ends_turn=True)
+        await asyncio.wait_for(second_in.wait(), 5)
+        order.append("first out")
+    await asyncio.sleep(0.2)
+    assert order == ["second in", "first out"], "the first block's end took nothing from the second"
+    second_may_end.set()
+    await asyncio.gather(*waiting)
+    assert order == ["second in", "first out", "second out", "third in"]
+    assert await contents(store, chat_id) == ["first"] * replies + ["second", "third"]
+
+
+async def test_a_turn_on_an_idle_chat_stores_its_question_with_its_ticket(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    await store.update_chat(ALICE, chat_id, ChatChanges(frozenset({"system_prompt"}), system_prompt="be brief"))
+    async with store.turn_lease(ALICE, chat_id, question="q") as ticket:
+        assert (await store.get_chat(ALICE, chat_id)).message_count == 1, "stored as the ticket was granted"
+        question = ticket.question
+        assert question is not None
+        assert (question.seq, question.role, question.content, ticket.system_prompt) == (1, Role.USER, "q", "be brief")
+        assert await store.get_message(ALICE, chat_id, question.id) == question
+        assert await store.recent_messages(ALICE, chat_id, limit=10, ticket=ticket) == [question]
+        reply = NewMessage(Role.ASSISTANT, "a")
+        assert (await store.append_message(ALICE, chat_id, reply, ticket=ticket, ends_turn=True)).seq == 2
+    assert await contents(store, chat_id) == ["q", "a"], "the question was stored once"
+    async with store.turn_lease(ALICE, chat_id) as bare:
+        assert (bare.question, bare.system_prompt) == (None, None), "no question asked for, none stored"
+
+
+async def test_a_turn_waiting_in_line_stores_its_question_only_in_its_turn(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+
+    async def next_turn() -> None:
+        async with store.turn_lease(ALICE, chat_id, question="second q") as ticket:
+            assert ticket.question is None, "a ticket that had to wait comes without its question"
+            await store.append_question(ALICE, chat_id, "second q", ticket=ticket)
+
+    async with store.turn_lease(ALICE, chat_id, question="first q") as ticket:
+        queued = asyncio.create_task(next_turn())
+        await asyncio.sleep(0.05)
+        assert await contents(store, chat_id) == ["first q"], "a waiting turn stores nothing"
+        await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "first a"), ticket=ticket)
+    await asyncio.wait_for(queued, 5)
+    assert await contents(store, chat_id) == ["first q", "first a", "second q"]
+
+
+async def test_created_at_never_goes_backwards_under_queued_turns(store: ChatStore) -> None:
+    """Three turns ask for the chat's turn with their questions before the one ahead has ended: the
+    second waits in the store's line, the third in the process's (as the service's queue holds a
+    turn until the one ahead ends). Each question is created when stored, after the reply before it."""
+    chat_id = await new_chat(store)
+    leases = [store.turn_lease(ALICE, chat_id, question=f"q{n}") for n in range(3)]
+    entered, ended = [asyncio.Event() for _ in range(3)], [asyncio.Event() for _ in range(3)]
+
+    async def turn(n: int) -> None:
+        if n == 1:
+            await entered[0].wait()
+        if n == 2:
+            await ended[1].wait()
+        async with leases[n] as ticket:
+            entered[n].set()
+            if ticket.question is None:
+                await store.append_question(ALICE, chat_id, f"q{n}", ticket=ticket)
+            await asyncio.sleep(LATER)
+            reply = NewMessage(Role.ASSISTANT, f"a{n}")
+            await store.append_message(ALICE, chat_id, reply, ticket=ticket, ends_turn=True)
+        ended[n].set()
+
+    await asyncio.gather(*(turn(n) for n in range(3)))
+    messages = (await store.list_messages(ALICE, chat_id, PageRequest())).data
+    assert [m.content for m in messages] == ["q0", "a0", "q1", "a1", "q2", "a2"]
+    stamps = [m.created_at for m in messages]
+    assert stamps == sorted(stamps)
+
+
+async def test_a_turn_on_a_missing_chat_or_one_deleted_while_it_waits_is_not_found(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    with pytest.raises(ChatNotFoundError):
+        await hold(store, "chat_missing")
+    with pytest.raises(ChatNotFoundError):
+        async with store.turn_lease(BOB, chat_id):
+            pass
+    async with store.turn_lease(ALICE, chat_id) as ticket:
+        waiter = asyncio.create_task(hold(store, chat_id))
+        await asyncio.sleep(0.05)
+        await store.delete_chat(ALICE, chat_id)
+        with pytest.raises(ChatNotFoundError):
+            await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "into the void"), ticket=ticket)
+        with pytest.raises(ChatNotFoundError):
+            await asyncio.wait_for(waiter, 5)
+    with pytest.raises(ChatNotFoundError):
+        await hold(store, chat_id)
+
+
+async def test_a_cancelled_waiter_leaves_the_line(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    async with store.turn_lease(ALICE, chat_id):
+        waiter = asyncio.create_task(hold(store, chat_id))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    async with asyncio.timeout(1):  # the next turn waits for no one (nor for a lease to lapse)
+        await hold(store, chat_id)
+
+
+async def test_a_chat_is_created_with_its_first_messages(store: ChatStore) -> None:
+    call = {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": "{}"}
+    usage = Usage(prompt_tokens=1, completion_tokens=2)
+    first = [
+        NewMessage(Role.USER, "hello"),
+        NewMessage(Role.ASSISTANT, "weather()", item=call),
+        NewMessage(Role.ASSISTANT, "sunny", model="m", usage=usage, id="msg_announced"),
+    ]
+    chat = await store.create_chat(ALICE, title="T", metadata={"k": "v"}, system_prompt="S", messages=first)
+    assert chat.message_count == 3
+    assert await store.get_chat(ALICE, chat.id) == chat
+    assert (await store.list_chats(ALICE, PageRequest())).data == [chat]
+    stored = (await store.list_messages(ALICE, chat.id, PageRequest())).data
+    assert [(m.seq, m.role, m.content, m.item, m.model, m.usage) for m in stored] == [
+        (1, Role.USER, "hello", None, None, None),
+        (2, Role.ASSISTANT, "weather()", call, None, None),
+        (3, Role.ASSISTANT, "sunny", None, "m", usage),
+    ]
+    assert stored[2].id == "msg_announced"
+    assert await store.get_message(ALICE, chat.id, "msg_announced") == stored[2]
+    stats = await store.message_stats(ALICE, chat.id)
+    assert (stats.message_count, stats.user_message_count, stats.assistant_message_count) == (3, 1, 2)
+    assert chat.created_at <= stats.first_message_at == stored[0].created_at  # type: ignore[operator]
+    assert stats.last_message_at == stored[2].created_at == chat.updated_at
+    assert (await store.append_message(ALICE, chat.id, NewMessage(Role.USER, "more"))).seq == 4
 
 
 def expected_page(ids: list[str], page: PageRequest) -> tuple[list[str], bool]:

@@ -14,8 +14,7 @@ from chatkeep.domain import MessageStatus, NewMessage, PageRequest, Role
 from chatkeep.idempotency import IdempotencyKeys
 from chatkeep.llm import open_llm
 from chatkeep.metrics import NoMetrics
-from chatkeep.store import MemoryStore
-from chatkeep.store.base import MAX_BROADCAST_BYTES
+from chatkeep.store import MAX_BROADCAST_BYTES, MemoryStore
 from chatkeep.turns import relay
 from chatkeep.turns.admission import Admission
 from chatkeep.turns.engine import NewTurn, TurnEngine

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from chatkeep.domain import ContextSummary, Message, PromptMessage, Role
-from chatkeep.store import ChatStore
+from chatkeep.domain import Message, PromptMessage, Role, RollingSummary
+from chatkeep.store import ChatStore, TurnTicket
 
 # Chat Completions frames every message with a few tokens (role, separators): OpenAI's cookbook
 # counts 3 per message plus the reply primer; 4 is a safe round figure.
@@ -66,7 +66,7 @@ async def build_context(
     budget: int,
     reply_tokens: int = 0,
     fold_at: float | None = None,
-    ticket: int | None = None,
+    ticket: TurnTicket | None = None,
 ) -> Context:
     """The prompt for the chat's next reply, oldest first, within `budget` tokens with room for
     `reply_tokens` of reply.
@@ -85,7 +85,7 @@ async def build_context(
     fits = not newest_first or newest_first[-1].seq == 1
     if fold_at is None or (fits and room >= (1 - fold_at) * available):
         return Context(_prompt(system_prompt, newest_first))
-    summary = await store.get_context_summary(owner, chat_id)
+    summary = await store.get_rolling_summary(owner, chat_id)
     window, fold_wanted = _unfolded_window(newest_first, summary, available, fold_at)
     if fits:  # crowded but whole: sent verbatim, while the fold makes room for what comes next
         return Context(_prompt(system_prompt, newest_first), fold_wanted)
@@ -93,7 +93,7 @@ async def build_context(
 
 
 async def _newest_that_fit(
-    store: ChatStore, owner: str, chat_id: str, budget: int, ticket: int | None
+    store: ChatStore, owner: str, chat_id: str, budget: int, ticket: TurnTicket | None
 ) -> tuple[list[Message], int]:
     """The chat's newest messages that fit `budget`, newest first (the newest at least), and
     the tokens left."""
@@ -119,7 +119,7 @@ async def _newest_that_fit(
 
 
 def _unfolded_window(
-    newest_first: list[Message], summary: ContextSummary | None, available: int, fold_at: float
+    newest_first: list[Message], summary: RollingSummary | None, available: int, fold_at: float
 ) -> tuple[list[Message], bool]:
     """The newest messages after what the rolling summary covers that fit beside it, newest
     first, and whether a fold is wanted: they take more than `fold_at` of the budget, or no
@@ -137,7 +137,7 @@ def _unfolded_window(
     return window, behind or room < (1 - fold_at) * available
 
 
-def summary_note(summary: ContextSummary) -> str:
+def summary_note(summary: RollingSummary) -> str:
     """The rolling summary as the model reads it, before the messages that follow it."""
     return f"Summary of the earlier conversation (its first {summary.up_to_seq} messages, not shown):\n{summary.text}"
 

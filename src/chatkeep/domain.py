@@ -149,7 +149,7 @@ class SummaryText:
 
 
 @dataclass(slots=True, frozen=True)
-class ContextSummary:
+class RollingSummary:
     """A chat's rolling summary: what its messages up to `up_to_seq` said, sent upstream in their stead."""
 
     text: str

@@ -130,9 +130,9 @@ class ChatService:
         async with await self.admission.hold_key(owner, key) as held:
             if held.replay is not None:
                 return chat_from_result(held.replay)
-            chat = await self.store.create_chat(owner, title=title, metadata=metadata, system_prompt=system_prompt)
-            if messages:
-                await self.store.append_messages(owner, chat.id, messages)
+            chat = await self.store.create_chat(
+                owner, title=title, metadata=metadata, system_prompt=system_prompt, messages=messages or ()
+            )
             held.succeeded(lambda: chat_result(chat))
             return chat
 

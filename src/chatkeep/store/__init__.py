@@ -1,4 +1,9 @@
-"""State behind one protocol: `ChatStore`, and `open_store(url)` that picks the backend."""
+"""State behind one contract: `ChatStore` (protocols.py), and `open_store(url)` that picks the backend.
+
+The memory store (memory/) is the specification and the default; the SQL stores (sql/) are one
+`SqlStore` over a driver for SQLite or PostgreSQL. Callers import from here, so where a backend
+lives can change without them.
+"""
 
 import sqlite3
 from collections.abc import AsyncIterator
@@ -7,14 +12,42 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 import asyncpg
 
 from chatkeep.errors import StoreUnavailableError
-from chatkeep.store.base import ChatStore
-from chatkeep.store.leases import LEASE_SECONDS
 from chatkeep.store.memory import MemoryStore
-from chatkeep.store.postgres import PostgresStore, open_postgres_store
-from chatkeep.store.sqlite import SqliteStore, open_sqlite_store
+from chatkeep.store.protocols import (
+    MAX_BROADCAST_BYTES,
+    Broadcast,
+    Chats,
+    ChatStore,
+    IdempotencyKeyStore,
+    MessageLog,
+    RateSlots,
+    ResponseStore,
+    Summaries,
+    TurnTicket,
+    TurnTickets,
+)
+from chatkeep.store.sql.base import SqlStore
+from chatkeep.store.sql.postgres import open_postgres_store
+from chatkeep.store.sql.sqlite import open_sqlite_store
+from chatkeep.store.sql.tickets import LEASE_SECONDS
 from chatkeep.store.urls import POSTGRES_SCHEMES, check_store_url, redacted
 
-__all__ = ["ChatStore", "MemoryStore", "PostgresStore", "SqliteStore", "open_store"]
+__all__ = [
+    "MAX_BROADCAST_BYTES",
+    "Broadcast",
+    "ChatStore",
+    "Chats",
+    "IdempotencyKeyStore",
+    "MemoryStore",
+    "MessageLog",
+    "RateSlots",
+    "ResponseStore",
+    "SqlStore",
+    "Summaries",
+    "TurnTicket",
+    "TurnTickets",
+    "open_store",
+]
 
 
 # How opening a store fails when the database is not there to open: unreachable, refused,
@@ -35,14 +68,14 @@ async def open_store(url: str, *, lease_seconds: float = LEASE_SECONDS) -> Async
     check_store_url(url)
     async with AsyncExitStack() as stack:
         try:
-            store = await stack.enter_async_context(_opened(url, lease_seconds))
+            store = await stack.enter_async_context(_store_at(url, lease_seconds))
         except OPEN_ERRORS as error:
             reason = str(error).strip() or type(error).__name__
             raise StoreUnavailableError(f"cannot open {redacted(url)}: {reason}") from error
         yield store
 
 
-def _opened(url: str, lease_seconds: float) -> AbstractAsyncContextManager[ChatStore]:
+def _store_at(url: str, lease_seconds: float) -> AbstractAsyncContextManager[ChatStore]:
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
         return open_sqlite_store(url, lease_seconds=lease_seconds)

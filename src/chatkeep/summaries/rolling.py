@@ -9,7 +9,7 @@ those messages make the next; one LLM call per batch), and stores the summary wi
 covers. Every message stays stored; only what goes upstream changes.
 
 One fold per chat at a time: in this process a chat has at most one fold task, and across
-processes the store's fold hold (`claim_fold`) admits one holder, whose hold lapses if it dies.
+processes the store's fold hold (`claim_rolling_summary`) admits one holder, whose hold lapses if it dies.
 A turn that comes while a fold is behind or has failed falls back to truncation (its summary,
 if any, and the newest messages that fit); the next fold catches up. A fold that failed is not
 tried again on that chat for RETRY_SECONDS.
@@ -20,7 +20,7 @@ import logging
 import time
 
 from chatkeep.context import message_tokens, oldest_after
-from chatkeep.domain import ContextSummary, Message
+from chatkeep.domain import Message, RollingSummary
 from chatkeep.errors import ChatNotFoundError, LLMError
 from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore
@@ -93,21 +93,21 @@ class RollingSummaries:
     async def _fold_once(self, owner: str, chat_id: str) -> bool:
         """Fold one batch if the chat has older messages to fold and no one else folds it: whether
         there may be more."""
-        if not await self._store.claim_fold(owner, chat_id, hold_seconds=HOLD_SECONDS):
+        if not await self._store.claim_rolling_summary(owner, chat_id, hold_seconds=HOLD_SECONDS):
             return False  # another process folds it, or the chat is gone
         folded = None
         try:
-            summary = await self._store.get_context_summary(owner, chat_id)
+            summary = await self._store.get_rolling_summary(owner, chat_id)
             batch = await self._unfolded(owner, chat_id, summary.up_to_seq if summary is not None else 0)
             if not batch:
                 return False
             previous = summary.text if summary is not None else None
             text = await self._summarizer.condense(previous, batch, max_tokens=self._summary_tokens)
-            folded = ContextSummary(text, batch[-1].seq)
+            folded = RollingSummary(text, batch[-1].seq)
             self._metrics.context_folded("folded")
             return True
         finally:
-            await self._store.end_fold(owner, chat_id, folded)
+            await self._store.end_rolling_summary(owner, chat_id, folded)
 
     async def _unfolded(self, owner: str, chat_id: str, folded_to: int) -> list[Message]:
         """The oldest messages after `folded_to` to fold now: never the newest `keep_tokens` worth."""

@@ -28,7 +28,7 @@ from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, TurnNotRu
 from chatkeep.llm import LLM, Reply
 from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.metrics import Metrics
-from chatkeep.store import ChatStore
+from chatkeep.store import ChatStore, TurnTicket
 from chatkeep.summaries.rolling import RollingSummaries
 from chatkeep.turns.admission import Admitted
 from chatkeep.turns.events import TurnEvents, TurnOutcome
@@ -131,7 +131,7 @@ class TurnEngine:
     def _hold(self, admitted: Admitted, turn: NewTurn, running: RunningTurn) -> "TurnHold":
         assert admitted.queued is not None, "a replay runs nothing"
         if admitted.chat is None:
-            lease: AbstractAsyncContextManager[int | None] = nullcontext()
+            lease: AbstractAsyncContextManager[TurnTicket | None] = nullcontext()
         else:
             lease = self._store.turn_lease(admitted.owner, admitted.chat.id, question=_question_of(turn, admitted))
         return TurnHold(admitted.queued, lease, self._metrics, running)
@@ -152,7 +152,9 @@ class TurnEngine:
             self._rolling.want(admitted.owner, admitted.chat.id)
         return outcome
 
-    async def _inputs(self, admitted: Admitted, turn: NewTurn, ticket: int | None) -> tuple[list[Message], str | None]:
+    async def _inputs(
+        self, admitted: Admitted, turn: NewTurn, ticket: TurnTicket | None
+    ) -> tuple[list[Message], str | None]:
         """The stored inputs (new ones, or the question whose reply a retried key re-runs) and the
         chat's system prompt as it is now, when the turn runs: it may have changed while it waited."""
         owner, chat, key = admitted.owner, admitted.chat, admitted.key
@@ -161,13 +163,15 @@ class TurnEngine:
             return turn.chain.inputs, None
         if key.retry_of is not None:
             return await self._retried(owner, chat.id, key.retry_of)
+        if ticket is not None and ticket.question is not None:  # stored as the turn was granted
+            return [ticket.question], ticket.system_prompt
         content = _question_of(turn, admitted)
-        if content is not None:
-            # The native turn's path: one user message, stored with the ticket on the SQL stores
-            # when the chat's queue was empty, else in one round trip.
+        if content is not None:  # a native turn on a chat whose queue was not empty: one round trip
             question, chat_prompt = await self._store.append_question(owner, chat.id, content, ticket=ticket)
             return [question], chat_prompt
-        return await self._store.append_messages(owner, chat.id, turn.inputs, ticket=ticket)
+        return await self._store.append_messages(
+            owner, chat.id, turn.inputs, ticket=ticket, ends_turn=not turn.answered
+        )
 
     async def _retried(self, owner: str, chat_id: str, question_id: str) -> tuple[list[Message], str | None]:
         question = await self._store.get_message(owner, chat_id, question_id)
@@ -204,7 +208,7 @@ class TurnEngine:
             running.replying = False
 
     async def _prompt(
-        self, admitted: Admitted, turn: NewTurn, ticket: int | None, chat_prompt: str | None
+        self, admitted: Admitted, turn: NewTurn, ticket: TurnTicket | None, chat_prompt: str | None
     ) -> tuple[list[PromptMessage], bool]:
         if admitted.chat is None:
             assert turn.chain is not None
@@ -236,15 +240,17 @@ class TurnEngine:
                 events.delta(item)
         raise AssertionError("an LLM stream ends with its Reply")
 
-    async def _outputs(self, admitted: Admitted, turn: NewTurn, ticket: int | None, reply: Reply) -> list[Message]:
+    async def _outputs(
+        self, admitted: Admitted, turn: NewTurn, ticket: TurnTicket | None, reply: Reply
+    ) -> list[Message]:
         """Store the reply; a chained response's is kept with the response, not in a chat."""
         replies = reply_messages(reply, turn.reply_id)
         owner, chat = admitted.owner, admitted.chat
         if chat is None:
             return [unstored(message) for message in replies]
         if len(replies) == 1:
-            return [await self._store.append_message(owner, chat.id, replies[0], ticket=ticket, hand_on=True)]
-        outputs, _ = await self._store.append_messages(owner, chat.id, replies, ticket=ticket)
+            return [await self._store.append_message(owner, chat.id, replies[0], ticket=ticket, ends_turn=True)]
+        outputs, _ = await self._store.append_messages(owner, chat.id, replies, ticket=ticket, ends_turn=True)
         return outputs
 
 
@@ -311,7 +317,7 @@ class TurnHold:
     def __init__(
         self,
         queued: QueuedTurn,
-        lease: AbstractAsyncContextManager[int | None],
+        lease: AbstractAsyncContextManager[TurnTicket | None],
         metrics: Metrics,
         running: RunningTurn,
     ) -> None:

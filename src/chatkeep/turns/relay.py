@@ -26,8 +26,7 @@ from typing import Any
 import orjson
 
 from chatkeep.errors import Failure
-from chatkeep.store import ChatStore
-from chatkeep.store.base import MAX_BROADCAST_BYTES, Broadcast
+from chatkeep.store import MAX_BROADCAST_BYTES, Broadcast, ChatStore
 from chatkeep.turns.events import END_ID, KEEPALIVE_SECONDS, TurnEvent, TurnEvents, stored_end
 from chatkeep.turns.running import RunningTurns
 

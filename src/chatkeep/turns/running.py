@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
+from chatkeep.store import TurnTicket
 from chatkeep.turns.events import TurnEvents, TurnOutcome
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class RunningTurn:
         self.chat_id = chat_id
         self.events = events  # None: nobody streams this turn
         self.question_id: str | None = None  # the stored message it answers, once stored
-        self.ticket: int | None = None  # its hold on the chat's turn, while held
+        self.ticket: TurnTicket | None = None  # its hold on the chat's turn, while held
         self.task: asyncio.Task[Any] | None = None
         self.outcome: asyncio.Future[TurnOutcome] = asyncio.get_running_loop().create_future()
         self.replying = False  # in the part a stop may cut short

@@ -1,20 +1,23 @@
-"""The default store: everything in this process's memory, gone on restart.
+"""`MemoryStore`: everything in this process's memory, gone on restart; the default store.
 
-It is the executable specification of `ChatStore`. Its methods never await, so each one is
-atomic on the event loop: concurrent appends cannot interleave and `seq` stays gap-free.
-Messages of a chat live in a list indexed by `seq - 1`, which makes every window and page
-O(page), and a message's id ends with its seq, so finding one by id needs no index. A stored
-message keeps its id and creation time in a 24-byte row of its chat rather than in objects of
-their own (message_rows.py): it costs about 290 bytes beyond its text, where it cost 380.
+It is the executable specification of `ChatStore`. Its methods never await (but for a turn
+waiting in line), so each one is atomic on the event loop: concurrent appends cannot interleave
+and `seq` stays gap-free. Messages of a chat live in a list indexed by `seq - 1`, which makes
+every window and page O(page), and a message's id ends with its seq, so finding one by id needs
+no index; a stored message keeps its id and creation time in a row of its chat rather than in
+objects of their own (message_rows.py), because a chat may hold millions. A chat's turn line is
+two fields of its record: the ticket at its head and, only while turns wait, a queue of their
+futures, so a turn on an idle chat takes and gives back its ticket without allocating a waiter.
 """
 
+import asyncio
 import time
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from types import TracebackType
 from typing import TypeVar
 
 import orjson
@@ -23,7 +26,6 @@ from chatkeep.domain import (
     DELETED_ITEM,
     Chat,
     ChatChanges,
-    ContextSummary,
     IdempotencyRecord,
     KeyClaim,
     KeyState,
@@ -33,17 +35,21 @@ from chatkeep.domain import (
     Page,
     PageRequest,
     Role,
+    RollingSummary,
     StoredResponse,
     SummaryText,
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError
-from chatkeep.store.base import Broadcast
-from chatkeep.store.message_rows import MessageRows, moment, now_us, stored_message
+from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError, TurnLapsedError
+from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, stored_message
 from chatkeep.store.paging import KeyRange, key_range, page_rows
+from chatkeep.store.protocols import Broadcast, TurnTicket
 
 T = TypeVar("T")
+
+NO_TICKET = 0  # the head of an idle chat's line: ticket numbers start at 1
+LAPSED_DETAIL = "the turn's ticket no longer heads the chat; nothing was stored"
 
 
 @dataclass(slots=True, eq=False)
@@ -61,16 +67,18 @@ class _ChatRecord:
     user_count: int = 0
     summary: SummaryText | None = None
     named: dict[str, int] | None = None  # seqs of the messages whose ids the caller chose
-    context_summary: ContextSummary | None = None
-    folding_until: float = 0.0  # the monotonic time a fold's hold lapses
+    rolling_summary: RollingSummary | None = None
+    summarizing_until: float = 0.0  # the monotonic time the rolling summary's hold lapses
+    head: int = NO_TICKET  # the ticket holding the chat's turn
+    waiting: "deque[tuple[int, asyncio.Future[None]]] | None" = None  # the tickets behind it, in order
 
     def seq_of(self, message_id: str) -> int | None:
         """The seq of the chat's message `message_id`, which ends with it (see
         `MessageRows.message_id`) unless the caller chose the id."""
-        _, dot, tail = message_id.rpartition(".")
-        if not dot or not tail.isdigit() or not 0 < int(tail) <= len(self.messages):
+        _, dot, suffix = message_id.rpartition(".")
+        if not dot or not suffix.isdigit() or not 0 < int(suffix) <= len(self.messages):
             return self.named.get(message_id) if self.named else None
-        seq = int(tail)
+        seq = int(suffix)
         return seq if self.messages[seq - 1].id == message_id else None
 
     def to_chat(self) -> Chat:
@@ -111,6 +119,7 @@ class MemoryStore:
         self._kept_keys: set[tuple[str, str]] = set()
         self._rate_slots: dict[str, deque[float]] = {}
         self._responses: dict[str, _KeptResponse] = {}  # by id
+        self._last_ticket = NO_TICKET
 
     async def check_ready(self) -> None:
         return None  # in this process: answering is being here
@@ -118,17 +127,25 @@ class MemoryStore:
     def _record(self, owner: str, chat_id: str) -> _ChatRecord:
         record = self._chats.get(chat_id)
         if record is None or record.owner != owner:
-            raise ChatNotFoundError(f"no chat {chat_id!r}")
+            raise _no_chat(chat_id)
         return record
 
     async def create_chat(
-        self, owner: str, *, title: str | None, metadata: dict[str, str], system_prompt: str | None
+        self,
+        owner: str,
+        *,
+        title: str | None,
+        metadata: dict[str, str],
+        system_prompt: str | None,
+        messages: Sequence[NewMessage] = (),
     ) -> Chat:
         now = now_us()
         self._next_rank += 1
         record = _ChatRecord(
             owner, self._next_rank, new_id("chat"), title, dict(metadata), system_prompt, moment(now), now
         )
+        for message in messages:  # nothing here can fail halfway: the chat is not stored yet
+            self._append(record, message)
         self._chats[record.id] = record
         owned = self._owners.setdefault(owner, _OwnerChats())
         owned.ranks.append(record.rank)
@@ -163,28 +180,60 @@ class MemoryStore:
         owned = self._owners[owner]
         del owned.ranks[bisect_left(owned.ranks, record.rank)]
         del owned.by_rank[record.rank]
+        for _, waiter in record.waiting or ():
+            if not waiter.done():
+                waiter.set_exception(_no_chat(chat_id))
+        record.waiting = None
 
-    def turn_lease(
-        self, owner: str, chat_id: str, *, question: str | None = None
-    ) -> AbstractAsyncContextManager[int | None]:
-        return nullcontext()  # one process: the service's TurnQueue is the whole story
+    def turn_lease(self, owner: str, chat_id: str, *, question: str | None = None) -> "_TurnLease":
+        return _TurnLease(self, owner, chat_id, question)
 
     async def append_message(
-        self, owner: str, chat_id: str, message: NewMessage, *, ticket: int | None = None, hand_on: bool = False
+        self,
+        owner: str,
+        chat_id: str,
+        message: NewMessage,
+        *,
+        ticket: TurnTicket | None = None,
+        ends_turn: bool = False,
     ) -> Message:
-        return self._append(self._record(owner, chat_id), message)
+        record = self._fenced(owner, chat_id, ticket)
+        stored = self._append(record, message)
+        if ends_turn and ticket is not None:
+            _give_back(record, ticket.number)
+        return stored
 
     async def append_messages(
-        self, owner: str, chat_id: str, messages: Sequence[NewMessage], *, ticket: int | None = None
+        self,
+        owner: str,
+        chat_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        ticket: TurnTicket | None = None,
+        ends_turn: bool = False,
     ) -> tuple[list[Message], str | None]:
-        record = self._record(owner, chat_id)
-        return [self._append(record, message) for message in messages], record.system_prompt
+        record = self._fenced(owner, chat_id, ticket)
+        stored = [self._append(record, message) for message in messages]
+        if ends_turn and ticket is not None:
+            _give_back(record, ticket.number)
+        return stored, record.system_prompt
 
     async def append_question(
-        self, owner: str, chat_id: str, content: str, *, ticket: int | None = None
+        self, owner: str, chat_id: str, content: str, *, ticket: TurnTicket | None = None
     ) -> tuple[Message, str | None]:
-        record = self._record(owner, chat_id)
+        record = self._fenced(owner, chat_id, ticket)
         return self._append(record, NewMessage(Role.USER, content)), record.system_prompt
+
+    def _fenced(self, owner: str, chat_id: str, ticket: TurnTicket | None) -> _ChatRecord:
+        """The chat to append to, once `ticket` (when given) is found to head it."""
+        record = self._record(owner, chat_id)
+        if ticket is not None and record.head != ticket.number:
+            raise TurnLapsedError(LAPSED_DETAIL)
+        return record
+
+    def _take_ticket(self) -> int:
+        self._last_ticket += 1
+        return self._last_ticket
 
     def _append(self, record: _ChatRecord, message: NewMessage) -> Message:
         now, seq = record.rows.add(), len(record.messages) + 1
@@ -232,7 +281,7 @@ class MemoryStore:
         limit: int,
         before_seq: int | None = None,
         after_seq: int = 0,
-        ticket: int | None = None,
+        ticket: TurnTicket | None = None,
     ) -> list[Message]:
         messages = self._record(owner, chat_id).messages
         end = len(messages) if before_seq is None else min(before_seq - 1, len(messages))
@@ -259,25 +308,25 @@ class MemoryStore:
         if record.summary is None or record.summary.up_to_seq <= summary.up_to_seq:
             record.summary = summary
 
-    async def get_context_summary(self, owner: str, chat_id: str) -> ContextSummary | None:
-        return self._record(owner, chat_id).context_summary
+    async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
+        return self._record(owner, chat_id).rolling_summary
 
-    async def claim_fold(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+    async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
         record = self._chats.get(chat_id)
         now = time.monotonic()
-        if record is None or record.owner != owner or record.folding_until > now:
+        if record is None or record.owner != owner or record.summarizing_until > now:
             return False
-        record.folding_until = now + hold_seconds
+        record.summarizing_until = now + hold_seconds
         return True
 
-    async def end_fold(self, owner: str, chat_id: str, summary: ContextSummary | None) -> None:
+    async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
         record = self._chats.get(chat_id)
         if record is None or record.owner != owner:
             return
-        record.folding_until = 0.0
-        kept = record.context_summary
+        record.summarizing_until = 0.0
+        kept = record.rolling_summary
         if summary is not None and (kept is None or kept.up_to_seq < summary.up_to_seq):
-            record.context_summary = summary
+            record.rolling_summary = summary
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         record = self._record(owner, chat_id)
@@ -372,3 +421,66 @@ def _read(items: Sequence[T], lo: int, hi: int, span: KeyRange) -> Sequence[T]:
     if span.descending:
         return items[max(lo, hi - span.fetch) : hi][::-1]
     return items[lo : min(hi, lo + span.fetch)]
+
+
+def _no_chat(chat_id: str) -> ChatNotFoundError:
+    return ChatNotFoundError(f"no chat {chat_id!r}")
+
+
+def _give_back(record: _ChatRecord, number: int) -> None:
+    """End the turn of ticket `number` if it holds the chat's: the next live waiter's begins."""
+    if record.head != number:
+        return
+    waiting = record.waiting
+    while waiting:
+        successor, waiter = waiting.popleft()
+        if not waiter.done():  # a cancelled waiter's future is done: it left the line
+            record.head = successor
+            waiter.set_result(None)
+            return
+    record.head, record.waiting = NO_TICKET, None
+
+
+class _TurnLease:
+    """`MemoryStore.turn_lease`: a class rather than a generator-based context manager, since
+    every turn enters one, and one on an idle chat must cost no more than a few attribute writes."""
+
+    __slots__ = ("_chat_id", "_number", "_owner", "_question", "_record", "_store")
+
+    def __init__(self, store: MemoryStore, owner: str, chat_id: str, question: str | None) -> None:
+        self._store, self._owner, self._chat_id, self._question = store, owner, chat_id, question
+        self._record: _ChatRecord | None = None
+        self._number = NO_TICKET
+
+    async def __aenter__(self) -> TurnTicket:
+        store = self._store
+        record = store._record(self._owner, self._chat_id)
+        number = store._take_ticket()
+        if record.head == NO_TICKET:  # an idle chat: the turn is ours at once, with its question
+            record.head = number
+            self._record, self._number = record, number
+            if self._question is None:
+                return TurnTicket(number)
+            question = store._append(record, NewMessage(Role.USER, self._question))
+            return TurnTicket(number, question, record.system_prompt)
+        waiter = asyncio.get_running_loop().create_future()
+        if record.waiting is None:
+            record.waiting = deque()
+        record.waiting.append((number, waiter))
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                _give_back(record, number)  # made the head, then cancelled before it could begin
+            elif record.waiting is not None and (number, waiter) in record.waiting:
+                record.waiting.remove((number, waiter))
+                record.waiting = record.waiting or None
+            raise
+        self._record, self._number = record, number
+        return TurnTicket(number)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._record is not None:
+            _give_back(self._record, self._number)

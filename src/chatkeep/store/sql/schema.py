@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from chatkeep.store.migrations import Migration, pending
-from chatkeep.store.rows import Row
-from chatkeep.store.sql import Dialect, Statements, spelled
+from chatkeep.store.sql.migrations import Migration, pending
+from chatkeep.store.sql.rows import Row
+from chatkeep.store.sql.statements import Dialect, Statements, spelled
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ M007_RESPONSES = (
     input {text} NOT NULL
 )""",
 )
-# A chat's rolling summary of its older messages (folds.py), and the hold of the fold under way.
+# A chat's rolling summary of its older messages, and until when someone holds the right to write it
+# (`folding_until`, named as first released).
 M008_CONTEXT_SUMMARIES = (
     """CREATE TABLE context_summaries (
     chat_id {text} PRIMARY KEY REFERENCES chats (id) ON DELETE CASCADE,
@@ -114,9 +115,9 @@ M008_CONTEXT_SUMMARIES = (
 )""",
 )
 # Bumped whenever a stored message of the chat changes (a forgotten one is emptied): appends answer
-# it, so a process that keeps a chat's newest messages (tails.py) knows when they went stale.
+# it, so a process that keeps a chat's newest messages (recent.py) knows when they went stale.
 M009_CHAT_REVISIONS = ("ALTER TABLE chats ADD COLUMN revision {bigint} NOT NULL DEFAULT 0",)
-# A turn's first append takes its ticket, and its last one hands the turn on, in the same step.
+# A turn's question is stored as its ticket is taken, and its reply as the ticket is given back.
 # SQLite needs no schema for that; PostgreSQL adds two functions (postgres.py), so the migration
 # exists for both and changes nothing on SQLite.
 M010_FEWER_TURN_ROUND_TRIPS: tuple[str, ...] = ()

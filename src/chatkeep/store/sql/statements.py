@@ -1,22 +1,22 @@
-"""The statements both SQL stores run, written once, and the `Dialect` that spells them for each.
+"""The statements both SQL stores run, written once; the `Dialect` that spells them; and plans of them.
 
-SQLite and PostgreSQL agree on nearly all of chatkeep's SQL; where they differ it is in a few
-words: how a parameter is written (both number them, `?1` and `$1`, so one statement binds the
-same arguments in both), type names, and the clock a turn ticket's expiry is read on. A
-template is a plain string with `$n` for the n-th parameter and `{name}` for one of `NAMES`
-(a column list, the migrations table) or a dialect's word; `spelled` fills both in. The
-statements whose concurrency guarantee depends on the database (appending a message with its
-seq, claiming an Idempotency-Key, taking and returning a turn ticket) are not here: each store
-module keeps its own.
+SQLite and PostgreSQL differ in a few words (parameters `?1`/`$1`, type names, the clock a
+ticket's expiry is read on), so a template (`$n` parameters, `{name}` words) is `spelled` for
+each. A store call of several statements is written once as a `Plan`, a generator that yields
+each `Statement` and is sent its answer, so that each driver decides how to run it (one job on
+SQLite's thread, one pooled connection on PostgreSQL). Statements whose guarantee rests on one
+database's locking are each dialect's own.
 """
 
 import re
+from collections.abc import Generator
 from dataclasses import dataclass, fields
-from typing import Self
+from enum import Enum
+from typing import Any, Self, TypeVar
 
-from chatkeep.store.migrations import MIGRATIONS_TABLE
 from chatkeep.store.paging import KeyRange
-from chatkeep.store.rows import (
+from chatkeep.store.sql.migrations import MIGRATIONS_TABLE
+from chatkeep.store.sql.rows import (
     CHAT_COLUMNS,
     JOINED_MESSAGE_COLUMNS,
     JOINED_SUMMARY_COLUMNS,
@@ -25,6 +25,8 @@ from chatkeep.store.rows import (
     STATS_COLUMNS,
     SUMMARY_COLUMNS,
 )
+
+T = TypeVar("T")
 
 PARAMETER = re.compile(r"\$(\d+)")
 # The `{name}`s every dialect fills in alike.
@@ -74,8 +76,12 @@ def paged(statement: str, span: KeyRange) -> str:
 class Statements:
     """Every statement the stores share. Built bare it holds the templates; `in_dialect` spells them."""
 
-    insert_chat: str = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $6)"""
+    # A chat with its first $7 messages ($8 of them the user's, the last stored at $9: NULL for none).
+    insert_chat: str = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at,
+        message_count, user_message_count, first_message_at, last_message_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $9)"""
+    insert_message: str = """INSERT INTO messages ({message_columns})
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"""
     select_chat: str = "SELECT {chat_columns} FROM chats WHERE id = $1 AND owner = $2"
     chat_cursors: str = "SELECT id, rank FROM chats WHERE owner = $1 AND id IN ($2, $3)"
     chat_page: str = """SELECT {chat_columns} FROM chats
@@ -110,15 +116,15 @@ class Statements:
     WHERE summaries.up_to_seq <= excluded.up_to_seq
     RETURNING true"""
     # A row of NULLs: no rolling summary yet; no row: no chat.
-    select_context_summary: str = """SELECT s.summary, s.up_to_seq FROM chats c
+    select_rolling_summary: str = """SELECT s.summary, s.up_to_seq FROM chats c
     LEFT JOIN context_summaries s ON s.chat_id = c.id AND s.up_to_seq > 0 WHERE c.id = $1 AND c.owner = $2"""
-    # A row back when the caller now holds the fold; none when another does or the chat is gone.
-    claim_fold: str = """INSERT INTO context_summaries (chat_id, summary, up_to_seq, folding_until)
+    # A row back when the caller now holds the rolling summary; none when another does or the chat is gone.
+    claim_rolling_summary: str = """INSERT INTO context_summaries (chat_id, summary, up_to_seq, folding_until)
     SELECT id, '', 0, {now} + $3 * {second} FROM chats WHERE id = $1 AND owner = $2
     ON CONFLICT (chat_id) DO UPDATE SET folding_until = excluded.folding_until
     WHERE context_summaries.folding_until IS NULL OR context_summaries.folding_until <= {now}
     RETURNING true"""
-    end_fold: str = """UPDATE context_summaries SET folding_until = NULL,
+    end_rolling_summary: str = """UPDATE context_summaries SET folding_until = NULL,
         summary = CASE WHEN up_to_seq < $3 THEN $4 ELSE summary END,
         up_to_seq = CASE WHEN up_to_seq < $3 THEN $3 ELSE up_to_seq END
     WHERE chat_id = $1 AND chat_id IN (SELECT id FROM chats WHERE id = $1 AND owner = $2)"""
@@ -136,6 +142,7 @@ class Statements:
     release_key: str = "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2"
     purge_keys: str = "DELETE FROM idempotency_keys WHERE created_at < $1"
     live_tickets: str = "SELECT ticket FROM turn_tickets WHERE chat_id = $1 AND expires_at > {now} ORDER BY ticket"
+    head_ticket: str = "SELECT min(ticket) FROM turn_tickets WHERE chat_id = $1 AND expires_at > {now}"
     # $1 is a JSON array of tickets: the one way to pass a list both databases read.
     extend_tickets: str = """UPDATE turn_tickets SET expires_at = {now} + $2 * {second}
     WHERE ticket IN (SELECT CAST(value AS bigint) FROM {json_elements}($1)) AND expires_at > {now}
@@ -152,3 +159,62 @@ class Statements:
     def in_dialect(cls, dialect: Dialect) -> Self:
         templates = cls()
         return cls(**{field.name: spelled(getattr(templates, field.name), dialect) for field in fields(cls)})
+
+
+class Answer(Enum):
+    """What a plan is sent back for a statement."""
+
+    ROWS = "rows"  # every row
+    ROW = "row"  # the first row, or None
+    COUNT = "count"  # how many rows it changed
+    NOTHING = "nothing"
+    EACH = "each"  # nothing: the statement ran once for each tuple of arguments
+
+
+@dataclass(slots=True, frozen=True)
+class Statement:
+    query: str
+    args: Any  # a tuple for `$n` parameters (for EACH, a list of them), or a dict for SQLite's `:name`s
+    answer: Answer
+
+
+Plan = Generator[Statement, Any, T]
+
+
+def fetch(query: str, *args: object) -> Statement:
+    return Statement(query, args, Answer.ROWS)
+
+
+def fetchrow(query: str, *args: object) -> Statement:
+    return Statement(query, args, Answer.ROW)
+
+
+def rowcount(query: str, *args: object) -> Statement:
+    return Statement(query, args, Answer.COUNT)
+
+
+def execute(query: str, *args: object) -> Statement:
+    return Statement(query, args, Answer.NOTHING)
+
+
+def execute_each(query: str, args: list[tuple[object, ...]]) -> Statement:
+    return Statement(query, args, Answer.EACH)
+
+
+def only(statement: Statement) -> Plan[Any]:
+    """The plan of one statement: what it answers."""
+    return (yield statement)
+
+
+@dataclass(slots=True, frozen=True)
+class Done:
+    value: Any
+
+
+def advance(plan: Plan[Any], answer: Any = None, *, error: BaseException | None = None) -> Statement | Done:
+    """Send `plan` what its last statement answered (or throw it the `error` that statement
+    raised): its next statement, or what it returned."""
+    try:
+        return plan.send(answer) if error is None else plan.throw(error)
+    except StopIteration as done:
+        return Done(done.value)

@@ -1,13 +1,12 @@
 """Messages as the memory store keeps them: their ids and creation times in one buffer of their chat.
 
-A message's id is a 30-character string (80 bytes) and its `created_at` a datetime (48 bytes),
-together a third of what the store spent on a message beside its text. As a row of the chat's
-`MessageRows` (the creation's microsecond and the id's 16 random bytes) they take 24. A
+A message's id string and `created_at` datetime are objects of their own, a large share of what
+the store spends on a message beside its text, so each chat keeps them instead as fixed-size
+rows of one `MessageRows` buffer (the creation's microsecond and the id's random bytes). A
 `StoredMessage` is a `Message` whose `id` and `created_at` slots point at those rows, and whose
-properties of the same names turn them back into the string and the datetime when read, for
-half a microsecond each. Turns read few of them (the context is built from the role, content,
-seq and item of each message, which stay plain slots), and building a message this way saves
-more than those reads cost: the id string, the datetime and the frozen dataclass's __init__.
+properties of the same names turn them back into the string and the datetime when read. Turns
+read few of them (the context is built from the role, content, seq and item of each message,
+which stay plain slots), so building a message this way saves more than those reads cost.
 """
 
 import os
@@ -132,8 +131,8 @@ def stored_message(
     message_id: str | None,
 ) -> StoredMessage:
     """The chat's message `seq`, its id and creation time in `rows` (its id in its slot when
-    the caller chose it). The slots are filled directly: the frozen dataclass's __init__ costs
-    twice as much, and this runs for every message stored."""
+    the caller chose it). The slots are filled directly, bypassing the frozen dataclass's slower
+    __init__, since this runs for every message stored."""
     message = object.__new__(StoredMessage)
     _put_id(message, message_id or rows)
     _put_chat_id(message, chat_id)

@@ -9,6 +9,7 @@ means no chat, a row of NULLs that the chat has nothing to show.
 """
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -54,6 +55,21 @@ STATUSES = {status.value: status for status in MessageStatus}
 KEY_STATES = {state.value: state for state in KeyState}
 
 
+NewRow = tuple[str, NewMessage]  # a message to append, with the id it is stored under
+
+
+@dataclass(slots=True, frozen=True)
+class Appended:
+    """What an append answers: the seq of the last message it stored, the chat's system prompt and
+    revision then, and the moment the messages were stored."""
+
+    last_seq: int
+    system_prompt: str | None
+    revision: int
+    created_at: datetime
+    gave_back: bool = False  # the turn's ticket went back in the same transaction (`ends_turn`)
+
+
 def to_json(value: object) -> str:
     return orjson.dumps(value).decode()
 
@@ -61,6 +77,36 @@ def to_json(value: object) -> str:
 def item_json(message: NewMessage) -> str | None:
     """A message's conversation item as the `item` column keeps it (None for a plain message)."""
     return None if message.item is None else to_json(message.item)
+
+
+def message_values(message: NewMessage) -> tuple[object, ...]:
+    """A new message's role, content, model, prompt and completion tokens, status and item, as stored."""
+    usage = message.usage
+    return (
+        message.role.value,
+        message.content,
+        message.model,
+        usage.prompt_tokens if usage else None,
+        usage.completion_tokens if usage else None,
+        message.status.value,
+        item_json(message),
+    )
+
+
+def message_row(new: NewRow, chat_id: str, seq: int, created_at: object) -> tuple[object, ...]:
+    """The parameters of the shared `insert_message` statement (MESSAGE_COLUMNS), in its order."""
+    message_id, message = new
+    role, content, *rest = message_values(message)
+    return (message_id, chat_id, seq, role, content, created_at, *rest)
+
+
+def stored_messages(new: Sequence[NewRow], chat_id: str, appended: Appended) -> list[Message]:
+    """The messages `new` as one append stored them, the last with seq `appended.last_seq`."""
+    first, now = appended.last_seq - len(new) + 1, appended.created_at
+    return [
+        Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
+        for n, (message_id, m) in enumerate(new)
+    ]
 
 
 def response_values(owner: str, response: StoredResponse, created_at: object) -> tuple[object, ...]:
@@ -105,8 +151,7 @@ def chat_from_row(row: Row, when: When) -> Chat:
 
 
 def message_from_row(row: Row, when: When) -> Message:
-    # Hot: a turn reads a window of messages. Positional arguments and a dict for the role
-    # halve the cost of building each one.
+    # Hot: a turn reads a window of messages, so positional arguments and a dict for the role.
     message_id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item = row
     usage = None if prompt_tokens is None else Usage(prompt_tokens, completion_tokens)
     values = None if item is None else orjson.loads(item)

@@ -1,0 +1,335 @@
+"""The storage contract, one small protocol per concern, and `ChatStore`, their union.
+
+A part of the service that needs one concern can say so in its signature (the context builder
+reads a `MessageLog`, the rate limiter takes `RateSlots`); every backend implements the union,
+and `MemoryStore` is its executable specification. Each method's contract (what it raises, its
+ordering, its idempotence) is stated here, once. Every method that touches a chat takes the owner
+first, and another owner's chat is indistinguishable from a missing one (`ChatNotFoundError`), so
+isolation cannot be forgotten by a caller. Text handed to a store holds no NUL characters
+(PostgreSQL's `text` cannot store them; the API refuses them).
+"""
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from chatkeep.domain import (
+    Chat,
+    ChatChanges,
+    KeyClaim,
+    KeyState,
+    Message,
+    MessageStats,
+    NewMessage,
+    Page,
+    PageRequest,
+    RollingSummary,
+    StoredResponse,
+    SummaryText,
+)
+
+MAX_BROADCAST_BYTES = 7000  # under PostgreSQL's NOTIFY payload limit of 8000 bytes
+
+
+@dataclass(slots=True, frozen=True)
+class TurnTicket:
+    """The hold on a chat's turn: its number fences the turn's appends; `question` is the
+    user message stored as the turn was granted (asked for with `question=`, and the chat idle)."""
+
+    number: int
+    question: Message | None = None
+    system_prompt: str | None = None  # the chat's, as it was when `question` was stored
+
+
+class Chats(Protocol):
+    async def create_chat(
+        self,
+        owner: str,
+        *,
+        title: str | None,
+        metadata: dict[str, str],
+        system_prompt: str | None,
+        messages: Sequence[NewMessage] = (),
+    ) -> Chat:
+        """Create a chat with a fresh random id and its first `messages` (seqs 1 to n, so
+        `message_count` n) in one atomic write: when it fails, nothing at all is stored."""
+        ...
+
+    async def get_chat(self, owner: str, chat_id: str) -> Chat:
+        """Return the chat. Raises ChatNotFoundError when missing or owned by someone else."""
+        ...
+
+    async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
+        """The owner's chats in creation order (`page.order`), by cursor.
+
+        Raises InvalidCursorError when `after`/`before` names no chat of the owner.
+        """
+        ...
+
+    async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
+        """Apply the named fields, bump `updated_at`, return the chat. Raises ChatNotFoundError."""
+        ...
+
+    async def delete_chat(self, owner: str, chat_id: str) -> None:
+        """Delete the chat with its messages, summaries and turn tickets. Raises ChatNotFoundError.
+
+        A turn waiting for the chat then raises ChatNotFoundError, and so do the appends of the
+        turn holding it.
+        """
+        ...
+
+
+class MessageLog(Protocol):
+    async def append_message(
+        self,
+        owner: str,
+        chat_id: str,
+        message: NewMessage,
+        *,
+        ticket: TurnTicket | None = None,
+        ends_turn: bool = False,
+    ) -> Message:
+        """Store `message` with the chat's next `seq` (gap-free, from 1), durably before returning;
+        its `created_at` is the moment it is stored.
+
+        Concurrent appends to one chat get distinct consecutive seqs. With a `ticket` (from
+        `turn_lease`), the message is stored only while that ticket heads the chat, else this
+        raises TurnLapsedError and stores nothing (the ticket was given back, or it lapsed while
+        its process stalled). With `ends_turn` too, this is the turn's last write: the ticket is
+        given back with it, so the next turn in line, in any process, may start once the call
+        returns, and the lease's block has nothing left to give back. Raises ChatNotFoundError.
+        """
+        ...
+
+    async def append_messages(
+        self,
+        owner: str,
+        chat_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        ticket: TurnTicket | None = None,
+        ends_turn: bool = False,
+    ) -> tuple[list[Message], str | None]:
+        """Append `messages` (at least one) in order, with consecutive seqs, all or none, as
+        `append_message` does one (`ticket` and `ends_turn` alike); and tell the chat's system
+        prompt as it is at that moment."""
+        ...
+
+    async def append_question(
+        self, owner: str, chat_id: str, content: str, *, ticket: TurnTicket | None = None
+    ) -> tuple[Message, str | None]:
+        """Append a user message as `append_message` does, and tell the chat's system prompt as it
+        is at that moment (the turn's context needs it; the append reads the chat anyway).
+
+        A turn whose ticket came with its question stored (`TurnTicket.question`) does not call this.
+        """
+        ...
+
+    async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
+        """Empty a message and mark it deleted (`DELETED_ITEM`), keeping its seq: seqs stay gap-free.
+
+        Idempotent. Raises ChatNotFoundError or MessageNotFoundError.
+        """
+        ...
+
+    async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
+        """The chat's messages by `seq` in `page.order`, by cursor.
+
+        Raises ChatNotFoundError, or InvalidCursorError when a cursor names no message of the chat.
+        """
+        ...
+
+    async def recent_messages(
+        self,
+        owner: str,
+        chat_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int = 0,
+        ticket: TurnTicket | None = None,
+    ) -> list[Message]:
+        """Up to `limit` messages with after_seq < seq < before_seq, newest first.
+
+        Costs O(limit), not O(history): the context builder walks back from the newest message with
+        it. The turn holding `ticket` passes it to read its context: a store may then answer from
+        the newest messages it keeps in memory, which that turn's own appends proved current.
+        Raises ChatNotFoundError.
+        """
+        ...
+
+    async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
+        """Exact counts and first/last timestamps of the chat's messages. Raises ChatNotFoundError."""
+        ...
+
+    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
+        """One message of the chat. Raises ChatNotFoundError, or MessageNotFoundError."""
+        ...
+
+
+class TurnTickets(Protocol):
+    def turn_lease(
+        self, owner: str, chat_id: str, *, question: str | None = None
+    ) -> AbstractAsyncContextManager[TurnTicket]:
+        """Hold the chat's turn for the block, against every process sharing this store; yields
+        the turn's ticket, which the turn's appends carry.
+
+        A chat's tickets are granted in the order they were asked for, and one holds the turn at
+        a time: the oldest live one heads the chat. Entering waits for the turns ahead of it.
+        Nothing stays open in the database while a turn is held (the LLM is called under it); a
+        holder whose process dies lets go after a bounded time (the lease), and one that stalled
+        past it finds its appends refused. Within one process a ticket lapses only when its chat
+        is deleted. The block's end gives the ticket back, unless an append with `ends_turn`
+        already did. Raises ChatNotFoundError on entry when the owner has no such chat, and while
+        waiting when the chat is deleted.
+
+        With `question`, when the new ticket heads the chat at once, the user message `question`
+        is stored in the same step as the ticket is granted (created at that moment, not when
+        `turn_lease` was called) and comes back as `ticket.question`, with the chat's system
+        prompt then. Otherwise `ticket.question` is None, and the turn appends its question
+        itself (`append_question` with the ticket): a turn waiting in line stores nothing.
+        """
+        ...
+
+
+class Summaries(Protocol):
+    """A chat's cached summary (`SummaryText`, for the summary endpoint) and its rolling summary
+    (`RollingSummary`, sent upstream instead of the older messages it covers)."""
+
+    async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
+        """The cached summary, or None. Raises ChatNotFoundError."""
+        ...
+
+    async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
+        """Cache `summary` unless the cached one already covers more messages. Raises ChatNotFoundError."""
+        ...
+
+    async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
+        """The chat's rolling summary, or None. Raises ChatNotFoundError."""
+        ...
+
+    async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+        """Hold the right to write the chat's rolling summary for `hold_seconds` unless someone else
+        holds it: True when the caller now does. One holder per chat at a time, across every
+        process sharing the store; a holder that dies lets go when its hold lapses. False for a
+        chat that is gone or another owner's."""
+        ...
+
+    async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
+        """Let go of the hold, keeping `summary` (when given) unless the kept one covers as much.
+
+        Does nothing for a chat that is gone or another owner's.
+        """
+        ...
+
+
+class IdempotencyKeyStore(Protocol):
+    async def claim_key(
+        self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
+    ) -> KeyClaim:
+        """Claim the owner's Idempotency-Key `key` for a request, atomically across processes.
+
+        - No record, or one created before `expired_before`: a new RUNNING record is written
+          (created and updated now, no result, no user message); claimed, previous None.
+        - A record with another fingerprint: not claimed; previous is that record.
+        - DONE, or RUNNING and kept alive by this process or updated at or after
+          `abandoned_before` (in flight): not claimed.
+        - FAILED, or RUNNING updated before `abandoned_before` and not kept alive here (its
+          process died): claimed again; the record becomes RUNNING, updated now, keeping
+          created_at and user_message_id; previous is the record as it was.
+        Of concurrent claims of one absent key exactly one is claimed.
+        """
+        ...
+
+    async def update_key(
+        self,
+        owner: str,
+        key: str,
+        *,
+        state: KeyState,
+        result: str | None = None,
+        user_message_id: str | None = None,
+    ) -> None:
+        """Record how far a claimed key's request got; bumps updated_at. Does nothing for an unknown key.
+
+        `result` replaces the stored one; a `user_message_id` of None keeps the one recorded.
+        """
+        ...
+
+    def keep_key_alive(self, owner: str, key: str) -> None:
+        """This process works on the key it claimed until `let_key_lapse`: no other claim may take it over.
+
+        A store shared by processes refreshes the key's `updated_at` while it is kept alive, so
+        only a key whose holder died (stopped refreshing it) counts as abandoned.
+        """
+        ...
+
+    def let_key_lapse(self, owner: str, key: str) -> None:
+        """Stop keeping the key alive (the request holding it ended)."""
+        ...
+
+    async def release_key(self, owner: str, key: str) -> None:
+        """Forget a claimed key whose request stored nothing, so that a retry starts afresh. Idempotent."""
+        ...
+
+    async def purge_keys(self, *, expired_before: datetime) -> int:
+        """Delete every key (of every owner) created before `expired_before`; how many went."""
+        ...
+
+
+class ResponseStore(Protocol):
+    async def save_response(self, owner: str, response: StoredResponse) -> None:
+        """Keep a response of the Responses API (its id is new)."""
+        ...
+
+    async def get_response(self, owner: str, response_id: str) -> StoredResponse:
+        """A kept response. Raises ResponseNotFoundError when missing or another owner's."""
+        ...
+
+    async def delete_response(self, owner: str, response_id: str) -> None:
+        """Forget a kept response. Raises ResponseNotFoundError."""
+        ...
+
+
+class RateSlots(Protocol):
+    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
+        """Count one event for `key` if fewer than `limit` were counted in the last `window_seconds`.
+
+        None when it was counted, else the seconds until one would be. Shared by every process
+        that shares the store; concurrent takers never count more than `limit` in a window.
+        """
+        ...
+
+
+class Broadcast(Protocol):
+    """Fire-and-forget messages between the processes that share a store, this one included.
+
+    Delivery is at most once and only to processes listening when a message is sent; a message
+    is at most MAX_BROADCAST_BYTES.
+    """
+
+    async def publish(self, message: bytes) -> None:
+        """Send `message` to every listener; raises ValueError when it is over MAX_BROADCAST_BYTES."""
+        ...
+
+    def subscribe(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
+        """Call `listener` with every message from now on, until the returned function is called."""
+        ...
+
+
+class ChatStore(Chats, MessageLog, TurnTickets, Summaries, IdempotencyKeyStore, ResponseStore, RateSlots, Protocol):
+    """Everything the service keeps: what every backend implements."""
+
+    async def check_ready(self) -> None:
+        """Return once the store answers with its schema up to date; raise StoreUnavailableError otherwise.
+
+        Cheap (one round trip at most): readiness probes call it every few seconds.
+        """
+        ...
+
+    @property
+    def broadcast(self) -> Broadcast | None:
+        """Small messages to every process sharing this store (None: no other process can)."""
+        ...

@@ -1,0 +1,1 @@
+"""The SQL stores: SQLite and PostgreSQL, one store over each database's driver."""

@@ -1,0 +1,387 @@
+"""`SqlStore`: the store SQLite and PostgreSQL share, written once over each database's `Driver`.
+
+Both databases hold the same tables and answer the same statements, so everything a store call
+does beyond its statements (ids, timestamps, turning rows into objects, turn tickets, the
+messages kept for turns' contexts, the question stored with its ticket) is the same for both,
+and is here. A call that runs several statements is a plan (`statements.Plan`), which the driver
+runs as one call: one job on SQLite's thread, one pooled connection on PostgreSQL. A driver adds
+only what its concurrency guarantee rests on: how an append takes its seq under a turn's fence,
+how a ticket is taken and given back, how an Idempotency-Key is claimed and a rate slot counted.
+"""
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
+from typing import Any, Protocol
+
+from chatkeep.domain import (
+    DELETED_ITEM,
+    Chat,
+    ChatChanges,
+    KeyClaim,
+    KeyState,
+    Message,
+    MessageStats,
+    NewMessage,
+    Page,
+    PageRequest,
+    Role,
+    RollingSummary,
+    StoredResponse,
+    SummaryText,
+    new_id,
+    utcnow,
+)
+from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError
+from chatkeep.store.paging import KeyRange, key_range, page_rows
+from chatkeep.store.protocols import Broadcast, TurnTicket
+from chatkeep.store.sql.migrations import Migration, check_schema
+from chatkeep.store.sql.recent import RecentMessages
+from chatkeep.store.sql.rows import (
+    Appended,
+    NewRow,
+    Row,
+    chat_from_row,
+    check_message,
+    claim_from_row,
+    joined_keys_from_rows,
+    joined_message_from_row,
+    joined_messages_from_rows,
+    joined_summary_from_row,
+    message_row,
+    response_from_row,
+    response_values,
+    stats_from_row,
+    stored_messages,
+    to_json,
+    update_chat_values,
+)
+from chatkeep.store.sql.statements import Plan, execute, execute_each, fetch, fetchrow, only, paged, rowcount
+from chatkeep.store.sql.tickets import TicketRows, Tickets
+
+
+class Driver(TicketRows, Protocol):
+    """What one database does its own way, for `SqlStore`."""
+
+    migrations: Sequence[Migration]
+
+    @property
+    def broadcast(self) -> Broadcast | None: ...
+
+    def moment(self, value: Any) -> datetime:
+        """A timestamp column's value as a datetime (`stamp` turns one back)."""
+        ...
+
+    async def applied_migrations(self) -> set[str]:
+        """The names of the migrations the database has. Raises StoreUnavailableError when it does not answer."""
+        ...
+
+    async def append(
+        self, owner: str, chat_id: str, messages: Sequence[NewRow], ticket: int | None, *, ends_turn: bool
+    ) -> Appended:
+        """`ChatStore.append_messages` of `messages` in the database, `ticket` its number; with
+        `ends_turn`, the ticket goes back in the same transaction where the database can (`gave_back`)."""
+        ...
+
+    async def claim_key(
+        self, owner: str, key: str, fingerprint: str, *, now: Any, expired_before: Any, abandoned_before: Any
+    ) -> tuple[bool, Row | None]:
+        """`ChatStore.claim_key`, its moments stamped: whether it claimed, and the record (KEY_COLUMNS) as it was."""
+        ...
+
+    async def take_rate_slot(self, key: str, limit: int, window_seconds: float) -> float | None: ...
+
+
+class SqlStore:
+    def __init__(self, driver: Driver, tickets: Tickets, recent: RecentMessages) -> None:
+        self._driver = driver
+        self._run = driver.run
+        self._stamp = driver.stamp
+        self._moment = driver.moment
+        self._sql = driver.sql
+        self._tickets = tickets
+        self._recent = recent  # the newest messages of the chats this process takes turns on
+
+    def wake(self, chat_id: str) -> None:
+        """Another process gave back a ticket of the chat: its waiters here look again."""
+        self._tickets.wake(chat_id)
+
+    async def check_ready(self) -> None:
+        check_schema(await self._driver.applied_migrations(), self._driver.migrations)
+
+    async def create_chat(
+        self,
+        owner: str,
+        *,
+        title: str | None,
+        metadata: dict[str, str],
+        system_prompt: str | None,
+        messages: Sequence[NewMessage] = (),
+    ) -> Chat:
+        chat_id, now = new_id("chat"), utcnow()
+        new = [(message.id or new_id("msg"), message) for message in messages]
+        await self._run(self._create_chat(owner, chat_id, title, metadata, system_prompt, new, now), write=bool(new))
+        return Chat(chat_id, title, dict(metadata), system_prompt, now, now, len(new))
+
+    def _create_chat(
+        self,
+        owner: str,
+        chat_id: str,
+        title: str | None,
+        metadata: dict[str, str],
+        system_prompt: str | None,
+        new: list[NewRow],
+        now: datetime,
+    ) -> Plan[None]:
+        stamp = self._stamp(now)
+        users = sum(message.role is Role.USER for _, message in new)
+        last_at = stamp if new else None
+        chat = (chat_id, owner, title, to_json(metadata), system_prompt, stamp, len(new), users, last_at)
+        yield execute(self._sql.insert_chat, *chat)
+        if new:
+            rows = [message_row(message, chat_id, seq, stamp) for seq, message in enumerate(new, start=1)]
+            yield execute_each(self._sql.insert_message, rows)
+
+    async def get_chat(self, owner: str, chat_id: str) -> Chat:
+        return await self._run(self._chat(owner, chat_id))
+
+    def _chat(self, owner: str, chat_id: str) -> Plan[Chat]:
+        found = yield fetchrow(self._sql.select_chat, chat_id, owner)
+        if found is None:
+            raise _no_chat(chat_id)
+        return chat_from_row(found, self._moment)
+
+    async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
+        return await self._run(self._chat_page(owner, page))
+
+    def _chat_page(self, owner: str, page: PageRequest) -> Plan[Page[Chat]]:
+        keys: dict[str, int] = {}
+        if page.after is not None or page.before is not None:
+            cursors = yield fetch(self._sql.chat_cursors, owner, page.after or "", page.before or "")
+            keys = {row[0]: row[1] for row in cursors}
+        span = key_range(page, keys, "chat")
+        found = yield fetch(paged(self._sql.chat_page, span), owner, span.above, span.below, span.fetch)
+        chats, has_more = page_rows(found, page, span)
+        return Page([chat_from_row(row, self._moment) for row in chats], has_more)
+
+    async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
+        values = update_chat_values(chat_id, owner, changes, self._stamp(utcnow()))
+        found = await self._run(only(fetchrow(self._sql.update_chat, *values)))
+        if found is None:
+            raise _no_chat(chat_id)
+        return chat_from_row(found, self._moment)
+
+    async def delete_chat(self, owner: str, chat_id: str) -> None:
+        if await self._run(only(fetchrow(self._sql.delete_chat, chat_id, owner))) is None:
+            raise _no_chat(chat_id)
+        self._recent.forget(chat_id)
+        self._tickets.wake(chat_id)  # its waiters here find their tickets gone with it
+
+    def turn_lease(
+        self, owner: str, chat_id: str, *, question: str | None = None
+    ) -> AbstractAsyncContextManager[TurnTicket]:
+        return self._tickets.hold(owner, chat_id, question)
+
+    async def append_message(
+        self,
+        owner: str,
+        chat_id: str,
+        message: NewMessage,
+        *,
+        ticket: TurnTicket | None = None,
+        ends_turn: bool = False,
+    ) -> Message:
+        stored, _ = await self._append(owner, chat_id, [message], ticket, ends_turn)
+        return stored[0]
+
+    async def append_messages(
+        self,
+        owner: str,
+        chat_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        ticket: TurnTicket | None = None,
+        ends_turn: bool = False,
+    ) -> tuple[list[Message], str | None]:
+        return await self._append(owner, chat_id, messages, ticket, ends_turn)
+
+    async def append_question(
+        self, owner: str, chat_id: str, content: str, *, ticket: TurnTicket | None = None
+    ) -> tuple[Message, str | None]:
+        stored, system_prompt = await self._append(owner, chat_id, [NewMessage(Role.USER, content)], ticket, False)
+        return stored[0], system_prompt
+
+    async def _append(
+        self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: TurnTicket | None, ends_turn: bool
+    ) -> tuple[list[Message], str | None]:
+        new = [(message.id or new_id("msg"), message) for message in messages]
+        number = None if ticket is None else ticket.number
+        ending = ends_turn and number is not None
+        appended = await self._driver.append(owner, chat_id, new, number, ends_turn=ending)
+        if number is not None and ending:
+            if appended.gave_back:
+                self._tickets.given_back(number)
+            else:
+                await self._tickets.give_back(chat_id, number)
+        stored = stored_messages(new, chat_id, appended)
+        self._recent.appended(owner, chat_id, stored, revision=appended.revision, ticket=number)
+        return stored, appended.system_prompt
+
+    async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
+        await self._run(self._forget(owner, chat_id, message_id), write=True)
+        self._recent.forget(chat_id)
+
+    def _forget(self, owner: str, chat_id: str, message_id: str) -> Plan[None]:
+        check_message((yield fetchrow(self._sql.forget_message, chat_id, owner, message_id)), chat_id, message_id)
+        yield execute(self._sql.forgotten_message, chat_id, message_id, to_json(DELETED_ITEM))
+        yield execute(self._sql.revise_chat, chat_id)
+
+    async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
+        return await self._run(self._message_page(owner, chat_id, page))
+
+    def _message_page(self, owner: str, chat_id: str, page: PageRequest) -> Plan[Page[Message]]:
+        keys: dict[str, int] = {}
+        if page.after is not None or page.before is not None:
+            cursors = yield fetch(self._sql.message_cursors, chat_id, owner, page.after or "", page.before or "")
+            keys = joined_keys_from_rows(cursors, chat_id)
+        span = key_range(page, keys, "message")
+        window = yield from self._window(owner, chat_id, span)
+        return Page(*page_rows(window, page, span))
+
+    def _window(self, owner: str, chat_id: str, span: KeyRange) -> Plan[list[Message]]:
+        query = paged(self._sql.message_page, span)
+        found = yield fetch(query, chat_id, owner, span.above, span.below, span.fetch)
+        return joined_messages_from_rows(found, self._moment, chat_id)
+
+    async def recent_messages(
+        self,
+        owner: str,
+        chat_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int = 0,
+        ticket: TurnTicket | None = None,
+    ) -> list[Message]:
+        return await self._recent.recent_messages(
+            owner,
+            chat_id,
+            lambda span: self._run(self._window(owner, chat_id, span)),
+            limit=limit,
+            before_seq=before_seq,
+            after_seq=after_seq,
+            ticket=None if ticket is None else ticket.number,
+        )
+
+    async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
+        found = await self._run(only(fetchrow(self._sql.select_stats, chat_id, owner)))
+        if found is None:
+            raise _no_chat(chat_id)
+        return stats_from_row(found, self._moment)
+
+    async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
+        found = await self._run(only(fetchrow(self._sql.select_message, chat_id, owner, message_id)))
+        return joined_message_from_row(found, self._moment, chat_id, message_id)
+
+    async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
+        found = await self._run(only(fetchrow(self._sql.select_summary, chat_id, owner)))
+        return joined_summary_from_row(found, self._moment, chat_id)
+
+    async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
+        await self._run(self._save_summary(owner, chat_id, summary))
+
+    def _save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> Plan[None]:
+        values = (summary.summary, to_json(summary.highlights), summary.up_to_seq, self._stamp(summary.created_at))
+        if (yield fetchrow(self._sql.save_summary, chat_id, owner, *values)) is None:
+            yield from self._chat(owner, chat_id)  # not saved: the chat is missing, or its cached summary covers more
+
+    async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
+        found = await self._run(only(fetchrow(self._sql.select_rolling_summary, chat_id, owner)))
+        if found is None:
+            raise _no_chat(chat_id)
+        return None if found[0] is None else RollingSummary(found[0], found[1])
+
+    async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+        return await self._run(self._claim_rolling_summary(owner, chat_id, hold_seconds))
+
+    def _claim_rolling_summary(self, owner: str, chat_id: str, hold_seconds: float) -> Plan[bool]:
+        try:
+            return (yield fetchrow(self._sql.claim_rolling_summary, chat_id, owner, hold_seconds)) is not None
+        except ChatNotFoundError:  # deleted while we wrote
+            return False
+
+    async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
+        text, up_to_seq = (summary.text, summary.up_to_seq) if summary is not None else ("", 0)
+        await self._run(only(execute(self._sql.end_rolling_summary, chat_id, owner, up_to_seq, text)))
+
+    async def claim_key(
+        self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
+    ) -> KeyClaim:
+        abandoned_before = self._tickets.abandoned_before(owner, key, abandoned_before)
+        claimed, previous = await self._driver.claim_key(
+            owner,
+            key,
+            fingerprint,
+            now=self._stamp(utcnow()),
+            expired_before=self._stamp(expired_before),
+            abandoned_before=self._stamp(abandoned_before),
+        )
+        return claim_from_row(claimed, previous, self._moment, expired_before)
+
+    async def update_key(
+        self,
+        owner: str,
+        key: str,
+        *,
+        state: KeyState,
+        result: str | None = None,
+        user_message_id: str | None = None,
+    ) -> None:
+        values = (owner, key, state.value, result, user_message_id, self._stamp(utcnow()))
+        await self._run(only(execute(self._sql.update_key, *values)))
+
+    def keep_key_alive(self, owner: str, key: str) -> None:
+        self._tickets.keep_key_alive(owner, key)
+
+    def let_key_lapse(self, owner: str, key: str) -> None:
+        self._tickets.let_key_lapse(owner, key)
+
+    async def release_key(self, owner: str, key: str) -> None:
+        await self._run(only(execute(self._sql.release_key, owner, key)))
+
+    async def purge_keys(self, *, expired_before: datetime) -> int:
+        purged: int = await self._run(only(rowcount(self._sql.purge_keys, self._stamp(expired_before))))
+        return purged
+
+    async def save_response(self, owner: str, response: StoredResponse) -> None:
+        values = response_values(owner, response, self._stamp(response.created_at))
+        await self._run(only(execute(self._sql.insert_response, *values)))
+
+    async def get_response(self, owner: str, response_id: str) -> StoredResponse:
+        found = await self._run(only(fetchrow(self._sql.select_response, response_id, owner)))
+        return response_from_row(found, self._moment, response_id)
+
+    async def delete_response(self, owner: str, response_id: str) -> None:
+        if await self._run(only(fetchrow(self._sql.delete_response, response_id, owner))) is None:
+            raise ResponseNotFoundError(f"no response {response_id!r}")
+
+    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
+        return await self._driver.take_rate_slot(key, limit, window_seconds)
+
+    @property
+    def broadcast(self) -> Broadcast | None:
+        return self._driver.broadcast
+
+
+def _no_chat(chat_id: str) -> ChatNotFoundError:
+    return ChatNotFoundError(f"no chat {chat_id!r}")
+
+
+@asynccontextmanager
+async def sql_store(
+    driver: Driver, *, lease_seconds: float, poll_seconds: tuple[float, float]
+) -> AsyncIterator[SqlStore]:
+    """The store over `driver`, its turn tickets' heartbeat running for the block."""
+    recent = RecentMessages()
+    async with Tickets(driver, recent, lease_seconds=lease_seconds, poll_seconds=poll_seconds) as tickets:
+        yield SqlStore(driver, tickets, recent)
