@@ -114,6 +114,15 @@ def test_settings_come_from_their_documented_env_names(monkeypatch: pytest.Monke
     assert settings.provider == "openai"
 
 
+def test_renamed_settings_still_read_their_former_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATKEEP_CONTEXT_FOLDING", "false")
+    monkeypatch.setenv("CHATKEEP_FOLD_AT", "0.5")
+    assert (Settings().rolling_summaries, Settings().summarize_at) == (False, 0.5)
+    monkeypatch.setenv("CHATKEEP_ROLLING_SUMMARIES", "true")
+    monkeypatch.setenv("CHATKEEP_SUMMARIZE_AT", "0.6")
+    assert (Settings().rolling_summaries, Settings().summarize_at) == (True, 0.6)
+
+
 def test_provider_defaults_to_offline_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().provider == "offline"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-abc")

@@ -80,9 +80,11 @@ async def test_default_system_prompt_is_a_helpful_assistant(client: httpx.AsyncC
     assert fake_llm.prompts[0][0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
 
 
-async def test_without_folding_the_oldest_turns_give_way_when_over_the_token_budget(fake_llm: FakeOpenAI) -> None:
+async def test_without_rolling_summaries_the_oldest_turns_give_way_when_over_the_token_budget(
+    fake_llm: FakeOpenAI,
+) -> None:
     words = "word " * 100  # 500 ASCII characters: about 126 tokens with framing
-    settings = llm_settings(fake_llm, context_tokens=600, system_prompt="S", context_folding=False)
+    settings = llm_settings(fake_llm, context_tokens=600, system_prompt="S", rolling_summaries=False)
     async with serve(settings) as client:
         chat_id = await new_chat(client)
         for n in range(6):
@@ -108,7 +110,7 @@ def _tail_of_chat(fake: FakeOpenAI, n: int) -> list[dict[str, Any]]:
 
 async def test_newest_message_is_sent_whole_even_over_budget(fake_llm: FakeOpenAI) -> None:
     huge = "x" * 8000
-    settings = llm_settings(fake_llm, context_tokens=256, system_prompt="S", context_folding=False)
+    settings = llm_settings(fake_llm, context_tokens=256, system_prompt="S", rolling_summaries=False)
     async with serve(settings) as client:
         chat_id = await new_chat(client)
         await post(client, chat_id, "short one")
@@ -161,18 +163,18 @@ async def chat_of(store: MemoryStore, count: int) -> str:
     return chat.id
 
 
-async def test_a_chat_that_fits_goes_verbatim_and_wants_a_fold_once_crowded() -> None:
+async def test_a_chat_that_fits_goes_verbatim_and_is_due_a_summary_once_crowded() -> None:
     store = MemoryStore()
     for count, wanted in ((70, False), (80, True)):  # 10 tokens a message, of a budget of 1,000
         chat_id = await chat_of(store, count)
-        context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, fold_at=0.75)
+        context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, summarize_at=0.75)
         assert [m["content"] for m in context.prompt] == [f"message {n:05d} padded" for n in range(count)]
-        assert context.fold_wanted is wanted
+        assert context.summary_due is wanted
     await store.claim_rolling_summary(OWNER, chat_id, hold_seconds=60)
     await store.end_rolling_summary(OWNER, chat_id, RollingSummary("what the first 40 said", 40))
-    context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, fold_at=0.75)
+    context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, summarize_at=0.75)
     assert len(context.prompt) == 80  # whole: what fits is sent as it is, not summarized
-    assert context.fold_wanted is False  # the 40 unfolded messages take less than 75%
+    assert context.summary_due is False  # the 40 messages take less than 75%
 
 
 async def test_a_chat_over_budget_sends_its_summary_then_the_messages_after_it() -> None:
@@ -180,25 +182,25 @@ async def test_a_chat_over_budget_sends_its_summary_then_the_messages_after_it()
     chat_id = await chat_of(store, 200)
     await store.claim_rolling_summary(OWNER, chat_id, hold_seconds=60)
     await store.end_rolling_summary(OWNER, chat_id, RollingSummary("what the first 150 said", 150))
-    context = await build_context(store, OWNER, chat_id, system_prompt="S", budget=1000, fold_at=0.75)
+    context = await build_context(store, OWNER, chat_id, system_prompt="S", budget=1000, summarize_at=0.75)
     assert context.prompt[0] == {"role": "system", "content": "S"}
     assert str(context.prompt[1]["content"]).endswith("(its first 150 messages, not shown):\nwhat the first 150 said")
     assert [m["content"] for m in context.prompt[2:]] == [f"message {n:05d} padded" for n in range(150, 200)]
-    assert context.fold_wanted is False  # 50 unfolded messages: half the budget
+    assert context.summary_due is False  # 50 messages after the summary: half the budget
     with_reply = await build_context(
-        store, OWNER, chat_id, system_prompt="S", budget=1000, reply_tokens=500, fold_at=0.75
+        store, OWNER, chat_id, system_prompt="S", budget=1000, reply_tokens=500, summarize_at=0.75
     )
     tail = [m["content"] for m in with_reply.prompt[2:]]
     assert tail == [f"message {n:05d} padded" for n in range(154, 200)]  # fewer: room left for the reply
-    assert with_reply.fold_wanted is True  # the unfolded messages no longer all fit
+    assert with_reply.summary_due is True  # the messages after the summary no longer all fit
 
 
-async def test_without_a_summary_a_chat_over_budget_is_truncated_and_wants_a_fold() -> None:
+async def test_without_a_summary_a_chat_over_budget_is_truncated_and_due_one() -> None:
     store = MemoryStore()
     chat_id = await chat_of(store, 200)
-    context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, fold_at=0.75)
+    context = await build_context(store, OWNER, chat_id, system_prompt="", budget=1000, summarize_at=0.75)
     assert [m["content"] for m in context.prompt] == [f"message {n:05d} padded" for n in range(100, 200)]
-    assert context.fold_wanted is True
+    assert context.summary_due is True
 
 
 async def test_estimate_counts_non_ascii_text_generously() -> None:

@@ -1,7 +1,7 @@
-"""Long chats keep their beginning: older messages folded into a rolling summary that goes
+"""Long chats keep their beginning: older messages summarized into a rolling summary that goes
 upstream in their place, off the turn's path; and chat summaries that survive any model.
 
-The fake upstream plays a faithful summarizer: asked to fold, it answers every fact it was
+The fake upstream plays a faithful summarizer: asked for an update, it answers every fact it was
 shown (`fact N=...`), from the previous summary and the new messages alike, so a test can see
 whether the first turns still reach the model.
 """
@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from chatkeep.context import message_tokens
-from chatkeep.summaries import rolling as folds
+from chatkeep.summaries import rolling
 from chatkeep.summaries.summarizer import CONDENSE_INSTRUCTIONS
 from tests.conftest import llm_settings, new_chat, post, serve, until
 from tests.fake_openai import FakeOpenAI, Scripted, echo
@@ -30,13 +30,13 @@ FOLD_MARK = CONDENSE_INSTRUCTIONS.split(",")[0]
 NOTE = re.compile(r"^Summary of the earlier conversation \(its first (\d+) messages, not shown\):\n", re.S)
 
 
-def is_fold(body: dict[str, Any]) -> bool:
+def is_summary_update(body: dict[str, Any]) -> bool:
     return str(body["messages"][0]["content"]).startswith(FOLD_MARK)
 
 
 def summarizer_or_echo(body: dict[str, Any]) -> str:
-    """A fold is answered with every fact it was shown; a turn, with its echo."""
-    if is_fold(body):
+    """An update is answered with every fact it was shown; a turn, with its echo."""
+    if is_summary_update(body):
         shown = " ".join(str(message["content"]) for message in body["messages"][1:])
         facts = dict(FACT.findall(shown))
         return "; ".join(f"fact {n}={facts[n]}" for n in sorted(facts, key=int)) or "Small talk."
@@ -44,11 +44,16 @@ def summarizer_or_echo(body: dict[str, Any]) -> str:
 
 
 def turn_prompts(fake: FakeOpenAI) -> list[list[dict[str, Any]]]:
-    return [request["messages"] for request in fake.requests if not is_fold(request)]
+    return [request["messages"] for request in fake.requests if not is_summary_update(request)]
 
 
-def fold_requests(fake: FakeOpenAI) -> list[dict[str, Any]]:
-    return [request for request in fake.requests if is_fold(request)]
+def slow_update(body: dict[str, Any], delay: float) -> Scripted | None:
+    """An update answered after `delay`; a turn as usual."""
+    return Scripted(delay=delay, content=summarizer_or_echo(body)) if is_summary_update(body) else None
+
+
+def summary_updates(fake: FakeOpenAI) -> list[dict[str, Any]]:
+    return [request for request in fake.requests if is_summary_update(request)]
 
 
 def fact(n: int) -> str:
@@ -56,7 +61,7 @@ def fact(n: int) -> str:
 
 
 async def settled(fake: FakeOpenAI) -> None:
-    """Wait until the fake has had nothing to answer for a while: the folds have caught up."""
+    """Wait until the fake has had nothing to answer for a while: the updates have caught up."""
     quiet = 0
     while quiet < 5:
         await asyncio.sleep(0.05)
@@ -79,12 +84,12 @@ def read_prompt(prompt: list[dict[str, Any]]) -> tuple[int, str, list[dict[str, 
 
 def assert_summarized_tail(prompt: list[dict[str, Any]], messages: list[dict[str, Any]]) -> int:
     """The prompt holds the summary of the first F messages, then messages F+1.. verbatim, within budget."""
-    folded_to, _, tail = read_prompt(prompt)
-    assert folded_to > 0
-    expected = [{"role": m["role"], "content": m["content"]} for m in messages[folded_to:]]
-    assert tail == expected  # exactly the messages after the folded ones: none lost, none repeated
+    summarized_to, _, tail = read_prompt(prompt)
+    assert summarized_to > 0
+    expected = [{"role": m["role"], "content": m["content"]} for m in messages[summarized_to:]]
+    assert tail == expected  # exactly the messages after the summarized ones: none lost, none repeated
     assert sum(message_tokens(str(m["content"])) for m in prompt) <= BUDGET
-    return folded_to
+    return summarized_to
 
 
 @pytest.fixture(params=STORES)
@@ -118,8 +123,10 @@ async def test_sixty_facts_reach_the_model_through_the_rolling_summary(
     seen = " ".join(str(message["content"]) for message in prompt)
     assert dict(FACT.findall(seen)) == {str(n): f"{n * 7 % 1000:03d}" for n in range(60)}
     assert len(messages) == 122  # every message stays stored and listed
-    for fold in fold_requests(fake):  # each fold is sent the previous summary and only new messages, within budget
-        assert sum(message_tokens(str(m["content"])) for m in fold["messages"]) + fold["max_tokens"] <= BUDGET
+    for update in summary_updates(
+        fake
+    ):  # each update is sent the previous summary and only new messages, within budget
+        assert sum(message_tokens(str(m["content"])) for m in update["messages"]) + update["max_tokens"] <= BUDGET
 
 
 async def test_hundreds_of_turns_stay_within_budget_with_the_newest_verbatim(summarizing_llm: FakeOpenAI) -> None:
@@ -131,32 +138,34 @@ async def test_hundreds_of_turns_stay_within_budget_with_the_newest_verbatim(sum
         await settled(fake)
         await post(client, chat_id, "and now?")
         messages = await all_messages(client, chat_id)
-    folded_to = assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
-    assert folded_to > 400
+    summarized_to = assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
+    assert summarized_to > 400
     for prompt in turn_prompts(fake):  # no turn ever went over budget, summary included
         assert sum(message_tokens(str(m["content"])) for m in prompt) <= BUDGET
 
 
-async def test_an_early_fold_threshold_folds_as_often_as_it_needs(summarizing_llm: FakeOpenAI) -> None:
+async def test_an_early_threshold_updates_as_often_as_it_needs(summarizing_llm: FakeOpenAI) -> None:
     fake = summarizing_llm
-    async with serve(settings_for(fake, fold_at=0.3)) as client:
+    async with serve(settings_for(fake, summarize_at=0.3)) as client:
         chat_id = await new_chat(client)
         await fill(client, chat_id, range(60))
         await settled(fake)
         await post(client, chat_id, "What facts do you know?")
         messages = await all_messages(client, chat_id)
     assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
-    assert len(fold_requests(fake)) <= 20  # each fold leaves less than the threshold: no fold per turn
+    assert len(summary_updates(fake)) <= 20  # each update leaves less than the threshold: not one per turn
 
 
-async def test_turns_posted_during_a_fold_lose_nothing(store_url: str, summarizing_llm: FakeOpenAI) -> None:
+async def test_turns_posted_during_an_update_lose_nothing(store_url: str, summarizing_llm: FakeOpenAI) -> None:
     fake = summarizing_llm
     async with serve(settings_for(fake, store_url, max_waiting_turns=16)) as client:
         chat_id = await new_chat(client)
         await fill(client, chat_id, range(30))
         await settled(fake)
-        fake.respond = lambda body: Scripted(delay=0.6, content=summarizer_or_echo(body)) if is_fold(body) else None
-        await fill(client, chat_id, range(30, 45))  # enough to want another fold, which now takes a while
+        fake.respond = lambda body: (
+            Scripted(delay=0.6, content=summarizer_or_echo(body)) if is_summary_update(body) else None
+        )
+        await fill(client, chat_id, range(30, 45))  # enough for another update, which now takes a while
         await until(lambda: fake.in_flight > 0, seconds=10)
         answers = await asyncio.gather(*(post(client, chat_id, fact(n)) for n in range(45, 55)))
         assert [answer.status_code for answer in answers] == [201] * 10
@@ -170,17 +179,17 @@ async def test_turns_posted_during_a_fold_lose_nothing(store_url: str, summarizi
     assert len(dict(FACT.findall(seen))) == 55
 
 
-async def test_a_failing_fold_leaves_turns_answered_and_is_tried_again(
+async def test_a_failing_update_leaves_turns_answered_and_is_tried_again(
     summarizing_llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = summarizing_llm
-    monkeypatch.setattr(folds, "RETRY_SECONDS", 0.3)
-    fake.respond = lambda body: Scripted(status=500) if is_fold(body) else None
+    monkeypatch.setattr(rolling, "RETRY_SECONDS", 0.3)
+    fake.respond = lambda body: Scripted(status=500) if is_summary_update(body) else None
     async with serve(settings_for(fake, llm_max_retries=0)) as client:
         chat_id = await new_chat(client)
-        await fill(client, chat_id, range(60))  # every turn answered, though every fold fails
+        await fill(client, chat_id, range(60))  # every turn answered, though every update fails
         await settled(fake)
-        assert fold_requests(fake)
+        assert summary_updates(fake)
         prompt = turn_prompts(fake)[-1]
         assert prompt[1]["role"] == "user"  # truncation meanwhile: no summary, the newest messages that fit
         assert sum(message_tokens(str(m["content"])) for m in prompt) <= BUDGET
@@ -192,8 +201,8 @@ async def test_a_failing_fold_leaves_turns_answered_and_is_tried_again(
         metrics = (await client.get("/metrics")).text
         messages = await all_messages(client, chat_id)
     assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
-    assert 'chatkeep_context_folds_total{outcome="failed"}' in metrics
-    assert 'chatkeep_context_folds_total{outcome="folded"}' in metrics
+    assert 'chatkeep_rolling_summary_updates_total{outcome="failed"}' in metrics
+    assert 'chatkeep_rolling_summary_updates_total{outcome="updated"}' in metrics
 
 
 @pytest.mark.parametrize("kind", SQL_STORES)
@@ -209,31 +218,33 @@ async def test_the_rolling_summary_survives_a_restart(kind: str, tmp_path: Path,
             await post(client, chat_id, "What facts do you know?")
             messages = await all_messages(client, chat_id)
     first_after_restart = fake.requests[before]["messages"]
-    assert not is_fold(fake.requests[before])
+    assert not is_summary_update(fake.requests[before])
     assert_summarized_tail(first_after_restart, messages[:-1])
 
 
-def newly_folded(fold: dict[str, Any]) -> set[tuple[str, int]]:
-    """The messages a fold request folds (not the previous summary), by role and the fact they state."""
-    new_messages = str(fold["messages"][1]["content"]).split("New messages:\n", 1)[1]
+def newly_summarized(update: dict[str, Any]) -> set[tuple[str, int]]:
+    """The messages an update request summarizes (not the previous summary), by role and the fact they state."""
+    new_messages = str(update["messages"][1]["content"]).split("New messages:\n", 1)[1]
     return {(line.split(":")[0], int(FACT.findall(line)[0][0])) for line in new_messages.splitlines()}
 
 
-async def test_two_servers_on_postgresql_fold_a_chat_once(tmp_path: Path, summarizing_llm: FakeOpenAI) -> None:
+async def test_two_servers_on_postgresql_summarize_a_chat_once(tmp_path: Path, summarizing_llm: FakeOpenAI) -> None:
     fake = summarizing_llm
-    fake.respond = lambda body: Scripted(delay=0.5, content=summarizer_or_echo(body)) if is_fold(body) else None
+    fake.respond = lambda body: (
+        Scripted(delay=0.5, content=summarizer_or_echo(body)) if is_summary_update(body) else None
+    )
     async with fresh_database("postgres", tmp_path) as url:
         settings = settings_for(fake, url)
         async with serve(settings) as first, serve(settings) as second:
             chat_id = await new_chat(first)
-            for n in range(80):  # both servers take turns, and each wants the folds the chat needs
+            for n in range(80):  # both servers take turns, and each finds the updates the chat needs
                 assert (await post(first if n % 2 else second, chat_id, fact(n))).status_code == 201
             await settled(fake)
             await post(second, chat_id, "What facts do you know?")
             messages = await all_messages(first, chat_id)
-    folded = [newly_folded(fold) for fold in fold_requests(fake)]
-    assert len(folded) >= 2
-    assert sum(map(len, folded)) == len(set().union(*folded))  # no message was folded twice
+    summarized = [newly_summarized(update) for update in summary_updates(fake)]
+    assert len(summarized) >= 2
+    assert sum(map(len, summarized)) == len(set().union(*summarized))  # no message was summarized twice
     assert_summarized_tail(turn_prompts(fake)[-1], messages[:-1])
 
 

@@ -1,4 +1,4 @@
-"""GET /chats/{id}/summary: exact counts always, an LLM summary cached and folded incrementally."""
+"""GET /chats/{id}/summary: exact counts always, an LLM summary cached and refreshed incrementally."""
 
 import asyncio
 
@@ -59,7 +59,7 @@ async def test_summary_is_made_by_the_llm_in_one_call(client: httpx.AsyncClient,
     assert len(fake_llm.requests) == 3  # two turns, one summary
 
 
-async def test_summary_is_cached_until_new_messages_then_folded(
+async def test_summary_is_cached_until_new_messages_then_refreshed(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI
 ) -> None:
     chat_id = await chat_with_turns(client, "first question")
@@ -77,7 +77,7 @@ async def test_summary_is_cached_until_new_messages_then_folded(
     sent = fake_llm.prompts[-1][1]["content"]
     assert "Previous summary:\nAbout a first question." in sent
     assert "second question" in sent
-    assert "user: first question" not in sent  # folded in already: not sent again
+    assert "user: first question" not in sent  # summarized already: not sent again
 
 
 async def test_refresh_summarizes_again_from_the_first_message(client: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:

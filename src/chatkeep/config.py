@@ -18,8 +18,9 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concise
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(name, name.lower())
+def _env(name: str, *former: str) -> AliasChoices:
+    """A setting read from `name` (or, for a renamed one, the names it had before)."""
+    return AliasChoices(*(spelling for env in (name, *former) for spelling in (env, env.lower())))
 
 
 class Settings(BaseSettings):
@@ -56,11 +57,17 @@ class Settings(BaseSettings):
     rate_limit: str | None = Field(default=None, description="per owner, for message posts, e.g. 120/minute")
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="system prompt of chats that set none")
     context_tokens: int = Field(default=8000, ge=256, description="token budget of the context sent upstream")
-    context_folding: bool = Field(
-        default=True, description="fold a long chat's older messages into a rolling summary sent in their place"
+    rolling_summaries: bool = Field(
+        default=True,
+        validation_alias=_env("CHATKEEP_ROLLING_SUMMARIES", "CHATKEEP_CONTEXT_FOLDING"),
+        description="summarize a long chat's older messages into a rolling summary sent in their place",
     )
-    fold_at: float = Field(
-        default=0.75, gt=0, lt=1, description="share of the context budget unfolded messages may take before a fold"
+    summarize_at: float = Field(
+        default=0.75,
+        gt=0,
+        lt=1,
+        validation_alias=_env("CHATKEEP_SUMMARIZE_AT", "CHATKEEP_FOLD_AT"),
+        description="share of the context budget the messages after the rolling summary may take before it is updated",
     )
     summary_tokens: int | None = Field(
         default=None, ge=16, description="tokens of a chat's rolling summary (unset: a quarter of context_tokens)"

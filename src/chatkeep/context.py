@@ -1,5 +1,6 @@
 """What goes to the LLM for a turn: the system prompt, the rolling summary of a chat too long for
-the budget (folds.py), then the newest messages that fit.
+the budget (summaries/rolling.py), then the newest messages that fit, in the Chat Completions
+shape (function calls as tool calls, their outputs as tool messages).
 
 The window is found by walking back from the newest message in batches sized by how many more
 messages are likely to fit, so a turn reads O(window) messages, never O(history). Tokens are
@@ -54,7 +55,7 @@ class AnyMessage(Protocol):
 @dataclass(slots=True, frozen=True)
 class Context:
     prompt: list[PromptMessage]
-    fold_wanted: bool = False  # the older messages crowd the budget: time to fold them into the rolling summary
+    summary_due: bool = False  # the older messages crowd the budget: time to update the rolling summary
 
 
 async def build_context(
@@ -65,7 +66,7 @@ async def build_context(
     system_prompt: str,
     budget: int,
     reply_tokens: int = 0,
-    fold_at: float | None = None,
+    summarize_at: float | None = None,
     ticket: TurnTicket | None = None,
 ) -> Context:
     """The prompt for the chat's next reply, oldest first, within `budget` tokens with room for
@@ -75,21 +76,21 @@ async def build_context(
     older ones are added while they fit, and the walk stops at the first that does not, so the
     context is always a contiguous tail of the chat. Each message is read once, in the same pass
     that prices it: this is the part of a turn that grows with the chat. A chat that does not
-    fit has its rolling summary (folds.py) sent before that tail, when it has one and `fold_at`
-    is set: then the tail starts after what the summary covers, and a fold is wanted once the
-    unfolded messages take more than `fold_at` of the budget or no longer all fit. The turn
+    fit has its rolling summary sent before that tail, when it has one and `summarize_at` is
+    set: then the tail starts after what the summary covers, and an update of the summary is due
+    once the messages after it take more than `summarize_at` of the budget or no longer all fit. The turn
     holding `ticket` passes it, so the store may answer from the messages it keeps.
     """
     available = budget - reply_tokens - (message_tokens(system_prompt) if system_prompt else 0)
     newest_first, room = await _newest_that_fit(store, owner, chat_id, available, ticket)
     fits = not newest_first or newest_first[-1].seq == 1
-    if fold_at is None or (fits and room >= (1 - fold_at) * available):
+    if summarize_at is None or (fits and room >= (1 - summarize_at) * available):
         return Context(_prompt(system_prompt, newest_first))
     summary = await store.get_rolling_summary(owner, chat_id)
-    window, fold_wanted = _unfolded_window(newest_first, summary, available, fold_at)
-    if fits:  # crowded but whole: sent verbatim, while the fold makes room for what comes next
-        return Context(_prompt(system_prompt, newest_first), fold_wanted)
-    return Context(_prompt(system_prompt, window, summary_note(summary) if summary else None), fold_wanted)
+    window, summary_due = _window_after_summary(newest_first, summary, available, summarize_at)
+    if fits:  # crowded but whole: sent verbatim, while the update makes room for what comes next
+        return Context(_prompt(system_prompt, newest_first), summary_due)
+    return Context(_prompt(system_prompt, window, summary_note(summary) if summary else None), summary_due)
 
 
 async def _newest_that_fit(
@@ -118,23 +119,23 @@ async def _newest_that_fit(
     return newest_first, remaining
 
 
-def _unfolded_window(
-    newest_first: list[Message], summary: RollingSummary | None, available: int, fold_at: float
+def _window_after_summary(
+    newest_first: list[Message], summary: RollingSummary | None, available: int, summarize_at: float
 ) -> tuple[list[Message], bool]:
     """The newest messages after what the rolling summary covers that fit beside it, newest
-    first, and whether a fold is wanted: they take more than `fold_at` of the budget, or no
-    longer all fit."""
-    folded_to = summary.up_to_seq if summary is not None else 0
+    first, and whether an update of the summary is due: they take more than `summarize_at` of
+    the budget, or no longer all fit."""
+    summarized_to = summary.up_to_seq if summary is not None else 0
     room = available - (message_tokens(summary_note(summary)) if summary is not None else 0)
     window: list[Message] = []
     for message in newest_first:
         cost = message_tokens(message.content)
-        if message.seq <= folded_to or (window and cost > room):
+        if message.seq <= summarized_to or (window and cost > room):
             break
         window.append(message)
         room -= cost
-    behind = not window or window[-1].seq > folded_to + 1
-    return window, behind or room < (1 - fold_at) * available
+    behind = not window or window[-1].seq > summarized_to + 1
+    return window, behind or room < (1 - summarize_at) * available
 
 
 def summary_note(summary: RollingSummary) -> str:

@@ -65,11 +65,11 @@ class Metrics(Protocol):
     def breaker_open(self, is_open: bool) -> None: ...
 
     def summary_made(self, outcome: str) -> None:
-        """A summary fold: "made", or "failed" when the LLM could not make it."""
+        """A chat summary refreshed: "made", or "failed" when the LLM could not make it."""
         ...
 
-    def context_folded(self, outcome: str) -> None:
-        """A batch of older messages folded into a chat's rolling summary ("folded"), or "failed"."""
+    def rolling_summary_updated(self, outcome: str) -> None:
+        """A batch of older messages summarized into a chat's rolling summary ("updated"), or "failed"."""
         ...
 
     def render(self) -> bytes:
@@ -110,7 +110,7 @@ class NoMetrics:
     def summary_made(self, outcome: str) -> None:
         pass
 
-    def context_folded(self, outcome: str) -> None:
+    def rolling_summary_updated(self, outcome: str) -> None:
         pass
 
     def render(self) -> bytes:
@@ -165,8 +165,8 @@ FAMILIES = (
     Family("chatkeep_turn_wait_seconds", "histogram", "Time a turn waited for its chat", (), WAIT_SECONDS),
     Family("chatkeep_idempotent_replays", "counter", "Requests answered with an Idempotency-Key's stored answer"),
     Family("chatkeep_llm_breaker_open", "gauge", "1 while the LLM circuit breaker is open", combine="max"),
-    Family("chatkeep_summaries", "counter", "Summary folds by outcome", ("outcome",)),
-    Family("chatkeep_context_folds", "counter", "Rolling-summary folds by outcome", ("outcome",)),
+    Family("chatkeep_summaries", "counter", "Chat summary refreshes by outcome", ("outcome",)),
+    Family("chatkeep_rolling_summary_updates", "counter", "Rolling summary updates by outcome", ("outcome",)),
 )
 NO_LABELS: Labels = ()
 
@@ -228,8 +228,8 @@ class PrometheusMetrics:
     def summary_made(self, outcome: str) -> None:
         _add(self._counter("chatkeep_summaries"), (outcome,), 1)
 
-    def context_folded(self, outcome: str) -> None:
-        _add(self._counter("chatkeep_context_folds"), (outcome,), 1)
+    def rolling_summary_updated(self, outcome: str) -> None:
+        _add(self._counter("chatkeep_rolling_summary_updates"), (outcome,), 1)
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

@@ -67,10 +67,10 @@ class ChatService:
                 summarizer,
                 metrics,
                 budget=settings.context_tokens,
-                fold_at=settings.fold_at,
+                summarize_at=settings.summarize_at,
                 summary_tokens=settings.rolling_summary_tokens,
             )
-            if settings.context_folding
+            if settings.rolling_summaries
             else None
         )
         # A held key is refreshed a few times per lease; one not refreshed for a whole lease lost its process.

@@ -128,7 +128,7 @@ class SummaryOut(BaseModel):
     last_message_at: datetime | None
     summary: str | None
     highlights: list[str]
-    up_to_seq: int = Field(description="seq of the last message folded into the summary (0: none)")
+    up_to_seq: int = Field(description="seq of the last message the summary covers (0: none)")
     stale: bool = Field(description="true when messages came after up_to_seq, e.g. because the LLM failed")
 
     @classmethod

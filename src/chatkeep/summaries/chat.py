@@ -1,4 +1,4 @@
-"""ChatSummaries: a chat's summary, kept up to date by folding new messages into the cached one.
+"""ChatSummaries: a chat's summary for people, kept up to date by summarizing its new messages into the cached one.
 
 Exact counts come from the store on every call; the text is refreshed only when messages came
 since (or when asked to start over), once per chat at a time however many callers ask, in a
@@ -23,7 +23,7 @@ class ChatSummaries:
         self._store = store
         self._summarizer = summarizer
         self._metrics = metrics
-        self._budget = budget  # tokens of messages folded per LLM call
+        self._budget = budget  # tokens of messages summarized per LLM call
         self._refreshing: dict[str, asyncio.Task[SummaryText | None]] = {}
 
     async def aclose(self) -> None:
@@ -47,12 +47,12 @@ class ChatSummaries:
     async def _refreshed(self, owner: str, chat_id: str, start: SummaryText | None) -> SummaryText | None:
         task = self._refreshing.get(chat_id)
         if task is None:
-            task = asyncio.create_task(self._fold(owner, chat_id, start))
+            task = asyncio.create_task(self._refresh(owner, chat_id, start))
             self._refreshing[chat_id] = task
             task.add_done_callback(lambda _: self._refreshing.pop(chat_id, None))
         return await asyncio.shield(task)
 
-    async def _fold(self, owner: str, chat_id: str, start: SummaryText | None) -> SummaryText | None:
+    async def _refresh(self, owner: str, chat_id: str, start: SummaryText | None) -> SummaryText | None:
         """Fold the messages after `start` into it, batch by batch; None when the LLM failed at once."""
         summary = start
         while True:

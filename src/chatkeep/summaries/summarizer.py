@@ -5,7 +5,7 @@ next, so a long chat costs one call per new batch, not per history):
 - a chat's summary for people (`summarize`): a few sentences and highlights, asked of the model
   as JSON with `response_format` (a JSON schema, else JSON mode, else plain words, as far as the
   upstream accepts); an answer in prose is kept as the summary, with extractive highlights;
-- a chat's rolling summary for the model (`condense`, folds.py): plain text that keeps every
+- a chat's rolling summary for the model (`condense`, rolling.py): plain text that keeps every
   fact, sent upstream in place of the messages it covers.
 `Summarizer` is the strategy: `LLMSummarizer` asks the model (any `LLM`: summaries are not part
 of that seam), `ExtractiveSummarizer` serves the offline provider.
@@ -172,7 +172,7 @@ def extractive_summary(previous: SummaryDraft | None, messages: Sequence[Message
     """A summary made without a model: the user's most informative sentences, in order.
 
     Candidates are the first sentence of each user message plus the previous highlights; the
-    ones with the most distinct words win, so folding batch by batch gives the same result as
+    ones with the most distinct words win, so summarizing batch by batch gives the same result as
     summarizing everything at once (up to ties).
     """
     candidates = list(previous[1]) if previous else []

@@ -146,9 +146,9 @@ class TurnEngine:
             await admitted.key.question_stored(inputs[-1].id)
         if running.events is not None:
             running.events.user_message(inputs[-1])
-        reply, fold_wanted = await self._reply(admitted, turn, running, inputs[-1], chat_prompt)
+        reply, summary_due = await self._reply(admitted, turn, running, inputs[-1], chat_prompt)
         outcome = TurnOutcome(inputs, await self._outputs(admitted, turn, running.ticket, reply), reply)
-        if fold_wanted and self._rolling is not None and admitted.chat is not None:
+        if summary_due and self._rolling is not None and admitted.chat is not None:
             self._rolling.want(admitted.owner, admitted.chat.id)
         return outcome
 
@@ -184,16 +184,16 @@ class TurnEngine:
     async def _reply(
         self, admitted: Admitted, turn: NewTurn, running: RunningTurn, question: Message, chat_prompt: str | None
     ) -> tuple[Reply, bool]:
-        """The LLM's reply to the chat so far, and whether the chat's older messages are worth
-        folding into its rolling summary; a reply stopped on request (or a streamed one cut by
+        """The LLM's reply to the chat so far, and whether the chat's rolling summary is due an
+        update; a reply stopped on request (or a streamed one cut by
         shutdown) is what was written by then, marked incomplete."""
         parts: list[str] = []
         running.replying = True
         try:
-            prompt, fold_wanted = await self._prompt(admitted, turn, running.ticket, chat_prompt)
+            prompt, summary_due = await self._prompt(admitted, turn, running.ticket, chat_prompt)
             if running.events is None:
-                return await self._llm.complete(prompt, turn.options), fold_wanted
-            return await self._streamed(prompt, turn.options, running.events, parts), fold_wanted
+                return await self._llm.complete(prompt, turn.options), summary_due
+            return await self._streamed(prompt, turn.options, running.events, parts), summary_due
         except LLMError as error:
             error.user_message_id = question.id
             raise
@@ -223,10 +223,10 @@ class TurnEngine:
             system_prompt=system_prompt,
             budget=self._budget,
             reply_tokens=turn.options.max_tokens or 0,
-            fold_at=self._rolling.fold_at if self._rolling is not None else None,
+            summarize_at=self._rolling.summarize_at if self._rolling is not None else None,
             ticket=ticket,
         )
-        return context.prompt, context.fold_wanted
+        return context.prompt, context.summary_due
 
     async def _streamed(
         self, prompt: list[PromptMessage], options: CallOptions, events: TurnEvents, parts: list[str]
