@@ -1,4 +1,4 @@
-"""What operators count: requests, LLM calls, tokens, turns in line, replays, breaker, summaries.
+"""What operators count: requests, LLM calls, tokens, turns queued, replays, breaker, summaries.
 
 `Metrics` is the seam: the HTTP layer, the service, the turn queue and the LLM wrappers report
 through it and never touch a metrics library themselves. `NoMetrics` is the same seam doing
@@ -57,7 +57,7 @@ class Metrics(Protocol):
     def turns_waiting(self, change: int) -> None: ...
 
     def turn_waited(self, seconds: float) -> None:
-        """How long a turn waited for its chat (this process's line and other processes' turns)."""
+        """How long a turn waited for its chat (this process's queue and other processes' turns)."""
         ...
 
     def idempotent_replay(self) -> None: ...

@@ -5,7 +5,7 @@ waiting in line), so each one is atomic on the event loop: concurrent appends ca
 and `seq` stays gap-free. Messages of a chat live in a list indexed by `seq - 1`, which makes
 every window and page O(page), and a message's id ends with its seq, so finding one by id needs
 no index; a stored message keeps its id and creation time in a row of its chat rather than in
-objects of their own (message_rows.py), because a chat may hold millions. A chat's turn line is
+objects of their own (message_rows.py), because a chat may hold millions. A chat's turn queue is
 two fields of its record: the ticket at its head and, only while turns wait, a queue of their
 futures, so a turn on an idle chat takes and gives back its ticket without allocating a waiter.
 """
@@ -48,7 +48,7 @@ from chatkeep.store.protocols import Broadcast, TurnTicket
 
 T = TypeVar("T")
 
-NO_TICKET = 0  # the head of an idle chat's line: ticket numbers start at 1
+NO_TICKET = 0  # the head of an idle chat's queue: ticket numbers start at 1
 LAPSED_DETAIL = "the turn's ticket no longer heads the chat; nothing was stored"
 
 
@@ -434,7 +434,7 @@ def _give_back(record: _ChatRecord, number: int) -> None:
     waiting = record.waiting
     while waiting:
         successor, waiter = waiting.popleft()
-        if not waiter.done():  # a cancelled waiter's future is done: it left the line
+        if not waiter.done():  # a cancelled waiter's future is done: it left the queue
             record.head = successor
             waiter.set_result(None)
             return

@@ -59,7 +59,7 @@ class TicketRows(Protocol):
     def stamp(self, moment: datetime) -> Any: ...
 
     async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float, question: NewRow | None) -> TakenTicket:
-        """A new ticket, last in the chat's line, and whether it is already the head; when it is,
+        """A new ticket, last in the chat's queue, and whether it is already the head; when it is,
         `question` stored too, durably as an append (created at that moment), in the same transaction.
 
         Raises ChatNotFoundError when the owner has no such chat.
@@ -113,7 +113,7 @@ class Tickets:
         await asyncio.gather(*self._giving_back, return_exceptions=True)
 
     def wake(self, chat_id: str) -> None:
-        """The chat's line moved: let this process's waiters on it look again."""
+        """The chat's queue moved: let this process's waiters on it look again."""
         for waker in self._wakers.get(chat_id, ()):
             waker.set()
 
