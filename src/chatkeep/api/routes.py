@@ -1,4 +1,4 @@
-"""The v1 routes: chats, their messages (the turn) and their summaries.
+"""The native API's routes: chats, their messages (the turn) and their summaries.
 
 Routes translate HTTP to service calls and back, nothing more. Every error a route can return
 is declared, so the OpenAPI document tells clients the whole contract.

@@ -1,4 +1,4 @@
-"""Request and response bodies of the v1 API, and the input limits they enforce.
+"""Request and response bodies of the native API, and the input limits they enforce.
 
 Limits live in the types so they show in the OpenAPI document; the one limit that is a setting
 (`CHATKEEP_MAX_MESSAGE_CHARS`) is checked by the route. Text that cannot be stored or sent on

@@ -24,7 +24,7 @@ from types import TracebackType
 
 from chatkeep.context import build_context
 from chatkeep.domain import Message, MessageStatus, NewMessage, PromptMessage, Role, new_id, utcnow
-from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, TurnNotRunningError, TurnStoppedError
+from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, TurnStoppedError
 from chatkeep.llm import LLM, Reply
 from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.metrics import Metrics
@@ -118,14 +118,11 @@ class TurnEngine:
                     await turn.kept(outcome)
                 admitted.key.succeeded(lambda: turn.replay(outcome))
         except BaseException:
-            running.outcome.set_exception(TurnNotRunningError(f"the turn answering {running.question_id!r} failed"))
-            running.outcome.exception()  # retrieved: nobody need wait for it
+            running.failed()
             raise
         finally:
             self._running.ended(running)
-        running.outcome.set_result(outcome)
-        if running.events is not None:
-            running.events.answered(outcome)
+        running.answered(outcome)
         return outcome
 
     def _hold(self, admitted: Admitted, turn: NewTurn, running: RunningTurn) -> "TurnHold":
@@ -139,13 +136,11 @@ class TurnEngine:
     async def _in_turn(self, admitted: Admitted, turn: NewTurn, running: RunningTurn) -> TurnOutcome:
         """The turn itself, its chat held: inputs, context, reply, stored reply."""
         inputs, chat_prompt = await self._inputs(admitted, turn, running.ticket)
-        self._running.answering(running, inputs[-1].id)
+        self._running.answering(running, inputs[-1])
         if not turn.answered:
             return TurnOutcome(inputs, [], None)
         if admitted.chat is not None:  # from here on a failure is retried by re-running only the reply
             await admitted.key.question_stored(inputs[-1].id)
-        if running.events is not None:
-            running.events.user_message(inputs[-1])
         reply, summary_due = await self._reply(admitted, turn, running, inputs[-1], chat_prompt)
         outcome = TurnOutcome(inputs, await self._outputs(admitted, turn, running.ticket, reply), reply)
         if summary_due and self._rolling is not None and admitted.chat is not None:

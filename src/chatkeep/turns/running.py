@@ -16,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
+from chatkeep.domain import Message
+from chatkeep.errors import TurnNotRunningError
 from chatkeep.store import TurnTicket
 from chatkeep.turns.events import TurnEvents, TurnOutcome
 
@@ -44,6 +46,17 @@ class RunningTurn:
     def over(self) -> bool:
         return self.outcome.done()
 
+    def answered(self, outcome: TurnOutcome) -> None:
+        """The turn ended with its reply stored: its outcome is known, and its final event written."""
+        self.outcome.set_result(outcome)
+        if self.events is not None:
+            self.events.answered(outcome)
+
+    def failed(self) -> None:
+        """The turn ended without its reply (its events get their final error from whoever runs it)."""
+        self.outcome.set_exception(TurnNotRunningError(f"the turn answering {self.question_id!r} failed"))
+        self.outcome.exception()  # retrieved: nobody need wait for it
+
     def stop(self) -> "asyncio.Future[TurnOutcome]":
         """Cut the reply short where it is (what was written is stored, marked incomplete); the
         future of the stored outcome. A turn not yet replying, or already stopped, is left alone."""
@@ -59,10 +72,12 @@ class RunningTurns:
         self._ended: OrderedDict[str, tuple[float, RunningTurn]] = OrderedDict()  # streamed ones, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def answering(self, turn: RunningTurn, question_id: str) -> None:
-        """The turn's question is stored: it can be found by its id from now on."""
-        turn.question_id = question_id
-        self._running[question_id] = turn
+    def answering(self, turn: RunningTurn, question: Message) -> None:
+        """The turn's question is stored: it can be found by its id from now on, and its stream starts with it."""
+        turn.question_id = question.id
+        self._running[question.id] = turn
+        if turn.events is not None:
+            turn.events.user_message(question)
 
     def ended(self, turn: RunningTurn) -> None:
         """The turn is over; a streamed one stays readable a while (a retry of its question
