@@ -1,9 +1,10 @@
 """`python -m bench [--quick] [--only turns,burst,...]`: run the measures, print and save the table.
 
-The benchmark process itself runs on the load core, beside wrk and the fake LLM; every server
-it starts is pinned to the server core. Results go to `bench/results/latest.json` and
-`bench/results/latest.png`; the exit status is 1 only when a measure could not be carried out
-(a missed target is a result, not an error).
+The benchmark process itself runs on the load core, beside wrk and the fake LLM; every server it
+starts is pinned to the server core. Results go to `bench/results/latest.json`,
+`bench/results/latest.md` (the table docs/performance.md quotes) and `bench/results/latest.png`;
+the exit status is 1 only when a measure could not be carried out (a missed target is a result,
+not an error).
 """
 
 import argparse
@@ -19,7 +20,7 @@ from bench import chart
 from bench.load import ensure_wrk
 from bench.measures import MEASURES
 from bench.processes import LOAD_CORE, Processes
-from bench.report import Row, machine, save, table
+from bench.report import Row, machine, markdown, save, table
 from bench.rig import Plan, Rig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(rows))
     print(f"\n{info['cpu']}, {info['cores']} cores, Python {info['python']}; {elapsed:.0f} s")
     save(args.output / "latest.json", rows, info=info, settings=asdict(plan), seconds=elapsed)
+    (args.output / "latest.md").write_text(markdown(rows, info))
     title = f"chatkeep vs bare relay: {info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}"
     chart.draw(args.output / "latest.png", rows, title=title)
-    print(f"wrote {args.output / 'latest.json'} and {args.output / 'latest.png'}")
+    print(f"wrote {args.output / 'latest.json'}, latest.md and latest.png")
     return 1 if failed else 0
 
 
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="chatkeep against a bare relay.")
     parser.add_argument("--quick", action="store_true", help="one short run per measure, to try the benchmark")
     parser.add_argument("--only", metavar="KEYS", help=f"comma-separated subset of: {', '.join(MEASURES)}")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where latest.json and latest.png go")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where latest.json, latest.md and latest.png go")
     return parser
 
 

@@ -102,6 +102,24 @@ def table(rows: list[Row]) -> str:
     return "\n".join(line.rstrip() for line in text)
 
 
+def markdown(rows: list[Row], info: dict[str, Any]) -> str:
+    """The table as Markdown, with the machine it ran on: what docs/performance.md quotes."""
+    lines = [
+        f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}, commit {info['commit']}",
+        "",
+        "| measure | chatkeep | baseline | ratio | target | result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        baseline = f"{_number(row.baseline, row.unit)} ({row.baseline_name})" if row.baseline is not None else "-"
+        chatkeep = row.chatkeep_text or _number(row.chatkeep, row.unit)
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+        target = row.target.describe(row.unit) if row.target else "-"
+        cells = (row.measure, chatkeep, row.baseline_text or baseline, ratio, target, verdict(row))
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
