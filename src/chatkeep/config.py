@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         default=None, description="redis://host:port/db to count rate limits in, shared by every deployment"
     )
     api_keys: SecretStr | None = Field(default=None, description="owner=key,owner2=key2 (unset: no auth)")
-    rate_limit: str | None = Field(default=None, description="per owner, for message posts, e.g. 120/minute")
+    rate_limit: str | None = Field(
+        default=None, description="turns per owner (message posts, /v1 responses, items appended), e.g. 120/minute"
+    )
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="system prompt of chats that set none")
     context_tokens: int = Field(default=8000, ge=256, description="token budget of the context sent upstream")
     rolling_summaries: bool = Field(

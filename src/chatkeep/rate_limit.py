@@ -1,6 +1,6 @@
-"""Per-owner rate limits on message posts (`CHATKEEP_RATE_LIMIT`, e.g. `120/minute`).
+"""Per-owner rate limits on turns (`CHATKEEP_RATE_LIMIT`, e.g. `120/minute`), taken at admission.
 
-A moving window: a post is allowed while fewer than the limit were allowed in the window before
+A moving window: a turn is allowed while fewer than the limit were allowed in the window before
 it. The count is shared by every process that serves the same chats: it lives in the store
 (`ChatStore.take_rate_slot`: this process's memory for the memory store, the database for
 SQLite and PostgreSQL), or, when `CHATKEEP_REDIS_URL` is set, in Redis through the `limits`
@@ -34,7 +34,7 @@ def parse_rate_limit(text: str) -> RateLimitItem:
 
 class RateLimit(Protocol):
     async def check(self, owner: str) -> None:
-        """Count one message post by `owner`. Raises RateLimitedError past the limit, or
+        """Count one turn by `owner`. Raises RateLimitedError past the limit, or
         StoreUnavailableError when the count cannot be kept."""
         ...
 
@@ -105,4 +105,4 @@ def _unreachable(error: StorageError) -> StoreUnavailableError:
 
 
 def _limited(text: str, wait: float) -> RateLimitedError:
-    return RateLimitedError(f"over the rate limit of {text} message posts", retry_after=max(1.0, wait))
+    return RateLimitedError(f"over the rate limit of {text} turns", retry_after=max(1.0, wait))
