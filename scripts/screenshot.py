@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvicorn
 from playwright.async_api import ViewportSize, expect
-from tests.browser import open_chromium
+from tests.support.browser import open_chromium
 
 from chatkeep.app import create_app
 from chatkeep.config import Settings

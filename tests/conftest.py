@@ -1,22 +1,19 @@
-"""Shared fixtures: a fake OpenAI server, and chatkeep served by a real uvicorn on 127.0.0.1:0."""
+"""Fixtures every folder shares; each folder holds the tests that need the same things.
 
-import asyncio
+Helpers live in tests/support/; a fixture is here when tests of more than one module use it.
+"""
+
 import os
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
-from chatkeep.app import create_app
 from chatkeep.config import Settings
-from tests.fake_openai import FakeOpenAI
-
-ServeFn = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+from tests.support.app import llm_settings, serve
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.stores import SQL_STORES, STORES, fresh_database
 
 
 @pytest.fixture(autouse=True)
@@ -29,47 +26,8 @@ def _no_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def fake_llm() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-def llm_settings(fake: FakeOpenAI, **overrides: Any) -> Settings:
-    """Settings that point chatkeep at `fake`, with quick retries for tests."""
-    values: dict[str, Any] = {
-        "openai_api_key": "sk-test",
-        "openai_base_url": fake.url,
-        "llm_timeout": 5,
-        "llm_max_retries": 2,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def serve(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-    """chatkeep on a real socket for the block, with an HTTP client pointed at it."""
-    return serve_app(create_app(settings))
-
-
-@asynccontextmanager
-async def serve_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """`app` on a real socket for the block, with an HTTP client pointed at it."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
+    async with FakeOpenAI() as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -86,20 +44,15 @@ async def offline_client() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def new_chat(client: httpx.AsyncClient, **body: Any) -> str:
-    response = await client.post("/chats", json=body)
-    assert response.status_code == 201, response.text
-    chat_id: str = response.json()["id"]
-    return chat_id
+@pytest.fixture(params=STORES)
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A new, empty database of each store in turn (tests.support.stores.STORES)."""
+    async with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
-async def post(client: httpx.AsyncClient, chat_id: str, content: str) -> httpx.Response:
-    return await client.post(f"/chats/{chat_id}/messages", json={"content": content})
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Wait until `condition()` holds; fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+@pytest.fixture(params=SQL_STORES)
+async def sql_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A new, empty database of each SQL store in turn (tests.support.stores.SQL_STORES)."""
+    async with fresh_database(request.param, tmp_path) as url:
+        yield url

@@ -1,0 +1,1 @@
+"""`chatkeep` as its users run it: `chatkeep serve` and `chatkeep chat` in subprocesses."""

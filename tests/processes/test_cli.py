@@ -1,0 +1,149 @@
+"""`chatkeep serve` and the `chatkeep chat` client as a user runs them, in subprocesses."""
+
+import asyncio
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chatkeep.config import Settings
+from tests.support.app import serve
+from tests.support.chats import as_owner
+from tests.support.ports import free_port
+from tests.support.servers import CHATKEEP, clean_env, run_chat, wait_until_serving
+
+BOB_KEY = "bob-key-0123456789ab"
+KEYS = f"alice=alice-key-0123456789, bob={BOB_KEY}"
+
+
+@pytest.mark.parametrize("command", [[CHATKEEP], [sys.executable, "-m", "chatkeep"]], ids=["script", "module"])
+def test_serve_runs_the_api_and_docs_offline_without_a_key(command: list[str]) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until_serving(url, process)
+        assert httpx.get(url + "/docs").status_code == 200
+        chat = httpx.post(url + "/chats").json()
+        turn = httpx.post(f"{url}/chats/{chat['id']}/messages", json={"content": "hello"}).json()
+        assert turn["assistant_message"]["model"] == "chatkeep-offline"
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert "LLM offline" in stderr.decode()
+
+
+def test_serve_flag_overrides_the_environment() -> None:
+    port = free_port()
+    env = clean_env(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL="http://127.0.0.1:9/v1", CHATKEEP_LLM_MODEL="from-env")
+    process = subprocess.Popen(
+        [CHATKEEP, "serve", "--port", str(port), "--llm-model", "from-flag"], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert "LLM openai (from-flag at http://127.0.0.1:9/v1)" in stderr.decode()
+
+
+def test_serve_refuses_an_invalid_setting_clearly() -> None:
+    result = subprocess.run(
+        [CHATKEEP, "serve", "--context-tokens", "five"], env=clean_env(), capture_output=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "invalid CHATKEEP_CONTEXT_TOKENS (--context-tokens)" in result.stderr.decode()
+
+
+def test_every_setting_is_a_serve_flag() -> None:
+    result = subprocess.run([CHATKEEP, "serve", "--help"], capture_output=True, timeout=30, check=True)
+    text = result.stdout.decode()
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in text
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_keys() -> None:
+    result = subprocess.run(
+        [CHATKEEP, "serve", "--host", "0.0.0.0", "--port", "1"], env=clean_env(), capture_output=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "without CHATKEEP_API_KEYS" in result.stderr.decode()
+
+
+def test_serve_refuses_several_workers_on_the_memory_store() -> None:
+    command = [CHATKEEP, "serve", "--workers", "2"]
+    result = subprocess.run(command, env=clean_env(), capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert "--workers needs a store the processes can share" in result.stderr.decode()
+
+
+def test_several_workers_on_sqlite_share_the_chats(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [CHATKEEP, "serve", "--port", str(port), "--workers", "2", "--store", f"sqlite:///{tmp_path}/w.db"]
+    process = subprocess.Popen(command, env=clean_env(), stderr=subprocess.PIPE)
+    try:
+        wait_until_serving(url, process)
+        with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(8) as pool:
+            chat_id = client.post("/chats").json()["id"]
+            path = f"/chats/{chat_id}/messages"
+            posts = pool.map(lambda n: client.post(path, json={"content": f"q{n}"}).status_code, range(8))
+            assert list(posts) == [201] * 8
+            messages = client.get(path).json()["data"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+    assert [m["seq"] for m in messages] == list(range(1, 17))
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 8
+    for question, answer in zip(messages[::2], messages[1::2], strict=True):
+        assert f"“{question['content']}”" in answer["content"]
+
+
+async def test_chat_client_streams_replies_and_runs_its_commands(offline_client: httpx.AsyncClient) -> None:
+    output = await run_chat(offline_client, "hello there\n/summary\n/list\n/new\n/quit\nnever sent\n")
+    chats = (await offline_client.get("/chats")).json()["data"]
+    assert len(chats) == 2  # the first, and the one /new made
+    first = chats[1]["id"]
+    assert output.startswith(f"new chat {first}")
+    messages = (await offline_client.get(f"/chats/{first}/messages")).json()["data"]
+    assert [m["content"] for m in messages[:1]] == ["hello there"]
+    assert f"assistant> {messages[1]['content']}" in output
+    assert "2 messages (1 yours)" in output
+    assert "  - hello there" in output
+    assert f"* {first}" in output
+    assert f"new chat {chats[0]['id']}" in output
+    assert "never sent" not in str(messages)
+
+
+async def test_chat_client_resumes_a_chat_with_its_latest_messages(offline_client: httpx.AsyncClient) -> None:
+    chat_id = (await offline_client.post("/chats")).json()["id"]
+    await offline_client.post(f"/chats/{chat_id}/messages", json={"content": "earlier question"})
+    output = await run_chat(offline_client, "later question\n", "--chat", chat_id)
+    assert output.startswith(f"chat {chat_id} (2 messages)\nuser> earlier question\nassistant> ")
+    messages = (await offline_client.get(f"/chats/{chat_id}/messages")).json()["data"]
+    assert [m["content"] for m in messages[::2]] == ["earlier question", "later question"]
+
+
+async def test_chat_client_says_when_the_server_is_not_there() -> None:
+    process = await asyncio.create_subprocess_exec(
+        CHATKEEP, "chat", "--url", f"http://127.0.0.1:{free_port()}",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=clean_env(),
+    )  # fmt: skip
+    stdout, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert b"cannot start a chat" in stdout
+
+
+async def test_chat_client_sends_its_api_key() -> None:
+    async with serve(Settings(llm_provider="offline", api_keys=KEYS)) as client:
+        output = await run_chat(client, "hello\n", "--api-key", BOB_KEY)
+        assert output.startswith("new chat ")
+        chats = (await client.get("/chats", headers=as_owner(BOB_KEY))).json()["data"]
+        assert chats[0]["message_count"] == 2

@@ -1,0 +1,1 @@
+"""Tests of chatkeep's code alone in the test's process: no chatkeep server, at most the fake upstream."""

@@ -1,0 +1,61 @@
+"""Settings read from their documented env names, and refused at start when they make no sense."""
+
+import pytest
+from pydantic import ValidationError
+
+from chatkeep.config import Settings
+
+ALICE_KEY = "alice-key-0123456789"
+
+
+def test_settings_come_from_their_documented_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "OPENAI_API_KEY": "sk-abc",
+        "OPENAI_BASE_URL": "http://localhost:11434/v1",
+        "CHATKEEP_LLM_MODEL": "llama3.2",
+        "CHATKEEP_LLM_TIMEOUT": "12.5",
+        "CHATKEEP_LLM_MAX_RETRIES": "4",
+        "CHATKEEP_STORE": "memory://",
+        "CHATKEEP_SYSTEM_PROMPT": "Be kind.",
+        "CHATKEEP_CONTEXT_TOKENS": "4000",
+        "CHATKEEP_MAX_MESSAGE_CHARS": "100",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.openai_api_key is not None
+    assert settings.openai_api_key.get_secret_value() == "sk-abc"
+    assert settings.openai_base_url == "http://localhost:11434/v1"
+    assert (settings.llm_model, settings.llm_timeout, settings.llm_max_retries) == ("llama3.2", 12.5, 4)
+    assert (settings.system_prompt, settings.context_tokens, settings.max_message_chars) == ("Be kind.", 4000, 100)
+    assert settings.provider == "openai"
+
+
+def test_renamed_settings_still_read_their_former_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATKEEP_CONTEXT_FOLDING", "false")
+    monkeypatch.setenv("CHATKEEP_FOLD_AT", "0.5")
+    assert (Settings().rolling_summaries, Settings().summarize_at) == (False, 0.5)
+    monkeypatch.setenv("CHATKEEP_ROLLING_SUMMARIES", "true")
+    monkeypatch.setenv("CHATKEEP_SUMMARIZE_AT", "0.6")
+    assert (Settings().rolling_summaries, Settings().summarize_at) == (True, 0.6)
+
+
+def test_provider_defaults_to_offline_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().provider == "offline"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abc")
+    assert Settings().provider == "openai"
+    monkeypatch.setenv("CHATKEEP_LLM_PROVIDER", "offline")
+    assert Settings().provider == "offline"
+
+
+@pytest.mark.parametrize(
+    "keys", ["alice", "alice=", "=key-0123456789abcdef", "alice=short", f"a={ALICE_KEY},b={ALICE_KEY}", ","]
+)
+def test_malformed_api_keys_are_refused_at_start(keys: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(api_keys=keys)
+
+
+def test_an_unreadable_rate_limit_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="120/minute"):
+        Settings(rate_limit="lots")
