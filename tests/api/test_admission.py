@@ -5,10 +5,10 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-import pytest
-
 import openai
+import pytest
 from openai import AsyncOpenAI
+
 from tests.support.app import llm_settings, serve
 from tests.support.chats import keyed, new_chat, post, post_after
 from tests.support.conditions import until
@@ -44,6 +44,22 @@ async def test_a_retried_response_is_replayed_past_the_rate_limit(fake_llm: Fake
                 await sdk.responses.create(**ask)
     assert retried.model_dump() == first.model_dump()
     assert len(fake_llm.prompts) == 1
+
+
+async def test_items_appended_are_turns_counted_by_the_rate_limit_and_replayed_past_it(fake_llm: FakeOpenAI) -> None:
+    async with serve(llm_settings(fake_llm, rate_limit="1/minute")) as client:
+        sdk: Any = AsyncOpenAI(base_url=f"{client.base_url}/v1", api_key="sk-anything", max_retries=0)
+        async with sdk:
+            conversation = await sdk.conversations.create()
+            items = [{"type": "message", "role": "user", "content": "note this"}]
+            first = await sdk.conversations.items.create(conversation.id, items=items, extra_headers=keyed("items-1"))
+            retried = await sdk.conversations.items.create(conversation.id, items=items, extra_headers=keyed("items-1"))
+            with pytest.raises(openai.RateLimitError):
+                await sdk.conversations.items.create(conversation.id, items=items)
+        stored = (await client.get(f"/chats/{conversation.id}")).json()["message_count"]
+    assert retried.model_dump() == first.model_dump()
+    assert stored == 1
+    assert fake_llm.requests == []
 
 
 async def test_a_conversation_refused_for_capacity_leaves_no_chat_behind(fake_llm: FakeOpenAI) -> None:

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from agents import Agent, OpenAIConversationsSession, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
-
 from openai import AsyncOpenAI
+
 from tests.support.app import llm_settings, serve
 from tests.support.fake_openai import FakeOpenAI, Scripted, roles_and_contents
 

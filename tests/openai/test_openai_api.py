@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-
 import openai
-from chatkeep.config import Settings
+import pytest
 from openai import AsyncOpenAI
+
+from chatkeep.config import Settings
 from tests.support.app import llm_settings, serve
 from tests.support.fake_openai import FakeOpenAI, Scripted, roles_and_contents
 
