@@ -22,7 +22,7 @@ from chatkeep import __version__
 from chatkeep.api.body_limit import BodyLimitMiddleware
 from chatkeep.api.fast_turn_route import RouteShortcut
 from chatkeep.api.observe import Observe
-from chatkeep.api.problems import install_problem_handlers
+from chatkeep.api.problems import ProblemHandlers
 from chatkeep.api.routes import metrics_router, operations, router, turns
 from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
@@ -30,6 +30,8 @@ from chatkeep.llm import open_llm
 from chatkeep.metrics import Metrics, NoMetrics, PrometheusMetrics
 from chatkeep.openai_compat import routes as openai
 from chatkeep.openai_compat.conversations import Conversations
+from chatkeep.openai_compat.errors import PREFIX as OPENAI_PREFIX
+from chatkeep.openai_compat.errors import OpenAIErrors
 from chatkeep.openai_compat.responses import Responses
 from chatkeep.rate_limit import open_rate_limit
 from chatkeep.service import ChatService
@@ -119,9 +121,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # the turn, native and OpenAI's, past FastAPI's inner layers
-    app.add_middleware(RouteShortcut, routes=[*turns.routes, *openai.responses_turns.routes])
+    problems = ProblemHandlers({OPENAI_PREFIX: OpenAIErrors()})  # /v1 errors in OpenAI's shape
+    app.add_middleware(RouteShortcut, routes=[*turns.routes, *openai.responses_turns.routes], problems=problems)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
-    install_problem_handlers(app)
+    problems.install(app)
     app.include_router(turns)
     app.include_router(operations)
     if settings.metrics:

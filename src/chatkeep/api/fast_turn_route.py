@@ -6,9 +6,10 @@ router, the route's request/response wrappers) and Starlette's body and header r
 measurable share of a turn (docs/performance.md). `RouteShortcut` skips those layers for the
 routes it is given; the routes stay in the app, which documents them in OpenAPI and serves them
 the same way without the shortcut (a parity test sends the same requests both ways).
-`read_json_request` reads what FastAPI's parameter machinery would (owner, body, Idempotency-
-Key) and refuses what it would, with the same 422 problems; `shortcut_openapi` documents by hand
-what it reads. OpenAI's `POST /v1/responses` takes the same way in."""
+`read_json_request` reads what FastAPI's parameter machinery would (owner, body,
+Idempotency-Key) and refuses what it would, with the same 422 problems; `shortcut_openapi`
+documents by hand what it reads. OpenAI's `POST /v1/responses` takes the same way in.
+"""
 
 import re
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatkeep.api import sse
 from chatkeep.api.deps import owner_of
-from chatkeep.api.problems import PROBLEM_ERRORS, render_problem
+from chatkeep.api.problems import ProblemHandlers
 from chatkeep.api.schemas import MessageCreate
 from chatkeep.idempotency import IDEMPOTENCY_KEY_HELP, KEY_PATTERN, MAX_KEY_CHARS
 
@@ -105,14 +106,15 @@ class RouteShortcut:
     """ASGI middleware that answers requests for `routes` itself, by calling their endpoints.
 
     Each endpoint must take `(request, **path_params)` and return a Response. The errors the
-    problem handlers render (chatkeep's, validation, HTTP) are rendered here by the same code;
+    problem handlers render (chatkeep's, validation, HTTP) are rendered here by the same handlers;
     anything else propagates to the server-error middleware outside, as it would from a route.
     Sitting inside the body-limit middleware, the shortcut's requests are limited too.
     """
 
-    def __init__(self, app: ASGIApp, *, routes: Iterable[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, *, routes: Iterable[BaseRoute], problems: ProblemHandlers) -> None:
         self.app = app
         self.routes = [route for route in routes if isinstance(route, APIRoute)]
+        self.problems = problems
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -129,8 +131,8 @@ class RouteShortcut:
         request = Request(scope, receive)
         try:
             response = await route.endpoint(request, **scope["path_params"])
-        except PROBLEM_ERRORS as error:
-            response = await render_problem(request, error)
+        except self.problems.errors as error:
+            response = await self.problems.render(request, error)
         await response(scope, receive, send)
 
 

@@ -1,16 +1,19 @@
-"""RFC 9457 problem details for every error the API returns.
+"""RFC 9457 problem details for every error the API returns, or another shape where a path asks for one.
 
 One set of handlers: chatkeep's own errors carry their status, title and slug; validation
 errors become 422 with an `errors` list; plain HTTP errors (404 route, 405, 413) keep their
 status with `about:blank`; anything unexpected is a bare 500 whose traceback is only logged.
-Every problem names the request it answers (`request_id`), the id its log lines carry. Errors
-of OpenAI's API under /v1 are written in OpenAI's shape instead (api/v1/errors.py).
+Every problem names the request it answers (`request_id`), the id its log lines carry. The
+handlers decide what went wrong; an `ErrorShape` decides how it is written. Problem details are
+the default; the paths of OpenAI's API under /v1 get OpenAI's own shape
+(openai_compat/errors.py), given to `ProblemHandlers` by the app, so this module knows no API
+but the native one.
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
@@ -19,8 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 
-from chatkeep.errors import ChatkeepError, Failure, InvalidInputError, UnauthorizedError
-from chatkeep.openai_compat.errors import error_code, is_openai_path, openai_error
+from chatkeep.errors import ChatkeepError, Failure, UnauthorizedError
 from chatkeep.request_context import current_request_id
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,54 @@ log = logging.getLogger(__name__)
 PROBLEM_TYPE_BASE = "urn:chatkeep:problem:"
 MEDIA_TYPE = "application/problem+json"
 VALIDATION_SLUG = "invalid-request"
+
+Issue = dict[str, Any]  # one validation error: loc, msg, type
+
+
+class ErrorShape(Protocol):
+    """How errors are written for the paths that use this shape."""
+
+    def chatkeep_error(self, error: ChatkeepError, headers: dict[str, str] | None) -> Response:
+        """One of chatkeep's errors, with its Retry-After or WWW-Authenticate header."""
+        ...
+
+    def invalid(self, detail: str, errors: list[Issue]) -> Response:
+        """A request that does not validate: `detail` says what of the first of `errors` (if any)."""
+        ...
+
+    def unparsable(self, reason: str) -> Response:
+        """A body the JSON parser itself gave up on."""
+        ...
+
+    def http_error(self, request: Request, status: int, detail: str | None, headers: dict[str, str] | None) -> Response:
+        """A plain HTTP error: an unknown route, a method not allowed, a body over the limit."""
+        ...
+
+    def unexpected(self) -> Response:
+        """A 500 that says nothing of its cause."""
+        ...
+
+
+class ProblemDetails:
+    """The native shape: RFC 9457 problem details."""
+
+    def chatkeep_error(self, error: ChatkeepError, headers: dict[str, str] | None) -> Response:
+        return Response(
+            orjson.dumps(problem_body(error)), status_code=error.status, media_type=MEDIA_TYPE, headers=headers
+        )
+
+    def invalid(self, detail: str, errors: list[Issue]) -> Response:
+        return problem(422, "Invalid request", detail, slug=VALIDATION_SLUG, errors=errors)
+
+    def unparsable(self, reason: str) -> Response:
+        body_issue = {"loc": ["body"], "msg": reason, "type": "json_invalid"}
+        return problem(422, "Invalid request", reason, slug=VALIDATION_SLUG, errors=[body_issue])
+
+    def http_error(self, request: Request, status: int, detail: str | None, headers: dict[str, str] | None) -> Response:
+        return http_problem(status, detail, headers=headers)
+
+    def unexpected(self) -> Response:
+        return problem(500, "Internal Server Error", None)
 
 
 def problem(
@@ -74,90 +124,79 @@ def problem_body(error: Failure) -> dict[str, Any]:
     return _identified(body)
 
 
-async def chatkeep_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ChatkeepError)
-    headers = retry_after_header(exc.retry_after)
-    if isinstance(exc, UnauthorizedError):
-        headers = {"WWW-Authenticate": 'Bearer realm="chatkeep"'}
-    if is_openai_path(request):
-        param = exc.param if isinstance(exc, InvalidInputError) else None
-        return openai_error(exc.status, exc.detail, param=param, code=error_code(exc.slug), headers=headers)
-    return Response(orjson.dumps(problem_body(exc)), status_code=exc.status, media_type=MEDIA_TYPE, headers=headers)
-
-
-async def validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = [
-        {
-            "loc": [str(part) if not isinstance(part, int) else part for part in e["loc"]],
-            "msg": e["msg"],
-            "type": e["type"],
-        }
-        for e in exc.errors()
-    ]
-    first = errors[0] if errors else None
-    detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else "the request is invalid"
-    if is_openai_path(request):
-        param = ".".join(map(str, first["loc"][1:])) if first else None
-        code = "missing_required_parameter" if first and first["type"] == "missing" else "invalid_value"
-        return openai_error(400, detail, param=param or None, code=code)
-    return problem(422, "Invalid request", detail, slug=VALIDATION_SLUG, errors=errors)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
-        # FastAPI answers 400 when the JSON parser itself gives up (bytes that are not UTF-8,
-        # nesting too deep, an integer too long); like any other invalid body, that is a 422.
-        reason = f"the body could not be parsed as JSON: {type(exc.__cause__).__name__}"
-        if is_openai_path(request):
-            return openai_error(400, reason, code="invalid_json")
-        return problem(422, "Invalid request", reason, slug=VALIDATION_SLUG, errors=[_body_issue(reason)])
-    headers = dict(exc.headers) if exc.headers else None
-    if exc.status_code == 405:
-        headers = {"Allow": ", ".join(_allowed_methods(request))}
-    if is_openai_path(request):
-        message = f"Invalid URL ({request.method} {request.url.path})" if exc.status_code in (404, 405) else exc.detail
-        return openai_error(exc.status_code, message, headers=headers)
-    return http_problem(exc.status_code, exc.detail, headers=headers)
-
-
 def http_problem(status: int, detail: str | None, *, headers: dict[str, str] | None = None) -> Response:
     """A plain HTTP error (`about:blank`), titled with the status's reason phrase."""
     title = _reason(status)
     return problem(status, title, detail if detail and detail != title else None, headers=headers)
 
 
-async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    if is_openai_path(request):
-        return openai_error(500, "The server had an error while processing your request.")
-    return problem(500, "Internal Server Error", None)
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
-_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
-    ChatkeepError: chatkeep_error,
-    RequestValidationError: validation_error,
-    HTTPException: http_error,
-}
-# The errors a response is rendered for; anything else is unexpected (a 500).
-PROBLEM_ERRORS = tuple(_HANDLERS)
+class ProblemHandlers:
+    """The app's exception handlers, each writing its error in the shape of the request's path."""
 
+    def __init__(self, shapes: Mapping[str, ErrorShape] | None = None) -> None:
+        self._shapes = dict(shapes or {})  # by path prefix; any other path gets problem details
+        self._native = ProblemDetails()
+        self._handlers: dict[type[Exception], Handler] = {
+            ChatkeepError: self._chatkeep_error,
+            RequestValidationError: self._validation_error,
+            HTTPException: self._http_error,
+        }
+        self.errors = tuple(self._handlers)  # the errors a response is rendered for; anything else is a 500
 
-def install_problem_handlers(app: FastAPI) -> None:
-    for kind, handler in _HANDLERS.items():
-        app.add_exception_handler(kind, handler)
-    app.add_exception_handler(Exception, unexpected_error)
+    def install(self, app: FastAPI) -> None:
+        for kind, handler in self._handlers.items():
+            app.add_exception_handler(kind, handler)
+        app.add_exception_handler(Exception, self._unexpected_error)
 
+    async def render(self, request: Request, error: Exception) -> Response:
+        """The response for one of `errors`, for code that runs outside the app's handlers."""
+        handler = next(self._handlers[kind] for kind in type(error).__mro__ if kind in self._handlers)
+        return await handler(request, error)
 
-async def render_problem(request: Request, error: Exception) -> Response:
-    """The problem response for one of PROBLEM_ERRORS, for code that runs outside the app's handlers."""
-    handler = next(_HANDLERS[kind] for kind in type(error).__mro__ if kind in _HANDLERS)
-    return await handler(request, error)
+    def _shape(self, request: Request) -> ErrorShape:
+        path = request.url.path
+        return next((shape for prefix, shape in self._shapes.items() if path.startswith(prefix)), self._native)
 
+    async def _chatkeep_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ChatkeepError)
+        headers = retry_after_header(exc.retry_after)
+        if isinstance(exc, UnauthorizedError):
+            headers = {"WWW-Authenticate": 'Bearer realm="chatkeep"'}
+        return self._shape(request).chatkeep_error(exc, headers)
 
-def _body_issue(message: str) -> dict[str, Any]:
-    return {"loc": ["body"], "msg": message, "type": "json_invalid"}
+    async def _validation_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {
+                "loc": [str(part) if not isinstance(part, int) else part for part in e["loc"]],
+                "msg": e["msg"],
+                "type": e["type"],
+            }
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else None
+        detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else "the request is invalid"
+        return self._shape(request).invalid(detail, errors)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI answers 400 when the JSON parser itself gives up (bytes that are not UTF-8,
+            # nesting too deep, an integer too long); like any other invalid body, that is a 422.
+            return self._shape(request).unparsable(
+                f"the body could not be parsed as JSON: {type(exc.__cause__).__name__}"
+            )
+        headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            headers = {"Allow": ", ".join(_allowed_methods(request))}
+        return self._shape(request).http_error(request, exc.status_code, exc.detail, headers)
+
+    async def _unexpected_error(self, request: Request, exc: Exception) -> Response:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return self._shape(request).unexpected()
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -1,9 +1,8 @@
 """A client for the OpenAI Chat Completions wire protocol, on a pooled aiohttp session.
 
-It speaks the protocol directly rather than through the `openai` SDK or httpx: measured on this
-project's machine, their per-call cost is several times chatkeep's whole turn
-(docs/architecture.md, "The LLM client"). Timeouts, retries and the translation of upstream
-failures into `LLMError`s live here and nowhere else.
+It speaks the protocol directly rather than through the `openai` SDK or httpx, whose per-call
+and per-chunk cost is several times chatkeep's whole turn (docs/performance.md). Timeouts,
+retries and the translation of upstream failures into `LLMError`s live here and nowhere else.
 
 One call has one deadline, `timeout` seconds, that covers every retry: a hung or flapping
 upstream never holds a client longer than that.

@@ -142,10 +142,7 @@ class ResponseStream:
     async def follow(self, turn_events: AsyncIterator[list[TurnEvent]]) -> AsyncIterator[list[Item]]:
         """The response's events, in batches as the turn's come (an empty batch: time for a keep-alive)."""
         in_progress = self._pending.in_progress()
-        yield [
-            self._event("response.created", response=in_progress),
-            self._event("response.in_progress", response=in_progress),
-        ]
+        yield self._opening(in_progress)
         async for batch in turn_events:
             translated: list[Item] = []
             for event in batch:
@@ -156,11 +153,13 @@ class ResponseStream:
     def replayed(self, body: dict[str, Any]) -> list[Item]:
         """The events of a response made before (a retry with the same Idempotency-Key)."""
         in_progress = {**body, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
-        events = [
+        return [*self._opening(in_progress), *self._outputs_done(body["output"]), self._completed(body)]
+
+    def _opening(self, in_progress: Item) -> list[Item]:
+        return [
             self._event("response.created", response=in_progress),
             self._event("response.in_progress", response=in_progress),
         ]
-        return events + self._outputs_done(body["output"]) + [self._completed(body)]
 
     def _translated(self, event: TurnEvent, in_progress: Item) -> list[Item]:
         if event.kind == "delta":
