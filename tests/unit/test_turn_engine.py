@@ -18,7 +18,7 @@ from chatkeep.turns.admission import Admission
 from chatkeep.turns.engine import Chain, NewTurn, TurnEngine, unstored
 from chatkeep.turns.events import TurnEvent, TurnOutcome
 from chatkeep.turns.queue import TurnQueue
-from chatkeep.turns.running import RunningTurns
+from chatkeep.turns.running import RunningTurn, RunningTurns
 from tests.support.app import llm_settings
 from tests.support.conditions import until
 from tests.support.fake_openai import FakeOpenAI, Scripted
@@ -36,6 +36,15 @@ class Parts:
 
     async def new_chat(self) -> str:
         return (await self.store.create_chat(OWNER, title=None, metadata={}, system_prompt="S")).id
+
+    async def streaming(self, chat_id: str, reply: str, *, chunk_delay: float, deltas: int) -> RunningTurn:
+        """A streamed turn whose upstream writes `reply` a word every `chunk_delay` s, once `deltas` of them came."""
+        self.fake.queue(Scripted(content=reply, chunk_delay=chunk_delay))
+        turn = self.engine.start(await self.admission.admit(OWNER, chat_id, None), ask("go on"))
+        events = turn.events
+        assert events is not None
+        await until(lambda: sum(event.kind == "delta" for event in events.events) >= deltas)
+        return turn
 
     async def contents(self, chat_id: str) -> list[tuple[str, str, MessageStatus]]:
         page = await self.store.list_messages(OWNER, chat_id, PageRequest(limit=100))
@@ -84,17 +93,14 @@ async def test_a_streamed_turn_writes_its_events_to_its_record_and_is_found_by_i
 
 async def test_a_stopped_reply_keeps_what_was_written_marked_incomplete(parts: Parts) -> None:
     chat_id = await parts.new_chat()
-    parts.fake.queue(Scripted(content="a b c d e f g h", chunk_delay=0.1))
-    turn = parts.engine.start(await parts.admission.admit(OWNER, chat_id, None), ask("talk"))
-    assert turn.events is not None
-    events = turn.events
-    await until(lambda: sum(event.kind == "delta" for event in events.events) >= 2)
+    turn = await parts.streaming(chat_id, "a b c d e f g h", chunk_delay=0.1, deltas=2)
     outcome = await turn.stop()
     reply = outcome.outputs[0]
     assert reply.status is MessageStatus.INCOMPLETE
     assert reply.content
     assert "a b c d e f g h".startswith(reply.content)
-    assert events.events[-1].kind == "assistant_message"
+    assert turn.events is not None
+    assert turn.events.events[-1].kind == "assistant_message"
     assert (await parts.contents(chat_id))[-1] == ("assistant", reply.content, MessageStatus.INCOMPLETE)
 
 
@@ -139,15 +145,12 @@ async def test_the_key_is_settled_once_however_the_turn_ends(parts: Parts) -> No
 
 async def test_shutdown_stops_a_streamed_reply_and_stores_it_so_far(parts: Parts) -> None:
     chat_id = await parts.new_chat()
-    parts.fake.queue(Scripted(content="w1 w2 w3 w4 w5 w6", chunk_delay=0.2))
-    turn = parts.engine.start(await parts.admission.admit(OWNER, chat_id, None), ask("long"))
-    assert turn.events is not None
-    events = turn.events
-    await until(lambda: any(event.kind == "delta" for event in events.events))
+    turn = await parts.streaming(chat_id, "w1 w2 w3 w4 w5 w6", chunk_delay=0.2, deltas=1)
     await parts.running.aclose()
     outcome: TurnOutcome = turn.outcome.result()
     assert outcome.outputs[0].status is MessageStatus.INCOMPLETE
-    assert events.done
+    assert turn.events is not None
+    assert turn.events.done
     assert (await parts.contents(chat_id))[-1][2] is MessageStatus.INCOMPLETE
 
 
