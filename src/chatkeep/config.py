@@ -41,7 +41,20 @@ class Settings(BaseSettings):
     llm_models: str = Field(
         default="", description="more models clients of /v1 may ask for by name, comma-separated (others get llm_model)"
     )
-    llm_timeout: float = Field(default=60.0, gt=0, description="seconds for one LLM call, retries included")
+    llm_timeout: float = Field(
+        default=1800.0,
+        gt=0,
+        description="seconds one LLM call may last in all, retries included: a cap far above any real reply",
+    )
+    llm_connect_timeout: float = Field(default=10.0, gt=0, description="seconds to connect to the LLM endpoint")
+    llm_first_token_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds the LLM may take before its reply begins (reasoning models think for minutes)",
+    )
+    llm_idle_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a streamed reply may go silent between chunks before it is cut"
+    )
     llm_max_retries: int = Field(default=2, ge=0, le=10, description="retries on connect errors, 429, 5xx")
     llm_max_connections: int = Field(default=1024, ge=1, description="pooled connections to the LLM endpoint")
     store: str = Field(default="memory://", description="memory://, sqlite:///path.db or postgresql://user@host/db")
@@ -77,6 +90,12 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=32000, ge=1, description="longer message content is refused (422)")
     max_waiting_turns: int = Field(default=8, ge=0, description="turns that may queue on one chat before 429")
     max_turns_in_flight: int = Field(default=2048, ge=1, description="turns running or waiting per process before 503")
+    owner_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="share of max_turns_in_flight one owner may hold when API keys name several owners (1: no share)",
+    )
     llm_breaker_failures: int = Field(
         default=5, ge=1, description="LLM calls failing in a row (unreachable, 5xx, timeout) that open the breaker"
     )
