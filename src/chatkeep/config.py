@@ -5,9 +5,9 @@ and `create_app` receives an instance, so nothing reads the environment anywhere
 """
 
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatkeep.api_keys import parse_api_keys
@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="seconds requests and streams in flight get to finish on SIGTERM"
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _choices_in_any_case(cls, value: object, info: ValidationInfo) -> object:
+        """`INFO` is `info`: a setting with a fixed set of lowercase choices reads any case."""
+        if isinstance(value, str) and info.field_name is not None and choices(cls, info.field_name):
+            return value.strip().lower()
+        return value
+
     @field_validator("rate_limit")
     @classmethod
     def _readable_rate_limit(cls, value: str | None) -> str | None:
@@ -171,3 +179,14 @@ class Settings(BaseSettings):
     @property
     def provider(self) -> Literal["openai", "offline"]:
         return self.llm_provider or "offline"
+
+
+def choices(settings: type[Settings], name: str) -> tuple[str, ...]:
+    """The values a setting may take when they are a fixed set (`log_level`), else ()."""
+    return _literal_values(settings.model_fields[name].annotation)
+
+
+def _literal_values(annotation: Any) -> tuple[str, ...]:
+    if get_origin(annotation) is Literal:
+        return tuple(str(value) for value in get_args(annotation))
+    return tuple(value for argument in get_args(annotation) for value in _literal_values(argument))

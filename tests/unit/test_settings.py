@@ -59,3 +59,21 @@ def test_malformed_api_keys_are_refused_at_start(keys: str) -> None:
 def test_an_unreadable_rate_limit_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="120/minute"):
         Settings(rate_limit="lots")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "read"),
+    [
+        ("CHATKEEP_LOG_LEVEL", "INFO", "info"),
+        ("CHATKEEP_LOG_LEVEL", " Warning ", "warning"),
+        ("CHATKEEP_LOG_FORMAT", "JSON", "json"),
+        ("CHATKEEP_LLM_PROVIDER", "Offline", "offline"),
+    ],
+)
+def test_choices_are_read_whatever_their_case(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, read: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    setting = name.removeprefix("CHATKEEP_").lower()
+    assert getattr(Settings(), setting) == read
+    assert getattr(Settings(**{setting: value}), setting) == read  # type: ignore[arg-type]  # as a flag gives it
