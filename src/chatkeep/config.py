@@ -130,10 +130,7 @@ class Settings(BaseSettings):
     @classmethod
     def _readable_rate_limit(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                parse_rate_limit(value)
-            except ValueError as exc:
-                raise ValueError(f"expected a rate such as 120/minute, not {value!r}") from exc
+            parse_rate_limit(value)  # its ValueError says what is wrong
         return value
 
     @field_validator("store")

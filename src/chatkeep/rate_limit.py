@@ -8,6 +8,7 @@ library's own storage, which also suits several deployments sharing one limit.
 """
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -23,13 +24,38 @@ from chatkeep.store import ChatStore
 
 KEY_PREFIX = "chatkeep:posts:"
 RETRY_SECONDS = 5.0
+MAX_TURNS = 2**31 - 1  # the SQL stores count turns in 32-bit integers
+EXAMPLE = "120/minute or 1000 per 2 hours"
+# One rate: turns, then `/` or `per`, then the window: an optional count of units and a unit.
+_RATE = re.compile(r"\s*([0-9]+)\s*(?:/|per)\s*([0-9]+)?\s*([a-z]+)\s*", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
 
 
 def parse_rate_limit(text: str) -> RateLimitItem:
-    """`120/minute`, `10/second`, `1000 per hour`...; raises ValueError when unreadable."""
-    return parse(text)
+    """`120/minute`, `10/second`, `1000 per 2 hours`...: one rate of at least one turn in a window
+    of at least one unit (second, minute, hour, day, month or year). Raises ValueError, saying
+    why, for anything else: a rate that admits no turn would refuse every turn, and `limits`
+    itself reads a window of 0 units as 1 and several rates (`1/second;5/minute`) as their first.
+    """
+    match = _RATE.fullmatch(text)
+    if match is None:
+        if re.search(r"[,;|]", text):
+            raise ValueError(f"expected one rate such as {EXAMPLE}, not several: {text!r}")
+        raise ValueError(f"expected a rate such as {EXAMPLE}, not {text!r}")
+    turns, units, unit = match.groups()
+    if int(turns) < 1:
+        raise ValueError(f"{text!r} admits no turn: a rate allows at least 1 turn (unset it for no limit)")
+    if int(turns) > MAX_TURNS:
+        raise ValueError(f"{text!r} allows too many turns: at most {MAX_TURNS} (unset it for no limit)")
+    if units is not None and int(units) < 1:
+        raise ValueError(
+            f"{text!r} has a window of no time: a window of at least 1 {unit.lower().removesuffix('s')} is needed"
+        )
+    try:
+        return parse(text)
+    except ValueError:
+        raise ValueError(f"expected a rate such as {EXAMPLE}; {unit!r} is no unit of time") from None
 
 
 class RateLimit(Protocol):

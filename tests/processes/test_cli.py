@@ -62,6 +62,19 @@ def test_serve_refuses_an_invalid_setting_clearly() -> None:
     assert "invalid CHATKEEP_CONTEXT_TOKENS (--context-tokens)" in result.stderr.decode()
 
 
+def test_serve_refuses_a_rate_limit_of_no_turns() -> None:
+    result = subprocess.run(
+        [CHATKEEP, "serve", "--port", "0"],
+        env=clean_env(CHATKEEP_RATE_LIMIT="0/minute"),
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("chatkeep: invalid CHATKEEP_RATE_LIMIT (--rate-limit): ")
+
+
 def test_every_setting_is_a_serve_flag() -> None:
     result = subprocess.run([CHATKEEP, "serve", "--help"], capture_output=True, timeout=30, check=True)
     text = result.stdout.decode()

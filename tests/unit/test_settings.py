@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from chatkeep.config import Settings
+from chatkeep.rate_limit import parse_rate_limit
 
 ALICE_KEY = "alice-key-0123456789"
 
@@ -59,6 +60,32 @@ def test_malformed_api_keys_are_refused_at_start(keys: str) -> None:
 def test_an_unreadable_rate_limit_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="120/minute"):
         Settings(rate_limit="lots")
+
+
+@pytest.mark.parametrize(
+    ("rate", "why"),
+    [
+        ("0/minute", "at least 1 turn"),
+        ("0 per 2 hours", "at least 1 turn"),
+        ("-1/minute", "120/minute"),
+        ("10/0 minutes", "a window of at least 1 minute"),
+        ("1/minute;5/hour", "one rate"),
+        ("3000000000/second", "at most 2147483647"),
+        ("10/fortnight", "120/minute"),
+    ],
+)
+def test_an_impossible_rate_limit_is_refused_at_start(rate: str, why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        Settings(rate_limit=rate)
+
+
+@pytest.mark.parametrize(
+    ("rate", "turns", "seconds"),
+    [("120/minute", 120, 60), ("1 per second", 1, 1), ("1000 per 2 hours", 1000, 7200), ("5/Hour", 5, 3600)],
+)
+def test_a_rate_limit_reads_as_turns_per_window(rate: str, turns: int, seconds: int) -> None:
+    item = parse_rate_limit(Settings(rate_limit=rate).rate_limit or "")
+    assert (item.amount, item.get_expiry()) == (turns, seconds)
 
 
 @pytest.mark.parametrize(
