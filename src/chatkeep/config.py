@@ -27,15 +27,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATKEEP_", extra="ignore", populate_by_name=True)
 
     openai_api_key: SecretStr | None = Field(
-        default=None, validation_alias=_env("OPENAI_API_KEY"), description="API key of the LLM endpoint"
+        default=None,
+        validation_alias=_env("OPENAI_API_KEY"),
+        description="API key of the LLM endpoint: OpenAI needs one, local servers mostly none; selects `openai`",
     )
     openai_base_url: str = Field(
         default=OPENAI_BASE_URL,
         validation_alias=_env("OPENAI_BASE_URL"),
-        description="any OpenAI-compatible endpoint (Ollama, vLLM, LM Studio, LiteLLM, OpenRouter...)",
+        description="any OpenAI-compatible endpoint (Ollama, vLLM, LM Studio, LiteLLM, OpenRouter...); "
+        "any but OpenAI's own selects `openai`, with or without a key",
     )
     llm_provider: Literal["openai", "offline"] | None = Field(
-        default=None, description="`openai` when a key is set, else `offline`"
+        default=None,
+        description="`openai` (any OpenAI-compatible endpoint) when OPENAI_API_KEY is set or OPENAI_BASE_URL "
+        "names another server than OpenAI's, else `offline`",
     )
     llm_model: str = Field(default="gpt-4o-mini", min_length=1, description="model name sent upstream")
     llm_models: str = Field(
@@ -156,12 +161,17 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _choose_provider(self) -> "Settings":
         if self.llm_provider is None:
-            self.llm_provider = "openai" if self.openai_api_key else "offline"
-        if self.llm_provider == "openai" and not self.openai_api_key and self.openai_base_url == OPENAI_BASE_URL:
+            self.llm_provider = "openai" if self.openai_api_key or self.own_base_url else "offline"
+        if self.llm_provider == "openai" and not self.openai_api_key and not self.own_base_url:
             raise ValueError(
                 f"OPENAI_API_KEY is needed for {OPENAI_BASE_URL}; for a server that needs no key, set OPENAI_BASE_URL"
             )
         return self
+
+    @property
+    def own_base_url(self) -> bool:
+        """Whether OPENAI_BASE_URL names a server other than OpenAI's own (Ollama, vLLM...)."""
+        return self.openai_base_url.rstrip("/") != OPENAI_BASE_URL
 
     @property
     def rolling_summary_tokens(self) -> int:

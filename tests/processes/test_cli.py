@@ -54,6 +54,28 @@ def test_serve_flag_overrides_the_environment() -> None:
     assert "LLM openai (from-flag at http://127.0.0.1:9/v1)" in stderr.decode()
 
 
+@pytest.mark.parametrize(
+    ("env", "options"),
+    [
+        ({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, []),
+        ({}, ["--openai-base-url", "http://127.0.0.1:9/v1"]),
+        ({}, ["--llm-url", "http://127.0.0.1:9/v1"]),
+    ],
+    ids=["env", "flag", "alias"],
+)
+def test_serve_talks_to_a_local_server_given_only_its_url(env: dict[str, str], options: list[str]) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [CHATKEEP, "serve", "--port", str(port), *options], env=clean_env(**env), stderr=subprocess.PIPE
+    )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert "LLM openai (gpt-4o-mini at http://127.0.0.1:9/v1)" in stderr.decode()
+
+
 def test_serve_refuses_an_invalid_setting_clearly() -> None:
     result = subprocess.run(
         [CHATKEEP, "serve", "--context-tokens", "five"], env=clean_env(), capture_output=True, timeout=30

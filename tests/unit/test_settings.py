@@ -1,9 +1,12 @@
 """Settings read from their documented env names, and refused at start when they make no sense."""
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
 from chatkeep.config import Settings
+from chatkeep.llm.offline import HOW_TO_CONNECT
 from chatkeep.rate_limit import parse_rate_limit
 
 ALICE_KEY = "alice-key-0123456789"
@@ -41,12 +44,40 @@ def test_renamed_settings_still_read_their_former_env_names(monkeypatch: pytest.
     assert (Settings().rolling_summaries, Settings().summarize_at) == (True, 0.6)
 
 
-def test_provider_defaults_to_offline_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_provider_defaults_to_offline_without_a_key_or_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().provider == "offline"
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1/")  # the default, spelt with a slash
     assert Settings().provider == "offline"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-abc")
     assert Settings().provider == "openai"
     monkeypatch.setenv("CHATKEEP_LLM_PROVIDER", "offline")
     assert Settings().provider == "offline"
+
+
+def test_a_base_url_of_its_own_selects_the_openai_compatible_provider_without_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")  # Ollama, which needs no key
+    assert (Settings().provider, Settings().openai_api_key) == ("openai", None)
+    assert Settings(openai_base_url="http://127.0.0.1:8000/v1").provider == "openai"  # as --openai-base-url
+    monkeypatch.setenv("CHATKEEP_LLM_PROVIDER", "offline")
+    assert Settings().provider == "offline"
+
+
+def test_openai_itself_still_needs_a_key() -> None:
+    with pytest.raises(ValidationError, match="OPENAI_API_KEY is needed"):
+        Settings(llm_provider="openai")
+
+
+def test_the_offline_reply_tells_settings_that_connect_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    local = re.search(r"OPENAI_BASE_URL=(\S+)", HOW_TO_CONNECT)
+    assert local is not None, HOW_TO_CONNECT
+    monkeypatch.setenv("OPENAI_BASE_URL", local.group(1).rstrip(".,;)"))
+    assert Settings().provider == "openai"
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert "OPENAI_API_KEY" in HOW_TO_CONNECT
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abc")
+    assert Settings().provider == "openai"
 
 
 @pytest.mark.parametrize(

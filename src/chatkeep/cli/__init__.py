@@ -14,6 +14,8 @@ from chatkeep.cli import chat
 from chatkeep.cli.serve import env_of, flag_of, serve
 from chatkeep.config import Settings
 
+ALIASES = {"openai_base_url": ("--llm-url",)}  # more flags of a setting, besides the one named after it
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -57,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "access_log":
             serving.set_defaults(access_log=None)  # shares its dest with --no-access-log
         settings.add_argument(
-            flag_of(name), dest=name, metavar="VALUE", help=f"{field.description} (env {env_of(name)})"
+            flag_of(name),
+            *ALIASES.get(name, ()),
+            dest=name,
+            metavar="VALUE",
+            help=f"{field.description} (env {env_of(name)})",
         )
     return parser

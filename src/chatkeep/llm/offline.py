@@ -16,8 +16,9 @@ OFFLINE_MODEL = "chatkeep-offline"
 QUOTE_CHARS = 200
 _WORDS = re.compile(r"\S+\s*|\s+")
 HOW_TO_CONNECT = (
-    "To get real answers, set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, vLLM, LM Studio "
-    "or any other OpenAI-compatible server) and restart chatkeep."
+    "To get real answers, restart chatkeep with a model: for Ollama, vLLM, LM Studio or another "
+    "OpenAI-compatible server, set its URL (no key needed), e.g. OPENAI_BASE_URL=http://127.0.0.1:11434/v1 "
+    "for Ollama, and CHATKEEP_LLM_MODEL to one of its models; for OpenAI, set OPENAI_API_KEY."
 )
 
 
