@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 from fastapi import FastAPI
@@ -61,6 +62,25 @@ def _settings(overrides: dict[str, str]) -> Settings | str:
         return f"invalid {env_of(name)} ({flag_of(name)}): {problem}"
 
 
+def startup_line(settings: Settings) -> str:
+    """What the server serves from and talks to, in one line, with no secret in it."""
+    store = f"chatkeep {__version__}: store {redacted(settings.store)}"
+    if settings.provider == "offline":
+        return (
+            f"{store}, LLM offline: placeholder replies, no model connected; to connect one, set OPENAI_BASE_URL "
+            "to an OpenAI-compatible server (Ollama, vLLM, LM Studio, LiteLLM) or OPENAI_API_KEY for OpenAI"
+        )
+    return f"{store}, LLM {settings.provider} ({settings.llm_model} at {_without_userinfo(settings.openai_base_url)})"
+
+
+def _without_userinfo(url: str) -> str:
+    """`url` without the user and password it may carry (either can be a key)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 async def _check_store(url: str) -> None:
     """Open the store once, migrations and all, so a store that cannot serve fails here, in one line."""
     async with open_store(url):
@@ -88,11 +108,7 @@ def serve(args: argparse.Namespace) -> int:
         asyncio.run(_check_store(settings.store))
     except StoreUnavailableError as error:
         return _fail(f"invalid CHATKEEP_STORE (--store): {error.detail}")
-    print(
-        f"chatkeep {__version__}: store {redacted(settings.store)}, LLM {settings.provider}"
-        + (f" ({settings.llm_model} at {settings.openai_base_url})" if settings.provider == "openai" else ""),
-        file=sys.stderr,
-    )
+    print(startup_line(settings), file=sys.stderr)
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
