@@ -4,6 +4,8 @@
 and `create_app` receives an instance, so nothing reads the environment anywhere else.
 """
 
+import ipaddress
+import re
 from functools import cached_property
 from typing import Any, Literal, get_args, get_origin
 
@@ -16,6 +18,8 @@ from chatkeep.store.urls import check_store_url
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+MAX_HOST_NAME = 253
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", re.IGNORECASE)
 
 
 def _env(name: str, *former: str) -> AliasChoices:
@@ -26,6 +30,11 @@ def _env(name: str, *former: str) -> AliasChoices:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATKEEP_", extra="ignore", populate_by_name=True)
 
+    host: str = Field(default="127.0.0.1", description="address `serve` listens on: an IP address or a host name")
+    port: int = Field(default=8000, ge=0, le=65535, description="port `serve` listens on (0: any free one)")
+    workers: int = Field(
+        default=1, ge=1, le=64, description="server processes `serve` runs (more than 1 needs a SQL store)"
+    )
     openai_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=_env("OPENAI_API_KEY"),
@@ -129,6 +138,16 @@ class Settings(BaseSettings):
         """`INFO` is `info`: a setting with a fixed set of lowercase choices reads any case."""
         if isinstance(value, str) and info.field_name is not None and choices(cls, info.field_name):
             return value.strip().lower()
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _bindable_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if len(value) > MAX_HOST_NAME or not _HOST_NAME.fullmatch(value):
+                raise ValueError(f"expected an IP address or a host name such as 127.0.0.1, not {value!r}") from None
         return value
 
     @field_validator("rate_limit")

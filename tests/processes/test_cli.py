@@ -78,6 +78,47 @@ def test_serve_talks_to_a_local_server_given_only_its_url(env: dict[str, str], o
     assert "LLM openai (gpt-4o-mini at http://127.0.0.1:9/v1)" in stderr.decode()
 
 
+def test_serve_takes_its_address_from_the_environment_and_a_flag_over_it() -> None:
+    port = free_port()
+    for env, options in [
+        ({"CHATKEEP_HOST": "127.0.0.1", "CHATKEEP_PORT": str(port), "CHATKEEP_WORKERS": "1"}, []),
+        ({"CHATKEEP_PORT": "1"}, ["--port", str(port)]),
+    ]:
+        process = subprocess.Popen([CHATKEEP, "serve", *options], env=clean_env(**env), stderr=subprocess.PIPE)
+        try:
+            wait_until_serving(f"http://127.0.0.1:{port}", process)
+        finally:
+            process.terminate()
+            process.communicate(timeout=10)
+
+
+BAD_ADDRESSES = {
+    "port not a number": ({"CHATKEEP_PORT": "http"}, "CHATKEEP_PORT (--port)"),
+    "port too high": ({"CHATKEEP_PORT": "70000"}, "CHATKEEP_PORT (--port)"),
+    "no workers": ({"CHATKEEP_WORKERS": "0"}, "CHATKEEP_WORKERS (--workers)"),
+    "workers not a number": ({"CHATKEEP_WORKERS": "two"}, "CHATKEEP_WORKERS (--workers)"),
+    "host with a space": ({"CHATKEEP_HOST": "local host"}, "CHATKEEP_HOST (--host)"),
+}
+
+
+@pytest.mark.parametrize(("env", "named"), BAD_ADDRESSES.values(), ids=BAD_ADDRESSES.keys())
+def test_serve_refuses_an_address_it_cannot_serve_on(env: dict[str, str], named: str) -> None:
+    result = subprocess.run([CHATKEEP, "serve"], env=clean_env(**env), capture_output=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert lines == [lines[0]], lines
+    assert lines[0].startswith(f"chatkeep: invalid {named}: ")
+
+
+def test_serve_reads_host_and_workers_from_the_environment_for_its_checks_too() -> None:
+    beyond = subprocess.run(
+        [CHATKEEP, "serve"], env=clean_env(CHATKEEP_HOST="0.0.0.0"), capture_output=True, timeout=30
+    )
+    assert (beyond.returncode, b"without CHATKEEP_API_KEYS" in beyond.stderr) == (2, True)
+    workers = subprocess.run([CHATKEEP, "serve"], env=clean_env(CHATKEEP_WORKERS="2"), capture_output=True, timeout=30)
+    assert (workers.returncode, b"--workers needs a store" in workers.stderr) == (2, True)
+
+
 def test_serve_refuses_an_invalid_setting_clearly() -> None:
     result = subprocess.run(
         [CHATKEEP, "serve", "--context-tokens", "five"], env=clean_env(), capture_output=True, timeout=30

@@ -135,3 +135,14 @@ def test_choices_are_read_whatever_their_case(
     setting = name.removeprefix("CHATKEEP_").lower()
     assert getattr(Settings(), setting) == read
     assert getattr(Settings(**{setting: value}), setting) == read  # type: ignore[arg-type]  # as a flag gives it
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "::", "localhost", "chat-1.internal.example"])
+def test_a_host_is_an_ip_address_or_a_host_name(host: str) -> None:
+    assert Settings(host=host).host == host
+
+
+@pytest.mark.parametrize("host", ["", "local host", "http://127.0.0.1", "-x", "a" * 254])
+def test_a_host_that_cannot_be_listened_on_is_refused(host: str) -> None:
+    with pytest.raises(ValidationError, match="an IP address or a host name"):
+        Settings(host=host)

@@ -35,11 +35,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chatkeep {__version__}")
     commands = parser.add_subparsers(dest="command")
     serving = commands.add_parser("serve", help="run the HTTP API server")
-    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    serving.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
-    serving.add_argument(
-        "--workers", type=int, default=1, choices=range(1, 65), metavar="N", help="server processes (default: 1)"
-    )
     serving.add_argument(
         "--no-access-log", dest="access_log", action="store_const", const="false", help="same as --access-log false"
     )

@@ -93,12 +93,12 @@ def serve(args: argparse.Namespace) -> int:
     settings = _settings(overrides)
     if isinstance(settings, str):
         return _fail(settings)
-    if not settings.api_keys and not _is_loopback(args.host) and not args.allow_unauthenticated:
+    if not settings.api_keys and not _is_loopback(settings.host) and not args.allow_unauthenticated:
         return _fail(
-            f"refusing to listen on {args.host} without CHATKEEP_API_KEYS: anyone who can reach it could "
+            f"refusing to listen on {settings.host} without CHATKEEP_API_KEYS: anyone who can reach it could "
             "read and write every chat. Set API keys, listen on 127.0.0.1, or pass --allow-unauthenticated."
         )
-    if args.workers > 1 and settings.store.startswith("memory:"):
+    if settings.workers > 1 and settings.store.startswith("memory:"):
         return _fail(
             "--workers needs a store the processes can share (CHATKEEP_STORE=sqlite:///path.db or "
             "postgresql://...): with the memory store each process would hold its own chats."
@@ -110,19 +110,19 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(f"invalid CHATKEEP_STORE (--store): {error.detail}")
     print(startup_line(settings), file=sys.stderr)
     options: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
+        "host": settings.host,
+        "port": settings.port,
         "log_config": None,  # configure_logging did it, for uvicorn's loggers too
         "log_level": settings.log_level,
         "access_log": False,  # chatkeep writes its own access lines (api/observe.py)
         "timeout_graceful_shutdown": settings.shutdown_grace,
     }
-    if args.workers <= 1:
+    if settings.workers <= 1:
         uvicorn.run(create_app(settings), **options)
         return 0
     os.environ.update({env_of(name): str(value) for name, value in overrides.items()})  # each worker reads them
     with _metrics_directory():
-        uvicorn.run("chatkeep.cli.serve:worker_app", factory=True, workers=args.workers, **options)
+        uvicorn.run("chatkeep.cli.serve:worker_app", factory=True, workers=settings.workers, **options)
     return 0
 
 
