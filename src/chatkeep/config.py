@@ -6,8 +6,9 @@ and `create_app` receives an instance, so nothing reads the environment anywhere
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,20 @@ MAX_HOST_NAME = 253
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", re.IGNORECASE)
 
 
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """The kind of a setting's value as `chatkeep serve --help` names it (SECONDS, URL...), where
+    its type alone does not say it; see `metavar`."""
+
+    metavar: str
+
+
+Seconds = Annotated[float, Shown("SECONDS")]
+Fraction = Annotated[float, Shown("FRACTION")]
+Tokens = Annotated[int, Shown("TOKENS")]
+Url = Annotated[str, Shown("URL")]
+
+
 def _env(name: str, *former: str) -> AliasChoices:
     """A setting read from `name` (or, for a renamed one, the names it had before)."""
     return AliasChoices(*(spelling for env in (name, *former) for spelling in (env, env.lower())))
@@ -30,17 +45,21 @@ def _env(name: str, *former: str) -> AliasChoices:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATKEEP_", extra="ignore", populate_by_name=True)
 
-    host: str = Field(default="127.0.0.1", description="address `serve` listens on: an IP address or a host name")
-    port: int = Field(default=8000, ge=0, le=65535, description="port `serve` listens on (0: any free one)")
+    host: Annotated[str, Shown("ADDRESS")] = Field(
+        default="127.0.0.1", description="address `serve` listens on: an IP address or a host name"
+    )
+    port: Annotated[int, Shown("PORT")] = Field(
+        default=8000, ge=0, le=65535, description="port `serve` listens on (0: any free one)"
+    )
     workers: int = Field(
         default=1, ge=1, le=64, description="server processes `serve` runs (more than 1 needs a SQL store)"
     )
-    openai_api_key: SecretStr | None = Field(
+    openai_api_key: Annotated[SecretStr | None, Shown("KEY")] = Field(
         default=None,
         validation_alias=_env("OPENAI_API_KEY"),
         description="API key of the LLM endpoint: OpenAI needs one, local servers mostly none; selects `openai`",
     )
-    openai_base_url: str = Field(
+    openai_base_url: Url = Field(
         default=OPENAI_BASE_URL,
         validation_alias=_env("OPENAI_BASE_URL"),
         description="any OpenAI-compatible endpoint (Ollama, vLLM, LM Studio, LiteLLM, OpenRouter...); "
@@ -48,63 +67,71 @@ class Settings(BaseSettings):
     )
     llm_provider: Literal["openai", "offline"] | None = Field(
         default=None,
-        description="`openai` (any OpenAI-compatible endpoint) when OPENAI_API_KEY is set or OPENAI_BASE_URL "
-        "names another server than OpenAI's, else `offline`",
+        description="`openai` for any OpenAI-compatible endpoint, `offline` for placeholder replies; when unset, "
+        "`openai` if OPENAI_API_KEY is set or OPENAI_BASE_URL names another server than OpenAI's, else `offline`",
     )
-    llm_model: str = Field(default="gpt-4o-mini", min_length=1, description="model name sent upstream")
-    llm_models: str = Field(
+    llm_model: Annotated[str, Shown("MODEL")] = Field(
+        default="gpt-4o-mini", min_length=1, description="model name sent upstream"
+    )
+    llm_models: Annotated[str, Shown("MODEL,...")] = Field(
         default="", description="more models clients of /v1 may ask for by name, comma-separated (others get llm_model)"
     )
-    llm_timeout: float = Field(
+    llm_timeout: Seconds = Field(
         default=1800.0,
         gt=0,
         description="seconds one LLM call may last in all, retries included: a cap far above any real reply",
     )
-    llm_connect_timeout: float = Field(default=10.0, gt=0, description="seconds to connect to the LLM endpoint")
-    llm_first_token_timeout: float = Field(
+    llm_connect_timeout: Seconds = Field(default=10.0, gt=0, description="seconds to connect to the LLM endpoint")
+    llm_first_token_timeout: Seconds = Field(
         default=300.0,
         gt=0,
         description="seconds the LLM may take before its reply begins (reasoning models think for minutes)",
     )
-    llm_idle_timeout: float = Field(
+    llm_idle_timeout: Seconds = Field(
         default=60.0, gt=0, description="seconds a streamed reply may go silent between chunks before it is cut"
     )
     llm_max_retries: int = Field(default=2, ge=0, le=10, description="retries on connect errors, 429, 5xx")
     llm_max_connections: int = Field(default=1024, ge=1, description="pooled connections to the LLM endpoint")
-    store: str = Field(default="memory://", description="memory://, sqlite:///path.db or postgresql://user@host/db")
-    turn_lease: float = Field(
+    store: Url = Field(default="memory://", description="memory://, sqlite:///path.db or postgresql://user@host/db")
+    turn_lease: Seconds = Field(
         default=15.0,
         ge=1,
         description="seconds a server's hold on a chat's turn lasts without its heartbeat (SQL stores)",
     )
-    redis_url: str | None = Field(
+    redis_url: Annotated[str | None, Shown("URL")] = Field(
         default=None, description="redis://host:port/db to count rate limits in, shared by every deployment"
     )
-    api_keys: SecretStr | None = Field(default=None, description="owner=key,owner2=key2 (unset: no auth)")
-    rate_limit: str | None = Field(
+    api_keys: Annotated[SecretStr | None, Shown("OWNER=KEY,...")] = Field(
+        default=None, description="owner=key,owner2=key2; when unset, no auth"
+    )
+    rate_limit: Annotated[str | None, Shown("TURNS/PERIOD")] = Field(
         default=None, description="turns per owner (message posts, /v1 responses, items appended), e.g. 120/minute"
     )
-    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="system prompt of chats that set none")
-    context_tokens: int = Field(default=8000, ge=256, description="token budget of the context sent upstream")
+    system_prompt: Annotated[str, Shown("TEXT")] = Field(
+        default=DEFAULT_SYSTEM_PROMPT, description="system prompt of chats that set none"
+    )
+    context_tokens: Tokens = Field(default=8000, ge=256, description="token budget of the context sent upstream")
     rolling_summaries: bool = Field(
         default=True,
         validation_alias=_env("CHATKEEP_ROLLING_SUMMARIES", "CHATKEEP_CONTEXT_FOLDING"),
         description="summarize a long chat's older messages into a rolling summary sent in their place",
     )
-    summarize_at: float = Field(
+    summarize_at: Fraction = Field(
         default=0.75,
         gt=0,
         lt=1,
         validation_alias=_env("CHATKEEP_SUMMARIZE_AT", "CHATKEEP_FOLD_AT"),
         description="share of the context budget the messages after the rolling summary may take before it is updated",
     )
-    summary_tokens: int | None = Field(
-        default=None, ge=16, description="tokens of a chat's rolling summary (unset: a quarter of context_tokens)"
+    summary_tokens: Annotated[int | None, Shown("TOKENS")] = Field(
+        default=None, ge=16, description="tokens of a chat's rolling summary; when unset, a quarter of context_tokens"
     )
-    max_message_chars: int = Field(default=32000, ge=1, description="longer message content is refused (422)")
+    max_message_chars: Annotated[int, Shown("CHARS")] = Field(
+        default=32000, ge=1, description="longer message content is refused (422)"
+    )
     max_waiting_turns: int = Field(default=8, ge=0, description="turns that may queue on one chat before 429")
     max_turns_in_flight: int = Field(default=2048, ge=1, description="turns running or waiting per process before 503")
-    owner_share: float = Field(
+    owner_share: Fraction = Field(
         default=0.5,
         gt=0,
         le=1,
@@ -113,22 +140,24 @@ class Settings(BaseSettings):
     llm_breaker_failures: int = Field(
         default=5, ge=1, description="LLM calls failing in a row (unreachable, 5xx, timeout) that open the breaker"
     )
-    llm_breaker_cooldown: float = Field(
+    llm_breaker_cooldown: Seconds = Field(
         default=10.0, gt=0, description="seconds the open breaker answers 503 before letting a probe call through"
     )
     metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
-    metrics_dir: str | None = Field(
+    metrics_dir: Annotated[str | None, Shown("DIR")] = Field(
         default=None, description="where the workers of `serve --workers N` share their metrics (serve sets it)"
     )
-    metrics_key: SecretStr | None = Field(
-        default=None, min_length=16, description="a key /metrics then asks for as a Bearer token (unset: open)"
+    metrics_key: Annotated[SecretStr | None, Shown("KEY")] = Field(
+        default=None,
+        min_length=16,
+        description="a key /metrics then asks for as a Bearer token; when unset, /metrics is open",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="the least severe level logged"
     )
     log_format: Literal["text", "json"] = Field(default="text", description="text lines, or one JSON object per line")
     access_log: bool = Field(default=True, description="log one line per request")
-    shutdown_grace: float = Field(
+    shutdown_grace: Seconds = Field(
         default=30.0, ge=0, description="seconds requests and streams in flight get to finish on SIGTERM"
     )
 
@@ -205,6 +234,19 @@ class Settings(BaseSettings):
     @property
     def provider(self) -> Literal["openai", "offline"]:
         return self.llm_provider or "offline"
+
+
+def metavar(settings: type[Settings], name: str) -> str:
+    """The kind of a setting's value: its choices (`{text,json}`), what `Shown` names, or its type's (N)."""
+    values = choices(settings, name)
+    if values:
+        return "{" + ",".join(values) + "}"
+    field = settings.model_fields[name]
+    for shown in field.metadata:
+        if isinstance(shown, Shown):
+            return shown.metavar
+    kinds = [kind for kind in get_args(field.annotation) or (field.annotation,) if kind is not type(None)]
+    return {bool: "{true,false}", int: "N", float: "NUMBER", SecretStr: "SECRET"}.get(kinds[0], "TEXT")
 
 
 def choices(settings: type[Settings], name: str) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """`chatkeep serve` and the `chatkeep chat` client as a user runs them, in subprocesses."""
 
 import asyncio
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from chatkeep.config import Settings
 from tests.support.app import serve
@@ -140,11 +142,43 @@ def test_serve_refuses_a_rate_limit_of_no_turns() -> None:
     assert lines[0].startswith("chatkeep: invalid CHATKEEP_RATE_LIMIT (--rate-limit): ")
 
 
-def test_every_setting_is_a_serve_flag() -> None:
-    result = subprocess.run([CHATKEEP, "serve", "--help"], capture_output=True, timeout=30, check=True)
-    text = result.stdout.decode()
-    for name in Settings.model_fields:
-        assert "--" + name.replace("_", "-") in text
+def test_every_setting_is_a_serve_flag_with_its_kind_default_and_env_name() -> None:
+    result = subprocess.run(
+        [CHATKEEP, "serve", "--help"], capture_output=True, timeout=30, check=True, env=clean_env(COLUMNS="200")
+    )
+    entries = _help_entries(result.stdout.decode())
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in entries, flag
+        metavar, help_text = entries[flag]
+        assert metavar not in {"", "VALUE"}, flag
+        env = name.upper() if name.startswith("openai_") else f"CHATKEEP_{name.upper()}"
+        assert f"env {env})" in help_text, (flag, help_text)
+        if field.annotation is SecretStr or field.annotation == SecretStr | None:
+            assert "default" not in help_text, (flag, help_text)  # a secret has none to show
+        else:
+            assert "(default: " in help_text, (flag, help_text)
+    assert entries["--rolling-summaries"] == ("{true,false}", entries["--rolling-summaries"][1])
+    assert entries["--log-level"][0] == "{critical,error,warning,info,debug}"
+    assert entries["--log-format"][0] == "{text,json}"
+    assert entries["--llm-timeout"][0] == "SECONDS"
+    assert "(default: 1800; env CHATKEEP_LLM_TIMEOUT)" in entries["--llm-timeout"][1]
+    assert entries["--port"][0] == "PORT"
+    assert "(default: 8000; env CHATKEEP_PORT)" in entries["--port"][1]
+    assert entries["--openai-base-url"][0] == "URL"
+    assert entries["--workers"][0] == "N"
+    assert "(default: true; env CHATKEEP_METRICS)" in entries["--metrics"][1]
+
+
+def _help_entries(text: str) -> dict[str, tuple[str, str]]:
+    """Each flag of a help text, with its metavar (its value's kind) and its help, on one line."""
+    entries: dict[str, tuple[str, str]] = {}
+    for block in re.split(r"\n(?=  --)", text):
+        found = re.match(r"  (--[a-z-]+)(?: (\S+?))?(?:, --[a-z-]+(?: \S+)?)*\s+(.*)", block, re.DOTALL)
+        if found:
+            flag, metavar, help_text = found.groups()
+            entries[flag] = (metavar or "", " ".join(help_text.split()))
+    return entries
 
 
 def test_serve_refuses_to_listen_beyond_loopback_without_keys() -> None:

@@ -1,18 +1,23 @@
 """The `chatkeep` command: `chatkeep serve` runs the API server (serve.py), `chatkeep chat` talks to one (chat.py).
 
 Every setting of `Settings` becomes a `serve` flag (`llm_model` -> `--llm-model`), so the
-environment and the command line can never drift apart; a flag wins over its env variable.
+environment and the command line can never drift apart; a flag wins over its env variable. Its
+help shows the kind of its value (`SECONDS`, `{text,json}`), its default and its env variable.
 """
 
 import argparse
 import asyncio
 import os
 from collections.abc import Sequence
+from typing import get_args
+
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
 
 from chatkeep import __version__
 from chatkeep.cli import chat
 from chatkeep.cli.serve import env_of, flag_of, serve
-from chatkeep.config import Settings
+from chatkeep.config import Settings, metavar
 
 ALIASES = {"openai_base_url": ("--llm-url",)}  # more flags of a setting, besides the one named after it
 
@@ -54,10 +59,26 @@ def _parser() -> argparse.ArgumentParser:
         if name == "access_log":
             serving.set_defaults(access_log=None)  # shares its dest with --no-access-log
         settings.add_argument(
-            flag_of(name),
-            *ALIASES.get(name, ()),
-            dest=name,
-            metavar="VALUE",
-            help=f"{field.description} (env {env_of(name)})",
+            flag_of(name), *ALIASES.get(name, ()), dest=name, metavar=metavar(Settings, name), help=_help(name, field)
         )
     return parser
+
+
+def _help(name: str, field: FieldInfo) -> str:
+    """A setting's description, its default (a secret's is not shown) and its environment variable."""
+    secret = SecretStr in (field.annotation, *get_args(field.annotation))
+    default = "secret" if secret else f"default: {_shown(field.default)}"
+    return f"{field.description} ({default}; env {env_of(name)})".replace("%", "%%")
+
+
+def _shown(default: object) -> str:
+    """A default as it is written in the environment: `true`, `1800`, `""`, or `unset`."""
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    if isinstance(default, str) and (default == "" or " " in default):
+        return f'"{default}"'
+    return str(default)
