@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from chatkeep import __version__
 from chatkeep.api.body_limit import BodyLimitMiddleware
+from chatkeep.api.docs import serve_docs
 from chatkeep.api.fast_turn_route import RouteShortcut
 from chatkeep.api.observe import Observe
 from chatkeep.api.problems import ProblemHandlers
@@ -116,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Chat sessions in front of any OpenAI-compatible LLM.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are chatkeep's own, with no outside host (serve_docs below)
+        redoc_url=None,
         # FastAPI's native OpenTelemetry asks the global providers whether they are set on every
         # request; chatkeep exports no telemetry, so it is off.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -138,5 +141,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
 
     app.mount("/web", PageFiles(directory=WEB), name="web")
+    serve_docs(app, favicon_url="/web/icon.svg")
 
     return app
