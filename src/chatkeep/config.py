@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -143,6 +144,11 @@ class Settings(BaseSettings):
     llm_breaker_cooldown: Seconds = Field(
         default=10.0, gt=0, description="seconds the open breaker answers 503 before letting a probe call through"
     )
+    readyz_probe_llm: bool = Field(
+        default=True,
+        description="/readyz asks the LLM endpoint (GET /models, at most every 5 s) and is 503 when it cannot be "
+        "reached, answers 5xx or refuses the key; false: /readyz checks the store alone",
+    )
     metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
     metrics_dir: Annotated[str | None, Shown("DIR")] = Field(
         default=None, description="where the workers of `serve --workers N` share their metrics (serve sets it)"
@@ -258,3 +264,11 @@ def _literal_values(annotation: Any) -> tuple[str, ...]:
     if get_origin(annotation) is Literal:
         return tuple(str(value) for value in get_args(annotation))
     return tuple(value for argument in get_args(annotation) for value in _literal_values(argument))
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without the user and password it may carry (either can be a key), fit for logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))

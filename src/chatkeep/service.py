@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from chatkeep.config import Settings
 from chatkeep.domain import Chat, ChatChanges, Message, NewMessage, Page, PageRequest, Role, Summary
-from chatkeep.errors import StoreUnavailableError
+from chatkeep.errors import LLMUnavailableError, StoreUnavailableError
 from chatkeep.idempotency import (
     IdempotencyKey,
     IdempotencyKeys,
@@ -24,6 +24,7 @@ from chatkeep.idempotency import (
     turn_result,
 )
 from chatkeep.llm import LLM
+from chatkeep.llm.probe import EndpointProbe
 from chatkeep.metrics import Metrics
 from chatkeep.rate_limit import RateLimit
 from chatkeep.store import ChatStore
@@ -93,6 +94,7 @@ class ChatService:
         if self._relay is not None:
             self._relay.start()
         self._janitor = asyncio.create_task(self._purge_expired_keys(), name="chatkeep-key-purge")
+        self._llm_probe = _llm_probe(settings)
 
     async def aclose(self) -> None:
         """Stop the background work and wait while it stores what it wrote (see `RunningTurns.aclose`)."""
@@ -105,7 +107,20 @@ class ChatService:
             await self._relay.aclose()
 
     async def readiness(self) -> dict[str, str]:
-        """What serves: the store (answering, schema current) and the LLM provider. Raises StoreUnavailableError."""
+        """What serves: the store (answering, schema current) and the LLM provider, its endpoint
+        answering unless CHATKEEP_READYZ_PROBE_LLM is false (llm/probe.py), both asked at once.
+        Raises StoreUnavailableError (naming the LLM too when it is down as well) or LLMUnavailableError."""
+        store, llm = await asyncio.gather(self._store_ready(), self._llm_ready(), return_exceptions=True)
+        if isinstance(store, StoreUnavailableError) and isinstance(llm, LLMUnavailableError):
+            raise StoreUnavailableError(f"{store.detail}; {llm.detail}", retry_after=store.retry_after)
+        if isinstance(store, BaseException):
+            raise store
+        if isinstance(llm, BaseException):
+            raise llm
+        ready = {"status": "ready", "store": "ok", "llm": self.settings.provider}
+        return ready if llm is None else ready | {"llm_endpoint": llm}
+
+    async def _store_ready(self) -> None:
         try:
             async with asyncio.timeout(READY_TIMEOUT_SECONDS):
                 await self.store.check_ready()
@@ -113,7 +128,14 @@ class ChatService:
                     await self._rate_limit.check_ready()
         except TimeoutError:
             raise StoreUnavailableError(f"the store did not answer within {READY_TIMEOUT_SECONDS:g}s") from None
-        return {"status": "ready", "store": "ok", "llm": self.settings.provider}
+
+    async def _llm_ready(self) -> str | None:
+        """How the LLM endpoint answered; None for the offline provider, which has none."""
+        if self._llm_probe is not None:
+            return await self._llm_probe.check()
+        if self.settings.provider == "offline":
+            return None
+        return "not asked (CHATKEEP_READYZ_PROBE_LLM=false)"
 
     async def create_chat(
         self,
@@ -208,6 +230,16 @@ class ChatService:
                 log.exception("purging expired idempotency keys failed")
             else:
                 log.info("purged %d expired idempotency keys", purged)
+
+
+def _llm_probe(settings: Settings) -> EndpointProbe | None:
+    """What /readyz asks whether the LLM endpoint answers, if anything."""
+    if settings.provider == "offline" or not settings.readyz_probe_llm:
+        return None
+    key = settings.openai_api_key
+    return EndpointProbe(
+        settings.openai_base_url, key.get_secret_value() if key else None, timeout=READY_TIMEOUT_SECONDS
+    )
 
 
 def _native_turn(content: str) -> NewTurn:

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
 from chatkeep.config import Settings
 from tests.support.app import llm_settings, serve
 from tests.support.chats import new_chat, post
 from tests.support.fake_openai import FakeOpenAI, Scripted, error_body
 from tests.support.metrics import TURN_ROUTE, metric, scrape
+from tests.support.ports import free_port
 from tests.support.sse import events_of
 from tests.support.stores import execute_sql
 
@@ -143,6 +145,102 @@ async def test_readiness_needs_the_store_schema_and_liveness_does_not(tmp_path: 
         assert behind.json()["type"].endswith("store-unavailable")
         assert "m004_message_status" in behind.json()["detail"]
         assert (await client.get("/healthz")).status_code == 200
+
+
+class ModelsEndpoint:
+    """An upstream's `GET /v1/models` on a real socket, answering `status` (after `delay` seconds), counting calls."""
+
+    def __init__(self, status: int, delay: float = 0.0) -> None:
+        self.status, self.delay = status, delay
+        self.calls: list[dict[str, str]] = []
+        self.url = ""
+
+    async def __aenter__(self) -> "ModelsEndpoint":
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._runner.cleanup()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.calls.append(dict(request.headers))
+        await asyncio.sleep(self.delay)
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]}, status=self.status)
+
+
+async def test_readiness_names_the_llm_endpoint_answering(fake_llm: FakeOpenAI) -> None:
+    async with serve(llm_settings(fake_llm)) as client:  # the fake has no /models: a 404 is an answer
+        ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "store": "ok",
+        "llm": "openai",
+        "llm_endpoint": "answering (HTTP 404 to GET /models)",
+    }
+
+
+async def test_readiness_is_503_naming_the_llm_when_its_port_is_closed() -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    async with serve(Settings(openai_base_url=dead)) as client:
+        down = await client.get("/readyz")
+        assert (await client.get("/healthz")).status_code == 200
+    assert down.status_code == 503
+    assert down.headers["content-type"] == "application/problem+json"
+    problem = down.json()
+    assert problem["type"].endswith("llm-unavailable")
+    assert problem["detail"] == "the LLM endpoint cannot be reached: connection refused"
+    assert dead not in down.text  # /readyz needs no key: where the LLM is stays in the log
+
+
+async def test_readiness_asks_the_llm_endpoint_with_its_key_once_for_a_burst_of_probes() -> None:
+    async with ModelsEndpoint(200) as models, serve(Settings(openai_base_url=models.url, openai_api_key="sk-x")) as c:
+        answers = await asyncio.gather(*(c.get("/readyz") for _ in range(10)))
+        answers.append(await c.get("/readyz"))
+    assert [answer.status_code for answer in answers] == [200] * 11
+    assert answers[-1].json()["llm_endpoint"] == "answering (HTTP 200 to GET /models)"
+    assert len(models.calls) == 1  # the verdict is kept a few seconds
+    assert models.calls[0]["Authorization"] == "Bearer sk-x"
+
+
+@pytest.mark.parametrize(
+    ("status", "delay", "detail"),
+    [
+        (503, 0.0, "the LLM endpoint answered HTTP 503 to GET /models"),
+        (401, 0.0, "the LLM endpoint refused the API key: HTTP 401 to GET /models"),
+        (200, 3.0, "the LLM endpoint cannot be reached: no answer within 2s"),
+    ],
+    ids=["5xx", "key refused", "hung"],
+)
+async def test_readiness_is_503_when_the_llm_endpoint_fails(status: int, delay: float, detail: str) -> None:
+    async with ModelsEndpoint(status, delay) as models, serve(Settings(openai_base_url=models.url)) as client:
+        down = await client.get("/readyz")
+    assert down.status_code == 503
+    assert (down.json()["type"].rpartition(":")[2], down.json()["detail"]) == ("llm-unavailable", detail)
+
+
+async def test_readiness_names_both_parts_when_both_are_down(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ready.db'}"
+    async with serve(Settings(openai_base_url=f"http://127.0.0.1:{free_port()}/v1", store=url)) as client:
+        await execute_sql(url, "DELETE FROM chatkeep_migrations WHERE name = 'm004_message_status'")
+        down = await client.get("/readyz")
+    assert down.status_code == 503
+    assert down.json()["type"].endswith("store-unavailable")
+    assert "m004_message_status" in down.json()["detail"]
+    assert down.json()["detail"].endswith("; the LLM endpoint cannot be reached: connection refused")
+
+
+async def test_readiness_can_leave_the_llm_endpoint_unasked() -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    async with serve(Settings(openai_base_url=dead, readyz_probe_llm=False)) as client:
+        ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["llm_endpoint"] == "not asked (CHATKEEP_READYZ_PROBE_LLM=false)"
 
 
 async def test_the_chat_page_and_its_files_are_served_fresh(offline_client: httpx.AsyncClient) -> None:

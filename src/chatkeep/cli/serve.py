@@ -11,7 +11,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from chatkeep import __version__
 from chatkeep.app import create_app
-from chatkeep.config import Settings
+from chatkeep.config import Settings, without_userinfo
 from chatkeep.errors import StoreUnavailableError
 from chatkeep.logs import configure_logging
 from chatkeep.metrics import DIRECTORY_VARIABLE as METRICS_DIR_VARIABLE
@@ -70,15 +69,7 @@ def startup_line(settings: Settings) -> str:
             f"{store}, LLM offline: placeholder replies, no model connected; to connect one, set OPENAI_BASE_URL "
             "to an OpenAI-compatible server (Ollama, vLLM, LM Studio, LiteLLM) or OPENAI_API_KEY for OpenAI"
         )
-    return f"{store}, LLM {settings.provider} ({settings.llm_model} at {_without_userinfo(settings.openai_base_url)})"
-
-
-def _without_userinfo(url: str) -> str:
-    """`url` without the user and password it may carry (either can be a key)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    return f"{store}, LLM {settings.provider} ({settings.llm_model} at {without_userinfo(settings.openai_base_url)})"
 
 
 async def _check_store(url: str) -> None:
