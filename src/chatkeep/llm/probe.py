@@ -86,7 +86,8 @@ class EndpointProbe:
         return f"answering ({answered})"
 
     def _down(self, why: str, error: Exception | None) -> LLMUnavailableError:
-        log.warning("readiness: the LLM endpoint %s cannot be reached: %s (%r)", self._logged_url, why, error)
+        cause = "" if error is None else f" ({error})"
+        log.warning("readiness: the LLM endpoint %s cannot be reached: %s%s", self._logged_url, why, cause)
         return LLMUnavailableError(f"the LLM endpoint cannot be reached: {why}")
 
     def _failing(self, detail: str) -> LLMUnavailableError:
