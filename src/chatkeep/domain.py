@@ -30,7 +30,18 @@ class Role(StrEnum):
 
 class MessageStatus(StrEnum):
     COMPLETED = "completed"
-    INCOMPLETE = "incomplete"  # a reply cut short (stopped, or the server shut down): what was written by then
+    INCOMPLETE = "incomplete"  # a reply cut short: what was written by then (IncompleteReason says why)
+
+
+class IncompleteReason(StrEnum):
+    """Why a reply was cut short."""
+
+    STOPPED = "stopped"  # a client asked to stop it
+    MAX_TOKENS = "max_tokens"  # the token limit of the request or the model
+    CONTENT_FILTER = "content_filter"  # the upstream's content filter
+    TIMEOUT = "timeout"  # the LLM went silent mid-reply, or the reply outlasted the cap on a call
+    UPSTREAM_ERROR = "upstream_error"  # the LLM's stream broke off or reported an error
+    SHUTDOWN = "shutdown"  # the server shut down while it was written
 
 
 def new_id(prefix: str) -> str:
@@ -84,6 +95,7 @@ class Message:
     # reasoning item, a message with a role or content beyond text), kept verbatim; `role` and
     # `content` then say what it is in plain words. None for a plain user or assistant message.
     item: dict[str, Any] | None = None
+    incomplete_reason: IncompleteReason | None = None  # why an incomplete reply was cut short
 
 
 @dataclass(slots=True, frozen=True)
@@ -96,6 +108,7 @@ class NewMessage:
     usage: Usage | None = None
     status: MessageStatus = MessageStatus.COMPLETED
     item: dict[str, Any] | None = None
+    incomplete_reason: IncompleteReason | None = None
     id: str | None = None  # the id to store it under (one the caller announced already); None: a new one
 
 

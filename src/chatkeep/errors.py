@@ -184,11 +184,17 @@ class StoreUnavailableError(ChatkeepError):
 
 
 class LLMError(ChatkeepError):
-    """The LLM could not produce a reply. The service names the stored user message."""
+    """The LLM could not produce a reply. The service names the stored user message.
+
+    `unhealthy` says whether the failure is the upstream's health failing (it cannot be reached,
+    answers 5xx, or never begins a reply), which the circuit breaker counts; a slow or stalled
+    reply, a rate limit or a refused request says nothing about it.
+    """
 
     status = 502
     title = "LLM error"
     slug = "llm-error"
+    unhealthy: ClassVar[bool] = False
 
     def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
         super().__init__(detail, retry_after=retry_after)
@@ -210,6 +216,12 @@ class LLMRejectedError(LLMBadResponseError):
     """The LLM refused the request itself (a 4xx: bad key, unknown model, prompt too long)."""
 
 
+class LLMServerError(LLMBadResponseError):
+    """The LLM answered a 5xx: it is failing."""
+
+    unhealthy = True
+
+
 class LLMRateLimitedError(LLMError):
     status = 429
     title = "The LLM is rate-limiting requests"
@@ -220,6 +232,7 @@ class LLMUnavailableError(LLMError):
     status = 503
     title = "The LLM is unreachable"
     slug = "llm-unavailable"
+    unhealthy = True
 
 
 class LLMCircuitOpenError(LLMUnavailableError):
@@ -230,6 +243,16 @@ class LLMCircuitOpenError(LLMUnavailableError):
 
 
 class LLMTimeoutError(LLMError):
+    """The LLM did not begin its reply in time."""
+
     status = 504
     title = "The LLM timed out"
     slug = "llm-timeout"
+    unhealthy = True
+
+
+class LLMStalledError(LLMTimeoutError):
+    """A reply under way went silent too long, or outlasted the cap on a whole call: the reply's
+    fault, or the network's, more than the upstream's health."""
+
+    unhealthy = False

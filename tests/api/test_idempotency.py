@@ -152,7 +152,7 @@ async def test_a_streamed_turn_is_replayed_plain_or_streamed(client: httpx.Async
 async def test_a_failed_streamed_turn_is_retried_streamed(fake_llm: FakeOpenAI) -> None:
     async with serve(llm_settings(fake_llm, llm_max_retries=0)) as client:
         chat_id = await new_chat(client)
-        fake_llm.queue(Scripted(cut_after=2))
+        fake_llm.queue(Scripted(cut_after=1))  # cut before any text: nothing to keep
         request = {"content": "cut me", "stream": True}
         async with client.stream("POST", f"/chats/{chat_id}/messages", json=request, headers=keyed(KEY)) as r:
             failed = await events_of(r.aiter_lines())

@@ -188,7 +188,7 @@ async def test_what_the_upstream_said_stays_in_the_server_log(
 
 
 @pytest.mark.parametrize(
-    "answer", [Scripted(cut_after=3), Scripted(raw=b'data: {"error": {"message": "upstream secret"}}\n\n')]
+    "answer", [Scripted(cut_after=1), Scripted(raw=b'data: {"error": {"message": "upstream secret"}}\n\n')]
 )
 async def test_a_failed_stream_tells_the_client_nothing_of_the_upstream(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI, answer: Scripted

@@ -161,12 +161,13 @@ async def test_resume_of_an_unknown_message_is_a_404_problem(client: httpx.Async
 
 @pytest.mark.parametrize(
     "answer",
-    [Scripted(cut_after=3), Scripted(garbage_after=2), Scripted(status=400), Scripted(cut_after=0)],
+    [Scripted(cut_after=1), Scripted(garbage_after=1), Scripted(status=400), Scripted(cut_after=0)],
     ids=["cut", "garbage", "refused", "cut-before-any-chunk"],
 )
 async def test_a_broken_upstream_stream_ends_with_an_error_and_stores_no_reply(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI, answer: Scripted
 ) -> None:
+    """Broken before any text was written (mid-reply breaks keep their text: test_slow_models.py)."""
     fake_llm.queue(answer)
     chat_id = await new_chat(client)
     events = await stream_turn(client, chat_id, "hello")

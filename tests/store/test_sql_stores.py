@@ -39,6 +39,7 @@ ALL_MIGRATIONS = [
     "m008_context_summaries",
     "m009_chat_revisions",
     "m010_fewer_turn_round_trips",
+    "m011_incomplete_reasons",
 ]
 TABLES = [
     "chatkeep_migrations",
@@ -283,7 +284,7 @@ async def test_both_dialects_create_the_same_tables(tmp_path: Path) -> None:
                 pass
         expected = sqlite_schema(sqlite_location(sqlite_url)[0])
         assert sorted(expected) == TABLES
-        assert [column.name for column in expected["messages"].columns][-1] == "item"  # m006's, added last
+        assert [column.name for column in expected["messages"].columns][-1] == "incomplete_reason"  # m011's, added last
         assert await postgres_schema(postgres_url) == expected
         await execute_sql(postgres_url, "ALTER TABLE chats ADD COLUMN only_in_postgres text")
         assert await postgres_schema(postgres_url) != expected  # the comparison sees a column one dialect lacks

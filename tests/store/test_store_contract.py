@@ -323,7 +323,7 @@ async def test_the_turns_last_append_lets_the_next_turn_in_before_its_block_ends
             second_in.set()
             await second_may_end.wait()
             await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "second"), ticket=ticket)
-        order.append("second out")
+            order.append("second out")  # in the block: the third may begin as soon as it ends
 
     async def third() -> None:
         async with store.turn_lease(ALICE, chat_id) as ticket:

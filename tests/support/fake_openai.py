@@ -31,6 +31,7 @@ class Scripted:
     hang: bool = False
     chunk_delay: float = 0.0  # between the chunks of a streamed answer
     cut_after: int | None = None  # a streamed answer ends abruptly after this many chunks
+    stall_after: int | None = None  # a streamed answer goes silent after this many chunks, until the fake stops
     garbage_after: int | None = None  # a streamed answer sends a broken chunk after this many
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, JSON arguments) the model calls
 
@@ -180,6 +181,9 @@ class FakeOpenAI:
             if n == answer.cut_after:
                 assert request.transport is not None
                 request.transport.close()
+                return response
+            if n == answer.stall_after:
+                await self._stopping.wait()
                 return response
             if n == answer.garbage_after:
                 data = b"data: {this is not json\n\n"

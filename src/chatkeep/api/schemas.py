@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-from chatkeep.domain import Summary
+from chatkeep.domain import IncompleteReason, Summary
 
 MAX_TITLE_CHARS = 200
 MAX_METADATA_PAIRS = 16
@@ -96,7 +96,13 @@ class MessageOut(BaseModel):
     model: str | None = Field(description="the model that wrote an assistant message")
     usage: UsageOut | None = Field(description="tokens of an assistant message, when the provider reported them")
     status: Literal["completed", "incomplete"] = Field(
-        description="`incomplete`: a reply cut short (stopped, or the server shut down), with what was written by then"
+        description="`incomplete`: a reply cut short, with what was written by then (`incomplete_reason` says why)"
+    )
+    incomplete_reason: IncompleteReason | None = Field(
+        default=None,
+        description="why an incomplete reply was cut short: `stopped` (a client asked), `max_tokens`, `content_filter`,"
+        " `timeout` (the LLM went silent mid-reply or outlasted the cap), `upstream_error` (its stream broke off),"
+        " `shutdown` (the server shut down)",
     )
 
 

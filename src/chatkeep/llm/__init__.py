@@ -10,12 +10,21 @@ from chatkeep.llm.base import LLM, Reply
 from chatkeep.llm.breaker import CircuitBreaker, CircuitBreakerLLM
 from chatkeep.llm.instrumented import InstrumentedLLM
 from chatkeep.llm.offline import OfflineLLM
-from chatkeep.llm.openai import OpenAICompatibleLLM
+from chatkeep.llm.openai import Deadlines, OpenAICompatibleLLM
 from chatkeep.metrics import Metrics
 
-__all__ = ["LLM", "OfflineLLM", "OpenAICompatibleLLM", "Reply", "open_llm"]
+__all__ = ["LLM", "Deadlines", "OfflineLLM", "OpenAICompatibleLLM", "Reply", "deadlines_of", "open_llm"]
 
 KEEPALIVE_SECONDS = 30.0
+
+
+def deadlines_of(settings: Settings) -> Deadlines:
+    return Deadlines(
+        connect=settings.llm_connect_timeout,
+        first_token=settings.llm_first_token_timeout,
+        idle=settings.llm_idle_timeout,
+        total=settings.llm_timeout,
+    )
 
 
 @asynccontextmanager
@@ -35,7 +44,7 @@ async def open_llm(settings: Settings, metrics: Metrics) -> AsyncIterator[LLM]:
             base_url=settings.openai_base_url,
             api_key=key.get_secret_value() if key else None,
             model=settings.llm_model,
-            timeout=settings.llm_timeout,
+            deadlines=deadlines_of(settings),
             max_retries=settings.llm_max_retries,
         )
         breaker = CircuitBreaker(failures=settings.llm_breaker_failures, cooldown=settings.llm_breaker_cooldown)

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from chatkeep.domain import MessageStatus, PromptMessage, Usage
+from chatkeep.domain import IncompleteReason, MessageStatus, PromptMessage, Usage
 
 
 @dataclass(slots=True, frozen=True)
@@ -28,6 +28,7 @@ class Reply:
     usage: Usage | None
     status: MessageStatus = MessageStatus.COMPLETED  # incomplete: cut short (the token limit, a stop)
     tool_calls: tuple[ToolCall, ...] = ()
+    incomplete_reason: IncompleteReason | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,12 +1,13 @@
 """A circuit breaker around any `LLM`, so that an upstream that keeps failing is not hammered.
 
-After `failures` calls in a row fail for the upstream's sake (unreachable, 5xx, timeout, a
-garbled answer), the breaker opens: calls are refused at once with LLMCircuitOpenError and a
-Retry-After of the cooldown left. When the cooldown is over one probe call goes through; its
-success closes the breaker, its failure opens it for another cooldown. Rate limits and requests
-the upstream refuses (4xx) say nothing about its health and leave the count alone, and so does
-a call that ends for any other reason (cancelled by a client that left, a bug): it only frees
-the probe's place, so the breaker can never stay half-open for good.
+After `failures` calls in a row fail for the upstream's sake (it cannot be reached, answers
+5xx, or never begins its reply), the breaker opens: calls are refused at once with
+LLMCircuitOpenError and a Retry-After of the cooldown left. When the cooldown is over one probe
+call goes through; its success closes the breaker, its failure opens it for another cooldown.
+What says nothing about the upstream's health leaves the count alone: a slow or stalled reply
+(its length is the caller's, not the upstream's failing), a garbled one, a rate limit, a request
+the upstream refuses (4xx), and a call that ends for any other reason (cancelled by a client
+that left, a bug), which only frees the probe's place so the breaker never stays half-open.
 """
 
 import time
@@ -14,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 
 from chatkeep.domain import PromptMessage
-from chatkeep.errors import LLMCircuitOpenError, LLMError, LLMRateLimitedError, LLMRejectedError
+from chatkeep.errors import LLMCircuitOpenError, LLMError
 from chatkeep.llm.base import LLM, NO_OPTIONS, CallOptions, Reply
 from chatkeep.metrics import Metrics
 
@@ -68,8 +69,8 @@ class CircuitBreaker:
 
 
 def _says_about_upstream(error: LLMError) -> bool | None:
-    """Whether `error` counts as the upstream failing (None: it tells nothing about its health)."""
-    return None if isinstance(error, LLMRateLimitedError | LLMRejectedError) else True
+    """True when `error` is the upstream failing; None when it tells nothing about its health."""
+    return True if error.unhealthy else None
 
 
 class _Call:

@@ -4,8 +4,11 @@ It speaks the protocol directly rather than through the `openai` SDK or httpx, w
 and per-chunk cost is several times chatkeep's whole turn (docs/performance.md). Timeouts,
 retries and the translation of upstream failures into `LLMError`s live here and nowhere else.
 
-One call has one deadline, `timeout` seconds, that covers every retry: a hung or flapping
-upstream never holds a client longer than that.
+A call has four deadlines, shaped like generation rather than like one request: connecting
+(`connect`), the reply beginning (`first_token`: the response's headers and, for a stream, its
+first chunk that carries more than the role), the silence between chunks of a reply under way
+(`idle`), and a cap on the whole call, retries included (`total`), set far above any real reply.
+A non-streamed reply arrives all at once, so the first-token deadline covers its whole generation.
 
 What the upstream said when it failed (its error message can quote part of the API key), its
 URL and the HTTP client's own error text are logged here, under the request's id, and never
@@ -18,18 +21,21 @@ import logging
 import random
 import sys
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import orjson
 
-from chatkeep.domain import MessageStatus, PromptMessage, Usage, utcnow
+from chatkeep.domain import IncompleteReason, MessageStatus, PromptMessage, Usage, utcnow
 from chatkeep.errors import (
     LLMBadResponseError,
     LLMError,
     LLMRateLimitedError,
     LLMRejectedError,
+    LLMServerError,
+    LLMStalledError,
     LLMTimeoutError,
     LLMUnavailableError,
 )
@@ -46,6 +52,78 @@ UPSTREAM_DETAIL_CHARS = 300
 SEE_LOG = "; the server log has the details under this request's id"
 REQUEST_ID_HEADER = "X-Request-ID"
 STREAM_OPTIONS = {"include_usage": True}  # the upstream's logs can then be matched with chatkeep's
+
+
+@dataclass(slots=True, frozen=True)
+class Deadlines:
+    """Seconds each part of a call may take (see the module)."""
+
+    connect: float = 10.0
+    first_token: float = 300.0
+    idle: float = 60.0
+    total: float = 1800.0
+
+
+class _Call:
+    """One call's clock: when it must end, and when the attempt under way must begin its reply."""
+
+    __slots__ = ("deadlines", "end", "first_due", "loop")
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.deadlines = deadlines
+        self.end = self.loop.time() + deadlines.total
+        self.first_due = self.end
+
+    def attempt(self) -> None:
+        """A new attempt starts now: its reply must begin within the first-token deadline."""
+        self.first_due = min(self.end, self.loop.time() + self.deadlines.first_token)
+
+    def timed_out(self, begun: bool) -> LLMTimeoutError:
+        """The timeout that expired: the reply never began, went silent, or outlasted the cap."""
+        deadlines = self.deadlines
+        if not begun:
+            waited = min(deadlines.first_token, deadlines.total)
+            return LLMTimeoutError(f"the LLM did not begin its reply within {waited:g}s")
+        if self.loop.time() >= self.end:
+            return LLMStalledError(f"the LLM's reply outlasted the {deadlines.total:g}s cap on one call")
+        return LLMStalledError(f"the LLM sent nothing for {deadlines.idle:g}s in the middle of its reply")
+
+
+class _Silence(Exception):
+    """What a watched stream raises from its next read once a deadline passed."""
+
+
+class _Watchdog:
+    """Ends a stream that stays silent past its deadline: the first-token one until the reply
+    begins, then `idle` after the last chunk; the call's cap throughout.
+
+    One timer that moves on only when it fires: arming a timeout per chunk would cost more than
+    reading the chunk. When it finds a deadline passed it fails the response's next read, which
+    works whichever task is reading, even across the stream's yields.
+    """
+
+    __slots__ = ("_call", "_response", "_timer", "begun", "heard")
+
+    def __init__(self, call: _Call, response: aiohttp.ClientResponse) -> None:
+        self._call, self._response = call, response
+        self.begun = False
+        self.heard = call.loop.time()
+        self._timer = call.loop.call_at(self._due(), self._alarm)
+
+    def _due(self) -> float:
+        call = self._call
+        return min(call.end, self.heard + call.deadlines.idle if self.begun else call.first_due)
+
+    def _alarm(self) -> None:
+        due = self._due()
+        if self._call.loop.time() >= due:
+            self._response.content.set_exception(_Silence())
+        else:
+            self._timer = self._call.loop.call_at(due, self._alarm)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 class _Retryable(Exception):
@@ -68,7 +146,7 @@ class OpenAICompatibleLLM:
         base_url: str,
         api_key: str | None,
         model: str,
-        timeout: float,
+        deadlines: Deadlines,
         max_retries: int,
     ) -> None:
         self._session = session
@@ -77,13 +155,20 @@ class OpenAICompatibleLLM:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._model = model
-        self._timeout = timeout
-        self._whole_call = aiohttp.ClientTimeout(total=timeout)
+        self._deadlines = deadlines
+        # Only connecting is aiohttp's to time; the other deadlines are the call's (_Call, _Watchdog).
+        self._connect = aiohttp.ClientTimeout(total=None, sock_connect=deadlines.connect)
         self._max_retries = max_retries
 
     async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
-        response = await self._first_good_response(orjson.dumps(self._request(prompt, options)))
-        return _parse_completion(await self._read(response))
+        call = _Call(self._deadlines)
+        response = await self._first_good_response(orjson.dumps(self._request(prompt, options)), call)
+        try:
+            async with asyncio.timeout_at(min(call.end, call.loop.time() + call.deadlines.idle)):
+                payload = await self._read(response)
+        except TimeoutError:
+            raise call.timed_out(begun=True) from None
+        return _parse_completion(payload)
 
     async def stream(
         self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
@@ -92,19 +177,27 @@ class OpenAICompatibleLLM:
         request["stream"], request["stream_options"] = True, STREAM_OPTIONS
         body = orjson.dumps(request)
         chunks = _ChunkReader()
-        response = await self._first_good_response(body)
+        call = _Call(self._deadlines)
+        response = await self._first_good_response(body, call)
+        watchdog = _Watchdog(call, response)
         try:
             async for data in response.content.iter_any():
+                watchdog.heard = call.loop.time()
                 # The deltas that arrived together travel on as one: each hop after this one
                 # (wrappers, the turn's log, the SSE writer) then costs once per read, not per token.
                 deltas = chunks.feed(data)
+                watchdog.begun = chunks.begun
                 if deltas:
                     yield "".join(deltas)
                 if chunks.done:
                     break
+        except _Silence:
+            response.close()  # the upstream stops writing a reply nobody reads
+            raise call.timed_out(chunks.begun) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._failure(exc) from exc
         finally:
+            watchdog.cancel()
             response.release()
         yield chunks.reply()
 
@@ -125,36 +218,40 @@ class OpenAICompatibleLLM:
                 request[name] = value
         return request
 
-    async def _first_good_response(self, body: bytes) -> aiohttp.ClientResponse:
-        """POST `body` until a 200 comes, retrying what may succeed next time, within one deadline.
-
-        The deadline also covers reading the body of the response returned.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
-        limit = self._whole_call
+    async def _first_good_response(self, body: bytes, call: _Call) -> aiohttp.ClientResponse:
+        """POST `body` until a 200 comes, retrying what may succeed next time, within the call's cap;
+        each attempt's answer must begin within the first-token deadline."""
+        loop = call.loop
         for attempt in range(self._max_retries + 1):
+            call.attempt()
             try:
-                return await self._attempt(body, limit=limit)
+                async with asyncio.timeout_at(call.first_due):
+                    return await self._attempt(body)
             except _Retryable as failure:
                 error, wait = failure.error, failure.wait
+            except TimeoutError:
+                raise call.timed_out(begun=False) from None
             delay = _backoff(attempt, wait)
-            if attempt == self._max_retries or loop.time() + delay >= deadline:
+            if attempt == self._max_retries or loop.time() + delay >= call.end:
                 break
             log.warning("LLM attempt %d failed (%s); retrying in %.2fs", attempt + 1, error.title, delay)
             await asyncio.sleep(delay)
-            limit = aiohttp.ClientTimeout(total=deadline - loop.time())
         raise error
 
-    async def _attempt(self, body: bytes, *, limit: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    async def _attempt(self, body: bytes) -> aiohttp.ClientResponse:
         headers = self._headers
         request_id = current_request_id()
         if request_id is not None:
             headers = {**headers, REQUEST_ID_HEADER: request_id}
         try:
-            response = await self._session.post(self._url, data=body, headers=headers, timeout=limit)
-        except TimeoutError as exc:
-            raise self._failure(exc) from exc  # aiohttp's timeouts are connection errors too: not retried
+            response = await self._session.post(self._url, data=body, headers=headers, timeout=self._connect)
+        except aiohttp.ConnectionTimeoutError as exc:
+            log.warning("cannot connect to the LLM at %s within %gs", self._url, self._deadlines.connect)
+            slow = LLMUnavailableError(
+                f"cannot connect to the LLM within {self._deadlines.connect:g}s" + SEE_LOG,
+                retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
+            )
+            raise _Retryable(slow) from exc
         except aiohttp.ClientConnectionError as exc:
             log.warning("cannot reach the LLM at %s: %s", self._url, exc)
             unreachable = LLMUnavailableError(
@@ -173,7 +270,7 @@ class OpenAICompatibleLLM:
             limited = LLMRateLimitedError(detail, retry_after=max(wait or 0.0, RATE_LIMITED_RETRY_AFTER_SECONDS))
             raise _Retryable(limited, wait=wait)
         if response.status >= 500:
-            raise _Retryable(LLMBadResponseError(detail), wait=wait)
+            raise _Retryable(LLMServerError(detail), wait=wait)
         raise LLMRejectedError(detail)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
@@ -187,8 +284,6 @@ class OpenAICompatibleLLM:
 
     def _failure(self, exc: BaseException) -> LLMError:
         """The HTTP client's failure as one of chatkeep's LLM errors: translated here and nowhere else."""
-        if isinstance(exc, TimeoutError):
-            return LLMTimeoutError(f"the LLM did not answer within {self._timeout:g}s")
         log.warning("reading the LLM's response failed: %r", exc)
         if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
             return LLMBadResponseError("the LLM's response was cut off" + SEE_LOG)
@@ -204,6 +299,7 @@ class _ChunkReader:
 
     def __init__(self) -> None:
         self.done = False
+        self.begun = False  # a chunk carried more than the role: the reply is under way
         self._partial = b""
         self._parts: list[str] = []
         self._model: str | None = None
@@ -238,6 +334,7 @@ class _ChunkReader:
             choice = choices[0] if choices else {}
             changes = choice.get("delta") or {}
             delta = changes.get("content")
+            self.begun = self.begun or _under_way(changes)
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
             if changes.get("tool_calls"):
@@ -267,8 +364,20 @@ class _ChunkReader:
         if not self.done:
             raise LLMBadResponseError("the LLM's stream ended before it was complete")
         calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(self._calls.items()))
-        status = _status(self._finish_reason)
-        return Reply("".join(self._parts), model=self._model, usage=self._usage, status=status, tool_calls=calls)
+        reason = _cut_by(self._finish_reason)
+        return Reply(
+            "".join(self._parts),
+            model=self._model,
+            usage=self._usage,
+            status=MessageStatus.COMPLETED if reason is None else MessageStatus.INCOMPLETE,
+            tool_calls=calls,
+            incomplete_reason=reason,
+        )
+
+
+def _under_way(changes: dict[str, Any]) -> bool:
+    """Whether a chunk's delta carries part of the reply (text, reasoning, a tool call), not just its role."""
+    return any(value for name, value in changes.items() if name != "role")
 
 
 def _parse_completion(payload: bytes) -> Reply:
@@ -286,15 +395,23 @@ def _parse_completion(payload: bytes) -> Reply:
     if not isinstance(content, str) and not (content is None and calls):
         raise LLMBadResponseError("the LLM's answer has no text content")
     text = _storable(content) if content else ""
-    status = _status(choice.get("finish_reason"))
+    reason = _cut_by(choice.get("finish_reason"))
     return Reply(
-        text, model=_model(data.get("model")), usage=_usage(data.get("usage")), status=status, tool_calls=calls
+        text,
+        model=_model(data.get("model")),
+        usage=_usage(data.get("usage")),
+        status=MessageStatus.COMPLETED if reason is None else MessageStatus.INCOMPLETE,
+        tool_calls=calls,
+        incomplete_reason=reason,
     )
 
 
-def _status(finish_reason: object) -> MessageStatus:
-    """A reply the token limit cut short is incomplete; any other ending is a completed one."""
-    return MessageStatus.INCOMPLETE if finish_reason == "length" else MessageStatus.COMPLETED
+CUT_BY = {"length": IncompleteReason.MAX_TOKENS, "content_filter": IncompleteReason.CONTENT_FILTER}
+
+
+def _cut_by(finish_reason: object) -> IncompleteReason | None:
+    """Why the upstream cut its reply short (the token limit, its content filter); None when it did not."""
+    return CUT_BY.get(finish_reason) if isinstance(finish_reason, str) else None
 
 
 def _storable(text: str) -> str:

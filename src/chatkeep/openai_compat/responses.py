@@ -20,7 +20,17 @@ from typing import Any
 import orjson
 
 from chatkeep.context import message_tokens, prompt_from_messages
-from chatkeep.domain import MessageStatus, NewMessage, PageRequest, PromptMessage, StoredResponse, Usage, new_id, utcnow
+from chatkeep.domain import (
+    IncompleteReason,
+    MessageStatus,
+    NewMessage,
+    PageRequest,
+    PromptMessage,
+    StoredResponse,
+    Usage,
+    new_id,
+    utcnow,
+)
 from chatkeep.errors import Failure, InvalidInputError, ResponseNotFoundError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm import Reply
@@ -74,7 +84,7 @@ class PendingResponse:
                 "incomplete" if incomplete else "completed",
                 [item_from_message(message) for message in outcome.outputs],
                 reply,
-                incomplete={"reason": "max_output_tokens"} if incomplete else None,
+                incomplete={"reason": _incomplete_reason(reply)} if incomplete and reply is not None else None,
             )
         return self.body
 
@@ -354,3 +364,10 @@ class Responses:
 
 async def _once(events: list[Item]) -> AsyncIterator[list[Item]]:
     yield events
+
+
+def _incomplete_reason(reply: Reply) -> str:
+    """Why a response is incomplete, in OpenAI's words where it has them (`max_output_tokens`,
+    `content_filter`), else chatkeep's (`stopped`, `timeout`, `upstream_error`, `shutdown`)."""
+    reason = reply.incomplete_reason or IncompleteReason.MAX_TOKENS
+    return "max_output_tokens" if reason is IncompleteReason.MAX_TOKENS else reason.value

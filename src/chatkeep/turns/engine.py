@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from chatkeep.context import build_context
-from chatkeep.domain import Message, MessageStatus, NewMessage, PromptMessage, Role, new_id, utcnow
-from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, TurnStoppedError
+from chatkeep.domain import IncompleteReason, Message, MessageStatus, NewMessage, PromptMessage, Role, new_id, utcnow
+from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, LLMTimeoutError, TurnStoppedError
 from chatkeep.llm import LLM, Reply
 from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.metrics import Metrics
@@ -180,8 +180,8 @@ class TurnEngine:
         self, admitted: Admitted, turn: NewTurn, running: RunningTurn, question: Message, chat_prompt: str | None
     ) -> tuple[Reply, bool]:
         """The LLM's reply to the chat so far, and whether the chat's rolling summary is due an
-        update; a reply stopped on request (or a streamed one cut by
-        shutdown) is what was written by then, marked incomplete."""
+        update. A reply cut short once it had begun (stopped on request, a timeout or failure of the
+        upstream mid-reply, shutdown) is what was written by then, marked incomplete with the reason."""
         parts: list[str] = []
         running.replying = True
         try:
@@ -190,6 +190,12 @@ class TurnEngine:
                 return await self._llm.complete(prompt, turn.options), summary_due
             return await self._streamed(prompt, turn.options, running.events, parts), summary_due
         except LLMError as error:
+            if parts:
+                reason = (
+                    IncompleteReason.TIMEOUT if isinstance(error, LLMTimeoutError) else IncompleteReason.UPSTREAM_ERROR
+                )
+                log.warning("the reply to %s was cut short (%s): %s", question.id, reason, error.detail)
+                return _cut_short(parts, reason), False
             error.user_message_id = question.id
             raise
         except asyncio.CancelledError:
@@ -198,7 +204,8 @@ class TurnEngine:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE), False
+            reason = IncompleteReason.STOPPED if running.stop_requested else IncompleteReason.SHUTDOWN
+            return _cut_short(parts, reason), False
         finally:
             running.replying = False
 
@@ -249,6 +256,11 @@ class TurnEngine:
         return outputs
 
 
+def _cut_short(parts: list[str], reason: IncompleteReason) -> Reply:
+    """A reply cut short: what was written of it by then."""
+    return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE, incomplete_reason=reason)
+
+
 def _chat_id(admitted: Admitted) -> str:
     return admitted.chat.id if admitted.chat is not None else ""
 
@@ -273,12 +285,32 @@ def reply_messages(reply: Reply, reply_id: str | None = None) -> list[NewMessage
     usage, model, status = reply.usage, reply.model, reply.status
     messages: list[NewMessage] = []
     if reply.content or not reply.tool_calls:
-        messages.append(NewMessage(Role.ASSISTANT, reply.content, model=model, usage=usage, status=status, id=reply_id))
+        messages.append(
+            NewMessage(
+                Role.ASSISTANT,
+                reply.content,
+                model=model,
+                usage=usage,
+                status=status,
+                id=reply_id,
+                incomplete_reason=reply.incomplete_reason,
+            )
+        )
         usage = None  # counted once, on the first of the reply's messages
     for call in reply.tool_calls:
         item = {"type": "function_call", "call_id": call.id, "name": call.name, "arguments": call.arguments}
         text = f"{call.name}({call.arguments})"
-        messages.append(NewMessage(Role.ASSISTANT, text, model=model, usage=usage, status=status, item=item))
+        messages.append(
+            NewMessage(
+                Role.ASSISTANT,
+                text,
+                model=model,
+                usage=usage,
+                status=status,
+                item=item,
+                incomplete_reason=reply.incomplete_reason,
+            )
+        )
         usage = None
     return messages
 
@@ -296,6 +328,7 @@ def unstored(message: NewMessage) -> Message:
         usage=message.usage,
         status=message.status,
         item=message.item,
+        incomplete_reason=message.incomplete_reason,
     )
 
 

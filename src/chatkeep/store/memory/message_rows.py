@@ -17,7 +17,7 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
-from chatkeep.domain import Message, MessageStatus, Role, Usage
+from chatkeep.domain import IncompleteReason, Message, MessageStatus, Role, Usage
 
 ID_BYTES = 16  # as random as `new_id`'s
 _ROW = struct.Struct(f"<q{ID_BYTES}s")  # microseconds since the epoch, the id's random bytes
@@ -114,6 +114,7 @@ def _values(message: Message) -> tuple[Any, ...]:
     _put_usage,
     _put_status,
     _put_item,
+    _put_incomplete_reason,
 ) = (Message.__dict__[name].__set__ for name in _NAMES)
 
 
@@ -129,6 +130,7 @@ def stored_message(
     status: MessageStatus,
     item: dict[str, Any] | None,
     message_id: str | None,
+    incomplete_reason: IncompleteReason | None = None,
 ) -> StoredMessage:
     """The chat's message `seq`, its id and creation time in `rows` (its id in its slot when
     the caller chose it). The slots are filled directly, bypassing the frozen dataclass's slower
@@ -144,4 +146,5 @@ def stored_message(
     _put_usage(message, usage)
     _put_status(message, status)
     _put_item(message, item)
+    _put_incomplete_reason(message, incomplete_reason)
     return message

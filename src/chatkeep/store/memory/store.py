@@ -251,6 +251,7 @@ class MemoryStore:
             status=message.status,
             item=message.item,
             message_id=message.id,
+            incomplete_reason=message.incomplete_reason,
         )
         record.messages.append(stored)
         record.user_count += message.role is Role.USER

@@ -125,10 +125,16 @@ GIVE_BACK_TICKET = "SELECT chatkeep_return_ticket($1, $2)"
 TAKE_RATE_SLOT = "SELECT chatkeep_take_rate_slot($1, $2, $3)"
 
 
-def _append_message(ticket: str) -> str:
+# The columns m010's functions insert, as released; messages have had more since (MESSAGE_COLUMNS).
+M010_COLUMNS = "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item"
+
+
+def _append_message(ticket: str, *, as_in_m010: bool = False) -> str:
     """The append of one message, fenced by the ticket `ticket` spells: with a ticket, the chat
     row is counted only while that ticket is the chat's head, so a process that stalled past its
-    lease writes nothing once another holds the turn."""
+    lease writes nothing once another holds the turn. `as_in_m010`: the append as m010's
+    functions embed it, which stores no incomplete reason ($14)."""
+    columns, reason = (M010_COLUMNS, "") if as_in_m010 else (MESSAGE_COLUMNS, ", $14")
     return f"""WITH counted AS (
     UPDATE chats SET
         message_count = message_count + 1,
@@ -140,13 +146,13 @@ def _append_message(ticket: str) -> str:
         SELECT min(t.ticket) FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now()))
     RETURNING id, message_count, system_prompt, revision
 )
-INSERT INTO messages ({MESSAGE_COLUMNS})
-    SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11, $13 FROM counted
+INSERT INTO messages ({columns})
+    SELECT $4, id, message_count, $5, $7, $6, $8, $9, $10, $11, $13{reason} FROM counted
     RETURNING seq, (SELECT system_prompt FROM counted), (SELECT revision FROM counted)"""
 
 
 # $1 chat, $2 owner, $3 1 for a user message, $4 id, $5 role, $6 created_at, $7 content, $8 model,
-# $9 and $10 tokens, $11 status, $12 ticket, $13 item.
+# $9 and $10 tokens, $11 status, $12 ticket, $13 item, $14 incomplete reason.
 APPEND_MESSAGE = _append_message("$12")
 # chatkeep_take_ticket's work, then the append of the turn's question when its ticket is at once
 # the head, in one round trip and one commit. Its parameters are APPEND_MESSAGE's, with the
@@ -166,7 +172,7 @@ TAKE_TICKET_WITH_QUESTION_FUNCTION = f"""CREATE FUNCTION chatkeep_open_turn(
                     RETURNING turn_tickets.ticket INTO taken;
                 SELECT min(t.ticket) INTO head FROM turn_tickets t WHERE t.chat_id = $1 AND t.expires_at > now();
                 IF taken = head THEN
-                    {_append_message("taken")}
+                    {_append_message("taken", as_in_m010=True)}
                         INTO appended_seq, chat_prompt, chat_revision;
                 ELSE
                     PERFORM set_config('synchronous_commit', 'off', true);
@@ -174,14 +180,14 @@ TAKE_TICKET_WITH_QUESTION_FUNCTION = f"""CREATE FUNCTION chatkeep_open_turn(
                 RETURN NEXT;
             END $fn$"""
 # APPEND_MESSAGE with its ticket given back in the same transaction, when it stores the turn's
-# last message (`ends_turn`). The chat row is locked first, as chatkeep_return_ticket does, so no
-# waiter misses its nudge; the append keeps its durable commit.
+# last message (`ends_turn`) with no incomplete reason. The chat row is locked first, as
+# chatkeep_return_ticket does, so no waiter misses its nudge; the append keeps its durable commit.
 APPEND_ENDING_TURN_FUNCTION = f"""CREATE FUNCTION chatkeep_append_and_hand_on(
                 text, text, integer, text, text, timestamptz, text, text, integer, integer, text, bigint, text)
             RETURNS TABLE (appended_seq bigint, chat_prompt text, chat_revision bigint) LANGUAGE plpgsql AS $fn$
             BEGIN
                 PERFORM FROM chats WHERE chats.id = $1 FOR NO KEY UPDATE;
-                {APPEND_MESSAGE}
+                {_append_message("$12", as_in_m010=True)}
                     INTO appended_seq, chat_prompt, chat_revision;
                 IF FOUND THEN
                     DELETE FROM turn_tickets WHERE turn_tickets.ticket = $12;
@@ -217,10 +223,10 @@ APPEND_MESSAGES = f"""WITH counted AS (
 )
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT m.id, c.id, c.message_count - $3 + m.n, m.role, m.content, $5, m.model, m.prompt_tokens,
-        m.completion_tokens, m.status, m.item
+        m.completion_tokens, m.status, m.item, m.incomplete_reason
     FROM counted c, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::integer[], $12::integer[],
-        $13::text[], $14::text[]) WITH ORDINALITY
-        AS m(id, role, content, model, prompt_tokens, completion_tokens, status, item, n)
+        $13::text[], $14::text[], $15::text[]) WITH ORDINALITY
+        AS m(id, role, content, model, prompt_tokens, completion_tokens, status, item, incomplete_reason, n)
     RETURNING seq, (SELECT system_prompt FROM counted), (SELECT revision FROM counted)"""
 # The rules of `ChatStore.claim_key` in one statement. `old` locks the record and reads its latest
 # version (FOR UPDATE in READ COMMITTED follows concurrent updates), and both writes read `old`
@@ -315,18 +321,21 @@ class PostgresDriver:
         self, owner: str, chat_id: str, messages: Sequence[NewRow], ticket: int | None, *, ends_turn: bool
     ) -> Appended:
         """One statement; with `ends_turn`, one that gives the ticket back too, for a single message
-        (the turn's reply): several are given back right after, by the caller."""
+        (the turn's reply) with no incomplete reason: the caller gives it back right after otherwise."""
         now = utcnow()
         if len(messages) == 1:
-            (message_id, message), statement = messages[0], APPEND_ENDING_TURN if ends_turn else APPEND_MESSAGE
-            role, content, *extras = message_values(message)
+            message_id, message = messages[0]
+            role, content, model, prompt_tokens, completion_tokens, status, item, reason = message_values(message)
             user = int(message.role is Role.USER)
-            row = await self._pool.fetchrow(
-                statement, chat_id, owner, user, message_id, role, now, content, *extras[:-1], ticket, extras[-1]
-            )
+            args = [chat_id, owner, user, message_id, role, now, content, model, prompt_tokens, completion_tokens]
+            hand_on = ends_turn and reason is None  # the function that hands on stores no reason
+            if hand_on:
+                row = await self._pool.fetchrow(APPEND_ENDING_TURN, *args, status, ticket, item)
+            else:
+                row = await self._pool.fetchrow(APPEND_MESSAGE, *args, status, ticket, item, reason)
             if row is None:
                 raise await self._refused(owner, chat_id)
-            return Appended(row[0], row[1], row[2], now, gave_back=ends_turn)
+            return Appended(row[0], row[1], row[2], now, gave_back=hand_on)
         users = sum(message.role is Role.USER for _, message in messages)
         columns = [list(column) for column in zip(*(message_values(m) for _, m in messages), strict=True)]
         ids = [message_id for message_id, _ in messages]

@@ -19,6 +19,7 @@ from chatkeep.domain import (
     Chat,
     ChatChanges,
     IdempotencyRecord,
+    IncompleteReason,
     KeyClaim,
     KeyState,
     Message,
@@ -44,7 +45,10 @@ class Row(Protocol):
 When = Callable[[Any], datetime]
 
 CHAT_COLUMNS = "id, title, metadata, system_prompt, created_at, updated_at, message_count"
-MESSAGE_COLUMNS = "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item"
+MESSAGE_COLUMNS = (
+    "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item,"
+    " incomplete_reason"
+)
 STATS_COLUMNS = "message_count, user_message_count, first_message_at, last_message_at"
 SUMMARY_COLUMNS = "summary, highlights, up_to_seq, created_at"
 KEY_COLUMNS = "fingerprint, state, result, user_message_id, created_at, updated_at"
@@ -52,6 +56,7 @@ JOINED_MESSAGE_COLUMNS = ", ".join(f"m.{column}" for column in MESSAGE_COLUMNS.s
 JOINED_SUMMARY_COLUMNS = ", ".join(f"s.{column}" for column in SUMMARY_COLUMNS.split(", "))
 ROLES = {role.value: role for role in Role}
 STATUSES = {status.value: status for status in MessageStatus}
+REASONS = {reason.value: reason for reason in IncompleteReason}
 KEY_STATES = {state.value: state for state in KeyState}
 
 
@@ -80,7 +85,8 @@ def item_json(message: NewMessage) -> str | None:
 
 
 def message_values(message: NewMessage) -> tuple[object, ...]:
-    """A new message's role, content, model, prompt and completion tokens, status and item, as stored."""
+    """A new message's role, content, model, prompt and completion tokens, status, item and
+    incomplete reason, as stored."""
     usage = message.usage
     return (
         message.role.value,
@@ -90,6 +96,7 @@ def message_values(message: NewMessage) -> tuple[object, ...]:
         usage.completion_tokens if usage else None,
         message.status.value,
         item_json(message),
+        message.incomplete_reason.value if message.incomplete_reason is not None else None,
     )
 
 
@@ -104,7 +111,19 @@ def stored_messages(new: Sequence[NewRow], chat_id: str, appended: Appended) -> 
     """The messages `new` as one append stored them, the last with seq `appended.last_seq`."""
     first, now = appended.last_seq - len(new) + 1, appended.created_at
     return [
-        Message(message_id, chat_id, first + n, m.role, m.content, now, m.model, m.usage, m.status, m.item)
+        Message(
+            message_id,
+            chat_id,
+            first + n,
+            m.role,
+            m.content,
+            now,
+            m.model,
+            m.usage,
+            m.status,
+            m.item,
+            m.incomplete_reason,
+        )
         for n, (message_id, m) in enumerate(new)
     ]
 
@@ -152,11 +171,14 @@ def chat_from_row(row: Row, when: When) -> Chat:
 
 def message_from_row(row: Row, when: When) -> Message:
     # Hot: a turn reads a window of messages, so positional arguments and a dict for the role.
-    message_id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item = row
+    message_id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item, why = (
+        row
+    )
     usage = None if prompt_tokens is None else Usage(prompt_tokens, completion_tokens)
     values = None if item is None else orjson.loads(item)
+    reason = None if why is None else REASONS[why]
     return Message(
-        message_id, chat_id, seq, ROLES[role], content, when(created_at), model, usage, STATUSES[status], values
+        message_id, chat_id, seq, ROLES[role], content, when(created_at), model, usage, STATUSES[status], values, reason
     )
 
 

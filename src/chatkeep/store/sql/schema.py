@@ -121,6 +121,8 @@ M009_CHAT_REVISIONS = ("ALTER TABLE chats ADD COLUMN revision {bigint} NOT NULL 
 # SQLite needs no schema for that; PostgreSQL adds two functions (postgres.py), so the migration
 # exists for both and changes nothing on SQLite.
 M010_FEWER_TURN_ROUND_TRIPS: tuple[str, ...] = ()
+# Why an incomplete reply was cut short (a stop, a timeout, the upstream failing, a shutdown...).
+M011_INCOMPLETE_REASONS = ("ALTER TABLE messages ADD COLUMN incomplete_reason {text}",)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -132,6 +134,7 @@ SHARED_MIGRATIONS = {
     "m008_context_summaries": M008_CONTEXT_SUMMARIES,
     "m009_chat_revisions": M009_CHAT_REVISIONS,
     "m010_fewer_turn_round_trips": M010_FEWER_TURN_ROUND_TRIPS,
+    "m011_incomplete_reasons": M011_INCOMPLETE_REASONS,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

@@ -81,7 +81,7 @@ class Statements:
         message_count, user_message_count, first_message_at, last_message_at)
     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $9)"""
     insert_message: str = """INSERT INTO messages ({message_columns})
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"""
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
     select_chat: str = "SELECT {chat_columns} FROM chats WHERE id = $1 AND owner = $2"
     chat_cursors: str = "SELECT id, rank FROM chats WHERE owner = $1 AND id IN ($2, $3)"
     chat_page: str = """SELECT {chat_columns} FROM chats
