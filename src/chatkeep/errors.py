@@ -131,6 +131,15 @@ class ChatBusyError(ChatkeepError):
     slug = "chat-busy"
 
 
+class OwnerBusyError(ChatkeepError):
+    """One owner already holds its share of this server's turns in flight (`owner_share`): the
+    others keep their room however many turns one of them starts."""
+
+    status = 429
+    title = "Too many of this owner's turns in flight"
+    slug = "owner-busy"
+
+
 class RateLimitedError(ChatkeepError):
     status = 429
     title = "Rate limit exceeded"

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 
+from chatkeep.api_keys import parse_api_keys
 from chatkeep.config import Settings
 from chatkeep.domain import Chat, ChatChanges, Message, NewMessage, Page, PageRequest, Role, Summary
 from chatkeep.errors import LLMUnavailableError, StoreUnavailableError
@@ -76,7 +77,12 @@ class ChatService:
         )
         # A held key is refreshed a few times per lease; one not refreshed for a whole lease lost its process.
         self._keys = IdempotencyKeys(store, abandoned_after=timedelta(seconds=settings.turn_lease))
-        queue = TurnQueue(metrics, max_waiting=settings.max_waiting_turns, max_in_flight=settings.max_turns_in_flight)
+        queue = TurnQueue(
+            metrics,
+            max_waiting=settings.max_waiting_turns,
+            max_in_flight=settings.max_turns_in_flight,
+            max_per_owner=_owner_share(settings),
+        )
         self.admission = Admission(store, queue, self._keys, metrics, rate_limit=rate_limit)
         self.running = RunningTurns()
         self.engine = TurnEngine(
@@ -230,6 +236,15 @@ class ChatService:
                 log.exception("purging expired idempotency keys failed")
             else:
                 log.info("purged %d expired idempotency keys", purged)
+
+
+def _owner_share(settings: Settings) -> int | None:
+    """How many turns in flight one owner may hold here; None when only one owner exists to hold them."""
+    keys = settings.api_keys
+    owners = len(set(parse_api_keys(keys.get_secret_value()).values())) if keys is not None else 1
+    if owners < 2 or settings.owner_share >= 1:
+        return None
+    return max(1, int(settings.max_turns_in_flight * settings.owner_share))
 
 
 def _llm_probe(settings: Settings) -> EndpointProbe | None:

@@ -70,3 +70,29 @@ async def test_a_burst_under_the_in_flight_bound_is_served_whole(client: httpx.A
     chats = [await new_chat(client) for _ in range(50)]
     statuses = [r.status_code for r in await asyncio.gather(*(post(client, c, "hi") for c in chats))]
     assert statuses == [201] * 50
+
+
+async def test_one_owner_holds_only_its_share_of_the_turns_in_flight(fake_llm: FakeOpenAI) -> None:
+    """Alice's long turns take her share (2 of 4) and no more: Bob still gets in."""
+    alice, bob = "alice-key-0123456789", "bob-key-0123456789ab"
+    fake_llm.latency = 0.5
+    settings = llm_settings(fake_llm, api_keys=f"alice={alice},bob={bob}", max_turns_in_flight=4, owner_share=0.5)
+    async with serve(settings) as client:
+        as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
+        alices = [(await client.post("/chats", headers=as_alice)).json()["id"] for _ in range(3)]
+        bobs = (await client.post("/chats", headers=as_bob)).json()["id"]
+        body = {"content": "a long one"}
+        running = [
+            asyncio.create_task(client.post(f"/chats/{c}/messages", json=body, headers=as_alice)) for c in alices[:2]
+        ]
+        await asyncio.sleep(0.1)
+        refused = await client.post(f"/chats/{alices[2]}/messages", json=body, headers=as_alice)
+        assert refused.status_code == 429
+        assert refused.json()["type"].endswith("owner-busy")
+        assert refused.headers["retry-after"] == "1"
+        served = await client.post(f"/chats/{bobs}/messages", json=body, headers=as_bob)
+        assert served.status_code == 201, served.text
+        assert [r.status_code for r in await asyncio.gather(*running)] == [201, 201]
+        assert (await client.get(f"/chats/{alices[2]}", headers=as_alice)).json()["message_count"] == 0
+        again = await client.post(f"/chats/{alices[2]}/messages", json=body, headers=as_alice)
+        assert again.status_code == 201, again.text

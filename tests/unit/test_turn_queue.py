@@ -16,7 +16,7 @@ async def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order() -> None:
 
     async def turn(n: int) -> None:
         nonlocal running
-        async with queue.join("chat"):
+        async with queue.join("chat", "alice"):
             running += 1
             assert running == 1
             await asyncio.sleep(0.001 * (5 - n % 5))
@@ -34,7 +34,7 @@ async def test_different_chats_run_at_once() -> None:
 
     async def turn(chat: str) -> None:
         nonlocal both
-        async with queue.join(chat):
+        async with queue.join(chat, "alice"):
             both += 1
             if both == 2:
                 inside.set()
@@ -48,14 +48,14 @@ async def test_waiting_is_bounded_and_the_line_is_dropped_when_idle() -> None:
     release = asyncio.Event()
 
     async def hold() -> None:
-        async with queue.join("chat"):
+        async with queue.join("chat", "alice"):
             await release.wait()
 
     tasks = [asyncio.create_task(hold()) for _ in range(3)]
     await asyncio.sleep(0)
     assert queue.waiting("chat") == 2
     with pytest.raises(ChatBusyError) as busy:
-        async with queue.join("chat"):
+        async with queue.join("chat", "alice"):
             pass
     assert busy.value.retry_after == 1.0
     release.set()
@@ -69,7 +69,7 @@ async def test_a_cancelled_waiter_gives_up_its_place() -> None:
     release = asyncio.Event()
 
     async def hold() -> None:
-        async with queue.join("chat"):
+        async with queue.join("chat", "alice"):
             await release.wait()
 
     holder = asyncio.create_task(hold())

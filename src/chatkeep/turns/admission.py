@@ -9,7 +9,8 @@ order, the cheapest refusal first and nothing counted against a request that is 
 3. the Idempotency-Key: a request that already succeeded gets its stored result here, before any
    limit is counted; one still in flight is a 409, one reused for another body a 422;
 4. the owner's rate slot (429);
-5. a place in the chat's queue (429 when too many already wait).
+5. a place in the chat's queue (429 when the owner already has its share of the turns in
+   flight, or too many already wait on the chat).
 
 What is admitted is then run by the engine, now or in the background, which settles the key
 when the turn ends. A refusal after the key was claimed gives it back.
@@ -72,7 +73,7 @@ class Admission:
             if self._rate_limit is not None:
                 await self._rate_limit.check(owner)
             # A turn on no chat waits for nothing; its own queue counts it in flight.
-            queued = self._queue.join(chat_id if chat_id is not None else secrets.token_hex(8))
+            queued = self._queue.join(chat_id if chat_id is not None else secrets.token_hex(8), owner)
         except BaseException:
             await held.settle()
             raise
