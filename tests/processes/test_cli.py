@@ -221,16 +221,16 @@ def test_several_workers_on_sqlite_share_the_chats(tmp_path: Path) -> None:
 async def test_chat_client_streams_replies_and_runs_its_commands(offline_client: httpx.AsyncClient) -> None:
     output = await run_chat(offline_client, "hello there\n/summary\n/list\n/new\n/quit\nnever sent\n")
     chats = (await offline_client.get("/chats")).json()["data"]
-    assert len(chats) == 2  # the first, and the one /new made
-    first = chats[1]["id"]
+    assert len(chats) == 1  # /new makes no chat before its first message
+    first = chats[0]["id"]
     assert output.startswith(f"new chat {first}")
     messages = (await offline_client.get(f"/chats/{first}/messages")).json()["data"]
     assert [m["content"] for m in messages[:1]] == ["hello there"]
     assert f"assistant> {messages[1]['content']}" in output
     assert "2 messages (1 yours)" in output
     assert "  - hello there" in output
-    assert f"* {first}" in output
-    assert f"new chat {chats[0]['id']}" in output
+    assert re.search(rf"^\*  1  \(untitled\)  \(2 messages, .+\)  {first}$", output, re.MULTILINE)
+    assert "new chat: it is created when you send its first message" in output
     assert "never sent" not in str(messages)
 
 
@@ -246,11 +246,11 @@ async def test_chat_client_resumes_a_chat_with_its_latest_messages(offline_clien
 async def test_chat_client_says_when_the_server_is_not_there() -> None:
     process = await asyncio.create_subprocess_exec(
         CHATKEEP, "chat", "--url", f"http://127.0.0.1:{free_port()}",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=clean_env(),
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=clean_env(),
     )  # fmt: skip
-    stdout, _ = await asyncio.wait_for(process.communicate(), 30)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
-    assert b"cannot start a chat" in stdout
+    assert stderr.startswith(b"chatkeep chat: cannot reach chatkeep at http://127.0.0.1:")
 
 
 async def test_chat_client_sends_its_api_key() -> None:
