@@ -36,6 +36,7 @@ from chatkeep.openai_compat.errors import OpenAIErrors
 from chatkeep.openai_compat.responses import Responses
 from chatkeep.rate_limit import open_rate_limit
 from chatkeep.service import ChatService
+from chatkeep.shutdown import winding_down_on_exit
 from chatkeep.store import open_store
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -100,13 +101,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _tune_garbage_collector()
             metrics.start()
             try:
-                yield {
-                    "service": service,
-                    "conversations": Conversations(service),
-                    "responses": Responses(service),
-                    "api_keys": api_keys,
-                    "metrics": metrics,
-                }
+                with winding_down_on_exit(service.running.aclose, settings.shutdown_grace):
+                    yield {
+                        "service": service,
+                        "conversations": Conversations(service),
+                        "responses": Responses(service),
+                        "api_keys": api_keys,
+                        "metrics": metrics,
+                    }
             finally:
                 await service.aclose()
                 await metrics.aclose()

@@ -107,36 +107,44 @@ async def test_sigterm_lets_turns_in_flight_finish_and_store(fake_llm: FakeOpenA
             ]
 
 
-async def test_a_stream_past_the_grace_is_stored_as_far_as_it_got(fake_llm: FakeOpenAI, tmp_path: Path) -> None:
+async def test_a_stream_past_the_grace_ends_with_its_incomplete_reply_before_the_grace_is_over(
+    fake_llm: FakeOpenAI, tmp_path: Path
+) -> None:
+    """SIGTERM while a reply streams longer than the grace: the client gets the stored text as the
+    final event (incomplete, `shutdown`) over its connection, and the log holds no error."""
     words = [f"word{n}" for n in range(40)]
     fake_llm.queue(Scripted(content=" ".join(words), chunk_delay=0.1))
     env = {
         "CHATKEEP_STORE": f"sqlite:///{tmp_path / 'grace.db'}",
         "OPENAI_BASE_URL": fake_llm.url,
         "OPENAI_API_KEY": "sk-test",
-        "CHATKEEP_SHUTDOWN_GRACE": "0.5",
+        "CHATKEEP_SHUTDOWN_GRACE": "1",
     }
     async with chatkeep_server(env, tmp_path / "grace.log") as server:
         chat_id = await new_chat(server.client)
-        received: list[str] = []
-
-        async def stream() -> None:
-            body = {"content": "a long answer please", "stream": True}
-            async with server.client.stream("POST", f"/chats/{chat_id}/messages", json=body) as response:
-                async for event in sse_events(response.aiter_lines()):
-                    if event.get("event") == "delta":
-                        received.append(event["data"]["content"])
-
-        reader = asyncio.create_task(stream())
-        await asyncio.sleep(0.8)
-        server.process.send_signal(signal.SIGTERM)
+        body = {"content": "a long answer please", "stream": True}
+        async with server.client.stream("POST", f"/chats/{chat_id}/messages", json=body) as response:
+            events = []
+            async for event in sse_events(response.aiter_lines()):
+                events += [event] if "event" in event else []
+                if len(events) == 5:
+                    server.process.send_signal(signal.SIGTERM)
         assert await server.process.wait() in GRACEFUL_EXIT
-        await asyncio.gather(reader, return_exceptions=True)  # cut off when the grace ran out
+    received = "".join(event["data"]["content"] for event in events if event["event"] == "delta")
+    final = events[-1]
+    assert (final["event"], final["data"]["status"], final["data"]["incomplete_reason"]) == (
+        "assistant_message",
+        "incomplete",
+        "shutdown",
+    )
+    assert final["data"]["content"] == received
+    assert 0 < len(received.split()) < len(words)
+    log = (tmp_path / "grace.log").read_text()
+    assert "ERROR" not in log
+    assert "Traceback" not in log
     async with chatkeep_server(env, tmp_path / "restarted.log") as server:
         _, reply = await all_messages(server.client, chat_id)
-    assert reply["status"] == "incomplete"
-    assert reply["content"].startswith("".join(received))
-    assert 0 < len(reply["content"].split()) < len(words)
+    assert (reply["content"], reply["status"], reply["incomplete_reason"]) == (received, "incomplete", "shutdown")
 
 
 BAD_SETTINGS = {
