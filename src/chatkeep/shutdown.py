@@ -54,14 +54,14 @@ def winding_down_on_exit(wind_down: Callable[[], Awaitable[None]], grace: float)
         loop.call_soon_threadsafe(start)
         _pass_on(number, frame, previous[number])
 
-    for number in EXIT_SIGNALS:
-        previous[number] = signal.signal(number, handler)
+    for exit_signal in EXIT_SIGNALS:
+        previous[exit_signal] = signal.signal(exit_signal, handler)
     try:
         yield
     finally:
-        for number, before in previous.items():
-            if signal.getsignal(number) is handler:
-                signal.signal(number, before)
+        for exit_signal in EXIT_SIGNALS:
+            if signal.getsignal(exit_signal) is handler:
+                signal.signal(exit_signal, previous[exit_signal])
         for task in started:
             task.cancel()
 
