@@ -209,6 +209,24 @@ class ChatService:
         assert events is not None
         return events
 
+    async def answer_again(
+        self, owner: str, chat_id: str, question_id: str, *, streamed: bool, key: IdempotencyKey | None = None
+    ) -> AnsweredTurn | TurnEvents:
+        """Run the reply to a stored question whose reply was lost (the LLM failed, or the server
+        stopped before storing it), as a turn; ChatMovedOnError when it is no longer the chat's
+        last message. Its events when `streamed`, else the answered turn."""
+        admitted = await self.admission.admit(owner, chat_id, key)
+        if admitted.replay is not None:
+            turn = await self._replayed(admitted)
+            return TurnEvents.ended(turn.user_message, turn.assistant_message) if streamed else turn
+        again = NewTurn([], _ids_of, answers=question_id)
+        if streamed:
+            events = self.engine.start(admitted, again).events
+            assert events is not None
+            return events
+        outcome = await self.engine.run(admitted, again)
+        return AnsweredTurn(outcome.inputs[-1], outcome.outputs[0])
+
     async def turn_events(
         self, owner: str, chat_id: str, user_message_id: str, last_event_id: str | None
     ) -> AsyncIterator[list[TurnEvent]]:

@@ -109,3 +109,38 @@ async def test_slow_streams_never_open_the_breaker_while_a_dead_upstream_does(fa
         assert [(await post(client, chat_id, "hello?")).status_code for _ in range(3)] == [504, 504, 503]
         refused = await post(client, chat_id, "hello?")
         assert refused.json()["type"].endswith("llm-circuit-open")
+
+
+async def test_a_question_whose_reply_was_lost_is_answered_again_in_place(fake_llm: FakeOpenAI, store_url: str) -> None:
+    """After a reload the page has no Idempotency-Key to retry with: the question's own retry runs its reply."""
+    async with serve(llm_settings(fake_llm, store=store_url, llm_max_retries=0)) as client:
+        chat_id = await new_chat(client)
+        fake_llm.queue(Scripted(status=500), Scripted(status=500))
+        lost = (await post(client, chat_id, "first try")).json()["user_message_id"]
+        retry = f"/chats/{chat_id}/messages/{lost}/retry"
+        failed_again = await client.post(retry)
+        assert failed_again.status_code == 502
+        assert failed_again.json()["user_message_id"] == lost
+        fake_llm.queue(Scripted(content="at last"))
+        seen: list[tuple[str, Any]] = []
+        async with client.stream("POST", retry, json={"stream": True}) as r:
+            async for event in sse_events(r.aiter_lines()):
+                seen += [(event["event"], event["data"])] if "event" in event else []
+        assert [kind for kind, _ in seen if kind != "delta"] == ["user_message", "assistant_message"]
+        assert (seen[0][1]["id"], seen[-1][1]["content"]) == (lost, "at last")
+        answered_twice = await client.post(retry)
+        assert answered_twice.status_code == 409
+        assert answered_twice.json()["type"].endswith("chat-moved-on")
+        stored = await messages_of(client, chat_id)
+        assert [(m["role"], m["content"]) for m in stored] == [("user", "first try"), ("assistant", "at last")]
+        not_a_question = await client.post(f"/chats/{chat_id}/messages/{stored[1]['id']}/retry")
+        assert (not_a_question.status_code, not_a_question.json()["param"]) == (400, "user_message_id")
+        assert (await client.post(f"/chats/{chat_id}/messages/msg_nope/retry")).status_code == 404
+        assert len(await messages_of(client, chat_id)) == 2
+        plain = await post(client, chat_id, "then plainly")
+        assert plain.status_code == 201, plain.text
+        assert fake_llm.prompts[-1][1:] == [
+            {"role": "user", "content": "first try"},
+            {"role": "assistant", "content": "at last"},
+            {"role": "user", "content": "then plainly"},
+        ]

@@ -30,6 +30,7 @@ from chatkeep.api.schemas import (
     MessageList,
     MessageOut,
     Problem,
+    RetryIn,
     SummaryOut,
     TurnOut,
 )
@@ -37,6 +38,7 @@ from chatkeep.domain import ChatChanges
 from chatkeep.errors import UnauthorizedError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.metrics import CONTENT_TYPE
+from chatkeep.turns.events import TurnEvents
 
 PROBLEM = "application/problem+json"
 
@@ -187,6 +189,33 @@ async def resume_turn_events(
     """Resume a streamed turn after `Last-Event-ID`: live while it runs, else its final event."""
     events = await service.turn_events(owner, chat_id, user_message_id, last_event_id)
     return sse.EventStream(events, sse.turn_event)
+
+
+@router.post(
+    "/chats/{chat_id}/messages/{user_message_id}/retry",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TurnOut,
+    tags=["messages"],
+    responses=STREAMED_TURN | _problems(404, 409, 413, 422, 429, 502, 503, 504),
+)
+async def retry_turn(
+    service: ServiceDep,
+    owner: OwnerDep,
+    chat_id: str,
+    user_message_id: str,
+    idempotency_key: IdempotencyKeyHeader = None,
+    body: Annotated[RetryIn | None, Body()] = None,
+) -> Response:
+    """Answer a stored question whose reply was lost (the LLM failed, or the server stopped before
+    storing it): the reply is run again, as a turn. 409 `chat-moved-on` when it is no longer the
+    chat's last message (it has a reply, or messages came after it)."""
+    body = body or RetryIn()
+    route = f"POST /chats/{chat_id}/messages/{user_message_id}/retry"
+    key = _key(idempotency_key, route, body, exclude={"stream"})
+    answered = await service.answer_again(owner, chat_id, user_message_id, streamed=body.stream, key=key)
+    if isinstance(answered, TurnEvents):
+        return sse.EventStream(answered.follow(), sse.turn_event)
+    return json_response(answered, status=201)
 
 
 @router.post(

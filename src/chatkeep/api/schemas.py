@@ -120,6 +120,12 @@ class MessageList(BaseModel):
     has_more: bool
 
 
+class RetryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stream: bool = Field(default=False, description="answer with the turn's server-sent events")
+
+
 class TurnOut(BaseModel):
     user_message: MessageOut
     assistant_message: MessageOut

@@ -24,7 +24,14 @@ from types import TracebackType
 
 from chatkeep.context import build_context
 from chatkeep.domain import IncompleteReason, Message, MessageStatus, NewMessage, PromptMessage, Role, new_id, utcnow
-from chatkeep.errors import ChatkeepError, ChatMovedOnError, LLMError, LLMTimeoutError, TurnStoppedError
+from chatkeep.errors import (
+    ChatkeepError,
+    ChatMovedOnError,
+    InvalidInputError,
+    LLMError,
+    LLMTimeoutError,
+    TurnStoppedError,
+)
 from chatkeep.llm import LLM, Reply
 from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.metrics import Metrics
@@ -59,6 +66,7 @@ class NewTurn:
     answered: bool = True  # False: the inputs are stored and that is all (conversation items)
     chain: Chain | None = None  # set for a response chained to earlier ones: no chat, its own prompt
     kept: Callable[[TurnOutcome], Awaitable[None]] | None = None  # once the reply is stored, before the turn ends
+    answers: str | None = None  # a stored question whose reply was lost, answered (no inputs then)
 
 
 class TurnEngine:
@@ -156,8 +164,9 @@ class TurnEngine:
         if chat is None:
             assert turn.chain is not None
             return turn.chain.inputs, None
-        if key.retry_of is not None:
-            return await self._retried(owner, chat.id, key.retry_of)
+        retry_of = key.retry_of or turn.answers
+        if retry_of is not None:
+            return await self._retried(owner, chat.id, retry_of)
         if ticket is not None and ticket.question is not None:  # stored as the turn was granted
             return [ticket.question], ticket.system_prompt
         content = _question_of(turn, admitted)
@@ -169,10 +178,14 @@ class TurnEngine:
         )
 
     async def _retried(self, owner: str, chat_id: str, question_id: str) -> tuple[list[Message], str | None]:
+        """The stored question whose reply is run again: it must still be the chat's last message."""
         question = await self._store.get_message(owner, chat_id, question_id)
+        if question.role is not Role.USER or question.item is not None:
+            raise InvalidInputError(f"{question.id!r} is not a question of the user's", param="user_message_id")
         if (await self._store.message_stats(owner, chat_id)).last_seq != question.seq:
             raise ChatMovedOnError(
-                f"messages came after {question.id!r} since its reply failed; post it again with a new key"
+                f"{question.id!r} is no longer the chat's last message: it has a reply, or messages came after it;"
+                " post it again as a new message"
             )
         return [question], (await self._store.get_chat(owner, chat_id)).system_prompt
 
@@ -270,6 +283,7 @@ def _question_of(turn: NewTurn, admitted: Admitted) -> str | None:
     inputs = turn.inputs
     if (
         turn.answered
+        and turn.answers is None
         and admitted.key.retry_of is None
         and len(inputs) == 1
         and inputs[0].item is None
