@@ -4,6 +4,7 @@ The fake upstream writes at a set pace on a real socket; the deadlines are set s
 reply lasting a few seconds is longer than each of them.
 """
 
+import time
 from typing import Any
 
 import httpx
@@ -64,10 +65,14 @@ async def test_a_reply_that_begins_late_but_within_its_deadline_completes(fake_l
 async def test_a_reply_cut_mid_way_keeps_its_text_as_incomplete(
     fake_llm: FakeOpenAI, store_url: str, answer: Scripted, reason: str
 ) -> None:
+    """The idle deadline applies as soon as the reply begins, however long the first-token one is."""
     fake_llm.queue(answer)
-    async with serve(llm_settings(fake_llm, store=store_url, **QUICK)) as client:
+    deadlines = QUICK | {"llm_first_token_timeout": 30}
+    async with serve(llm_settings(fake_llm, store=store_url, **deadlines)) as client:
         chat_id = await new_chat(client)
+        started = time.monotonic()
         seen = await streamed_turn(client, chat_id, "a long one")
+        assert time.monotonic() - started < 3
         written = "".join(data["content"] for kind, data in seen if kind == "delta")
         assert written == "word0 word1 word2 "
         kind, reply = seen[-1]

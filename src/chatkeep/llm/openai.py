@@ -98,9 +98,10 @@ class _Watchdog:
     """Ends a stream that stays silent past its deadline: the first-token one until the reply
     begins, then `idle` after the last chunk; the call's cap throughout.
 
-    One timer that moves on only when it fires: arming a timeout per chunk would cost more than
-    reading the chunk. When it finds a deadline passed it fails the response's next read, which
-    works whichever task is reading, even across the stream's yields.
+    One timer that moves on only when it fires (and once more when the reply begins, its deadline
+    then drawing nearer): arming a timeout per chunk would cost more than reading the chunk. When
+    it finds a deadline passed it fails the response's next read, which works whichever task is
+    reading, even across the stream's yields.
     """
 
     __slots__ = ("_call", "_response", "_timer", "begun", "heard")
@@ -114,6 +115,13 @@ class _Watchdog:
     def _due(self) -> float:
         call = self._call
         return min(call.end, self.heard + call.deadlines.idle if self.begun else call.first_due)
+
+    def begin(self) -> None:
+        """The reply is under way: from now on the idle deadline applies, usually nearer than the
+        first-token one the timer waits for, so it is set anew (once per call)."""
+        self.begun = True
+        self._timer.cancel()
+        self._timer = self._call.loop.call_at(self._due(), self._alarm)
 
     def _alarm(self) -> None:
         due = self._due()
@@ -186,7 +194,8 @@ class OpenAICompatibleLLM:
                 # The deltas that arrived together travel on as one: each hop after this one
                 # (wrappers, the turn's log, the SSE writer) then costs once per read, not per token.
                 deltas = chunks.feed(data)
-                watchdog.begun = chunks.begun
+                if chunks.begun and not watchdog.begun:
+                    watchdog.begin()
                 if deltas:
                     yield "".join(deltas)
                 if chunks.done:
