@@ -511,8 +511,8 @@ async def test_the_offline_provider_says_how_to_connect_a_model(tab: Tab) -> Non
 
         notice = tab.page.get_by_role("note")
         await expect(notice).to_contain_text("No language model is connected")
-        await expect(notice).to_contain_text("OPENAI_API_KEY")
-        await expect(notice).to_contain_text("OPENAI_BASE_URL for Ollama, vLLM, LM Studio")
+        await expect(notice).to_contain_text("OPENAI_API_KEY for OpenAI")
+        await expect(notice).to_contain_text("OPENAI_BASE_URL to the URL of Ollama, vLLM, LM Studio")
         await expect(notice).to_contain_text("restart chatkeep")
         await expect(tab.replies.get_by_text("offline, no model connected")).to_be_visible()
 
@@ -534,6 +534,67 @@ async def test_a_failed_reply_says_what_to_do_and_retries_once(tab: Tab, fake_ll
             ("user", "Will this work?"),
             ("assistant", "echo: Will this work?"),
         ]
+
+
+async def test_a_lost_reply_reopened_after_a_reload_offers_a_retry_that_answers_it(
+    tab: Tab, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.queue(Scripted(status=500))
+    async with serve(llm_settings(fake_llm, llm_max_retries=0)) as api:
+        chat_id = await chat_with(api, "Lost")
+        failed = await api.post(f"/chats/{chat_id}/messages", json={"content": "Are you there?"})
+        assert failed.status_code == 502
+        await tab.open(api, f"#{chat_id}")
+        alert = tab.replies.get_by_role("alert")
+        await expect(alert).to_contain_text("The reply was lost")
+        await expect(alert).to_contain_text("Your question is stored")
+        await expect(alert).not_to_contain_text("deleted")
+
+        await alert.get_by_role("button", name="Retry").click()
+
+        await expect(tab.replies).to_have_attribute("data-status", "completed")
+        await expect(tab.replies.locator(".message-body")).to_have_text("echo: Are you there?")
+        stored = await messages_of(api, chat_id)
+        assert [(m["role"], m["content"]) for m in stored] == [
+            ("user", "Are you there?"),
+            ("assistant", "echo: Are you there?"),
+        ]
+
+
+async def test_a_reply_cut_short_says_why_and_goes_on_with_continue_or_retry(tab: Tab, fake_llm: FakeOpenAI) -> None:
+    fake_llm.queue(Scripted(content=words(30), stall_after=6))  # the role, five words, then silence
+    async with serve(llm_settings(fake_llm, llm_idle_timeout=0.5)) as api:
+        await tab.open(api)
+        await tab.send("Tell me everything")
+        reply = tab.replies.first
+        await expect(reply).to_have_attribute("data-status", "incomplete")
+        await expect(reply.get_by_text("Cut short: the model went silent")).to_be_visible()
+        await expect(reply.locator(".message-body")).to_have_text(words(5))
+
+        await tab.page.reload()  # the offer comes back with the chat
+        await expect(tab.replies.first.get_by_role("button", name="Retry")).to_be_visible()
+        await tab.replies.first.get_by_role("button", name="Retry").click()
+        await expect(tab.replies.nth(1)).to_have_attribute("data-status", "completed")
+        await expect(tab.page.get_by_role("button", name="Continue")).to_have_count(0)
+
+        chat_id = await tab.chat_id()
+        stored = await messages_of(api, chat_id)
+        assert [(m["role"], m["content"], m["incomplete_reason"]) for m in stored] == [
+            ("user", "Tell me everything", None),
+            ("assistant", words(5) + " ", "timeout"),
+            ("user", "Tell me everything", None),
+            ("assistant", "echo: Tell me everything", None),
+        ]
+
+
+async def test_a_model_that_never_answers_is_not_blamed_on_the_question(tab: Tab, fake_llm: FakeOpenAI) -> None:
+    fake_llm.queue(Scripted(hang=True))
+    async with serve(llm_settings(fake_llm, llm_first_token_timeout=0.5, llm_max_retries=0)) as api:
+        await tab.open(api)
+        await tab.send("Hello?")
+        alert = tab.replies.get_by_role("alert")
+        await expect(alert).to_contain_text("did not begin its reply in time")
+        await expect(alert).not_to_contain_text("shorter")
 
 
 async def test_a_rate_limited_question_says_when_to_try_again(tab: Tab, fake_llm: FakeOpenAI) -> None:

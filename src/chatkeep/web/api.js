@@ -91,6 +91,15 @@ export class Api {
     });
   }
 
+  /** The streamed turn answering the stored question `userMessageId` again, its reply lost. */
+  retryTurn(chatId, userMessageId, { idempotencyKey }) {
+    const path = `/chats/${encodeURIComponent(chatId)}/messages/${encodeURIComponent(userMessageId)}/retry`;
+    return this.request("POST", path, {
+      body: { stream: true },
+      headers: { "Idempotency-Key": idempotencyKey, Accept: "text/event-stream" },
+    });
+  }
+
   /** The events of a streamed turn after `lastEventId`, ending with its final event. */
   resumeTurn(chatId, userMessageId, lastEventId) {
     const path = `/chats/${encodeURIComponent(chatId)}/messages/${encodeURIComponent(userMessageId)}/events`;

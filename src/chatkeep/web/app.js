@@ -13,12 +13,20 @@ import { Composer } from "./composer.js";
 import { Conversation } from "./conversation.js";
 import { announce, byId } from "./dom.js";
 import { KeyDialog } from "./key-dialog.js";
-import { ReplyView, confirmQuestion, pendingQuestion, unsentQuestion } from "./messages.js";
+import {
+  ReplyView,
+  confirmQuestion,
+  offerToGoOn,
+  pendingQuestion,
+  unsentQuestion,
+  withdrawOffers,
+} from "./messages.js";
 import { problemNotice } from "./problems.js";
 import { SummaryPanel } from "./summary.js";
 import { Turn } from "./turn.js";
 
 const TITLE_CHARS = 60;
+const CONTINUE = "Please continue from where you stopped.";
 const NARROW = window.matchMedia("(max-width: 899px)");
 
 class ChatPage {
@@ -201,6 +209,7 @@ class ChatPage {
   }
 
   startTurn(chatId, turn, question) {
+    withdrawOffers(this.conversation.list);
     const running = { turn, question, reply: this.replyView() };
     turn.view = this.turnView(chatId, running);
     this.turns.set(chatId, running);
@@ -218,7 +227,12 @@ class ChatPage {
   attachTurn(chatId, newest) {
     const running = this.turns.get(chatId);
     if (running === undefined) {
-      if (newest[0]?.role === "user") this.followTurn(chatId, newest[0]);
+      const [last, question] = newest;
+      if (last?.role === "user") this.followTurn(chatId, last);
+      if (last?.status === "incomplete" && question?.role === "user") {
+        const article = this.conversation.list.querySelector(`[data-id="${CSS.escape(last.id)}"]`);
+        if (article) this.offerToGoOn(chatId, article, question.content);
+      }
       return;
     }
     const id = running.turn.userMessageId;
@@ -237,7 +251,10 @@ class ChatPage {
         running.reply.finish(message);
         this.turnEnded(chatId);
         this.conversation.noticeMessage(message);
-        if (message.status === "incomplete") announce("Reply stopped.");
+        if (message.status !== "incomplete") return;
+        announce(message.incomplete_reason === "stopped" ? "Reply stopped." : "Reply cut short.");
+        const question = questionBefore(running.reply.element);
+        if (question !== null) this.offerToGoOn(chatId, running.reply.element, question);
       },
       failed: (error) => this.turnFailed(chatId, running, error),
       stopFailed: (error) => {
@@ -276,8 +293,17 @@ class ChatPage {
       this.chats.remove(chatId);
       actions.push({ label: "Start a new chat", run: () => this.newChat() });
     }
-    const retry = turn.retryable && error.slug !== "chat-not-found" ? () => this.retryTurn(chatId, running) : null;
+    const retry = error.slug !== "chat-not-found" ? () => this.retryTurn(chatId, running) : null;
     running.reply.fail(error, { retry, actions });
+  }
+
+  /** Continue or Retry below `article`, the newest reply of `chatId`, cut short. */
+  offerToGoOn(chatId, article, question) {
+    const ask = (text) => {
+      if (this.chat?.id !== chatId || this.turns.has(chatId)) return;
+      this.startTurn(chatId, new Turn(this.api, chatId, text, null), pendingQuestion(text));
+    };
+    offerToGoOn(article, { onContinue: () => ask(CONTINUE), onRetry: () => ask(question) });
   }
 
   retryTurn(chatId, running) {
@@ -386,6 +412,12 @@ class ChatPage {
 }
 
 /** A chat's title from its first question: its first words on one line. */
+/** The text of the question right above `article` (a reply), or null. */
+function questionBefore(article) {
+  const question = article.previousElementSibling;
+  return question?.classList.contains("message-user") ? question.querySelector(".message-text").textContent : null;
+}
+
 function titleFor(text) {
   const line = text
     .replace(/[\x00-\x1f\x7f]+/g, " ")

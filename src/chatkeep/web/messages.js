@@ -11,6 +11,16 @@ import { problemNotice } from "./problems.js";
 export const OFFLINE_MODEL = "chatkeep-offline";
 const COPIED_MS = 1500;
 
+// Why a reply is incomplete, as its tag says it (the server's `incomplete_reason`).
+const CUT_SHORT = {
+  stopped: "Stopped: incomplete reply",
+  max_tokens: "Cut short: it reached the token limit",
+  content_filter: "Cut short by the model's content filter",
+  timeout: "Cut short: the model went silent",
+  upstream_error: "Cut short: the model's stream broke off",
+  shutdown: "Cut short: the server shut down",
+};
+
 /** The <article> showing the stored `message`. */
 export function messageElement(message) {
   const article = h("article", { className: `message message-${message.role}` });
@@ -40,12 +50,19 @@ function replyBody(text) {
 function footer(message) {
   const facts = [timeElement(message.created_at)];
   if (message.role === "assistant" && message.model === OFFLINE_MODEL) {
-    facts.push(h("span", { className: "tag tag-offline", text: "offline, no model connected" }));
+    facts.push(
+      h("span", {
+        className: "tag tag-offline",
+        text: "offline, no model connected",
+        attrs: { title: "chatkeep answers by itself until a model is connected (OPENAI_BASE_URL or OPENAI_API_KEY)" },
+      }),
+    );
   } else if (message.role === "assistant" && message.model) {
     facts.push(h("span", { className: "model", text: message.model }));
   }
   if (message.status === "incomplete") {
-    facts.push(h("span", { className: "tag tag-incomplete", text: "Stopped: incomplete reply" }));
+    const text = CUT_SHORT[message.incomplete_reason] ?? "Incomplete reply";
+    facts.push(h("span", { className: "tag tag-incomplete", text }));
   }
   if (message.role === "assistant" && message.content) facts.push(copyButton(() => message.content, "Copy reply"));
   return h("footer", { className: "message-meta", title: fullTime(message.created_at) }, facts);
@@ -84,6 +101,21 @@ export function pendingQuestion(content) {
     h("div", { className: "message-body message-text", text: content }),
     h("footer", { className: "message-meta" }, h("span", { text: "Sending…" })),
   );
+}
+
+/**
+ * Offer to go on from `article`, the chat's newest reply when it was cut short: Continue asks the
+ * model to go on from there, Retry asks the question again (each a new turn).
+ */
+export function offerToGoOn(article, { onContinue, onRetry }) {
+  article.querySelector(".reply-actions")?.remove();
+  const button = (label, run) => h("button", { type: "button", className: "button", text: label, on: { click: run } });
+  article.append(h("div", { className: "reply-actions" }, button("Continue", onContinue), button("Retry", onRetry)));
+}
+
+/** Take the offer of `offerToGoOn` back from wherever it is (a new turn began). */
+export function withdrawOffers(root) {
+  for (const actions of root.querySelectorAll(".reply-actions")) actions.remove();
 }
 
 /** Mark `article` (a pending question) as not stored: its turn failed before the server had it. */

@@ -17,7 +17,34 @@ const ADVICE = {
   500: "chatkeep failed unexpectedly. Its log has the details; try again.",
   502: "The language model answered with an error. Try again; if it keeps failing, check the model server.",
   503: "The service is unavailable for the moment.",
-  504: "The language model took too long to answer. Try again, perhaps with a shorter question.",
+  504: "The language model did not begin its reply in time: it may be overloaded, or still loading. Try again.",
+};
+
+// What happened, by the problem's slug, where the status alone would mislead.
+const BY_SLUG = {
+  "chat-not-found": {
+    title: "Chat not found",
+    advice: "This chat no longer exists: it was deleted, perhaps in another tab. Pick another chat or start a new one.",
+  },
+  "reply-not-found": {
+    title: "The reply was lost",
+    advice:
+      "Your question is stored, but no reply to it was: the language model failed, or the server stopped, " +
+      "while it was written. Retry to ask it again.",
+  },
+  "chat-moved-on": { title: "The chat has moved on", advice: "Other messages came since. Send your question again." },
+  "llm-unavailable": {
+    title: "The language model is unreachable",
+    advice: "chatkeep cannot reach its model server. Check that it is running, then try again.",
+  },
+  "llm-circuit-open": {
+    title: "The language model is failing",
+    advice: "It failed several times in a row, so chatkeep waits a little before asking it again.",
+  },
+  "owner-busy": {
+    title: "Too many of your replies at once",
+    advice: "Wait for one of your replies to finish.",
+  },
 };
 
 const TITLES = {
@@ -32,11 +59,10 @@ export function describe(error) {
     return { title: "Something went wrong on this page", advice: "Reload the page and try again.", detail: "" };
   }
   const kind = error.network ? "network" : error.status;
-  const title = TITLES[kind] ?? (error.title || `Error ${error.status}`);
-  let advice = ADVICE[kind] ?? ADVICE[Math.floor(error.status / 100) * 100] ?? "Try again.";
+  const known = error.network ? undefined : BY_SLUG[error.slug];
+  const title = known?.title ?? TITLES[kind] ?? (error.title || `Error ${error.status}`);
+  let advice = known?.advice ?? ADVICE[kind] ?? ADVICE[Math.floor(error.status / 100) * 100] ?? "Try again.";
   if (error.network && !navigator.onLine) advice = "This device is offline. Reconnect, then try again.";
-  if (error.slug === "chat-not-found") advice = "This chat no longer exists. Pick another chat or start a new one.";
-  if (error.slug === "chat-moved-on") advice = "Other messages came since. Send your question again.";
   if (error.status === 429 || error.status === 503) advice += ` ${waitAdvice(error.retryAfter)}`;
   if (error.status === 401 && error.detail.includes("not valid")) {
     advice = "That API key was refused. Check it and enter it again.";

@@ -5,6 +5,8 @@
 // (event "0"), a cut stream is resumed after the last event seen, with Last-Event-ID, and a
 // delta counts only when its id is above the last one counted, so no text is ever doubled.
 // Stop asks the server to end the reply where it is: its stored, incomplete reply ends the turn.
+// A turn followed after a reload has no key; retrying it asks the server to answer its stored
+// question again (a new key of its own), which works while that question is the chat's last.
 //
 // The turn reports to a view: question(message), progress(text), reconnecting(flag),
 // answered(message), failed(error) and stopFailed(error).
@@ -25,6 +27,7 @@ export class Turn {
     this.view = view;
     this.idempotencyKey = content === null ? null : newIdempotencyKey();
     this.userMessageId = userMessageId;
+    this.posted = userMessageId !== null; // the server has the turn: follow it rather than post it
     this.lastDelta = 0;
     this.text = "";
     this.ended = false;
@@ -37,10 +40,6 @@ export class Turn {
     return new Turn(api, chatId, null, view, { userMessageId });
   }
 
-  /** Whether the question can be posted again: a turn only followed never had its key. */
-  get retryable() {
-    return this.content !== null;
-  }
 
   async run() {
     let failures = 0;
@@ -64,12 +63,15 @@ export class Turn {
     }
   }
 
-  /** Post the question again (same key: the server answers it once) after a failure. */
+  /** Ask again after a failure: the question posted with its key (the server answers it once),
+   * or, for a turn only followed, its stored question answered again. */
   retry() {
     this.ended = false;
     this.stopping = false;
     this.cancelSent = false;
-    this.userMessageId = null;
+    this.posted = false;
+    if (this.content !== null) this.userMessageId = null;
+    else this.idempotencyKey = newIdempotencyKey();
     this.lastDelta = 0;
     this.text = "";
     return this.run();
@@ -77,7 +79,7 @@ export class Turn {
 
   async stop() {
     this.stopping = true;
-    if (this.ended || this.userMessageId === null || this.cancelSent) return;
+    if (this.ended || !this.posted || this.cancelSent) return;
     this.cancelSent = true;
     try {
       this.finish(await this.api.cancelTurn(this.chatId, this.userMessageId));
@@ -91,10 +93,10 @@ export class Turn {
   }
 
   open() {
-    if (this.userMessageId === null) {
-      return this.api.postTurn(this.chatId, this.content, { idempotencyKey: this.idempotencyKey });
-    }
-    return this.api.resumeTurn(this.chatId, this.userMessageId, String(this.lastDelta));
+    const key = { idempotencyKey: this.idempotencyKey };
+    if (this.posted) return this.api.resumeTurn(this.chatId, this.userMessageId, String(this.lastDelta));
+    if (this.content !== null) return this.api.postTurn(this.chatId, this.content, key);
+    return this.api.retryTurn(this.chatId, this.userMessageId, key);
   }
 
   async follow(response) {
@@ -120,6 +122,7 @@ export class Turn {
     const data = JSON.parse(event.data);
     if (event.event === "user_message") {
       this.userMessageId = data.id;
+      this.posted = true;
       this.view.question(data);
       if (this.stopping) this.stop();
     } else if (event.event === "delta") {
@@ -154,7 +157,7 @@ export class Turn {
     if (!error.network) return null;
     // Until the question is known stored, give up soon (and at once when offline): its notice
     // offers a retry, which sends the same key.
-    if (this.userMessageId === null && (failures >= POST_ATTEMPTS || !navigator.onLine)) return null;
+    if (!this.posted && (failures >= POST_ATTEMPTS || !navigator.onLine)) return null;
     const delay = RETRY_DELAYS_MS[Math.min(failures, RETRY_DELAYS_MS.length - 1)];
     return delay * (0.75 + Math.random() / 2);
   }
