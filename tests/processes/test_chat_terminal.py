@@ -125,7 +125,7 @@ async def test_ctrl_c_stops_a_streaming_reply_and_at_the_prompt_leaves(
     terminal.child.sendline("a long answer, please")
     await terminal.expect(r"w\d+ w\d+")  # it streams
     terminal.child.sendintr()
-    assert "incomplete" in await terminal.expect(PROMPT)
+    assert "stopped: the stored reply is incomplete" in await terminal.expect(PROMPT)
     [chat] = await chats_of(with_llm)
     reply = (await messages_of(with_llm, chat["id"]))[-1]
     assert reply["status"] == "incomplete"
@@ -227,3 +227,14 @@ async def test_a_server_with_keys_says_how_to_pass_one(tmp_path: Path) -> None:
         assert await terminal.exit_status() == 1
     [line] = terminal.transcript.getvalue().strip().splitlines()
     assert "pass --api-key or CHATKEEP_API_KEY" in line
+
+
+async def test_a_reply_cut_short_by_the_model_says_why(fake_llm: FakeOpenAI, tmp_path: Path) -> None:
+    fake_llm.queue(Scripted(content="one two three four five", stall_after=3))  # the role, two words, silence
+    env = {"OPENAI_BASE_URL": fake_llm.url, "CHATKEEP_LLM_IDLE_TIMEOUT": "0.5"}
+    async with chatkeep_server(env, tmp_path / "server.log") as server:
+        terminal = Terminal(url_of(server), tmp_path)
+        await terminal.expect(PROMPT)
+        assert "cut short: the model went silent" in await terminal.turn("tell me")
+        terminal.child.sendline("/quit")
+        assert await terminal.exit_status() == 0

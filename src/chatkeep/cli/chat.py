@@ -117,6 +117,21 @@ class Api:
         return Failure(f"lost the connection to chatkeep at {self.url} ({_reason(exc)})")
 
 
+CUT_SHORT = {
+    "stopped": "stopped",
+    "max_tokens": "cut short at the token limit",
+    "content_filter": "cut short by the model's content filter",
+    "timeout": "cut short: the model went silent",
+    "upstream_error": "cut short: the model's stream broke off",
+    "shutdown": "cut short: the server shut down",
+}
+
+
+def cut_short(message: dict[str, Any]) -> str:
+    """Why an incomplete reply ended early, in a few words."""
+    return CUT_SHORT.get(message.get("incomplete_reason") or "", "cut short")
+
+
 def _reason(exc: BaseException) -> str:
     """Why a connection failed, in a few words: "Connection refused", not asyncio's "Connect call failed"."""
     os_error = getattr(exc, "os_error", None)
@@ -233,7 +248,7 @@ class Screen:
             label = "you" if self.rich else message["role"]
             self.line(f"{label}> {message['content']}", "bold" if self.rich else "")
         if message.get("status") == "incomplete":
-            self.note("(stopped before it ended: incomplete)")
+            self.note(f"({cut_short(message)}: incomplete)")
 
     def reply(self) -> PlainReply | LiveReply:
         return LiveReply(self.console) if self.rich else PlainReply(self._out)
@@ -406,7 +421,7 @@ class Session:
         elif turn.ended is None:
             self.screen.error("the reply's stream ended early; /open the chat to see what was stored")
         elif turn.ended.get("status") == "incomplete":
-            self.screen.note("stopped: the stored reply is incomplete" if turn.stopping else "the reply is incomplete")
+            self.screen.note(f"{cut_short(turn.ended)}: the stored reply is incomplete")
 
     async def open(self, argument: str) -> None:
         """`/open N` continues chat N of the last /list, `/open chat_...` any chat by its id."""
