@@ -377,3 +377,24 @@ async def test_offline_provider_answers_the_sdk(tmp_path: Path) -> None:
         first = await sdk.responses.create(model="any", input="remember the word cobalt")
         second = await sdk.responses.create(model="any", input="which word?", previous_response_id=first.id)
     assert "cobalt" in second.output_text
+
+
+async def test_a_stream_the_model_cuts_short_ends_incomplete_with_its_text(fake_llm: FakeOpenAI) -> None:
+    """The SDK's stream gets `response.incomplete` naming the reason, and the text written is kept."""
+    fake_llm.queue(Scripted(content="one two three four five", stall_after=3))  # the role, two words, silence
+    async with serve(llm_settings(fake_llm, llm_idle_timeout=0.5)) as http, sdk_for(http) as sdk:
+        conversation = await sdk.conversations.create()
+        events = [
+            event
+            async for event in await sdk.responses.create(
+                model="fake-model", input="tell me", conversation=conversation.id, stream=True
+            )
+        ]
+        final = events[-1]
+        assert final.type == "response.incomplete"
+        assert (final.response.status, final.response.incomplete_details.reason) == ("incomplete", "timeout")
+        assert final.response.output_text == "one two "
+        stored = await sdk.responses.retrieve(final.response.id)
+        assert (stored.status, stored.output_text) == ("incomplete", "one two ")
+        items = await all_items(sdk, conversation.id, order="asc")
+        assert [item.content[0].text for item in items] == ["tell me", "one two "]
