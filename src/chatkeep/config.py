@@ -139,7 +139,9 @@ class Settings(BaseSettings):
         description="share of max_turns_in_flight one owner may hold when API keys name several owners (1: no share)",
     )
     llm_breaker_failures: int = Field(
-        default=5, ge=1, description="LLM calls failing in a row (unreachable, 5xx, timeout) that open the breaker"
+        default=5,
+        ge=1,
+        description="LLM calls failing in a row (unreachable, 5xx, a reply that never begins) that open the breaker",
     )
     llm_breaker_cooldown: Seconds = Field(
         default=10.0, gt=0, description="seconds the open breaker answers 503 before letting a probe call through"

@@ -7,7 +7,6 @@ cdn.redoc.ly; the pages' Content-Security-Policy refuses that inside the browser
 request is made, and the tests hold every such request to that: refused, never sent.
 """
 
-import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,23 +19,12 @@ from playwright.async_api import Browser, Page, Request, Route, expect
 
 from chatkeep.config import Settings
 from tests.support.app import serve
-from tests.support.browser import CHROMIUM, PageLog, open_chromium
+from tests.support.browser import PageLog
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 API_KEY = "alice-key-0123456789abcdef"
 HTTP_URL = re.compile(r"""(?:https?:)?//[^\s"'<>()]+""")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: install Debian's chromium package to run the docs pages' tests"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    async with open_chromium() as chromium:
-        yield chromium
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -7,7 +7,6 @@ console errors and uncaught exceptions, and a test fails on any it did not expec
 """
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ from playwright.async_api import Browser, BrowserContext, Dialog, Locator, Page,
 
 from chatkeep.config import Settings
 from tests.support.app import llm_settings, serve
-from tests.support.browser import CHROMIUM, PageLog, open_chromium
+from tests.support.browser import PageLog
 from tests.support.chats import messages_of
 from tests.support.fake_openai import FakeOpenAI, Scripted, error_body
 
@@ -41,17 +40,6 @@ RECORD_REPLY_TEXTS = """() => {
         if (text && window.replyTexts.at(-1) !== text) window.replyTexts.push(text);
     }).observe(messages, { subtree: true, childList: true, characterData: true });
 }"""
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: install Debian's chromium package to run the chat page's tests"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    async with open_chromium() as chromium:
-        yield chromium
 
 
 @pytest_asyncio.fixture(loop_scope="module")

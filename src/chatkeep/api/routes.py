@@ -196,7 +196,7 @@ async def resume_turn_events(
     status_code=status.HTTP_201_CREATED,
     response_model=TurnOut,
     tags=["messages"],
-    responses=STREAMED_TURN | _problems(404, 409, 413, 422, 429, 502, 503, 504),
+    responses=STREAMED_TURN | _problems(400, 404, 409, 413, 422, 429, 502, 503, 504),
 )
 async def retry_turn(
     service: ServiceDep,

@@ -1,4 +1,4 @@
-"""Versioned schema changes: ordered, named steps recorded in a table (llm's `m001_initial`).
+"""Versioned schema changes: ordered, named steps (`m001_initial`, ...) recorded in a table.
 
 The steps themselves are written once for both SQL stores in `schema`, which also applies the
 pending ones when a store opens, each in a transaction together with the row that records it,

@@ -6,8 +6,10 @@ from any process take consecutive seqs and a process that stalled past its lease
 tickets are taken and given back by PL/pgSQL functions that lock the row too, so a chat's
 tickets commit in number order, and a ticket given back NOTIFYs the chat's waiters in every
 process (one LISTEN connection each, which also carries `chatkeep_broadcast`). A turn's question
-rides with its ticket and its reply gives the ticket back, so a turn is two write round trips.
-The functions are released migrations: their names and bodies keep their first release's words.
+rides with its ticket and its reply gives the ticket back, so a turn is two write round trips
+(three when the reply is several messages, or incomplete with a reason, which m010's function
+predates: its ticket is then given back by a call of its own). The functions are released
+migrations: their names and bodies keep their first release's words.
 """
 
 import asyncio
