@@ -70,8 +70,9 @@ async def get_health() -> dict[str, str]:
 
 @operations.get("/readyz", responses=_problems(503))
 async def get_readiness(service: ServiceDep) -> dict[str, str]:
-    """Readiness: 200 once the store answers with its schema up to date and an LLM provider is
-    configured, else a 503 problem saying what is missing; needs no API key."""
+    """Readiness: 200 once the store answers with its schema up to date and the LLM endpoint
+    answers (unless `CHATKEEP_READYZ_PROBE_LLM=false`), naming each part; else a 503 problem
+    saying which part is down and why. Needs no API key."""
     return await service.readiness()
 
 
