@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     max_message_chars: Annotated[int, Shown("CHARS")] = Field(
         default=32000, ge=1, description="longer message content is refused (422)"
     )
+    max_chats: int = Field(default=10_000, ge=1, description="chats one owner may keep; creating one more is a 429")
+    max_chat_messages: int = Field(
+        default=100_000, ge=2, description="messages and items one chat may hold; adding more is a 429"
+    )
     max_waiting_turns: int = Field(default=8, ge=0, description="turns that may queue on one chat before 429")
     max_turns_in_flight: int = Field(default=2048, ge=1, description="turns running or waiting per process before 503")
     owner_share: Fraction = Field(
@@ -165,6 +169,23 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(default="text", description="text lines, or one JSON object per line")
     access_log: bool = Field(default=True, description="log one line per request")
+    max_header_bytes: Annotated[int, Shown("BYTES")] = Field(
+        default=16_384,
+        ge=1024,
+        le=1_048_576,
+        description="a request line and headers larger than this are refused (431)",
+    )
+    header_timeout: Seconds = Field(
+        default=10.0, gt=0, description="seconds a client may take to send a request's line and headers"
+    )
+    body_timeout: Seconds = Field(
+        default=30.0, gt=0, description="seconds a request's body may pause between two of its chunks"
+    )
+    allowed_hosts: Annotated[str | None, Shown("HOST,...")] = Field(
+        default=None,
+        description="Host header values served, comma-separated, `*` for any (unset: loopback names without API keys,"
+        " any with them)",
+    )
     shutdown_grace: Seconds = Field(
         default=30.0, ge=0, description="seconds requests and streams in flight get to finish on SIGTERM"
     )
