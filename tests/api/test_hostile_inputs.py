@@ -56,6 +56,27 @@ async def test_control_characters_are_refused_in_single_line_fields(
     assert (await offline_client.get("/chats")).json()["data"] == []
 
 
+@pytest.mark.parametrize(
+    "title",
+    ["\u202eexe.txt", "two\u2028lines", "two\u2029paragraphs", "c1\x85next-line", "\u2066isolated\u2069", "rlm\u200f"],
+    ids=["rtl-override", "line-separator", "paragraph-separator", "c1-control", "isolate", "rlm"],
+)
+async def test_titles_that_would_spoof_the_chat_list_are_refused(offline_client: httpx.AsyncClient, title: str) -> None:
+    created = await offline_client.post("/chats", json={"title": title})
+    assert created.status_code == 422, created.text
+    chat_id = await new_chat(offline_client, title="plain")
+    renamed = await offline_client.patch(f"/chats/{chat_id}", json={"title": title})
+    assert renamed.status_code == 422, renamed.text
+    assert [chat["title"] for chat in (await offline_client.get("/chats")).json()["data"]] == ["plain"]
+
+
+async def test_titles_in_any_script_are_kept(offline_client: httpx.AsyncClient) -> None:
+    titles = ["שלום עולם", "مرحبا", "日本語のタイトル", "emoji 👩‍💻 with a joiner"]
+    for title in titles:
+        assert (await offline_client.post("/chats", json={"title": title})).status_code == 201
+    assert sorted(chat["title"] for chat in (await offline_client.get("/chats")).json()["data"]) == sorted(titles)
+
+
 async def test_control_characters_in_content_round_trip(offline_client: httpx.AsyncClient) -> None:
     chat_id = await new_chat(offline_client)
     content = "colours \x1b[31mred\x1b[0m, a bell \x07, tabs\tand\r\nnew lines"

@@ -137,6 +137,17 @@ async def test_a_new_chat_streams_its_reply(tab: Tab, api: httpx.AsyncClient, fa
     await expect(tab.page.get_by_role("heading", level=1)).to_have_text("Plan three days in Rome")
 
 
+async def test_a_first_question_with_reordering_marks_still_makes_a_chat(tab: Tab, api: httpx.AsyncClient) -> None:
+    """The server refuses a title that carries a right-to-left override; the page leaves it out of the title."""
+    await tab.open(api)
+    await tab.send("\u202eexe.txt is it safe?")
+    await expect(tab.replies).to_have_attribute("data-status", "completed")
+    chat = (await api.get(f"/chats/{await tab.chat_id()}")).json()
+    assert chat["title"] == "exe.txt is it safe?"
+    question, _ = await messages_of(api, chat["id"])
+    assert question["content"] == "\u202eexe.txt is it safe?"  # the message itself is kept as written
+
+
 async def test_stop_keeps_the_reply_written_so_far(tab: Tab, api: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:
     full = words(200)
     fake_llm.queue(Scripted(content=full, chunk_delay=0.05))

@@ -19,10 +19,13 @@ MAX_METADATA_VALUE_CHARS = 512
 MAX_SYSTEM_PROMPT_CHARS = 32_000
 
 # Patterns rather than validator functions, so the OpenAPI document states the rules too. NUL
-# cannot be stored (PostgreSQL text refuses it); single-line fields take no control characters.
+# cannot be stored (PostgreSQL text refuses it); single-line fields (a title shown in the chat list)
+# take no control characters (C0, DEL, C1), no line or paragraph separator, and none of the
+# invisible marks that reorder text around them (bidirectional embeddings, overrides and isolates,
+# LRM/RLM/ALM): `"\u202eexe.txt"` would show as "txt.exe".
 # Lone surrogates never get this far: the JSON body itself is refused.
 NO_NUL = r"^[^\x00]*$"
-SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
+SINGLE_LINE = r"^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*$"
 NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 Title = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS, pattern=SINGLE_LINE)]

@@ -27,6 +27,8 @@ import { Turn } from "./turn.js";
 
 const TITLE_CHARS = 60;
 const CONTINUE = "Please continue from where you stopped.";
+// What the server refuses in a title: control characters, line breaks, and the marks that reorder text.
+const NOT_IN_TITLES = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
 const NARROW = window.matchMedia("(max-width: 899px)");
 
 class ChatPage {
@@ -341,7 +343,7 @@ class ChatPage {
 
   async rename() {
     const chat = this.chat;
-    const title = byId("rename-input").value.replace(/[\x00-\x1f\x7f]/g, "").trim() || null;
+    const title = byId("rename-input").value.replace(NOT_IN_TITLES, "").trim() || null;
     try {
       const renamed = await this.api.updateChat(chat.id, { title });
       this.chats.update(renamed);
@@ -420,7 +422,8 @@ function questionBefore(article) {
 
 function titleFor(text) {
   const line = text
-    .replace(/[\x00-\x1f\x7f]+/g, " ")
+    .replace(/[\n\r\t\u2028\u2029]+/g, " ")
+    .replace(NOT_IN_TITLES, "")
     .replace(/[*`]+|^[#>\s]+/g, "")
     .replace(/\s+/g, " ")
     .trim();
