@@ -3,8 +3,12 @@
 import httpx
 import pytest
 
+from chatkeep.config import Settings
 from chatkeep.store import MemoryStore
+from chatkeep.turns.events import event_number
+from tests.support.app import serve
 from tests.support.chats import new_chat
+from tests.support.sse import events_of
 
 JSON = {"content-type": "application/json"}
 
@@ -173,3 +177,24 @@ async def test_a_fault_inside_a_turn_is_a_500_problem_that_reveals_nothing(
         "request_id": response.headers["x-request-id"],
     }
     assert "secret internal detail" in caplog.text
+
+
+@pytest.mark.parametrize("last_event_id", ["²", "¹", "³", "٣", "-1", "9" * 30, "1.5"])
+async def test_any_last_event_id_resumes_a_turn(store_url: str, last_event_id: str) -> None:
+    """Superscript and other non-ASCII digits pass `str.isdigit()` but not `int()`: they resume from the start."""
+    async with serve(Settings(llm_provider="offline", store=store_url)) as client:
+        chat_id = await new_chat(client)
+        body = {"content": "hello", "stream": True}
+        async with client.stream("POST", f"/chats/{chat_id}/messages", json=body) as r:
+            first = await events_of(r.aiter_lines())
+        url = f"/chats/{chat_id}/messages/{first[0]['data']['id']}/events"
+        raw = last_event_id.encode("latin-1" if max(map(ord, last_event_id)) < 256 else "utf-8")  # as sent on the wire
+        async with client.stream("GET", url, headers={"last-event-id": raw}) as r:
+            assert r.status_code == 200
+            resumed = await events_of(r.aiter_lines())
+        assert resumed[-1]["event"] == "assistant_message"
+        assert resumed[-1]["data"] == first[-1]["data"]
+
+
+def test_only_ascii_digits_number_an_event() -> None:
+    assert [event_number(v) for v in ("0", "12", "²", "٣", "-1", "end", None, "")] == [0, 12, *[None] * 6]

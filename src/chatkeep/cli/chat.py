@@ -439,7 +439,7 @@ class Session:
     def _chosen(self, argument: str) -> str:
         if not argument:
             raise Failure("/open N (a number of the last /list) or /open CHAT_ID")
-        if not argument.isdigit():
+        if not (argument.isascii() and argument.isdigit()):
             return argument
         number = int(argument)
         if not 1 <= number <= len(self.listed):

@@ -53,7 +53,7 @@ def pool_options(url: str) -> tuple[str, int]:
     sizes = [value for name, value in query if name == "pool_size"]
     pool_size = POOL_SIZE
     if sizes:
-        if not sizes[-1].isdigit() or int(sizes[-1]) < 1:
+        if not (sizes[-1].isascii() and sizes[-1].isdigit()) or int(sizes[-1]) < 1:
             raise ValueError(f"pool_size must be a whole number of at least 1, not {sizes[-1]!r}")
         pool_size = int(sizes[-1])
     rest = urlencode([(name, value) for name, value in query if name != "pool_size"])

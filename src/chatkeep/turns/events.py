@@ -26,6 +26,14 @@ KEEPALIVE_SECONDS = 15.0
 EventKind = Literal["user_message", "delta", "assistant_message", "error"]
 
 
+def event_number(event_id: str | None) -> int | None:
+    """The number of a numbered event id ("0", "1", ...); None for the end, or for anything else a
+    client may send as Last-Event-ID (ASCII digits only: `"²".isdigit()` is true, `int("²")` fails)."""
+    if event_id is None or not (event_id.isascii() and event_id.isdigit()):
+        return None
+    return int(event_id)
+
+
 @dataclass(slots=True, frozen=True)
 class TurnOutcome:
     """What a turn stored: the messages it added, then its reply's, and the reply itself."""
@@ -107,9 +115,10 @@ class TurnEvents:
         """The index of the first event a reader that saw `last_event_id` has not seen."""
         if last_event_id == END_ID:
             return len(self.events)
-        if last_event_id is None or not last_event_id.isdigit():
+        number = event_number(last_event_id)
+        if number is None:
             return 0
-        return max(0, min(int(last_event_id) + 1, len(self.events) - self.done))
+        return max(0, min(number + 1, len(self.events) - self.done))
 
     async def _follow_from(self, index: int, period: float) -> AsyncGenerator[list[TurnEvent], None]:
         loop = asyncio.get_running_loop()

@@ -27,7 +27,7 @@ import orjson
 
 from chatkeep.errors import Failure
 from chatkeep.store import MAX_BROADCAST_BYTES, Broadcast, ChatStore
-from chatkeep.turns.events import END_ID, KEEPALIVE_SECONDS, TurnEvent, TurnEvents, stored_end
+from chatkeep.turns.events import END_ID, KEEPALIVE_SECONDS, TurnEvent, TurnEvents, event_number, stored_end
 from chatkeep.turns.running import RunningTurns
 
 log = logging.getLogger(__name__)
@@ -223,17 +223,19 @@ class _Follower:
     def is_new(self, event_id: str) -> bool:
         if self.last_id == END_ID:
             return False
-        if event_id == END_ID or self.last_id is None or not self.last_id.isdigit():
+        have, number = event_number(self.last_id), event_number(event_id)
+        if event_id == END_ID or have is None or number is None:
             return True
-        return int(event_id) > int(self.last_id)
+        return number > have
 
     def is_next(self, event_id: str, last: int | None) -> bool:
         """Whether `event_id` follows on from what this follower has, with nothing missing between
         (a follower that has nothing yet starts at the user message, "0")."""
-        have = int(self.last_id) if self.last_id is not None and self.last_id.isdigit() else -1
+        have = event_number(self.last_id)
+        have = -1 if have is None else have
         if event_id == END_ID:
             return last is None or have >= last
-        return int(event_id) == have + 1
+        return event_number(event_id) == have + 1
 
     def saw(self, event_id: str) -> None:
         self.last_id = event_id
