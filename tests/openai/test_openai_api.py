@@ -398,3 +398,15 @@ async def test_a_stream_the_model_cuts_short_ends_incomplete_with_its_text(fake_
         assert (stored.status, stored.output_text) == ("incomplete", "one two ")
         items = await all_items(sdk, conversation.id, order="asc")
         assert [item.content[0].text for item in items] == ["tell me", "one two "]
+
+
+async def test_integers_beyond_what_an_upstream_takes_are_a_400(served: Served) -> None:
+    """10**30 output tokens was a 500 (an integer past 64 bits on its way upstream); nothing is asked or stored."""
+    conversation = await served.sdk.conversations.create()
+    with pytest.raises(openai.BadRequestError) as refused:
+        await served.sdk.responses.create(
+            model="fake-model", input="hi", conversation=conversation.id, max_output_tokens=10**30
+        )
+    assert "max_output_tokens" in str(refused.value.param)
+    assert served.fake.requests == []
+    assert await all_items(served.sdk, conversation.id) == []

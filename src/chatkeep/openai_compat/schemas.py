@@ -41,6 +41,10 @@ class ConversationRef(_Body):
     id: str
 
 
+# The most an upstream's `max_tokens` takes: Chat Completions servers read it as a 32-bit integer.
+MAX_OUTPUT_TOKENS = 2**31 - 1
+
+
 class ResponseCreate(_Body):
     model: str | None = None
     input: str | Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_INPUT_ITEMS)]
@@ -49,7 +53,7 @@ class ResponseCreate(_Body):
     previous_response_id: str | None = None
     stream: bool | None = None
     store: bool | None = None
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     metadata: Metadata | None = None
