@@ -201,3 +201,14 @@ async def test_a_failed_stream_tells_the_client_nothing_of_the_upstream(
     assert "event: error" in text
     assert "upstream secret" not in text
     assert "127.0.0.1" not in text
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e308", "-5", "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_an_upstream_retry_after_of_any_size_is_passed_on_bounded(fake_llm: FakeOpenAI, value: str) -> None:
+    """`inf` was a 500 (NaN or infinity to int) and `1e308` a 309-digit header."""
+    fake_llm.queue(Scripted(status=429, json_body=error_body("slow down"), headers={"Retry-After": value}))
+    async with serve(llm_settings(fake_llm, llm_max_retries=0)) as client:
+        chat_id = await new_chat(client)
+        response = await post(client, chat_id, "hello")
+        await assert_turn_failed(client, chat_id, response, 429, "llm-rate-limited")
+        assert 1 <= int(response.headers["retry-after"]) <= 86_400

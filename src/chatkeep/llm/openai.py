@@ -18,6 +18,7 @@ where to look.
 
 import asyncio
 import logging
+import math
 import random
 import sys
 from collections.abc import AsyncGenerator, Sequence
@@ -48,6 +49,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5.0
 RATE_LIMITED_RETRY_AFTER_SECONDS = 1.0
+MAX_RETRY_AFTER_SECONDS = 86_400.0
 UPSTREAM_DETAIL_CHARS = 300
 SEE_LOG = "; the server log has the details under this request's id"
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -453,17 +455,18 @@ def _upstream_message(payload: bytes) -> str:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date, at most a day
+    (`inf`, `nan` or `1e308` from an upstream is no wait anyone keeps, nor a header to pass on)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - utcnow()).total_seconds())
-    except (TypeError, ValueError):
-        return None
+        try:
+            seconds = (parsedate_to_datetime(value) - utcnow()).total_seconds()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else None
 
 
 def _backoff(attempt: int, wait: float | None) -> float:
