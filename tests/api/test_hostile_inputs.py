@@ -189,7 +189,7 @@ async def test_any_last_event_id_resumes_a_turn(store_url: str, last_event_id: s
             first = await events_of(r.aiter_lines())
         url = f"/chats/{chat_id}/messages/{first[0]['data']['id']}/events"
         raw = last_event_id.encode("latin-1" if max(map(ord, last_event_id)) < 256 else "utf-8")  # as sent on the wire
-        async with client.stream("GET", url, headers={"last-event-id": raw}) as r:
+        async with client.stream("GET", url, headers={b"last-event-id": raw}) as r:
             assert r.status_code == 200
             resumed = await events_of(r.aiter_lines())
         assert resumed[-1]["event"] == "assistant_message"
