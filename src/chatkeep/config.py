@@ -243,6 +243,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"OPENAI_API_KEY is needed for {OPENAI_BASE_URL}; for a server that needs no key, set OPENAI_BASE_URL"
             )
+        if self.openai_api_key and urlsplit(self.openai_base_url).username is not None:
+            raise ValueError(
+                "OPENAI_BASE_URL carries credentials and OPENAI_API_KEY is set: an upstream takes one or the other;"
+                f" keep the key and give the URL without it ({without_userinfo(self.openai_base_url)})"
+            )
         return self
 
     @property

@@ -1,5 +1,6 @@
 """Upstream failures, each against the fake server: status, Retry-After, what stays stored."""
 
+import base64
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -212,3 +213,21 @@ async def test_an_upstream_retry_after_of_any_size_is_passed_on_bounded(fake_llm
         response = await post(client, chat_id, "hello")
         await assert_turn_failed(client, chat_id, response, 429, "llm-rate-limited")
         assert 1 <= int(response.headers["retry-after"]) <= 86_400
+
+
+async def test_credentials_in_the_base_url_are_sent_as_basic_auth_and_never_logged(
+    fake_llm: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy in front of a model server may ask for user and password in the URL, with no key."""
+    with_credentials = fake_llm.url.replace("http://", "http://alice:hunter2@")
+    async with serve(Settings(openai_base_url=with_credentials)) as client:
+        response = await post(client, await new_chat(client), "hello")
+        assert response.status_code == 201, response.text
+    assert fake_llm.headers[-1]["Authorization"] == "Basic " + base64.b64encode(b"alice:hunter2").decode()
+    port = free_port()
+    async with serve(
+        Settings(openai_base_url=f"http://alice:hunter2@127.0.0.1:{port}/v1", llm_max_retries=0)
+    ) as client:
+        assert (await post(client, await new_chat(client), "anyone?")).status_code == 503
+    assert f"127.0.0.1:{port}" in caplog.text
+    assert "hunter2" not in caplog.text

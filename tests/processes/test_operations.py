@@ -155,6 +155,10 @@ BAD_SETTINGS = {
     "unwritable SQLite path": (["--store", "sqlite:////proc/chatkeep/x.db"], "CHATKEEP_STORE"),
     "unreachable PostgreSQL": (["--store", "postgresql://postgres@127.0.0.1:1/test"], "CHATKEEP_STORE"),
     "no key for OpenAI": (["--llm-provider", "openai"], "OPENAI_API_KEY"),
+    "credentials twice": (
+        ["--openai-base-url", "http://user:hunter2@127.0.0.1:1/v1", "--openai-api-key", "sk-test"],
+        "OPENAI_BASE_URL",
+    ),
 }
 
 
@@ -167,3 +171,4 @@ def test_a_bad_setting_exits_with_one_line_naming_it(options: list[str], setting
     assert lines[0].startswith("chatkeep: invalid ")
     assert setting in lines[0]
     assert "Traceback" not in result.stderr.decode()
+    assert "hunter2" not in result.stderr.decode()

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from chatkeep.config import without_userinfo
 from chatkeep.domain import IncompleteReason, MessageStatus, PromptMessage, Usage, utcnow
 from chatkeep.errors import (
     LLMBadResponseError,
@@ -161,6 +162,7 @@ class OpenAICompatibleLLM:
     ) -> None:
         self._session = session
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._shown_url = without_userinfo(self._url)  # for the log: a password in the URL stays out
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -257,14 +259,14 @@ class OpenAICompatibleLLM:
         try:
             response = await self._session.post(self._url, data=body, headers=headers, timeout=self._connect)
         except aiohttp.ConnectionTimeoutError as exc:
-            log.warning("cannot connect to the LLM at %s within %gs", self._url, self._deadlines.connect)
+            log.warning("cannot connect to the LLM at %s within %gs", self._shown_url, self._deadlines.connect)
             slow = LLMUnavailableError(
                 f"cannot connect to the LLM within {self._deadlines.connect:g}s" + SEE_LOG,
                 retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
             )
             raise _Retryable(slow) from exc
         except aiohttp.ClientConnectionError as exc:
-            log.warning("cannot reach the LLM at %s: %s", self._url, exc)
+            log.warning("cannot reach the LLM at %s: %s", self._shown_url, exc)
             unreachable = LLMUnavailableError(
                 "cannot reach the LLM" + SEE_LOG, retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS
             )
