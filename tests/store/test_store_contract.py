@@ -913,3 +913,15 @@ async def test_a_forgotten_message_keeps_its_seq_and_nothing_else(store: ChatSto
         await store.forget_message(ALICE, chat_id, "msg_unknown")
     with pytest.raises(ChatNotFoundError):
         await store.forget_message(BOB, chat_id, dropped.id)
+
+
+async def test_count_chats_counts_the_owners_chats_alone(store: ChatStore) -> None:
+    assert await store.count_chats(ALICE) == 0
+    first = await new_chat(store, ALICE)
+    await store.create_chat(
+        ALICE, title=None, metadata={}, system_prompt=None, messages=[NewMessage(Role.USER, "with a message")]
+    )
+    await new_chat(store, BOB)
+    assert (await store.count_chats(ALICE), await store.count_chats(BOB), await store.count_chats("carol")) == (2, 1, 0)
+    await store.delete_chat(ALICE, first)
+    assert await store.count_chats(ALICE) == 1

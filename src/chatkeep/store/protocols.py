@@ -68,6 +68,11 @@ class Chats(Protocol):
         """
         ...
 
+    async def count_chats(self, owner: str) -> int:
+        """How many chats the owner keeps (0 for an owner with none), in one cheap read: the
+        quota check of every chat created asks it."""
+        ...
+
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
         """Apply the named fields, bump `updated_at`, return the chat. Raises ChatNotFoundError."""
         ...

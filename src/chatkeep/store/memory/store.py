@@ -163,6 +163,10 @@ class MemoryStore:
         ranks, has_more = page_rows(_read(owned.ranks, lo, hi, span), page, span)
         return Page([owned.by_rank[rank].to_chat() for rank in ranks], has_more)
 
+    async def count_chats(self, owner: str) -> int:
+        owned = self._owners.get(owner)
+        return len(owned.ranks) if owned is not None else 0
+
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
         record = self._record(owner, chat_id)
         if "title" in changes.fields:

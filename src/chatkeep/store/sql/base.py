@@ -164,6 +164,10 @@ class SqlStore:
         chats, has_more = page_rows(found, page, span)
         return Page([chat_from_row(row, self._moment) for row in chats], has_more)
 
+    async def count_chats(self, owner: str) -> int:
+        found = await self._run(only(fetchrow(self._sql.count_chats, owner)))
+        return int(found[0])
+
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
         values = update_chat_values(chat_id, owner, changes, self._stamp(utcnow()))
         found = await self._run(only(fetchrow(self._sql.update_chat, *values)))

@@ -86,6 +86,8 @@ class Statements:
     chat_cursors: str = "SELECT id, rank FROM chats WHERE owner = $1 AND id IN ($2, $3)"
     chat_page: str = """SELECT {chat_columns} FROM chats
     WHERE owner = $1 AND rank > $2 AND rank < $3 ORDER BY rank %(order)s LIMIT $4"""
+    # Read from the index chats_by_owner alone.
+    count_chats: str = "SELECT count(*) FROM chats WHERE owner = $1"
     update_chat: str = """UPDATE chats SET
     title = CASE WHEN $3 THEN $4 ELSE title END,
     metadata = CASE WHEN $5 THEN $6 ELSE metadata END,
