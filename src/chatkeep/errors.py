@@ -146,6 +146,24 @@ class RateLimitedError(ChatkeepError):
     slug = "rate-limited"
 
 
+class ChatQuotaError(ChatkeepError):
+    """The owner already keeps as many chats as one owner may (`max_chats`): another can be
+    created once one is deleted. Waiting alone does not help, so it comes with no Retry-After."""
+
+    status = 429
+    title = "Too many chats"
+    slug = "chat-quota"
+
+
+class ChatFullError(ChatkeepError):
+    """The chat would hold more messages and items than one chat may (`max_chat_messages`) with
+    what the request adds; nothing of it is stored. Waiting does not help: no Retry-After."""
+
+    status = 429
+    title = "The chat is full"
+    slug = "chat-full"
+
+
 class UnauthorizedError(ChatkeepError):
     status = 401
     title = "Unauthorized"

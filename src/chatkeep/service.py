@@ -83,7 +83,15 @@ class ChatService:
             max_in_flight=settings.max_turns_in_flight,
             max_per_owner=_owner_share(settings),
         )
-        self.admission = Admission(store, queue, self._keys, metrics, rate_limit=rate_limit)
+        self.admission = Admission(
+            store,
+            queue,
+            self._keys,
+            metrics,
+            rate_limit=rate_limit,
+            max_chats=settings.max_chats,
+            max_chat_messages=settings.max_chat_messages,
+        )
         self.running = RunningTurns()
         self.engine = TurnEngine(
             store,
@@ -154,8 +162,9 @@ class ChatService:
         key: IdempotencyKey | None = None,
     ) -> Chat:
         """Create a chat (with its first `messages`, in the same write); with a key, once: a retry
-        gets the chat the first try created."""
-        async with await self.admission.hold_key(owner, key) as held:
+        gets the chat the first try created. Raises ChatQuotaError or ChatFullError (see
+        `Admission.admit_chat`)."""
+        async with await self.admission.admit_chat(owner, key, messages=len(messages or ())) as held:
             if held.replay is not None:
                 return chat_from_result(held.replay)
             chat = await self.store.create_chat(
@@ -215,7 +224,7 @@ class ChatService:
         """Run the reply to a stored question whose reply was lost (the LLM failed, or the server
         stopped before storing it), as a turn; ChatMovedOnError when it is no longer the chat's
         last message. Its events when `streamed`, else the answered turn."""
-        admitted = await self.admission.admit(owner, chat_id, key)
+        admitted = await self.admission.admit(owner, chat_id, key, inputs=0)
         if admitted.replay is not None:
             turn = await self._replayed(admitted)
             return TurnEvents.ended(turn.user_message, turn.assistant_message) if streamed else turn

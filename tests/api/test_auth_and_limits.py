@@ -10,8 +10,9 @@ import pytest
 import redis.asyncio
 
 from chatkeep.config import Settings
-from tests.support.app import serve
+from tests.support.app import llm_settings, serve
 from tests.support.chats import as_owner
+from tests.support.fake_openai import FakeOpenAI, Scripted
 
 ALICE_KEY, BOB_KEY = "alice-key-0123456789", "bob-key-0123456789ab"
 KEYS = f"alice={ALICE_KEY}, bob={BOB_KEY}"
@@ -117,3 +118,68 @@ async def redis_server_url() -> str:
     finally:
         await client.aclose()
     return url
+
+
+async def test_an_owner_keeps_at_most_max_chats(store_url: str) -> None:
+    settings = Settings(llm_provider="offline", api_keys=KEYS, store=store_url, max_chats=2)
+    async with serve(settings) as client:
+        alice, bob = as_owner(ALICE_KEY), as_owner(BOB_KEY)
+        first = await client.post("/chats", headers=alice | {"Idempotency-Key": "first"})
+        assert first.status_code == 201
+        assert (await client.post("/v1/conversations", headers=alice)).status_code == 200
+        refused = await client.post("/chats", json={"title": "third"}, headers=alice)
+        assert (refused.status_code, refused.headers["content-type"]) == (429, "application/problem+json")
+        assert refused.json()["type"].endswith("chat-quota")
+        conversation = await client.post("/v1/conversations", headers=alice)
+        assert conversation.status_code == 429
+        assert conversation.json()["error"]["type"] == "rate_limit_error"
+        assert conversation.json()["error"]["code"] == "chat_quota"
+        replayed = await client.post("/chats", headers=alice | {"Idempotency-Key": "first"})
+        assert (replayed.status_code, replayed.json()["id"]) == (201, first.json()["id"])  # a retry is no new chat
+        assert len((await client.get("/chats", headers=alice)).json()["data"]) == 2
+        assert (await client.post("/chats", headers=bob)).status_code == 201  # per owner
+        assert (await client.delete(f"/chats/{first.json()['id']}", headers=alice)).status_code == 204
+        assert (await client.post("/chats", headers=alice)).status_code == 201
+
+
+async def test_a_full_chat_refuses_what_would_overfill_it_and_stores_nothing(store_url: str) -> None:
+    settings = Settings(llm_provider="offline", store=store_url, max_chat_messages=5, rate_limit="4/minute")
+    async with serve(settings) as client:
+        chat_id = (await client.post("/chats")).json()["id"]
+        for n in range(2):
+            assert (await client.post(f"/chats/{chat_id}/messages", json={"content": f"q{n}"})).status_code == 201
+        refused = await client.post(f"/chats/{chat_id}/messages", json={"content": "a question and its reply: 6"})
+        assert refused.status_code == 429
+        assert refused.json()["type"].endswith("chat-full")
+        assert "retry-after" not in refused.headers  # waiting does not help
+        streamed = await client.post(f"/chats/{chat_id}/messages", json={"content": "s", "stream": True})
+        assert streamed.status_code == 429
+        one, two = ({"type": "message", "role": "user", "content": text} for text in ("one", "two"))
+        both = await client.post(f"/v1/conversations/{chat_id}/items", json={"items": [one, two]})
+        assert (both.status_code, both.json()["error"]["code"]) == (429, "chat_full")
+        assert (await client.post(f"/v1/conversations/{chat_id}/items", json={"items": [one]})).status_code == 200
+        response = await client.post("/v1/responses", json={"model": "m", "input": "x", "conversation": chat_id})
+        assert (response.status_code, response.json()["error"]["type"]) == (429, "rate_limit_error")
+        assert response.json()["error"]["code"] == "chat_full"
+        assert (await client.get(f"/chats/{chat_id}")).json()["message_count"] == 5
+        too_many = await client.post("/v1/conversations", json={"items": [one] * 6})
+        assert (too_many.status_code, too_many.json()["error"]["code"]) == (429, "chat_full")
+        assert (await client.get("/chats")).json()["data"] == [(await client.get(f"/chats/{chat_id}")).json()]
+        other = (await client.post("/chats")).json()["id"]  # the refusals took none of the 4 rate slots: 3 are taken
+        assert (await client.post(f"/chats/{other}/messages", json={"content": "fourth"})).status_code == 201
+        assert (await client.post(f"/chats/{other}/messages", json={"content": "fifth"})).status_code == 429
+
+
+async def test_the_retry_of_a_lost_reply_needs_room_for_the_reply_alone(store_url: str, fake_llm: FakeOpenAI) -> None:
+    async with serve(llm_settings(fake_llm, store=store_url, max_chat_messages=4)) as client:
+        chat_id = (await client.post("/chats")).json()["id"]
+        assert (await client.post(f"/chats/{chat_id}/messages", json={"content": "q0"})).status_code == 201
+        fake_llm.queue(*[Scripted(status=500)] * 3)
+        failed = await client.post(f"/chats/{chat_id}/messages", json={"content": "q1"})
+        assert failed.status_code == 502
+        question = failed.json()["user_message_id"]
+        retried = await client.post(f"/chats/{chat_id}/messages/{question}/retry")
+        assert retried.status_code == 201, retried.text
+        assert (await client.get(f"/chats/{chat_id}")).json()["message_count"] == 4
+        refused = await client.post(f"/chats/{chat_id}/messages", json={"content": "q2"})
+        assert (refused.status_code, refused.json()["type"].rpartition(":")[2]) == (429, "chat-full")

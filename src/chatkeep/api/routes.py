@@ -100,7 +100,7 @@ async def get_metrics(request: Request, service: ServiceDep, metrics: MetricsDep
     status_code=status.HTTP_201_CREATED,
     response_model=ChatOut,
     tags=["chats"],
-    responses=_problems(409, 413, 422),
+    responses=_problems(409, 413, 422, 429),
 )
 async def create_chat(
     service: ServiceDep,
@@ -108,7 +108,8 @@ async def create_chat(
     idempotency_key: IdempotencyKeyHeader = None,
     body: Annotated[ChatCreate | None, Body()] = None,
 ) -> Response:
-    """Create a chat. With an `Idempotency-Key`, a retry gets the chat the first try created."""
+    """Create a chat. With an `Idempotency-Key`, a retry gets the chat the first try created.
+    429 `chat-quota` when the owner already keeps `CHATKEEP_MAX_CHATS` chats."""
     body = body or ChatCreate()
     key = _key(idempotency_key, "POST /chats", body)
     chat = await service.create_chat(

@@ -77,7 +77,7 @@ class Conversations:
         self, owner: str, chat_id: str, items: list[NewMessage], key: IdempotencyKey | None = None
     ) -> dict[str, Any]:
         """Append items to the conversation; with a key, once: a retry gets the items the first try added."""
-        admitted = await self._service.admission.admit(owner, chat_id, key)
+        admitted = await self._service.admission.admit(owner, chat_id, key, inputs=len(items), replies=0)
         if admitted.replay is not None:
             page: dict[str, Any] = orjson.loads(admitted.replay)
             return page
