@@ -410,3 +410,30 @@ async def test_integers_beyond_what_an_upstream_takes_are_a_400(served: Served) 
     assert "max_output_tokens" in str(refused.value.param)
     assert served.fake.requests == []
     assert await all_items(served.sdk, conversation.id) == []
+
+
+async def test_an_item_of_any_type_over_the_size_limit_is_a_400_naming_it(store_url: str, fake_llm: FakeOpenAI) -> None:
+    """A 900 KB item of a type chatkeep does not read was stored verbatim, past CHATKEEP_MAX_MESSAGE_CHARS."""
+    async with serve(llm_settings(fake_llm, store=store_url, max_message_chars=1000)) as http, sdk_for(http) as sdk:
+        conversation = await sdk.conversations.create()
+        small = {"type": "x", "blob": "é" * 900}  # 1,800 bytes: characters are counted
+        large = {"type": "x", "blob": "b" * 1000}
+        # its text, f(...), within the limit; its JSON not
+        call = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "[" + "1," * 494 + "1]"}
+        for items, param in (([small, large], "items[1]"), ([call], "items[0]")):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await sdk.conversations.items.create(conversation.id, items=items)
+            assert (refused.value.param, refused.value.type) == (param, "invalid_request_error")
+            assert "1000" in refused.value.message
+            with pytest.raises(openai.BadRequestError) as at_creation:
+                await sdk.conversations.create(items=items)
+            assert at_creation.value.param == param
+        assert await all_items(sdk, conversation.id) == []
+        assert len((await http.get("/chats")).json()["data"]) == 1
+        huge = await http.post(
+            f"/v1/conversations/{conversation.id}/items", json={"items": [{"type": "x", "blob": "b" * 900_000}]}
+        )
+        assert (huge.status_code, huge.json()["error"]["param"]) == (400, "items[0]")
+        added = await sdk.conversations.items.create(conversation.id, items=[small])
+        assert [item.model_dump(exclude_unset=True)["blob"] for item in added.data] == ["é" * 900]
+        assert fake_llm.requests == []

@@ -6,9 +6,15 @@ reasoning, a message with another role or with more than text) is kept verbatim 
 `Message.item`, with its plain words in `content` for the native API, summaries and the token
 budget. Two conversions live here: an input item to what is stored, and a stored message to the
 item clients read back (how stored items go upstream is the context's: context.py).
+
+Every item stored obeys CHATKEEP_MAX_MESSAGE_CHARS: a plain message's text, and an item kept
+verbatim, of any type, its JSON as stored (`check_item_sizes`), text and framing alike.
 """
 
+from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from chatkeep.domain import Message, NewMessage, Role
 from chatkeep.errors import InvalidInputError
@@ -42,6 +48,22 @@ def stored_from_item(item: Any, param: str) -> NewMessage:
         parts = summary if isinstance(summary, list) else []
         return NewMessage(Role.ASSISTANT, _text_of(parts), item=item)
     return NewMessage(Role.ASSISTANT, "", item=item)  # another kind: kept and listed back, never sent upstream
+
+
+def check_item_sizes(items: Sequence[NewMessage], param: str, *, max_chars: int) -> None:
+    """Raise InvalidInputError, naming the item (`param[n]`), for an item kept verbatim whose JSON
+    takes more than `max_chars` characters; a plain message keeps only its text, held to the same
+    bound where it is read."""
+    for n, item in enumerate(items):
+        if item.item is None:
+            continue
+        encoded = orjson.dumps(item.item)
+        # A character takes at least one byte: only JSON of more bytes than the bound needs counting.
+        if len(encoded) > max_chars and len(encoded.decode()) > max_chars:
+            raise InvalidInputError(
+                f"an item may take at most {max_chars} characters as JSON; this one takes {len(encoded.decode())}",
+                param=f"{param}[{n}]",
+            )
 
 
 def item_from_message(message: Message) -> dict[str, Any]:
