@@ -550,6 +550,51 @@ async def test_cursors_must_name_an_object_of_the_listed_collection(store: ChatS
         await store.list_messages(BOB, chat_id, PageRequest(after=elsewhere))
 
 
+# Ids no store hands out: a NUL (which PostgreSQL refuses in a text parameter), a seq suffix of
+# digits that are not ASCII (`str.isdigit()` takes "²", which `int()` refuses), other characters.
+UNKNOWABLE_IDS = ["\x00", "chat_x\x00y", "msg_x.\u00b2", "msg_x.\u0661", "\x1b[31m", "a b", "é"]
+
+
+async def test_ids_and_cursors_no_store_hands_out_are_simply_not_found(store: ChatStore) -> None:
+    chat_id = await new_chat(store)
+    question = await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "q"))
+    await store.save_response(ALICE, StoredResponse("resp_1", None, None, utcnow(), {"id": "resp_1"}, []))
+    base, _, _ = question.id.rpartition(".")
+    for bad in [*UNKNOWABLE_IDS, f"{base}.\u00b2", f"{question.id}\x00"]:
+        for page in (PageRequest(after=bad), PageRequest(before=bad)):
+            with pytest.raises(InvalidCursorError):
+                await store.list_chats(ALICE, page)
+            with pytest.raises(InvalidCursorError):
+                await store.list_messages(ALICE, chat_id, page)
+        with pytest.raises(MessageNotFoundError):
+            await store.get_message(ALICE, chat_id, bad)
+        with pytest.raises(MessageNotFoundError):
+            await store.forget_message(ALICE, chat_id, bad)
+        with pytest.raises(ResponseNotFoundError):
+            await store.get_response(ALICE, bad)
+        with pytest.raises(ResponseNotFoundError):
+            await store.delete_response(ALICE, bad)
+        for lookup in (
+            store.get_chat(ALICE, bad),
+            store.update_chat(ALICE, bad, ChatChanges(frozenset({"title"}), title="t")),
+            store.delete_chat(ALICE, bad),
+            store.append_message(ALICE, bad, NewMessage(Role.USER, "x")),
+            store.list_messages(ALICE, bad, PageRequest()),
+            store.recent_messages(ALICE, bad, limit=5),
+            store.message_stats(ALICE, bad),
+            store.get_message(ALICE, bad, question.id),
+            store.get_summary(ALICE, bad),
+            store.get_rolling_summary(ALICE, bad),
+        ):
+            with pytest.raises(ChatNotFoundError):
+                await lookup
+        with pytest.raises(ChatNotFoundError):
+            async with store.turn_lease(ALICE, bad, question="q"):
+                pass
+        assert not await store.claim_rolling_summary(ALICE, bad, hold_seconds=1)
+    assert (await store.get_chat(ALICE, chat_id)).message_count == 1
+
+
 async def test_content_and_metadata_round_trip_exactly(store: ChatStore) -> None:
     metadata = {"ключ": "значение 🙂", "quote": 'it\'s "quoted"', "empty": ""}
     chat = await store.create_chat(ALICE, title="Ünïcode 标题", metadata=metadata, system_prompt="S\nT")

@@ -76,7 +76,8 @@ class _ChatRecord:
         """The seq of the chat's message `message_id`, which ends with it (see
         `MessageRows.message_id`) unless the caller chose the id."""
         _, dot, suffix = message_id.rpartition(".")
-        if not dot or not suffix.isdigit() or not 0 < int(suffix) <= len(self.messages):
+        # ASCII digits only: str.isdigit() takes a superscript "²" too, which int() refuses.
+        if not dot or not (suffix.isascii() and suffix.isdigit()) or not 0 < int(suffix) <= len(self.messages):
             return self.named.get(message_id) if self.named else None
         seq = int(suffix)
         return seq if self.messages[seq - 1].id == message_id else None

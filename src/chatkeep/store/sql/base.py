@@ -7,6 +7,9 @@ and is here. A call that runs several statements is a plan (`statements.Plan`), 
 runs as one call: one job on SQLite's thread, one pooled connection on PostgreSQL. A driver adds
 only what its concurrency guarantee rests on: how an append takes its seq under a turn's fence,
 how a ticket is taken and given back, how an Idempotency-Key is claimed and a rate slot counted.
+An id or a cursor that cannot be one chatkeep handed out (`rows.could_be_id`: a NUL in it, say)
+is not found before a database is asked: a missing chat or response at once, a missing message
+or cursor by asking for NOWHERE in its place.
 """
 
 from collections.abc import AsyncIterator, Sequence
@@ -44,6 +47,8 @@ from chatkeep.store.sql.rows import (
     chat_from_row,
     check_message,
     claim_from_row,
+    could_be_id,
+    findable,
     joined_keys_from_rows,
     joined_message_from_row,
     joined_messages_from_rows,
@@ -143,6 +148,7 @@ class SqlStore:
             yield execute_each(self._sql.insert_message, rows)
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
+        _check_chat(chat_id)
         return await self._run(self._chat(owner, chat_id))
 
     def _chat(self, owner: str, chat_id: str) -> Plan[Chat]:
@@ -157,7 +163,7 @@ class SqlStore:
     def _chat_page(self, owner: str, page: PageRequest) -> Plan[Page[Chat]]:
         keys: dict[str, int] = {}
         if page.after is not None or page.before is not None:
-            cursors = yield fetch(self._sql.chat_cursors, owner, page.after or "", page.before or "")
+            cursors = yield fetch(self._sql.chat_cursors, owner, *_cursors(page))
             keys = {row[0]: row[1] for row in cursors}
         span = key_range(page, keys, "chat")
         found = yield fetch(paged(self._sql.chat_page, span), owner, span.above, span.below, span.fetch)
@@ -169,6 +175,7 @@ class SqlStore:
         return int(found[0])
 
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
+        _check_chat(chat_id)
         values = update_chat_values(chat_id, owner, changes, self._stamp(utcnow()))
         found = await self._run(only(fetchrow(self._sql.update_chat, *values)))
         if found is None:
@@ -176,6 +183,7 @@ class SqlStore:
         return chat_from_row(found, self._moment)
 
     async def delete_chat(self, owner: str, chat_id: str) -> None:
+        _check_chat(chat_id)
         if await self._run(only(fetchrow(self._sql.delete_chat, chat_id, owner))) is None:
             raise _no_chat(chat_id)
         self._recent.forget(chat_id)
@@ -218,6 +226,7 @@ class SqlStore:
     async def _append(
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: TurnTicket | None, ends_turn: bool
     ) -> tuple[list[Message], str | None]:
+        _check_chat(chat_id)
         new = [(message.id or new_id("msg"), message) for message in messages]
         number = None if ticket is None else ticket.number
         ending = ends_turn and number is not None
@@ -232,21 +241,24 @@ class SqlStore:
         return stored, appended.system_prompt
 
     async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
+        _check_chat(chat_id)
         await self._run(self._forget(owner, chat_id, message_id), write=True)
         self._recent.forget(chat_id)
 
     def _forget(self, owner: str, chat_id: str, message_id: str) -> Plan[None]:
-        check_message((yield fetchrow(self._sql.forget_message, chat_id, owner, message_id)), chat_id, message_id)
+        found = yield fetchrow(self._sql.forget_message, chat_id, owner, findable(message_id))
+        check_message(found, chat_id, message_id)
         yield execute(self._sql.forgotten_message, chat_id, message_id, to_json(DELETED_ITEM))
         yield execute(self._sql.revise_chat, chat_id)
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
+        _check_chat(chat_id)
         return await self._run(self._message_page(owner, chat_id, page))
 
     def _message_page(self, owner: str, chat_id: str, page: PageRequest) -> Plan[Page[Message]]:
         keys: dict[str, int] = {}
         if page.after is not None or page.before is not None:
-            cursors = yield fetch(self._sql.message_cursors, chat_id, owner, page.after or "", page.before or "")
+            cursors = yield fetch(self._sql.message_cursors, chat_id, owner, *_cursors(page))
             keys = joined_keys_from_rows(cursors, chat_id)
         span = key_range(page, keys, "message")
         window = yield from self._window(owner, chat_id, span)
@@ -267,6 +279,7 @@ class SqlStore:
         after_seq: int = 0,
         ticket: TurnTicket | None = None,
     ) -> list[Message]:
+        _check_chat(chat_id)
         return await self._recent.recent_messages(
             owner,
             chat_id,
@@ -278,20 +291,24 @@ class SqlStore:
         )
 
     async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
+        _check_chat(chat_id)
         found = await self._run(only(fetchrow(self._sql.select_stats, chat_id, owner)))
         if found is None:
             raise _no_chat(chat_id)
         return stats_from_row(found, self._moment)
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
-        found = await self._run(only(fetchrow(self._sql.select_message, chat_id, owner, message_id)))
+        _check_chat(chat_id)
+        found = await self._run(only(fetchrow(self._sql.select_message, chat_id, owner, findable(message_id))))
         return joined_message_from_row(found, self._moment, chat_id, message_id)
 
     async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
+        _check_chat(chat_id)
         found = await self._run(only(fetchrow(self._sql.select_summary, chat_id, owner)))
         return joined_summary_from_row(found, self._moment, chat_id)
 
     async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
+        _check_chat(chat_id)
         await self._run(self._save_summary(owner, chat_id, summary))
 
     def _save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> Plan[None]:
@@ -300,12 +317,15 @@ class SqlStore:
             yield from self._chat(owner, chat_id)  # not saved: the chat is missing, or its cached summary covers more
 
     async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
+        _check_chat(chat_id)
         found = await self._run(only(fetchrow(self._sql.select_rolling_summary, chat_id, owner)))
         if found is None:
             raise _no_chat(chat_id)
         return None if found[0] is None else RollingSummary(found[0], found[1])
 
     async def claim_rolling_summary(self, owner: str, chat_id: str, *, hold_seconds: float) -> bool:
+        if not could_be_id(chat_id):
+            return False  # as for any chat that is not there
         return await self._run(self._claim_rolling_summary(owner, chat_id, hold_seconds))
 
     def _claim_rolling_summary(self, owner: str, chat_id: str, hold_seconds: float) -> Plan[bool]:
@@ -315,6 +335,8 @@ class SqlStore:
             return False
 
     async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
+        if not could_be_id(chat_id):
+            return  # no chat, no hold to end
         text, up_to_seq = (summary.text, summary.up_to_seq) if summary is not None else ("", 0)
         await self._run(only(execute(self._sql.end_rolling_summary, chat_id, owner, up_to_seq, text)))
 
@@ -362,12 +384,17 @@ class SqlStore:
         await self._run(only(execute(self._sql.insert_response, *values)))
 
     async def get_response(self, owner: str, response_id: str) -> StoredResponse:
+        if not could_be_id(response_id):
+            raise _no_response(response_id)
         found = await self._run(only(fetchrow(self._sql.select_response, response_id, owner)))
         return response_from_row(found, self._moment, response_id)
 
     async def delete_response(self, owner: str, response_id: str) -> None:
-        if await self._run(only(fetchrow(self._sql.delete_response, response_id, owner))) is None:
-            raise ResponseNotFoundError(f"no response {response_id!r}")
+        if (
+            not could_be_id(response_id)
+            or await self._run(only(fetchrow(self._sql.delete_response, response_id, owner))) is None
+        ):
+            raise _no_response(response_id)
 
     async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
         return await self._driver.take_rate_slot(key, limit, window_seconds)
@@ -379,6 +406,21 @@ class SqlStore:
 
 def _no_chat(chat_id: str) -> ChatNotFoundError:
     return ChatNotFoundError(f"no chat {chat_id!r}")
+
+
+def _no_response(response_id: str) -> ResponseNotFoundError:
+    return ResponseNotFoundError(f"no response {response_id!r}")
+
+
+def _check_chat(chat_id: str) -> None:
+    """Raise ChatNotFoundError, without asking the database, for a chat id that cannot be one."""
+    if not could_be_id(chat_id):
+        raise _no_chat(chat_id)
+
+
+def _cursors(page: PageRequest) -> tuple[str, str]:
+    """The page's cursors as a lookup asks for them: NOWHERE for one absent or that cannot be an id."""
+    return findable(page.after or ""), findable(page.before or "")
 
 
 @asynccontextmanager

@@ -8,6 +8,7 @@ A read that must also tell a missing chat apart left-joins the chat to what it r
 means no chat, a row of NULLs that the chat has nothing to show.
 """
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,6 +62,21 @@ KEY_STATES = {state.value: state for state in KeyState}
 
 
 NewRow = tuple[str, NewMessage]  # a message to append, with the id it is stored under
+
+# Every id chatkeep hands out is `new_id`'s: a prefix, `_`, URL-safe base64 (the memory store's
+# message ids end in `.seq` too). A value looked up with any other character names nothing, and
+# is found nowhere without asking the database, which may refuse it: PostgreSQL does a NUL.
+ID_CHARACTERS = re.compile(r"[A-Za-z0-9_.-]+")
+NOWHERE = ""  # what a lookup asks for in place of a value that cannot be an id: no id is empty
+
+
+def could_be_id(value: str) -> bool:
+    return ID_CHARACTERS.fullmatch(value) is not None
+
+
+def findable(value: str) -> str:
+    """`value` when it could be an id, else NOWHERE: what a lookup of `value` asks the database."""
+    return value if could_be_id(value) else NOWHERE
 
 
 @dataclass(slots=True, frozen=True)

@@ -19,9 +19,10 @@ from enum import Enum
 from typing import Any, Protocol, Self, TypeVar
 
 from chatkeep.domain import Message, NewMessage, Role, new_id, utcnow
+from chatkeep.errors import ChatNotFoundError
 from chatkeep.store.protocols import TurnTicket
 from chatkeep.store.sql.recent import RecentMessages
-from chatkeep.store.sql.rows import Appended, NewRow, to_json
+from chatkeep.store.sql.rows import Appended, NewRow, could_be_id, to_json
 from chatkeep.store.sql.statements import Plan, Statements, execute, fetch, only
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class Tickets:
     @asynccontextmanager
     async def hold(self, owner: str, chat_id: str, question: str | None = None) -> AsyncIterator[TurnTicket]:
         """`ChatStore.turn_lease`."""
+        if not could_be_id(chat_id):
+            raise ChatNotFoundError(f"no chat {chat_id!r}")  # found nowhere: no database is asked
         claim = _Claim(chat_id, None if question is None else (new_id("msg"), NewMessage(Role.USER, question)))
         waker = asyncio.Event()
         wakers = self._wakers.setdefault(chat_id, set())
