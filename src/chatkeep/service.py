@@ -62,7 +62,9 @@ class ChatService:
         self.settings = settings
         self._rate_limit = rate_limit
         summarizer: Summarizer = ExtractiveSummarizer() if settings.provider == "offline" else LLMSummarizer(llm)
-        self._summaries = ChatSummaries(store, summarizer, metrics, budget=settings.context_tokens // 2)
+        self._summaries = ChatSummaries(
+            store, summarizer, metrics, budget=settings.context_tokens // 2, rate_limit=rate_limit
+        )
         self._rolling = (
             RollingSummaries(
                 store,
@@ -189,6 +191,9 @@ class ChatService:
         return await self.store.list_messages(owner, chat_id, page)
 
     async def summarize(self, owner: str, chat_id: str, *, refresh: bool = False) -> Summary:
+        """The chat's counts and summary (see summaries/chat.py): an update that calls the LLM takes
+        the owner's rate slot, as a turn does. Raises ChatNotFoundError, RateLimitedError or
+        StoreUnavailableError."""
         return await self._summaries.summary(owner, chat_id, refresh=refresh)
 
     async def post_message(

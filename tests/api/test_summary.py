@@ -1,11 +1,14 @@
 """GET /chats/{id}/summary: exact counts always, an LLM summary cached and refreshed incrementally."""
 
 import asyncio
+import re
 
 import httpx
 import orjson
 
+from chatkeep.summaries.chat import MAX_SUMMARY_CHUNKS
 from chatkeep.summaries.summarizer import INSTRUCTIONS
+from tests.support.app import llm_settings, serve
 from tests.support.chats import chat_with_turns, new_chat, post
 from tests.support.fake_openai import FakeOpenAI, Scripted
 
@@ -73,10 +76,12 @@ async def test_summary_is_cached_until_new_messages_then_refreshed(
 
 async def test_refresh_summarizes_again_from_the_first_message(client: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:
     chat_id = await chat_with_turns(client, "alpha")
-    fake_llm.queue(summary_answer("Old take."), summary_answer("New take.", "alpha"))
+    fake_llm.queue(summary_answer("Old take."))
     await client.get(f"/chats/{chat_id}/summary")
+    await post(client, chat_id, "beta")
+    fake_llm.queue(summary_answer("New take.", "alpha", "beta"))
     refreshed = (await client.get(f"/chats/{chat_id}/summary", params={"refresh": "true"})).json()
-    assert refreshed["summary"] == "New take."
+    assert (refreshed["summary"], refreshed["up_to_seq"]) == ("New take.", 4)
     sent = fake_llm.prompts[-1][1]["content"]
     assert "Previous summary" not in sent
     assert "user: alpha" in sent
@@ -148,3 +153,73 @@ async def test_offline_highlights_keep_the_most_informative_five(offline_client:
     assert len(folded["highlights"]) == 5
     assert "ok" not in folded["highlights"]
     assert folded["highlights"] == fresh["highlights"]
+
+
+def big_items(count: int, chars: int) -> list[dict[str, str]]:
+    return [{"type": "message", "role": "user", "content": f"item {n} " + "x" * chars} for n in range(count)]
+
+
+def summary_calls(fake: FakeOpenAI) -> int:
+    return sum(request["messages"][0]["content"] == INSTRUCTIONS for request in fake.requests)
+
+
+async def test_a_refresh_takes_a_rate_slot_like_a_turn_and_a_cached_summary_none(
+    store_url: str, fake_llm: FakeOpenAI
+) -> None:
+    async with serve(llm_settings(fake_llm, store=store_url, rate_limit="3/minute")) as client:
+        chat_id = await chat_with_turns(client, "one")  # slot 1
+        first = await client.get(f"/chats/{chat_id}/summary")  # the first summary calls the LLM: slot 2
+        assert (first.status_code, first.json()["stale"]) == (200, False)
+        calls = len(fake_llm.requests)
+        for refresh in ("false", "true", "true"):  # cached and current: no call, no slot
+            again = await client.get(f"/chats/{chat_id}/summary", params={"refresh": refresh})
+            assert (again.status_code, again.json()["summary"]) == (200, first.json()["summary"])
+        assert len(fake_llm.requests) == calls
+        assert (await post(client, chat_id, "two")).status_code == 201  # slot 3
+        calls = len(fake_llm.requests)
+        refreshes = [await client.get(f"/chats/{chat_id}/summary", params={"refresh": "true"}) for _ in range(10)]
+        assert {response.status_code for response in refreshes} == {429}
+        assert refreshes[0].json()["type"].endswith("rate-limited")
+        assert 1 <= int(refreshes[0].headers["retry-after"]) <= 60
+        stale = await client.get(f"/chats/{chat_id}/summary")  # without refresh: the cached one, marked stale
+        assert (stale.status_code, stale.json()["summary"], stale.json()["stale"]) == (200, first.json()["summary"], True)
+        assert stale.json()["message_count"] == 4
+        items = [{"type": "message", "role": "user", "content": "never summarized"}]
+        fresh = (await client.post("/v1/conversations", json={"items": items})).json()["id"]
+        refused = await client.get(f"/chats/{fresh}/summary")  # a first summary must call the LLM
+        assert refused.status_code == 429
+        assert len(fake_llm.requests) == calls
+        assert (await post(client, chat_id, "three")).status_code == 429
+
+
+async def test_a_refresh_makes_a_bounded_number_of_upstream_calls_whatever_the_chat_holds(
+    store_url: str, fake_llm: FakeOpenAI
+) -> None:
+    settings = llm_settings(fake_llm, store=store_url, context_tokens=1000)  # 500 tokens of messages a call
+    async with serve(settings) as client:
+        chat_id = (await client.post("/v1/conversations")).json()["id"]
+        for _ in range(3):  # 60 items of about 750 tokens each: one call apiece, before
+            added = await client.post(f"/v1/conversations/{chat_id}/items", json={"items": big_items(20, 3000)})
+            assert added.status_code == 200
+        summaries = []
+        for _ in range(MAX_SUMMARY_CHUNKS * 60):
+            before = len(fake_llm.requests)
+            summary = (await client.get(f"/chats/{chat_id}/summary", params={"refresh": "true"})).json()
+            assert 1 <= len(fake_llm.requests) - before <= MAX_SUMMARY_CHUNKS
+            summaries.append(summary)
+            if not summary["stale"]:
+                break
+        assert summaries[-1]["up_to_seq"] == 60
+        assert [s["up_to_seq"] for s in summaries] == sorted({s["up_to_seq"] for s in summaries})  # each got further
+        for request in fake_llm.requests:  # each message sent at most the 500 tokens (2,000 ASCII characters) of a call
+            transcript = re.split("(?:New messages|Conversation):\n", request["messages"][1]["content"])[-1]
+            assert 0 < len(transcript) <= 2000 + len("user: ")
+        calls = len(fake_llm.requests)
+        for _ in range(3):  # nothing new: cached
+            assert (await client.get(f"/chats/{chat_id}/summary", params={"refresh": "true"})).json()["stale"] is False
+        assert len(fake_llm.requests) == calls
+        await post(client, chat_id, "one more")  # which updates the rolling summary too, in the background
+        calls = summary_calls(fake_llm)
+        summary = (await client.get(f"/chats/{chat_id}/summary", params={"refresh": "true"})).json()
+        assert summary["up_to_seq"] == 62
+        assert summary_calls(fake_llm) - calls <= MAX_SUMMARY_CHUNKS

@@ -238,12 +238,22 @@ async def list_messages(service: ServiceDep, owner: OwnerDep, chat_id: str, page
     return json_response(page_body(await service.list_messages(owner, chat_id, page)))
 
 
-@router.get("/chats/{chat_id}/summary", tags=["chats"], responses=_problems(404, 422))
+REFRESH = (
+    "write the summary anew (from the chat's rolling summary, or its first message) rather than "
+    "fold the new messages into the cached one; with nothing new since, the cached one is answered"
+)
+
+
+@router.get("/chats/{chat_id}/summary", tags=["chats"], responses=_problems(404, 422, 429, 503))
 async def get_summary(
     service: ServiceDep,
     owner: OwnerDep,
     chat_id: str,
-    refresh: Annotated[bool, Query(description="summarize again from the first message")] = False,
+    refresh: Annotated[bool, Query(description=REFRESH)] = False,
 ) -> SummaryOut:
-    """Exact counts, with an LLM summary refreshed when stale; never fails because the LLM does."""
+    """Exact counts, with an LLM summary brought up to date when messages came since it; never fails
+    because the LLM does. An update takes a slot of the owner's rate limit, as a turn does, and
+    makes a few LLM calls at most: past the limit, the cached summary is answered (`stale: true`),
+    or a 429 with `refresh` or when none is cached yet. A summary still behind after an update
+    (a long backlog) is `stale`, and the next request goes on from where it stopped."""
     return SummaryOut.from_domain(await service.summarize(owner, chat_id, refresh=refresh))

@@ -116,7 +116,8 @@ def summary_prompt(previous: SummaryDraft | None, messages: Sequence[Message]) -
     if previous is not None:
         text, highlights = previous
         parts.append("Previous summary:\n" + text)
-        parts.append("Previous highlights:\n" + "\n".join(f"- {h}" for h in highlights))
+        if highlights:  # none when the previous summary is the chat's rolling summary, anew
+            parts.append("Previous highlights:\n" + "\n".join(f"- {h}" for h in highlights))
     parts.append(("New messages:\n" if previous else "Conversation:\n") + _transcript(messages))
     return [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": "\n\n".join(parts)}]
 
@@ -171,11 +172,13 @@ def extractive_condensed(previous: str | None, messages: Sequence[Message], *, m
 def extractive_summary(previous: SummaryDraft | None, messages: Sequence[Message]) -> SummaryDraft:
     """A summary made without a model: the user's most informative sentences, in order.
 
-    Candidates are the first sentence of each user message plus the previous highlights; the
-    ones with the most distinct words win, so summarizing batch by batch gives the same result as
-    summarizing everything at once (up to ties).
+    Candidates are the first sentence of each user message plus the previous highlights (or,
+    from a rolling summary, its lines); the ones with the most distinct words win, so summarizing
+    batch by batch gives the same result as summarizing everything at once (up to ties).
     """
     candidates = list(previous[1]) if previous else []
+    if previous and not candidates:  # a rolling summary made offline: a line per user message
+        candidates = [line[2:] for line in previous[0].splitlines() if line.startswith("- ")]
     candidates += [_first_sentence(m.content) for m in messages if m.role is Role.USER]
     unique = list(dict.fromkeys(c for c in candidates if c))
     ranked = sorted(range(len(unique)), key=lambda i: (-len(set(_WORD.findall(unique[i].lower()))), i))
