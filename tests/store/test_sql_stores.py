@@ -40,6 +40,7 @@ ALL_MIGRATIONS = [
     "m009_chat_revisions",
     "m010_fewer_turn_round_trips",
     "m011_incomplete_reasons",
+    "m012_bigint_token_counts",
 ]
 TABLES = [
     "chatkeep_migrations",

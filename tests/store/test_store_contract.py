@@ -670,6 +670,27 @@ async def test_get_message_reads_one_message_of_the_chat(store: ChatStore) -> No
         await store.get_message(ALICE, "chat_nope", question.id)
 
 
+async def test_token_counts_of_64_bits_are_kept_by_every_append(store: ChatStore) -> None:
+    """Over 32 bits (a 500 that lost the reply on PostgreSQL before m012), up to a signed 64-bit integer."""
+    chat_id = await new_chat(store)
+    usages = [Usage(3_000_000_000, 2**63 - 1), Usage(2**63 - 1, 4_000_000_000), Usage(2**40, 2**33)]
+    reply = [NewMessage(Role.ASSISTANT, f"a{n}", model="m", usage=usage) for n, usage in enumerate(usages)]
+    await store.append_message(ALICE, chat_id, reply[0])  # alone
+    async with store.turn_lease(ALICE, chat_id, question="q") as ticket:
+        await store.append_message(ALICE, chat_id, reply[1], ticket=ticket, ends_turn=True)  # giving the turn back
+    async with store.turn_lease(ALICE, chat_id) as ticket:
+        await store.append_messages(ALICE, chat_id, [reply[2], reply[0]], ticket=ticket, ends_turn=True)  # together
+    messages = (await store.list_messages(ALICE, chat_id, PageRequest())).data
+    assert [(m.content, m.usage) for m in messages] == [
+        ("a0", usages[0]),
+        ("q", None),
+        ("a1", usages[1]),
+        ("a2", usages[2]),
+        ("a0", usages[0]),
+    ]
+    assert (await store.get_message(ALICE, chat_id, messages[2].id)).usage == usages[1]
+
+
 async def claim(
     store: ChatStore,
     fingerprint: str = REQUEST,

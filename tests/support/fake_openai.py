@@ -34,6 +34,7 @@ class Scripted:
     stall_after: int | None = None  # a streamed answer goes silent after this many chunks, until the fake stops
     garbage_after: int | None = None  # a streamed answer sends a broken chunk after this many
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, JSON arguments) the model calls
+    usage: dict[str, Any] | None = None  # a streamed answer's usage chunk, when not 11 prompt tokens and one a word
 
 
 def completion(
@@ -74,7 +75,7 @@ def tool_call_chunks(tool_calls: list[tuple[str, str]]) -> list[bytes]:
 
 
 def chunk(
-    delta: dict[str, Any] | None, *, usage: dict[str, int] | None = None, finish_reason: str | None = None
+    delta: dict[str, Any] | None, *, usage: dict[str, Any] | None = None, finish_reason: str | None = None
 ) -> bytes:
     choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
     body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": MODEL}
@@ -175,7 +176,8 @@ class FakeOpenAI:
         words[-1] = words[-1][:-1]
         chunks = [chunk({"role": "assistant", "content": ""}), *(chunk({"content": w}) for w in words if w)]
         chunks += tool_call_chunks(answer.tool_calls) if answer.tool_calls else []
-        chunks.append(chunk(None, usage={"prompt_tokens": 11, "completion_tokens": len(words)}))
+        usage = answer.usage if answer.usage is not None else {"prompt_tokens": 11, "completion_tokens": len(words)}
+        chunks.append(chunk(None, usage=usage))
         chunks.append(b"data: [DONE]\n\n")
         for n, data in enumerate(chunks):
             if n == answer.cut_after:

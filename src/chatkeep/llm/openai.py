@@ -24,7 +24,7 @@ import sys
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 import orjson
@@ -55,6 +55,7 @@ UPSTREAM_DETAIL_CHARS = 300
 SEE_LOG = "; the server log has the details under this request's id"
 REQUEST_ID_HEADER = "X-Request-ID"
 STREAM_OPTIONS = {"include_usage": True}  # the upstream's logs can then be matched with chatkeep's
+MAX_TOKENS = 2**63 - 1  # a usage count beyond this is stored as this (`_usage`)
 
 
 @dataclass(slots=True, frozen=True)
@@ -438,12 +439,19 @@ def _model(raw: Any) -> str | None:
 
 
 def _usage(raw: Any) -> Usage | None:
+    """The reply's token counts, as every store can keep them: none unless both are integers of at
+    least 0 (a negative count, a float or a boolean counts nothing), and one beyond a signed 64-bit
+    integer (the widest column) clamped to MAX_TOKENS. A reply is never lost for its usage."""
     if not isinstance(raw, dict):
         return None
     prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
-        return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    if _is_count(prompt) and _is_count(completion):
+        return Usage(prompt_tokens=min(prompt, MAX_TOKENS), completion_tokens=min(completion, MAX_TOKENS))
     return None
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _upstream_message(payload: bytes) -> str:

@@ -199,12 +199,41 @@ APPEND_ENDING_TURN_FUNCTION = f"""CREATE FUNCTION chatkeep_append_and_hand_on(
                     RETURN NEXT;
                 END IF;
             END $fn$"""
+# m012: the token columns 64-bit (a rewrite of the messages table, once), and with them the
+# parameters of chatkeep_append_and_hand_on, which pass a reply's counts on: a bigint in an integer
+# parameter overflows. A function's parameter types cannot be replaced, so m012 drops m010's and
+# creates it anew, its body as m010's. chatkeep_open_turn keeps m010's: a question has no counts.
+WIDEN_TOKEN_COLUMNS = """ALTER TABLE messages
+    ALTER COLUMN prompt_tokens TYPE bigint,
+    ALTER COLUMN completion_tokens TYPE bigint"""
+DROP_M010_APPEND_ENDING_TURN = """DROP FUNCTION chatkeep_append_and_hand_on(
+    text, text, integer, text, text, timestamptz, text, text, integer, integer, text, bigint, text)"""
+APPEND_ENDING_TURN_FUNCTION_M012 = f"""CREATE FUNCTION chatkeep_append_and_hand_on(
+                text, text, integer, text, text, timestamptz, text, text, bigint, bigint, text, bigint, text)
+            RETURNS TABLE (appended_seq bigint, chat_prompt text, chat_revision bigint) LANGUAGE plpgsql AS $fn$
+            BEGIN
+                PERFORM FROM chats WHERE chats.id = $1 FOR NO KEY UPDATE;
+                {_append_message("$12", as_in_m010=True)}
+                    INTO appended_seq, chat_prompt, chat_revision;
+                IF FOUND THEN
+                    DELETE FROM turn_tickets WHERE turn_tickets.ticket = $12;
+                    IF EXISTS (SELECT FROM turn_tickets WHERE turn_tickets.chat_id = $1) THEN
+                        PERFORM pg_notify('{CHANNEL}', $1);
+                    END IF;
+                    RETURN NEXT;
+                END IF;
+            END $fn$"""
 MIGRATIONS = migrations_in(
     DIALECT,
     extra={
         "m002_turn_tickets": TICKET_FUNCTIONS,
         "m005_rate_slots": (RATE_SLOT_FUNCTION,),
         "m010_fewer_turn_round_trips": (APPEND_ENDING_TURN_FUNCTION, TAKE_TICKET_WITH_QUESTION_FUNCTION),
+        "m012_bigint_token_counts": (
+            WIDEN_TOKEN_COLUMNS,
+            DROP_M010_APPEND_ENDING_TURN,
+            APPEND_ENDING_TURN_FUNCTION_M012,
+        ),
     },
 )
 TAKE_TICKET = "SELECT * FROM chatkeep_take_ticket($1, $2, $3)"
@@ -226,7 +255,7 @@ APPEND_MESSAGES = f"""WITH counted AS (
 INSERT INTO messages ({MESSAGE_COLUMNS})
     SELECT m.id, c.id, c.message_count - $3 + m.n, m.role, m.content, $5, m.model, m.prompt_tokens,
         m.completion_tokens, m.status, m.item, m.incomplete_reason
-    FROM counted c, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::integer[], $12::integer[],
+    FROM counted c, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[],
         $13::text[], $14::text[], $15::text[]) WITH ORDINALITY
         AS m(id, role, content, model, prompt_tokens, completion_tokens, status, item, incomplete_reason, n)
     RETURNING seq, (SELECT system_prompt FROM counted), (SELECT revision FROM counted)"""

@@ -123,6 +123,10 @@ M009_CHAT_REVISIONS = ("ALTER TABLE chats ADD COLUMN revision {bigint} NOT NULL 
 M010_FEWER_TURN_ROUND_TRIPS: tuple[str, ...] = ()
 # Why an incomplete reply was cut short (a stop, a timeout, the upstream failing, a shutdown...).
 M011_INCOMPLETE_REASONS = ("ALTER TABLE messages ADD COLUMN incomplete_reason {text}",)
+# Token counts as wide as any upstream reports (a usage over 2**31 - 1 lost its reply). SQLite's
+# INTEGER is 64-bit already; PostgreSQL widens its two columns, and the m010 function that takes
+# the counts as parameters (postgres.py), so the migration exists for both and changes nothing on SQLite.
+M012_BIGINT_TOKEN_COUNTS: tuple[str, ...] = ()
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -135,6 +139,7 @@ SHARED_MIGRATIONS = {
     "m009_chat_revisions": M009_CHAT_REVISIONS,
     "m010_fewer_turn_round_trips": M010_FEWER_TURN_ROUND_TRIPS,
     "m011_incomplete_reasons": M011_INCOMPLETE_REASONS,
+    "m012_bigint_token_counts": M012_BIGINT_TOKEN_COUNTS,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (
