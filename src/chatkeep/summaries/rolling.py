@@ -10,9 +10,12 @@ the `seq` it covers. Every message stays stored; only what goes upstream changes
 
 One update per chat at a time: in this process a chat has at most one update task, and across
 processes the store's hold (`claim_rolling_summary`) admits one holder, whose hold lapses if it
-dies. A turn that comes while an update is behind or has failed falls back to truncation (its
-summary, if any, and the newest messages that fit); the next update catches up. An update that
-failed is not tried again on that chat for RETRY_SECONDS.
+dies. An update summarizes at most MAX_UPDATE_BATCHES batches, so a turn sets off a bounded
+number of LLM calls however far behind the summary is (many long items appended at once). A
+turn that comes while an update is behind or has failed falls back to truncation (its summary,
+if any, and the newest messages that fit); the next update, which the next turn finding one due
+starts, goes on from there. An update that failed is not tried again on that chat for
+RETRY_SECONDS.
 """
 
 import asyncio
@@ -32,6 +35,12 @@ HOLD_SECONDS = 120.0  # an update's hold in the store: longer than one LLM call 
 RETRY_SECONDS = 30.0
 KEEP_BATCH = 64
 INSTRUCTION_TOKENS = 120  # the update's own instructions and framing
+MAX_UPDATE_BATCHES = 2
+"""LLM calls one update makes at most. A chat that keeps up needs no more: an update is due once
+the messages after the summary take `summarize_at` of the budget, and it summarizes them down to
+half that share, so under half the budget, while a batch takes at least a quarter of it. A
+backlog beyond (many long items appended at once) is caught up turn by turn, each turn taking
+the owner's rate slot."""
 
 
 class RollingSummaries:
@@ -79,8 +88,9 @@ class RollingSummaries:
 
     async def _update(self, owner: str, chat_id: str) -> None:
         try:
-            while await self._update_once(owner, chat_id):
-                pass
+            for _ in range(MAX_UPDATE_BATCHES):
+                if not await self._update_once(owner, chat_id):
+                    break
         except ChatNotFoundError:
             pass  # deleted meanwhile
         except Exception as error:
