@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from chatkeep.app import create_app
 from chatkeep.config import Settings
+from chatkeep.http_limits import HttpLimitsProtocol, limited_to
 from tests.support.fake_openai import FakeOpenAI
 
 
@@ -28,13 +29,17 @@ def llm_settings(fake: FakeOpenAI, **overrides: Any) -> Settings:
 
 def serve(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     """chatkeep on a real socket for the block, with an HTTP client pointed at it."""
-    return serve_app(create_app(settings))
+    return serve_app(create_app(settings), settings=settings)
 
 
 @asynccontextmanager
-async def serve_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """`app` on a real socket for the block, with an HTTP client pointed at it."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
+async def serve_app(app: FastAPI, *, settings: Settings | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` on a real socket for the block, with an HTTP client pointed at it; served with the
+    HTTP limits of `serve` (those of `settings`, else the defaults)."""
+    http = limited_to(settings) if settings is not None else HttpLimitsProtocol
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on", http=http
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -20,6 +20,7 @@ from chatkeep import __version__
 from chatkeep.app import create_app
 from chatkeep.config import Settings, without_userinfo
 from chatkeep.errors import StoreUnavailableError
+from chatkeep.http_limits import HttpLimitsProtocol, limited_to
 from chatkeep.logs import configure_logging
 from chatkeep.metrics import DIRECTORY_VARIABLE as METRICS_DIR_VARIABLE
 from chatkeep.store import open_store
@@ -109,18 +110,30 @@ def serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": settings.shutdown_grace,
     }
     if settings.workers <= 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings), http=limited_to(settings), **options)
         return 0
     os.environ.update({env_of(name): str(value) for name, value in overrides.items()})  # each worker reads them
     with _metrics_directory():
-        uvicorn.run("chatkeep.cli.serve:worker_app", factory=True, workers=settings.workers, **options)
+        uvicorn.run(
+            "chatkeep.cli.serve:worker_app",
+            factory=True,
+            workers=settings.workers,
+            http="chatkeep.cli.serve:WorkerHttp",
+            **options,
+        )
     return 0
 
 
+class WorkerHttp(HttpLimitsProtocol):
+    """The HTTP protocol of a worker under `--workers N`, with the limits `worker_app` sets."""
+
+
 def worker_app() -> FastAPI:
-    """The app of one worker under `--workers N`: settings and logging from the environment."""
+    """The app of one worker under `--workers N`: settings and logging from the environment, and
+    the HTTP limits, set before uvicorn serves the worker's first connection."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
+    WorkerHttp.limit_to(settings)
     return create_app(settings)
 
 
