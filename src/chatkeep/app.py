@@ -3,7 +3,9 @@
 The lifespan owns every resource (store, HTTP session, background refreshes) and hands the
 service to requests through typed lifespan state; nothing is created at import time. The
 `Observe` layer (request ids, access log, HTTP metrics) wraps the whole middleware stack, the
-server-error layer included, so every answer is identified and counted.
+server-error layer included, so every answer is identified and counted; just inside it,
+`SiteGuard` refuses other hosts and bodies that are not JSON and adds the security headers to
+every answer (api/security.py).
 """
 
 import gc
@@ -25,6 +27,7 @@ from chatkeep.api.fast_turn_route import RouteShortcut
 from chatkeep.api.observe import Observe
 from chatkeep.api.problems import ProblemHandlers
 from chatkeep.api.routes import metrics_router, operations, router, turns
+from chatkeep.api.security import PAGE_POLICY, SiteGuard, allowed_hosts
 from chatkeep.api_keys import ApiKeys
 from chatkeep.config import Settings
 from chatkeep.llm import open_llm
@@ -53,14 +56,19 @@ class State(TypedDict):
 
 
 class ChatkeepAPI(FastAPI):
-    """FastAPI with `Observe` outside its whole middleware stack."""
+    """FastAPI with `Observe`, then `SiteGuard`, outside its whole middleware stack."""
 
-    def __init__(self, *, metrics: Metrics, **options: Any) -> None:
+    def __init__(
+        self, *, metrics: Metrics, hosts: frozenset[str] | None, problems: ProblemHandlers, **options: Any
+    ) -> None:
         super().__init__(**options)
         self.metrics = metrics
+        self.hosts = hosts
+        self.problems = problems
 
     def build_middleware_stack(self) -> ASGIApp:
-        return Observe(super().build_middleware_stack(), metrics=self.metrics)
+        guarded = SiteGuard(super().build_middleware_stack(), hosts=self.hosts, problems=self.problems)
+        return Observe(guarded, metrics=self.metrics)
 
 
 class PageFiles(StaticFiles):
@@ -113,8 +121,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await service.aclose()
                 await metrics.aclose()
 
+    problems = ProblemHandlers({OPENAI_PREFIX: OpenAIErrors()})  # /v1 errors in OpenAI's shape
     app = ChatkeepAPI(
         metrics=metrics,
+        hosts=allowed_hosts(settings),
+        problems=problems,
         title="chatkeep",
         version=__version__,
         summary="Chat sessions in front of any OpenAI-compatible LLM.",
@@ -126,7 +137,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # the turn, native and OpenAI's, past FastAPI's inner layers
-    problems = ProblemHandlers({OPENAI_PREFIX: OpenAIErrors()})  # /v1 errors in OpenAI's shape
     app.add_middleware(RouteShortcut, routes=[*turns.routes, *openai.responses_turns.routes], problems=problems)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     problems.install(app)
@@ -140,7 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def chat_page() -> FileResponse:
-        return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(WEB / "index.html", headers={**PAGE_HEADERS, "Content-Security-Policy": PAGE_POLICY})
 
     app.mount("/web", PageFiles(directory=WEB), name="web")
     serve_docs(app, favicon_url="/web/icon.svg")

@@ -22,7 +22,10 @@ ASSETS_URL = "/docs-assets"  # swagger-ui-bundle.js, swagger-ui.css, redoc.stand
 ASSETS = Path(fastapi_offline.__file__).with_name("static")
 # Anything from this origin (the pages' own inline script and styles included), nothing from any
 # other: ReDoc's side menu shows Redocly's logo from cdn.redoc.ly, with no option to leave it out.
-DOCS_HEADERS = {"Content-Security-Policy": "default-src 'self' 'unsafe-inline' data: blob:; base-uri 'none'"}
+# No page of any origin may frame them.
+DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'self' 'unsafe-inline' data: blob:; base-uri 'none'; frame-ancestors 'none'"
+}
 
 
 def serve_docs(app: FastAPI, *, favicon_url: str) -> None:

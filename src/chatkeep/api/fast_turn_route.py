@@ -7,7 +7,8 @@ measurable share of a turn (docs/performance.md). `RouteShortcut` skips those la
 routes it is given; the routes stay in the app, which documents them in OpenAPI and serves them
 the same way without the shortcut (a parity test sends the same requests both ways).
 `read_json_request` reads what FastAPI's parameter machinery would (owner, body,
-Idempotency-Key) and refuses what it would, with the same 422 problems; `shortcut_openapi`
+Idempotency-Key) and refuses what it would, with the same 422 problems (and a body not sent as
+JSON with a 415, as `SiteGuard` refuses it before any route); `shortcut_openapi`
 documents by hand what it reads. OpenAI's `POST /v1/responses` takes the same way in.
 """
 
@@ -19,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,6 +29,7 @@ from chatkeep.api import sse
 from chatkeep.api.deps import owner_of
 from chatkeep.api.problems import ProblemHandlers
 from chatkeep.api.schemas import MessageCreate
+from chatkeep.api.security import NOT_JSON, is_json
 from chatkeep.idempotency import IDEMPOTENCY_KEY_HELP, KEY_PATTERN, MAX_KEY_CHARS
 
 M = TypeVar("M", bound=BaseModel)
@@ -156,10 +159,11 @@ def headers_of(request: Request) -> dict[str, str]:
 
 
 def json_body(model: type[M], content_type: str | None, raw: bytes) -> M:
-    """`raw` validated as `model`. Raises RequestValidationError (422) for anything else."""
-    media_type = (content_type or "application/json").partition(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise RequestValidationError([_issue(("body",), "the body must be JSON (application/json)", "json_type")])
+    """`raw` validated as `model`. Raises HTTPException (415) for a body not sent as JSON (`SiteGuard`
+    refuses it first: this holds wherever the route is served), RequestValidationError (422) for
+    anything else."""
+    if raw and (content_type is None or not is_json(content_type.encode("latin-1"))):
+        raise HTTPException(415, NOT_JSON)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

@@ -90,6 +90,12 @@ def serve(args: argparse.Namespace) -> int:
             f"refusing to listen on {settings.host} without CHATKEEP_API_KEYS: anyone who can reach it could "
             "read and write every chat. Set API keys, listen on 127.0.0.1, or pass --allow-unauthenticated."
         )
+    if not settings.api_keys and not _is_loopback(settings.host) and settings.allowed_hosts is None:
+        return _fail(
+            f"listening on {settings.host} without API keys, chatkeep answers only requests for 127.0.0.1, "
+            "localhost and [::1] (any other Host could be a web page's, DNS rebinding). Set CHATKEEP_ALLOWED_HOSTS "
+            "(--allowed-hosts) to the names clients reach it by, e.g. chat.lan,192.168.1.20, or * for any."
+        )
     if settings.workers > 1 and settings.store.startswith("memory:"):
         return _fail(
             "--workers needs a store the processes can share (CHATKEEP_STORE=sqlite:///path.db or "
