@@ -10,16 +10,18 @@ and its connections (a request sent a byte at a time stays open for ever: a thou
 /healthz fail).
 
 How: `HttpLimitsProtocol` is uvicorn's `HttpToolsProtocol` (which keeps httptools' speed), with
-a count and a deadline. A head still incomplete is counted as raw bytes (all that arrived since
-the last request ended), a complete one as what was parsed (target, names and values); over the
-limit, the client gets a 431 and the connection is closed. The deadline is one float per
-connection that the parser callbacks move on; one timer per connection goes off at the earliest
-deadline it was given and, when the deadline has moved on meanwhile, sets itself for the new one,
-so a chunk costs no timer call. No deadline runs while the server has a response to write (a
-streamed reply may last minutes), nor while it holds the client up: reading paused (a pipelined
-request waiting its turn, a body the app has not read yet) or a `100 Continue` not sent yet. An
-idle kept-alive connection is uvicorn's `timeout_keep_alive`; the header deadline, from the end
-of the last response, closes it too when shorter.
+a count and a deadline. A head is counted in the bytes of the chunks that came since the request
+before it ended; only when that count (with the chunk that request ended in) passes the limit is
+a complete head measured as parsed (its target, names and values), since those chunks may hold a
+body too. Over the limit, the client gets a 431, after the answers to the requests it pipelined
+before, and the connection is closed. The deadline is one float per connection that the parser
+callbacks move on; one timer per connection goes off at the earliest deadline it was given and,
+when the deadline has moved on meanwhile, sets itself for the new one, so a chunk costs no timer
+call. No deadline runs while the server has a response to write (a streamed reply may last
+minutes), nor while it holds the client up: reading paused (a pipelined request waiting its turn,
+a body the app has not read yet) or a `100 Continue` not sent yet. An idle kept-alive connection
+is uvicorn's `timeout_keep_alive`; the header deadline, from the end of the last response, closes
+it too when shorter.
 
 The settings reach the protocol as class attributes: `limited_to(settings)` makes a class with
 them, and under `--workers N` each worker sets its own class's from the settings it reads.
@@ -53,14 +55,19 @@ class HttpLimitsProtocol(HttpToolsProtocol):
     header_timeout: ClassVar[float] = _default("header_timeout")
     body_timeout: ClassVar[float] = _default("body_timeout")
 
-    # What the parser reads: a request's head (and how many bytes of it came so far), or its body.
+    # What the parser reads: a request's head, or its body. `_head_bytes` counts the bytes of the
+    # chunks that came since the last request ended; the chunk it ended in (`_uncounted` bytes)
+    # may hold the start of the next head too, so the two bound the head's size from above.
     _reading_head = True
     _head_bytes = 0
+    _chunk = 0  # the size of the chunk being read
+    _uncounted = 0
     _refused = False
     # The one deadline, on the loop's clock (None: none runs), and the timer set for it or earlier.
     _deadline: float | None = None
     _timer: asyncio.TimerHandle | None = None
     _timer_at = 0.0
+    flow: "_Flow"
 
     @classmethod
     def limit_to(cls, settings: Settings) -> None:
@@ -76,21 +83,21 @@ class HttpLimitsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()
         super().connection_lost(exc)
+        self.flow.protocol = None  # no reference cycle left to the collector (uvicorn drops its parser's too)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._chunk = len(data)
         if self._reading_head:
-            self._head_bytes += len(data)
+            self._head_bytes += self._chunk
         super().data_received(data)
         if self._refused or (self._reading_head and self._head_bytes > self.max_header_bytes):
             self._refuse()
 
     def on_headers_complete(self) -> None:
-        # The head whole, measured as parsed: the chunk it came in may hold a body, or begin with
-        # the end of the request before it.
-        size = len(self.url) + sum(len(name) + len(value) + HEADER_LINE for name, value in self.headers)
-        if self._refused or size > self.max_header_bytes:
+        limit = self.max_header_bytes
+        if self._refused or (self._head_bytes + self._uncounted > limit and self._parsed_head() > limit):
             self._refused = True  # data_received answers once the parser is done with the chunk
             return
         self._reading_head = False
@@ -109,22 +116,32 @@ class HttpLimitsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._reading_head = True
         self._head_bytes = 0
+        self._uncounted = self._chunk
         self._start_head_clock()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._reading_head and not self.transport.is_closing():
+        if self._refused:
+            if self.cycle.response_complete:
+                self._refuse()
+        elif self._reading_head and not self.transport.is_closing():
             self._start_head_clock()
 
     def handle_websocket_upgrade(self) -> None:
         self._stop_clock()  # the connection is the WebSocket protocol's from here on
         super().handle_websocket_upgrade()
 
+    def _parsed_head(self) -> int:
+        """The size of the head just parsed, for when the bytes counted may hold more than the head."""
+        return len(self.url) + sum(len(name) + len(value) + HEADER_LINE for name, value in self.headers)
+
     def _reading_resumed(self) -> None:
         """The server no longer holds the client up: the clock of what it must send starts again."""
+        if self._refused:
+            return
         if self._reading_head:
             self._start_head_clock()
-        elif not self._refused:
+        else:
             self._expect(self.body_timeout)
 
     def _start_head_clock(self) -> None:
@@ -173,23 +190,26 @@ class HttpLimitsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _refuse(self) -> None:
-        """431 for a head too large, and the connection closed: what came after it cannot be read."""
-        if self.transport.is_closing():
-            return
+        """431 for a head too large, once the requests before it are answered, and the connection
+        closed: what came after the head cannot be read."""
         self._refused = True
         self._stop_clock()
-        if self.cycle is None or self.cycle.response_complete:  # else a response is half written
-            message = f"Request line and headers larger than {self.max_header_bytes} bytes".encode()
-            content = [STATUS_LINE[TOO_LARGE]]
-            for name, value in self.server_state.default_headers:
-                content += [name, b": ", value, b"\r\n"]
-            content += [
-                b"content-type: text/plain; charset=utf-8\r\n",
-                b"content-length: %d\r\n" % len(message),
-                b"connection: close\r\n\r\n",
-                message,
-            ]
-            self.transport.write(b"".join(content))
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.flow.pause_reading()  # on_response_complete comes back once the last one is answered
+            return
+        message = f"Request line and headers larger than {self.max_header_bytes} bytes".encode()
+        content = [STATUS_LINE[TOO_LARGE]]
+        for name, value in self.server_state.default_headers:
+            content += [name, b": ", value, b"\r\n"]
+        content += [
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(message),
+            b"connection: close\r\n\r\n",
+            message,
+        ]
+        self.transport.write(b"".join(content))
         self.transport.close()
 
 
@@ -198,12 +218,13 @@ class _Flow(FlowControl):
 
     def __init__(self, transport: asyncio.Transport, protocol: HttpLimitsProtocol) -> None:
         super().__init__(transport)
-        self._protocol = protocol
+        self.protocol: HttpLimitsProtocol | None = protocol
 
     def resume_reading(self) -> None:
         if self.read_paused:
             super().resume_reading()
-            self._protocol._reading_resumed()
+            if self.protocol is not None:
+                self.protocol._reading_resumed()
 
 
 def limited_to(settings: Settings) -> type[HttpLimitsProtocol]:

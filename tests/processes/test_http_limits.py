@@ -86,6 +86,9 @@ async def test_a_head_over_max_header_bytes_is_refused_with_431_and_one_under_it
             assert status == 431
             assert b"header" in body.lower()
             assert await seconds_until_closed(reader, time.monotonic()) < 1
+        async with connection(server) as (reader, writer):  # the second of two pipelined requests
+            writer.write(HEALTHZ + b"\r\n" + HEALTHZ + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            assert [(await response(reader))[0] for _ in range(2)] == [200, 431]
         async with connection(server) as (reader, writer):  # 100 KB of headers in 1 KB lines
             writer.write(HEALTHZ + b"".join(b"X-H%d: %b\r\n" % (n, b"b" * 1000) for n in range(100)) + b"\r\n")
             with suppress(ConnectionResetError):  # the server may close before it has read everything
