@@ -436,4 +436,24 @@ async def test_an_item_of_any_type_over_the_size_limit_is_a_400_naming_it(store_
         assert (huge.status_code, huge.json()["error"]["param"]) == (400, "items[0]")
         added = await sdk.conversations.items.create(conversation.id, items=[small])
         assert [item.model_dump(exclude_unset=True)["blob"] for item in added.data] == ["é" * 900]
+        with pytest.raises(openai.BadRequestError) as as_input:  # a response's input is held to it too
+            await sdk.responses.create(model="fake-model", input=[large], conversation=conversation.id)  # type: ignore[list-item]
+        assert as_input.value.param == "input[0]"
+        assert len(await all_items(sdk, conversation.id)) == 1
         assert fake_llm.requests == []
+
+
+async def test_a_response_with_several_inputs_fits_a_full_conversation_or_is_refused_whole(
+    fake_llm: FakeOpenAI,
+) -> None:
+    """Room for every input and the reply, counted before anything is stored."""
+    async with serve(llm_settings(fake_llm, max_chat_messages=4)) as http, sdk_for(http) as sdk:
+        conversation = await sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "one"}])
+        three = [{"type": "message", "role": "user", "content": word} for word in ("two", "three", "four")]
+        with pytest.raises(openai.RateLimitError) as full:
+            await sdk.responses.create(model="fake-model", input=three, conversation=conversation.id)
+        assert full.value.code == "chat_full"
+        assert len(await all_items(sdk, conversation.id)) == 1
+        assert fake_llm.requests == []
+        answered = await sdk.responses.create(model="fake-model", input=three[:2], conversation=conversation.id)
+        assert answered.output_text == "echo: three"

@@ -13,7 +13,7 @@ import orjson
 from chatkeep.domain import DELETED_ITEM, Chat, ChatChanges, Message, NewMessage, PageRequest
 from chatkeep.errors import MessageNotFoundError
 from chatkeep.idempotency import IdempotencyKey
-from chatkeep.openai_compat.items import check_item_sizes, item_from_message
+from chatkeep.openai_compat.items import item_from_message
 from chatkeep.service import ChatService
 from chatkeep.turns.engine import NewTurn
 from chatkeep.turns.events import TurnOutcome
@@ -56,9 +56,7 @@ class Conversations:
     async def create(
         self, owner: str, items: list[NewMessage], metadata: dict[str, str], key: IdempotencyKey | None = None
     ) -> dict[str, Any]:
-        """Create a conversation with its first items; with a key, once. Raises InvalidInputError
-        for an item over the size limit (see items.py)."""
-        check_item_sizes(items, "items", max_chars=self._service.settings.max_message_chars)
+        """Create a conversation with its first items (read and size-checked by `read_items`); with a key, once."""
         chat = await self._service.create_chat(
             owner, title=None, metadata=metadata, system_prompt=None, messages=items, key=key
         )
@@ -79,8 +77,7 @@ class Conversations:
         self, owner: str, chat_id: str, items: list[NewMessage], key: IdempotencyKey | None = None
     ) -> dict[str, Any]:
         """Append items to the conversation; with a key, once: a retry gets the items the first try
-        added. Raises InvalidInputError for an item over the size limit (see items.py)."""
-        check_item_sizes(items, "items", max_chars=self._service.settings.max_message_chars)
+        added (items read and size-checked by `read_items`)."""
         admitted = await self._service.admission.admit(owner, chat_id, key, inputs=len(items), replies=0)
         if admitted.replay is not None:
             page: dict[str, Any] = orjson.loads(admitted.replay)

@@ -14,7 +14,7 @@ from chatkeep.domain import NewMessage, Role
 from chatkeep.errors import InvalidInputError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm.base import CallOptions
-from chatkeep.openai_compat.items import stored_from_item
+from chatkeep.openai_compat.items import check_item_sizes, stored_from_item
 from chatkeep.openai_compat.responses import ResponseRequest
 from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
 
@@ -24,12 +24,15 @@ INT64 = 2**63
 
 
 def read_items(raw: list[Any], param: str, *, max_chars: int) -> list[NewMessage]:
-    """Input items as stored, each checked. Raises InvalidInputError naming the item at fault."""
+    """Input items as stored, each checked (its text, and the JSON of one kept verbatim, within
+    `max_chars`). Raises InvalidInputError naming the item at fault. Every route that stores
+    items reads them here: conversations, items appended, and a response's input."""
     check_storable(raw, param)
     items = [stored_from_item(item, f"{param}[{n}]") for n, item in enumerate(raw)]
     for n, item in enumerate(items):
         if len(item.content) > max_chars:
             raise InvalidInputError(f"an item's text may have at most {max_chars} characters", param=f"{param}[{n}]")
+    check_item_sizes(items, param, max_chars=max_chars)
     return items
 
 

@@ -302,7 +302,9 @@ class Responses:
         """The response admitted as a turn (see turns/admission.py): on its conversation, or, chained
         to earlier responses, on no chat, once its chain is found (a 404 for one that is not)."""
         chain = await self._chain(owner, request) if request.conversation is None else None
-        admitted = await self._service.admission.admit(owner, request.conversation, request.key)
+        admitted = await self._service.admission.admit(
+            owner, request.conversation, request.key, inputs=len(request.inputs)
+        )
         pending = PendingResponse(request, request.options.model or self._settings.llm_model, streamed=streamed)
         turn = NewTurn(
             request.inputs,
