@@ -437,7 +437,7 @@ async def test_an_item_of_any_type_over_the_size_limit_is_a_400_naming_it(store_
         added = await sdk.conversations.items.create(conversation.id, items=[small])
         assert [item.model_dump(exclude_unset=True)["blob"] for item in added.data] == ["é" * 900]
         with pytest.raises(openai.BadRequestError) as as_input:  # a response's input is held to it too
-            await sdk.responses.create(model="fake-model", input=[large], conversation=conversation.id)  # type: ignore[list-item]
+            await sdk.responses.create(model="fake-model", input=[large], conversation=conversation.id)
         assert as_input.value.param == "input[0]"
         assert len(await all_items(sdk, conversation.id)) == 1
         assert fake_llm.requests == []
