@@ -217,10 +217,18 @@ async def test_the_summary_shows_exact_counts(tab: Tab, api: httpx.AsyncClient, 
     await expect(panel.get_by_text("Planning Rome.")).to_be_visible()
     await expect(panel.get_by_role("listitem")).to_have_text(["Colosseum", "Pantheon", "Trevi"])
 
+    calls = len(fake_llm.requests)
+    await panel.get_by_role("button", name="Refresh").click()  # nothing new: the same summary, no call
+    await expect(panel.get_by_text("Planning Rome.")).to_be_visible()
+    assert len(fake_llm.requests) == calls
+
+    posted = await api.post(f"/chats/{chat_id}/messages", json={"content": "and Ostia?"})
+    assert posted.status_code == 201
     fake_llm.queue(Scripted(content='{"summary": "Rome, again.", "highlights": ["Forum", "Vatican", "Ostia"]}'))
     await panel.get_by_role("button", name="Refresh").click()
     await expect(panel.get_by_text("Rome, again.")).to_be_visible()
     await expect(panel.get_by_role("listitem")).to_have_text(["Forum", "Vatican", "Ostia"])
+    await expect(panel.locator('[data-count="messages"]')).to_have_text("6")
 
     await panel.get_by_role("button", name="Close the summary").click()
     await expect(panel).to_be_hidden()

@@ -1,7 +1,8 @@
 // The summary panel: the chat's exact counts, its summary and highlights, and a refresh.
 //
 // The counts are exact on every call; the summary text is the model's (cached by the server and
-// brought up to date when messages came since), and ?refresh=true writes it again from scratch.
+// brought up to date when messages came since), and ?refresh=true writes it anew when messages
+// came since (with nothing new, the server answers the cached one and asks the model nothing).
 
 import { byId, fullTime, h } from "./dom.js";
 import { problemNotice } from "./problems.js";
