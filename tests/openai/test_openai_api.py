@@ -457,3 +457,22 @@ async def test_a_response_with_several_inputs_fits_a_full_conversation_or_is_ref
         assert fake_llm.requests == []
         answered = await sdk.responses.create(model="fake-model", input=three[:2], conversation=conversation.id)
         assert answered.output_text == "echo: three"
+
+
+async def test_the_sdk_does_not_retry_a_quota_that_waiting_cannot_clear(fake_llm: FakeOpenAI) -> None:
+    sent: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        sent.append(request.url.path)
+
+    async with (
+        serve(llm_settings(fake_llm, max_chat_messages=2)) as http,
+        httpx.AsyncClient(event_hooks={"request": [count]}) as transport,
+        AsyncOpenAI(base_url=f"{http.base_url}/v1", api_key="sk-x", max_retries=2, http_client=transport) as sdk,
+    ):
+        conversation = await sdk.conversations.create()
+        await sdk.responses.create(model="fake-model", input="one", conversation=conversation.id)
+        sent.clear()
+        with pytest.raises(openai.RateLimitError):
+            await sdk.responses.create(model="fake-model", input="two", conversation=conversation.id)
+        assert sent == ["/v1/responses"]

@@ -107,6 +107,10 @@ def _identified(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+# Said of a 429 that waiting does not clear (a quota), in the header OpenAI's SDKs read before retrying.
+NOT_BY_WAITING = {"x-should-retry": "false"}
+
+
 def retry_after_header(seconds: float | None) -> dict[str, str] | None:
     """Retry-After in whole seconds, rounded up so a client never comes back too early."""
     return None if seconds is None else {"Retry-After": str(max(1, -int(-seconds // 1)))}
@@ -165,6 +169,8 @@ class ProblemHandlers:
         headers = retry_after_header(exc.retry_after)
         if isinstance(exc, UnauthorizedError):
             headers = {"WWW-Authenticate": 'Bearer realm="chatkeep"'}
+        elif exc.status == 429 and exc.retry_after is None:
+            headers = NOT_BY_WAITING  # a quota: OpenAI's SDKs would retry a 429 otherwise
         return self._shape(request).chatkeep_error(exc, headers)
 
     async def _validation_error(self, request: Request, exc: Exception) -> Response:
