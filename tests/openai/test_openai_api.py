@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -462,12 +463,12 @@ async def test_a_response_with_several_inputs_fits_a_full_conversation_or_is_ref
 async def test_the_sdk_does_not_retry_a_quota_that_waiting_cannot_clear(fake_llm: FakeOpenAI) -> None:
     sent: list[str] = []
 
-    async def count(request: httpx.Request) -> None:
+    async def count(request: httpx2.Request) -> None:
         sent.append(request.url.path)
 
     async with (
         serve(llm_settings(fake_llm, max_chat_messages=2)) as http,
-        httpx.AsyncClient(event_hooks={"request": [count]}) as transport,
+        httpx2.AsyncClient(event_hooks={"request": [count]}) as transport,  # the SDK's HTTP client
         AsyncOpenAI(base_url=f"{http.base_url}/v1", api_key="sk-x", max_retries=2, http_client=transport) as sdk,
     ):
         conversation = await sdk.conversations.create()
