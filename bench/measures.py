@@ -26,6 +26,7 @@ STORE_TARGETS = {"sqlite": Target(">=", 0.5), "postgresql": Target(">=", 0.4)}
 BURST_TARGET = Target("<=", 1.15)
 HISTORY_TARGET = Target("<=", 1.2)
 OBSERVED_TARGET = Target(">=", 0.95)
+HTTP_LIMITS_TARGET = Target(">=", 0.95)
 RESPONSES_TARGET = Target(">=", 0.9)
 LIVE_STREAMS_TARGET = Target(">=", 0.8)
 MEMORY_TARGET = Target("<=", 300, on="value")
@@ -106,6 +107,33 @@ def observed(rig: Rig) -> list[Row]:
             baseline_name="metrics off",
             target=OBSERVED_TARGET,
             note=f"{failures} failed requests" if failures else "",
+            runs=rates,
+            failures=failures,
+        )
+    ]
+
+
+def http_limits(rig: Rig) -> list[Row]:
+    """11. Turns/s as in 1 with the HTTP limits (head size, header and body timeouts) against without them."""
+    llm = rig.llm()
+    servers = {"limits": rig.chatkeep(llm), "no limits": rig.chatkeep(llm, http_limits=False)}
+    # A cost of a few percent is measured against noise of about as much: twice the usual runs.
+    results = rig.turn_rates(servers, stream=False, runs=2 * rig.plan.runs)
+    rig.stop(servers["no limits"])
+    rates = _rates(results)
+    failures = sum(_failed_requests(runs) for runs in results.values())
+    cpu = f"CPU us a turn: {median(rates['limits cpu_us']):.0f} vs {median(rates['no limits cpu_us']):.0f}"
+    return [
+        Row(
+            "http_limits",
+            "turns/s as in 1, with the HTTP limits (431, header and body timeouts) vs uvicorn's httptools alone",
+            "turns/s",
+            median(rates["limits"]),
+            median(rates["no limits"]),
+            chatkeep_name="limits",
+            baseline_name="no limits",
+            target=HTTP_LIMITS_TARGET,
+            note="; ".join(part for part in (f"{failures} failed requests" if failures else "", cpu) if part),
             runs=rates,
             failures=failures,
         )
@@ -409,4 +437,5 @@ MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "observed": observed,
     "responses": responses,
     "live_streams": live_streams,
+    "http_limits": http_limits,
 }

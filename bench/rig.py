@@ -120,10 +120,11 @@ class Rig:
         max_turns_in_flight: int | None = None,
         metrics: bool = True,
         llm_connections: int | None = None,
+        http_limits: bool = True,
     ) -> Server:
         """chatkeep on `llm` and `store`, with its default bounds on turns in flight and on
-        connections to the LLM unless given, and /metrics on unless told; raises StartError when
-        it refuses to start."""
+        connections to the LLM unless given, and /metrics and its HTTP limits on unless told;
+        raises StartError when it refuses to start."""
         key = f"chatkeep-{store.partition(':')[0]}-{llm.name}"
         options: list[str] = []
         extra_env: dict[str, str] = {}
@@ -136,8 +137,12 @@ class Rig:
         if not metrics:
             key += "-unobserved"
             options += ["--metrics", "false"]
+        command = [CHATKEEP]
+        if not http_limits:
+            key += "-unlimited"
+            command = [PYTHON, "-m", "bench.unguarded"]
         if key not in self._servers:
-            argv = [CHATKEEP, "serve", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning", *options]
+            argv = [*command, "serve", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning", *options]
             env = {name: value for name, value in os.environ.items() if not name.startswith("CHATKEEP_")}
             env |= {"OPENAI_API_KEY": BENCH_API_KEY, "OPENAI_BASE_URL": llm.url + "/v1", "CHATKEEP_STORE": store}
             env |= extra_env
