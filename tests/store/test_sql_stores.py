@@ -1,6 +1,7 @@
 """What only the SQL stores promise: migrations, durability across reopening, turns across processes.
 
-Also that both dialects create one schema, and that a SQLite file locked too long is reported as unavailable.
+Also that both dialects create one schema, and that a store that cannot answer (PostgreSQL cut
+off, a SQLite file locked too long or on a full disk) is reported as unavailable, then works again.
 """
 
 import asyncio
@@ -10,20 +11,23 @@ import signal
 import sqlite3 as sqlite_driver
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-from chatkeep.domain import KeyState, NewMessage, PageRequest, Role, SummaryText, utcnow
+from chatkeep.domain import ChatChanges, KeyState, NewMessage, PageRequest, Role, StoredResponse, SummaryText, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store import ChatStore, TurnTicket, open_store
 from chatkeep.store.sql import postgres, sqlite
 from chatkeep.store.sql.migrations import Migration, pending
 from chatkeep.store.urls import pool_options, sqlite_location
+from tests.support.forwarder import Forwarder
 from tests.support.stores import applied_migrations, execute_sql, fresh_database, open_sql_store
 
 ALICE = "alice"
@@ -471,6 +475,113 @@ async def test_other_sqlite_errors_are_not_called_unavailable(tmp_path: Path) ->
             await sqlite.SqliteThread(executor, db).fetch("SELECT * FROM nowhere")
     finally:
         db.close()
+
+
+def every_call(store: ChatStore, chat_id: str, message_id: str) -> dict[str, Callable[[], Awaitable[object]]]:
+    """Each call a store makes of its database, by name, to make while it cannot answer."""
+    now, page = utcnow(), PageRequest()
+    response = StoredResponse("resp_outage", None, None, now, {"id": "resp_outage"}, [])
+    broadcast = store.broadcast
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "check_ready": store.check_ready,
+        "create_chat": lambda: store.create_chat(ALICE, title=None, metadata={}, system_prompt=None),
+        "get_chat": lambda: store.get_chat(ALICE, chat_id),
+        "list_chats": lambda: store.list_chats(ALICE, page),
+        "count_chats": lambda: store.count_chats(ALICE),
+        "update_chat": lambda: store.update_chat(ALICE, chat_id, ChatChanges(frozenset({"title"}), title="t")),
+        "delete_chat": lambda: store.delete_chat(ALICE, chat_id),
+        "append_message": lambda: store.append_message(ALICE, chat_id, NewMessage(Role.USER, "x")),
+        "append_messages": lambda: store.append_messages(ALICE, chat_id, [NewMessage(Role.USER, "x")] * 2),
+        "append_question": lambda: store.append_question(ALICE, chat_id, "x"),
+        "forget_message": lambda: store.forget_message(ALICE, chat_id, message_id),
+        "list_messages": lambda: store.list_messages(ALICE, chat_id, page),
+        "recent_messages": lambda: store.recent_messages(ALICE, chat_id, limit=5),
+        "message_stats": lambda: store.message_stats(ALICE, chat_id),
+        "get_message": lambda: store.get_message(ALICE, chat_id, message_id),
+        "get_summary": lambda: store.get_summary(ALICE, chat_id),
+        "save_summary": lambda: store.save_summary(ALICE, chat_id, SummaryText("s", [], 1, now)),
+        "get_rolling_summary": lambda: store.get_rolling_summary(ALICE, chat_id),
+        "claim_rolling_summary": lambda: store.claim_rolling_summary(ALICE, chat_id, hold_seconds=1),
+        "end_rolling_summary": lambda: store.end_rolling_summary(ALICE, chat_id, None),
+        "claim_key": lambda: store.claim_key(ALICE, "k", "f", expired_before=now, abandoned_before=now),
+        "update_key": lambda: store.update_key(ALICE, "k", state=KeyState.DONE),
+        "release_key": lambda: store.release_key(ALICE, "k"),
+        "purge_keys": lambda: store.purge_keys(expired_before=now),
+        "save_response": lambda: store.save_response(ALICE, response),
+        "get_response": lambda: store.get_response(ALICE, "resp_outage"),
+        "delete_response": lambda: store.delete_response(ALICE, "resp_outage"),
+        "take_rate_slot": lambda: store.take_rate_slot("k", limit=5, window_seconds=60),
+        "turn_lease": lambda: _hold(store, chat_id),
+    }
+    if broadcast is not None:
+        calls["publish"] = lambda: broadcast.publish(b"hello")
+    return calls
+
+
+async def test_a_postgres_store_cut_off_is_unavailable_in_every_call_then_works_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL through a forwarder that is cut (every connection closed, new ones refused) and restored."""
+    async with fresh_database("postgres", tmp_path) as url:
+        target = urlsplit(url)
+        forwarder = Forwarder(target.hostname or "127.0.0.1", target.port or 5432)
+        async with forwarder, open_sql_store(forwarder.url(url), lease_seconds=SHORT_LEASE) as store:
+            chat_id = await new_chat(store)
+            async with store.turn_lease(ALICE, chat_id, question="before") as ticket:
+                assert ticket.question is not None
+                await forwarder.cut()
+            # Its question stored, the turn's ticket could not be given back: the block still ends
+            # without an error (its ticket lapses after the lease).
+            for name, call in every_call(store, chat_id, ticket.question.id).items():
+                with pytest.raises(StoreUnavailableError) as raised:
+                    await call()
+                assert raised.value.retry_after == postgres.RETRY_AFTER_SECONDS, name
+                assert raised.value.detail.startswith("PostgreSQL does not answer ("), name
+            await forwarder.restore()
+            async with asyncio.timeout(SHORT_LEASE * 5):
+                async with store.turn_lease(ALICE, chat_id) as ticket:  # once the lapsed ticket is gone
+                    reply = [NewMessage(Role.USER, "after"), NewMessage(Role.ASSISTANT, "a")]
+                    await store.append_messages(ALICE, chat_id, reply, ticket=ticket, ends_turn=True)
+            await store.check_ready()
+            messages = (await store.list_messages(ALICE, chat_id, PageRequest())).data
+            assert [m.content for m in messages] == ["before", "after", "a"]
+    assert "does not answer" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], "warnings, no tracebacks"
+
+
+async def test_a_sqlite_file_on_a_full_disk_is_unavailable_then_works_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's limit on the file's pages (set on the store's own connection) stands in for a full disk."""
+    opened: list[sqlite_driver.Connection] = []
+    connect = sqlite._connect
+
+    def recording(path: str, synchronous: str) -> sqlite_driver.Connection:
+        opened.append(connect(path, synchronous))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite, "_connect", recording)
+    async with fresh_database("sqlite", tmp_path) as url, open_store(url) as store:
+        chat_id = await new_chat(store)
+        question = await store.append_message(ALICE, chat_id, NewMessage(Role.USER, "before"))
+        (db,) = opened
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        big = "x" * 50_000
+        for write in (
+            lambda: store.append_message(ALICE, chat_id, NewMessage(Role.USER, big)),
+            lambda: store.append_messages(ALICE, chat_id, [NewMessage(Role.USER, big)] * 2),
+            lambda: store.create_chat(
+                ALICE, title=None, metadata={}, system_prompt=None, messages=[NewMessage(Role.USER, big)]
+            ),
+        ):
+            with pytest.raises(StoreUnavailableError, match="the disk is full") as raised:
+                await write()
+            assert raised.value.retry_after == sqlite.UNAVAILABLE_RETRY_SECONDS
+        assert (await store.get_message(ALICE, chat_id, question.id)).content == "before"  # reads go on
+        db.execute("PRAGMA max_page_count = 1073741823")
+        assert (await store.append_message(ALICE, chat_id, NewMessage(Role.USER, big))).seq == 2
+    assert "database or disk is full" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_an_append_with_a_lapsed_ticket_stores_nothing(sql_store_url: str) -> None:

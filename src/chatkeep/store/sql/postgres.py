@@ -10,17 +10,25 @@ rides with its ticket and its reply gives the ticket back, so a turn is two writ
 (three when the reply is several messages, or incomplete with a reason, which m010's function
 predates: its ticket is then given back by a call of its own). The functions are released
 migrations: their names and bodies keep their first release's words.
+
+Every call goes through `Database`, the one place where a failure that says PostgreSQL cannot
+answer now (the connection refused, reset or closed, no connection free in time, the server
+shutting down, starting or out of room: `OUTAGES`) becomes StoreUnavailableError, a 503 with
+Retry-After on every route and in /readyz alike, logged as one warning line that names the
+database by host, port and name (never its user or password).
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
+import asyncpg.exceptions
 
 from chatkeep.domain import MessageStatus, Role, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
@@ -46,6 +54,19 @@ RELISTEN_SECONDS = 1.0
 CHANNEL = "chatkeep_turns"
 READY_TIMEOUT_SECONDS = 2.0
 MIGRATION_LOCK = 0x63686174_6B656570  # "chatkeep": one process migrates a database at a time
+ACQUIRE_TIMEOUT_SECONDS = 10.0  # for a pooled connection (a new one's connect included): then the store is unavailable
+RETRY_AFTER_SECONDS = 2.0  # what a 503 for an unreachable database tells the client to wait
+# Failures that say the database cannot answer now, not that a statement is at fault.
+OUTAGES = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,  # no connection free, or none made, within ACQUIRE_TIMEOUT_SECONDS
+    asyncpg.InterfaceError,  # a connection closed under a call, the pool closing
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError (closed mid-call), a connection failure
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up (CannotConnectNowError), cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # TooManyConnectionsError, a full disk, out of memory
+    asyncpg.exceptions.PostgresSystemError,  # an I/O error
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, until a failover makes it the primary
+)
 BROADCAST_CHANNEL = "chatkeep_broadcast"
 # Refresh the RUNNING ones among the (owner, key) pairs of a JSON array of {"owner", "key"}.
 TOUCH_KEYS = """UPDATE idempotency_keys k SET updated_at = $2
@@ -293,6 +314,75 @@ def _no_chat(chat_id: str) -> ChatNotFoundError:
     return ChatNotFoundError(f"no chat {chat_id!r}")
 
 
+def database_name(dsn: str) -> str:
+    """The database `dsn` names, for logs: host, port and name, never the user or password."""
+    parts = urlsplit(dsn)
+    if not parts.hostname:
+        return "PostgreSQL"
+    return f"PostgreSQL at {parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+class Database:
+    """The pool, and each call on a connection of it: where OUTAGES become StoreUnavailableError."""
+
+    def __init__(self, pool: Pool, name: str) -> None:
+        self._pool = pool
+        self.name = name
+
+    async def call(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """`work` done on a pooled connection, taken within ACQUIRE_TIMEOUT_SECONDS."""
+        try:
+            async with asyncio.timeout(ACQUIRE_TIMEOUT_SECONDS):
+                connection = await self._pool.acquire()
+            try:
+                return await work(connection)
+            finally:
+                await self._pool.release(connection)
+        except OUTAGES as error:
+            raise self.unavailable(error) from error
+
+    def unavailable(self, error: BaseException) -> StoreUnavailableError:
+        """The 503 for `error`, logged as a warning: the client is told only what kind of failure it was."""
+        log.warning("%s does not answer: %s", self.name, _reason(error))
+        kind = type(error).__name__
+        return StoreUnavailableError(f"PostgreSQL does not answer ({kind})", retry_after=RETRY_AFTER_SECONDS)
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        return await self.call(lambda connection: connection.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        return await self.call(lambda connection: connection.fetchrow(query, *args))
+
+    async def fetchval(self, query: str, *args: object) -> Any:
+        return await self.call(lambda connection: connection.fetchval(query, *args))
+
+    async def execute(self, query: str, *args: object) -> None:
+        await self.call(lambda connection: connection.execute(query, *args))
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+class _OutageInOneLine(logging.Filter):
+    """asyncpg's pool logs each failed try to keep its floor of connections open (backing off to
+    a minute apart) with a traceback: an outage's is a warning of one line, like chatkeep's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, OUTAGES):
+            record.msg, record.exc_info, record.exc_text = f"{record.msg} ({_reason(error)})", None, None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OutageInOneLine())
+
+
+async def _drive_in_transaction(connection: Connection, plan: Plan[T]) -> T:
+    async with connection.transaction():
+        return await _drive(connection, plan)
+
+
 async def _drive(connection: Connection, plan: Plan[T]) -> T:
     """Run `plan` on `connection`."""
     step = advance(plan)
@@ -323,17 +413,14 @@ class PostgresDriver:
     sql = SQL
     touch_keys = TOUCH_KEYS
 
-    def __init__(self, pool: Pool, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]) -> None:
+        self._db = db
         self.broadcast = broadcast
         self.migrations = migrations
 
     async def run(self, plan: Plan[T], *, write: bool = False) -> T:
-        async with self._pool.acquire() as connection:
-            if not write:
-                return await _drive(connection, plan)
-            async with connection.transaction():
-                return await _drive(connection, plan)
+        drive = _drive_in_transaction if write else _drive
+        return await self._db.call(lambda connection: drive(connection, plan))
 
     def stamp(self, moment: datetime) -> datetime:
         return moment
@@ -343,9 +430,9 @@ class PostgresDriver:
 
     async def applied_migrations(self) -> set[str]:
         try:
-            rows = await self._pool.fetch(SQL.applied_migrations, timeout=READY_TIMEOUT_SECONDS)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            raise StoreUnavailableError(f"PostgreSQL does not answer: {error or type(error).__name__}") from error
+            rows = await self._db.call(lambda c: c.fetch(SQL.applied_migrations, timeout=READY_TIMEOUT_SECONDS))
+        except asyncpg.PostgresError as error:  # any other: the schema cannot be read, so it cannot be checked
+            raise self._db.unavailable(error) from error
         return {row[0] for row in rows}
 
     async def append(
@@ -361,34 +448,34 @@ class PostgresDriver:
             args = [chat_id, owner, user, message_id, role, now, content, model, prompt_tokens, completion_tokens]
             hand_on = ends_turn and reason is None  # the function that hands on stores no reason
             if hand_on:
-                row = await self._pool.fetchrow(APPEND_ENDING_TURN, *args, status, ticket, item)
+                row = await self._db.fetchrow(APPEND_ENDING_TURN, *args, status, ticket, item)
             else:
-                row = await self._pool.fetchrow(APPEND_MESSAGE, *args, status, ticket, item, reason)
+                row = await self._db.fetchrow(APPEND_MESSAGE, *args, status, ticket, item, reason)
             if row is None:
                 raise await self._refused(owner, chat_id)
             return Appended(row[0], row[1], row[2], now, gave_back=hand_on)
         users = sum(message.role is Role.USER for _, message in messages)
         columns = [list(column) for column in zip(*(message_values(m) for _, m in messages), strict=True)]
         ids = [message_id for message_id, _ in messages]
-        rows = await self._pool.fetch(APPEND_MESSAGES, chat_id, owner, len(messages), users, now, ticket, ids, *columns)
+        rows = await self._db.fetch(APPEND_MESSAGES, chat_id, owner, len(messages), users, now, ticket, ids, *columns)
         if not rows:
             raise await self._refused(owner, chat_id)
         return Appended(max(row[0] for row in rows), rows[0][1], rows[0][2], now)
 
     async def _refused(self, owner: str, chat_id: str) -> Exception:
         """Why an append wrote nothing: the chat is gone, or the append's ticket no longer holds its turn."""
-        if await self._pool.fetchval(SQL.select_stats, chat_id, owner) is not None:
+        if await self._db.fetchval(SQL.select_stats, chat_id, owner) is not None:
             return TurnLapsedError(LAPSED_DETAIL)
         return _no_chat(chat_id)
 
     async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float, question: NewRow | None) -> TakenTicket:
         now = utcnow()
         if question is None:
-            row = await self._pool.fetchrow(TAKE_TICKET, owner, chat_id, lease_seconds)
+            row = await self._db.fetchrow(TAKE_TICKET, owner, chat_id, lease_seconds)
         else:
             message_id, message = question
             asked = (message_id, Role.USER.value, now, message.content)
-            row = await self._pool.fetchrow(
+            row = await self._db.fetchrow(
                 TAKE_TICKET_WITH_QUESTION, chat_id, owner, 1, *asked, *USER_EXTRAS, lease_seconds, None
             )
         if row is None:
@@ -398,13 +485,13 @@ class PostgresDriver:
         return TakenTicket(taken, head, stored)
 
     async def give_back_ticket(self, chat_id: str, ticket: int) -> None:
-        await self._pool.execute(GIVE_BACK_TICKET, chat_id, ticket)
+        await self._db.execute(GIVE_BACK_TICKET, chat_id, ticket)
 
     async def claim_key(
         self, owner: str, key: str, fingerprint: str, *, now: Any, expired_before: Any, abandoned_before: Any
     ) -> tuple[bool, Row | None]:
         while True:
-            row = await self._pool.fetchrow(CLAIM_KEY, owner, key, fingerprint, now, expired_before, abandoned_before)
+            row = await self._db.fetchrow(CLAIM_KEY, owner, key, fingerprint, now, expired_before, abandoned_before)
             assert row is not None  # the statement answers one row, always
             claimed, *previous = row
             if claimed or previous[0] is not None:
@@ -412,7 +499,7 @@ class PostgresDriver:
             log.debug("a concurrent claim inserted key %r first; claiming again", key)
 
     async def take_rate_slot(self, key: str, limit: int, window_seconds: float) -> float | None:
-        wait: float | None = await self._pool.fetchval(TAKE_RATE_SLOT, key, limit, window_seconds)
+        wait: float | None = await self._db.fetchval(TAKE_RATE_SLOT, key, limit, window_seconds)
         return wait
 
 
@@ -420,14 +507,14 @@ class PostgresBroadcast:
     """Messages to every process on the database: NOTIFY through the pool, delivered by each
     process's one LISTEN connection (which also carries the turn nudges)."""
 
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
         self._listeners: list[Callable[[bytes], None]] = []
 
     async def publish(self, message: bytes) -> None:
         if len(message) > MAX_BROADCAST_BYTES:
             raise ValueError(f"a broadcast message is at most {MAX_BROADCAST_BYTES} bytes, not {len(message)}")
-        await self._pool.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, message.decode())
+        await self._db.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, message.decode())
 
     def subscribe(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -458,13 +545,15 @@ Listeners: TypeAlias = dict[str, Callable[[str], None]]  # by channel: what to d
 
 
 async def _listen(dsn: str, listeners: Listeners) -> None:
-    """Keep one LISTEN connection for the process, reconnecting when it drops, for ever."""
+    """Keep one LISTEN connection for the process, reconnecting when it drops, for ever: whatever
+    fails (an outage, or anything else) is a warning and a try again, never the listener's end."""
+    name = database_name(dsn)
     while True:
         try:
             await _listen_once(dsn, listeners)
-            log.warning("lost the LISTEN connection; turn waiters poll until it is back")
-        except (OSError, asyncpg.PostgresError) as error:
-            log.warning("cannot LISTEN (%s); turn waiters poll meanwhile", error)
+            log.warning("lost the LISTEN connection to %s; turn waiters poll until it is back", name)
+        except Exception as error:
+            log.warning("cannot LISTEN on %s (%s); turn waiters poll meanwhile", name, _reason(error))
         await asyncio.sleep(RELISTEN_SECONDS)
 
 
@@ -474,7 +563,7 @@ async def _listen_once(dsn: str, listeners: Listeners) -> None:
     def notified(connection: object, pid: int, channel: str, payload: object) -> None:
         listeners[channel](str(payload))
 
-    connection = await asyncpg.connect(dsn)
+    connection = await asyncpg.connect(dsn, timeout=ACQUIRE_TIMEOUT_SECONDS)
     lost = asyncio.Event()
     connection.add_termination_listener(lambda _: lost.set())
     try:
@@ -482,7 +571,8 @@ async def _listen_once(dsn: str, listeners: Listeners) -> None:
             await connection.add_listener(channel, notified)
         await lost.wait()
     finally:
-        await connection.close()
+        with contextlib.suppress(*OUTAGES):  # a connection the outage closed is closed already
+            await connection.close(timeout=READY_TIMEOUT_SECONDS)
 
 
 @asynccontextmanager
@@ -509,7 +599,8 @@ async def open_postgres_store(
         async with pool.acquire() as connection:
             await migrate(_migrating(connection), DIALECT, migrations, applied_at=utcnow())
         poll = (0.05, min(MAX_POLL_SECONDS, lease_seconds / 4))
-        driver = PostgresDriver(pool, PostgresBroadcast(pool), migrations)
+        db = Database(pool, database_name(dsn))
+        driver = PostgresDriver(db, PostgresBroadcast(db), migrations)
         async with sql_store(driver, lease_seconds=lease_seconds, poll_seconds=poll) as store:
             listeners: Listeners = {CHANNEL: store.wake, BROADCAST_CHANNEL: driver.broadcast.deliver}
             async with _listening(dsn, listeners):

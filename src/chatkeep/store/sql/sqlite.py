@@ -8,11 +8,13 @@ timestamp inside its write transaction, so a stalled process writes nothing and 
 follow the order of the writes; waiters poll, as no process can nudge another. Every
 acknowledged write survives the process being killed (WAL, `synchronous=NORMAL`); the URL option
 `?synchronous=full` survives power loss too, at a cost per write. A file locked past the busy
-timeout is StoreUnavailableError, a 503 to retry.
+timeout, a full disk, a file that cannot be read, written or opened (`UNAVAILABLE`) is
+StoreUnavailableError, a 503 to retry, logged as one warning line naming the file.
 """
 
 import asyncio
 import functools
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,8 @@ from chatkeep.store.sql.statements import (
 from chatkeep.store.sql.tickets import LAPSED_DETAIL, LEASE_SECONDS, TakenTicket
 from chatkeep.store.urls import sqlite_location
 
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -52,6 +56,17 @@ T = TypeVar("T")
 POLL_SECONDS = (0.005, 0.1)  # no cross-process nudge on SQLite: short sleeps, growing
 BUSY_TIMEOUT_MS = 10_000
 LOCKED_RETRY_SECONDS = 1.0
+UNAVAILABLE_RETRY_SECONDS = 5.0
+# The primary result codes that say the file cannot be used now, not that a statement is at fault,
+# with what a client is told; SQLITE_BUSY is a lock held past the busy timeout (`SqliteThread.run`).
+UNAVAILABLE = {
+    sqlite3.SQLITE_LOCKED: "the database is locked",
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_IOERR: "the database file cannot be read or written",
+    sqlite3.SQLITE_CANTOPEN: "the database file cannot be opened",
+    sqlite3.SQLITE_READONLY: "the database file cannot be written",
+    sqlite3.SQLITE_PROTOCOL: "the database's locks cannot be taken",
+}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 DIALECT = Dialect(
@@ -124,22 +139,27 @@ class SqliteThread:
     """The one thread that owns the connection; `run` does one job on it.
 
     Every statement goes through here, so this is where a file that stayed locked past the busy
-    timeout becomes StoreUnavailableError.
+    timeout, or that cannot be written or read (`UNAVAILABLE`), becomes StoreUnavailableError.
     """
 
-    def __init__(self, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, db: sqlite3.Connection, path: str = "") -> None:
         self._executor = executor
         self._db = db
+        self._name = f"SQLite file {path}" if path else "SQLite file"
 
     async def run(self, job: Callable[Concatenate[sqlite3.Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         call = functools.partial(job, self._db, *args, **kwargs)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # the low byte is the primary code
+        except sqlite3.Error as error:
+            code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the low byte is the primary code
+            if code == sqlite3.SQLITE_BUSY:
+                detail = f"the database stayed locked by another writer for over {BUSY_TIMEOUT_MS / 1000:g} s"
+                raise StoreUnavailableError(detail, retry_after=LOCKED_RETRY_SECONDS) from error
+            if code not in UNAVAILABLE:
                 raise
-            detail = f"the database stayed locked by another writer for over {BUSY_TIMEOUT_MS / 1000:g} s"
-            raise StoreUnavailableError(detail, retry_after=LOCKED_RETRY_SECONDS) from error
+            log.warning("%s cannot be used: %s (%s)", self._name, error, error.sqlite_errorname)
+            raise StoreUnavailableError(UNAVAILABLE[code], retry_after=UNAVAILABLE_RETRY_SECONDS) from error
 
     async def execute(self, query: str, *args: object) -> None:
         await self.run(_answer, execute(query, *args))
@@ -167,12 +187,17 @@ def _drive(db: sqlite3.Connection, plan: Plan[T], write: bool) -> T:
                 step = advance(plan, answer)
     except BaseException:
         if write:
-            db.execute("ROLLBACK")
+            _roll_back(db)
         raise
     if write:
         db.execute("COMMIT")
     result: T = step.value
     return result
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    if db.in_transaction:  # a full disk or an I/O error may have rolled it back already
+        db.execute("ROLLBACK")
 
 
 def _answer(db: sqlite3.Connection, statement: Statement) -> Any:
@@ -301,7 +326,7 @@ async def _migrating(thread: SqliteThread) -> AsyncIterator[SqliteThread]:
     try:
         yield thread
     except BaseException:
-        await thread.execute("ROLLBACK")
+        await thread.run(_roll_back)
         raise
     await thread.execute("COMMIT")
 
@@ -329,7 +354,7 @@ async def open_sqlite_store(
     try:
         loop = asyncio.get_running_loop()
         db = await loop.run_in_executor(executor, _connect, path, synchronous)
-        thread = SqliteThread(executor, db)
+        thread = SqliteThread(executor, db, path)
         try:
             await migrate(_migrating(thread), DIALECT, migrations, applied_at=_micros(utcnow()))
             driver = SqliteDriver(thread, migrations)

@@ -6,6 +6,11 @@ calls, because the LLM is called while a turn is held. A process's heartbeat ext
 one lease, and one that stalls finds its ticket lapsed and its appends refused (fencing). Waiters
 wake on a nudge and otherwise poll with a growing pause, so a lost nudge costs latency, never
 correctness. The statements that take and give back a ticket are each dialect's (`TicketRows`).
+
+While the database cannot answer (StoreUnavailableError), taking a ticket or waiting for one
+fails the turn with that 503; a ticket that cannot be given back is left to lapse after its
+lease (the chat's next turn waits that long at most) rather than failing a turn already stored;
+a heartbeat that cannot reach the database is a warning, tried again at the next beat.
 """
 
 import asyncio
@@ -19,7 +24,7 @@ from enum import Enum
 from typing import Any, Protocol, Self, TypeVar
 
 from chatkeep.domain import Message, NewMessage, Role, new_id, utcnow
-from chatkeep.errors import ChatNotFoundError
+from chatkeep.errors import ChatNotFoundError, StoreUnavailableError
 from chatkeep.store.protocols import TurnTicket
 from chatkeep.store.sql.recent import RecentMessages
 from chatkeep.store.sql.rows import Appended, NewRow, could_be_id, to_json
@@ -124,8 +129,13 @@ class Tickets:
         self._given_back.add(ticket)
 
     async def give_back(self, chat_id: str, ticket: int) -> None:
-        """Give the ticket back now, before its turn's block ends (`ends_turn`)."""
-        await self._rows.give_back_ticket(chat_id, ticket)
+        """Give the ticket back now, before its turn's block ends (`ends_turn`). When the database
+        cannot answer, the block's end tries again; the turn's append stands either way."""
+        try:
+            await self._rows.give_back_ticket(chat_id, ticket)
+        except StoreUnavailableError:
+            log.warning("turn ticket %s of chat %s is given back when its turn ends instead", ticket, chat_id)
+            return
         self.given_back(ticket)
         self.wake(chat_id)
 
@@ -211,11 +221,19 @@ class Tickets:
         if ticket in self._given_back:
             self._given_back.discard(ticket)
         else:
-            task = asyncio.ensure_future(self._rows.give_back_ticket(chat_id, ticket))
+            task = asyncio.ensure_future(self._give_back_or_let_lapse(chat_id, ticket))
             self._giving_back.add(task)
             task.add_done_callback(self._giving_back.discard)
             await asyncio.shield(task)
         self.wake(chat_id)
+
+    async def _give_back_or_let_lapse(self, chat_id: str, ticket: int) -> None:
+        try:
+            await self._rows.give_back_ticket(chat_id, ticket)
+        except StoreUnavailableError:
+            log.warning(
+                "turn ticket %s of chat %s could not be given back; it lapses in %gs", ticket, chat_id, self._lease
+            )
 
     async def _beat(self) -> None:
         while True:
@@ -225,6 +243,8 @@ class Tickets:
             if self._keys:
                 try:
                     await self._touch_keys(set(self._keys))
+                except StoreUnavailableError:
+                    log.warning("refreshing %d Idempotency-Keys failed; a later beat tries again", len(self._keys))
                 except Exception:
                     log.exception("refreshing %d Idempotency-Keys failed; a later beat tries again", len(self._keys))
 
@@ -232,6 +252,9 @@ class Tickets:
         tickets = set(self._tickets)
         try:
             live = await self._rows.run(self._extended(tickets), write=True)
+        except StoreUnavailableError:
+            log.warning("extending %d turn tickets failed; they lapse unless a later beat succeeds", len(tickets))
+            return
         except Exception:
             log.exception("extending %d turn tickets failed; they lapse unless a later beat succeeds", len(tickets))
             return
