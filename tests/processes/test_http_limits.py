@@ -23,7 +23,7 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 CLOSED_WITHIN = 4.0  # seconds a 1 s deadline may take to close a connection on a busy test machine
 FLOOD_BYTES = 16 * 1024 * 1024  # per connection, at most
 FLOOD_CHUNK = 64 * 1024
-FLOOD_RSS_GROWTH = 8 * 1024 * 1024  # four connections of 16 MB each held 80 MB before the limits
+FLOOD_RSS_GROWTH = 8 * 1024 * 1024  # four connections of 16 MB each held 53 to 80 MB before the limits
 
 
 async def connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
