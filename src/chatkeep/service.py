@@ -111,6 +111,7 @@ class ChatService:
             self._relay.start()
         self._janitor = asyncio.create_task(self._purge_expired_keys(), name="chatkeep-key-purge")
         self._llm_probe = _llm_probe(settings)
+        self._abandoned: set[asyncio.Future[None]] = set()  # readiness checks given up on (`_store_ready`)
 
     async def aclose(self) -> None:
         """Stop the background work and wait while it stores what it wrote (see `RunningTurns.aclose`)."""
@@ -137,13 +138,24 @@ class ChatService:
         return ready if llm is None else ready | {"llm_endpoint": llm}
 
     async def _store_ready(self) -> None:
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-                await self.store.check_ready()
-                if self._rate_limit is not None:
-                    await self._rate_limit.check_ready()
-        except TimeoutError:
-            raise StoreUnavailableError(f"the store did not answer within {READY_TIMEOUT_SECONDS:g}s") from None
+        """Ask the store (and Redis) within READY_TIMEOUT_SECONDS. The check runs in a task of its own
+        that is cancelled, not waited for, when the time is up: a hung database keeps a cancelled
+        query's connection busy for as long as it hangs, and readiness must answer regardless."""
+        check = asyncio.ensure_future(self._ask_store())
+        done, _ = await asyncio.wait({check}, timeout=READY_TIMEOUT_SECONDS)
+        if not done:
+            check.cancel()
+            self._abandoned.add(check)  # kept until its cleanup ends, so it is not collected half-done
+            check.add_done_callback(self._abandoned.discard)
+            raise StoreUnavailableError(
+                f"the store did not answer within {READY_TIMEOUT_SECONDS:g}s", retry_after=READY_TIMEOUT_SECONDS
+            )
+        check.result()
+
+    async def _ask_store(self) -> None:
+        await self.store.check_ready()
+        if self._rate_limit is not None:
+            await self._rate_limit.check_ready()
 
     async def _llm_ready(self) -> str | None:
         """How the LLM endpoint answered; None for the offline provider, which has none."""

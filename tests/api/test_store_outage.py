@@ -204,3 +204,19 @@ async def test_a_full_sqlite_file_is_503_with_retry_after_and_loses_nothing(
         await assert_nothing_answered_was_lost(client, [(chat_id, response) for response in answered])
     assert any("SQLite" in r.getMessage() and "full" in r.getMessage() for r in caplog.records), caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_hung_postgres_makes_readyz_a_503_with_retry_after(tmp_path: Path) -> None:
+    """A database that keeps its connections open and answers nothing: readiness gives up on its
+    own deadline, and says when to ask again, as the routes do."""
+    async with fresh_database("postgres", tmp_path) as url:
+        target = urlsplit(url)
+        async with Forwarder(target.hostname or "127.0.0.1", target.port or 5432) as forwarder:
+            settings = Settings(store=forwarder.url(with_password(url)), llm_provider="offline", turn_lease=LEASE)
+            async with serve(settings) as client:
+                assert (await client.get("/readyz")).status_code == 200
+                forwarder.stall()
+                hung = await client.get("/readyz")
+                assert_unavailable(hung, "GET /readyz while the database hangs")
+                await forwarder.restore()
+                assert (await client.get("/readyz")).status_code == 200

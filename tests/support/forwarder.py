@@ -23,6 +23,8 @@ class Forwarder:
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
         self.port = 0
+        self._flowing = asyncio.Event()  # cleared: connections stay open and carry nothing (a hung network)
+        self._flowing.set()
         self.connections = 0  # accepted since the start, for tests that check the client came back
 
     async def __aenter__(self) -> Self:
@@ -43,8 +45,13 @@ class Forwarder:
         netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
         return urlunsplit(parts._replace(netloc=netloc))
 
+    def stall(self) -> None:
+        """Keep every connection open but carry nothing either way, as a hung server or network does."""
+        self._flowing.clear()
+
     async def restore(self) -> None:
         """Listen (again, on the same port once it has one) and forward each connection."""
+        self._flowing.set()
         if self._server is None:
             self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
             self.port = self._server.sockets[0].getsockname()[1]
@@ -89,9 +96,9 @@ class Forwarder:
                 self._writers.discard(writer)
                 writer.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(CHUNK_BYTES):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
