@@ -118,3 +118,15 @@ async def test_a_stop_racing_the_end_of_the_reply_answers_once(fake_llm: FakeOpe
                 assert seen[-1] == ("assistant_message", stopped.json())
         stored = await messages_of(client, chat_id)
         assert [m["role"] for m in stored] == ["user", "assistant"] * 5
+
+
+async def test_stopping_a_turn_that_has_its_reply_answers_at_once_on_every_store(store_url: str) -> None:
+    """With processes sharing PostgreSQL, a stop asked here of a turn running nowhere waited 10 s
+    for another process to answer; a stored reply says at once that the turn has ended."""
+    async with serve(Settings(llm_provider="offline", store=store_url)) as client:
+        chat_id = await new_chat(client)
+        ended = (await post(client, chat_id, "quick")).json()
+        started = time.monotonic()
+        response = await client.post(f"/chats/{chat_id}/messages/{ended['user_message']['id']}/cancel")
+        assert response.status_code == 409
+        assert time.monotonic() - started < 1

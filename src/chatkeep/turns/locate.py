@@ -52,7 +52,13 @@ class TurnLocator:
         turn = self._running.find(question_id)
         if turn is not None and turn.chat_id == chat_id and not turn.over:
             return (await asyncio.shield(turn.stop())).outputs[0]
-        if self._relay is not None and await self._relay.stop(owner, chat_id, question_id):
+        # Another process may be writing it, unless its reply is stored already: then it has ended,
+        # and asking the others would only wait out their silence.
+        if (
+            self._relay is not None
+            and (await stored_end(self._store, owner, chat_id, question_id)).message is None
+            and await self._relay.stop(owner, chat_id, question_id)
+        ):
             ended = await stored_end(self._store, owner, chat_id, question_id)
             if ended.message is not None:
                 return ended.message
