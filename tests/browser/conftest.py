@@ -1,13 +1,17 @@
-"""The browser the page tests drive: Debian's Chromium, one per test module, on that module's event loop."""
+"""What the browser tests share, on each test module's event loop (the browser's): Debian's
+Chromium, one per module, the fake LLM and chatkeep without API keys in front of it."""
 
 import os
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser
 
+from tests.support.app import llm_settings, serve
 from tests.support.browser import CHROMIUM, open_chromium
+from tests.support.fake_openai import FakeOpenAI
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -19,3 +23,16 @@ async def browser() -> AsyncIterator[Browser]:
         pytest.skip(reason)
     async with open_chromium() as chromium:
         yield chromium
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fake_llm() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def api(fake_llm: FakeOpenAI) -> AsyncIterator[httpx.AsyncClient]:
+    """chatkeep without API keys, as `chatkeep serve` runs by default."""
+    async with serve(llm_settings(fake_llm)) as client:
+        yield client

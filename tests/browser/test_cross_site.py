@@ -18,7 +18,6 @@ import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import Browser, Page, Response
 
-from tests.support.app import llm_settings, serve
 from tests.support.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -74,19 +73,6 @@ async def elsewhere() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake_llm() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def api(fake_llm: FakeOpenAI) -> AsyncIterator[httpx.AsyncClient]:
-    """chatkeep without API keys, as `chatkeep serve` runs by default."""
-    async with serve(llm_settings(fake_llm)) as client:
-        yield client
 
 
 @dataclass

@@ -42,19 +42,6 @@ RECORD_REPLY_TEXTS = """() => {
 }"""
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake_llm() -> AsyncIterator[FakeOpenAI]:
-    """The fake LLM of conftest, started on the module's event loop, which the browser uses."""
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def api(fake_llm: FakeOpenAI) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(llm_settings(fake_llm)) as client:
-        yield client
-
-
 @dataclass
 class Tab:
     context: BrowserContext
