@@ -7,9 +7,12 @@ import pickle
 import re
 
 import orjson
+import pytest
 
 from chatkeep.domain import Message, NewMessage, Role, Usage
+from chatkeep.errors import MessageNotFoundError
 from chatkeep.store import MemoryStore
+from chatkeep.store.memory.message_rows import MessageRows, seq_in
 
 OWNER = "alice"
 
@@ -34,8 +37,20 @@ async def test_a_stored_message_is_equal_to_and_written_as_a_plain_one() -> None
     assert hash(message) == hash(twin)
     assert orjson.dumps(message) == orjson.dumps(twin)
     assert pickle.loads(pickle.dumps(message)) == message == copy.deepcopy(message)
-    assert re.fullmatch(r"msg_[A-Za-z0-9_-]{22}\.2", message.id)
+    assert re.fullmatch(r"msg_[A-Za-z0-9_-]{30}", message.id), "as opaque as OpenAI's ids: no `.seq` showing"
+    assert seq_in(message.id) == 2
     assert message.created_at.tzinfo is not None
+
+
+async def test_an_id_that_carries_a_real_seq_but_not_its_random_bytes_finds_nothing() -> None:
+    store, chat_id, message = await stored_reply()
+    forged = MessageRows()
+    forged.add()
+    forged.add()
+    assert seq_in(forged.message_id(2)) == 2
+    for wrong in (forged.message_id(2), message.id[:-1] + "A", message.id + "A", "msg_" + "%" * 30, "msg_x.2"):
+        with pytest.raises(MessageNotFoundError):
+            await store.get_message(OWNER, chat_id, wrong)
 
 
 async def test_its_id_and_time_read_back_the_same_until_it_is_forgotten() -> None:

@@ -58,7 +58,7 @@ async def add(store: ChatStore, chat_id: str, *contents: str, owner: str = ALICE
 
 async def test_created_chat_reads_back(store: ChatStore) -> None:
     chat = await store.create_chat(ALICE, title="T", metadata={"k": "v"}, system_prompt="S")
-    assert chat.id.startswith("chat_")
+    assert chat.id.startswith("conv_")  # one id on both APIs, with OpenAI's prefix for a conversation
     assert (chat.title, chat.metadata, chat.system_prompt, chat.message_count) == ("T", {"k": "v"}, "S", 0)
     assert chat.created_at.tzinfo is not None
     assert await store.get_chat(ALICE, chat.id) == chat

@@ -12,7 +12,8 @@ which stay plain slots), so building a message this way saves more than those re
 import os
 import struct
 import time
-from binascii import b2a_base64
+from binascii import Error as Base64Error
+from binascii import a2b_base64, b2a_base64
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,10 @@ from chatkeep.domain import IncompleteReason, Message, MessageStatus, Role, Usag
 
 ID_BYTES = 16  # as random as `new_id`'s
 _ROW = struct.Struct(f"<q{ID_BYTES}s")  # microseconds since the epoch, the id's random bytes
+SEQ_BYTES = 6  # a chat's seq, written after the random bytes of its message's id
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_ID_CHARS = -(-(ID_BYTES + SEQ_BYTES) * 4 // 3)  # base64 without its padding
 _NAMES = tuple(f.name for f in fields(Message))
 _ID = Message.__dict__["id"]  # the slots beneath StoredMessage's properties of the same names
 _CREATED_AT = Message.__dict__["created_at"]
@@ -54,15 +58,28 @@ class MessageRows:
         return stamp
 
     def message_id(self, seq: int) -> str:
-        """`new_id("msg")` of the message's random bytes, then `.seq`: finding a message by id then
-        needs no index (see `_ChatRecord.seq_of`)."""
+        """`msg_` then the base64 of the message's random bytes and its seq: an id as opaque as
+        `new_id`'s whose message is found without an index (`seq_in`)."""
         _, random = _ROW.unpack_from(self._rows, _ROW.size * (seq - 1))
-        token = b2a_base64(random, newline=False).translate(_URLSAFE)
-        return f"msg_{token.rstrip(b'=').decode()}.{seq}"
+        token = b2a_base64(random + seq.to_bytes(SEQ_BYTES), newline=False).translate(_URLSAFE)
+        return f"msg_{token.rstrip(b'=').decode()}"
 
     def created_at(self, seq: int) -> datetime:
         stamp, _ = _ROW.unpack_from(self._rows, _ROW.size * (seq - 1))
         return moment(stamp)
+
+
+def seq_in(message_id: str) -> int | None:
+    """The seq a memory-store message id carries (see `MessageRows.message_id`), or None for an
+    id of another shape; the caller checks that the message with that seq has this very id."""
+    prefix, _, token = message_id.partition("_")
+    if prefix != "msg" or len(token) != _ID_CHARS or not token.isascii():
+        return None
+    try:
+        raw = a2b_base64(token.encode().translate(_FROM_URLSAFE) + b"==")
+    except Base64Error:
+        return None
+    return int.from_bytes(raw[ID_BYTES:]) if len(raw) == ID_BYTES + SEQ_BYTES else None
 
 
 class StoredMessage(Message):

@@ -42,7 +42,7 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError, TurnLapsedError
-from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, stored_message
+from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, seq_in, stored_message
 from chatkeep.store.paging import KeyRange, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
 
@@ -73,13 +73,11 @@ class _ChatRecord:
     waiting: "deque[tuple[int, asyncio.Future[None]]] | None" = None  # the tickets behind it, in order
 
     def seq_of(self, message_id: str) -> int | None:
-        """The seq of the chat's message `message_id`, which ends with it (see
-        `MessageRows.message_id`) unless the caller chose the id."""
-        _, dot, suffix = message_id.rpartition(".")
-        # ASCII digits only: str.isdigit() takes a superscript "²" too, which int() refuses.
-        if not dot or not (suffix.isascii() and suffix.isdigit()) or not 0 < int(suffix) <= len(self.messages):
+        """The seq of the chat's message `message_id`, which it carries (see `seq_in`) unless the
+        caller chose the id."""
+        seq = seq_in(message_id)
+        if seq is None or not 0 < seq <= len(self.messages):
             return self.named.get(message_id) if self.named else None
-        seq = int(suffix)
         return seq if self.messages[seq - 1].id == message_id else None
 
     def to_chat(self) -> Chat:
@@ -143,7 +141,7 @@ class MemoryStore:
         now = now_us()
         self._next_rank += 1
         record = _ChatRecord(
-            owner, self._next_rank, new_id("chat"), title, dict(metadata), system_prompt, moment(now), now
+            owner, self._next_rank, new_id("conv"), title, dict(metadata), system_prompt, moment(now), now
         )
         for message in messages:  # nothing here can fail halfway: the chat is not stored yet
             self._append(record, message)

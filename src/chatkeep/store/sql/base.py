@@ -123,7 +123,7 @@ class SqlStore:
         system_prompt: str | None,
         messages: Sequence[NewMessage] = (),
     ) -> Chat:
-        chat_id, now = new_id("chat"), utcnow()
+        chat_id, now = new_id("conv"), utcnow()
         new = [(message.id or new_id("msg"), message) for message in messages]
         await self._run(self._create_chat(owner, chat_id, title, metadata, system_prompt, new, now), write=bool(new))
         return Chat(chat_id, title, dict(metadata), system_prompt, now, now, len(new))
