@@ -39,6 +39,20 @@ def message_tokens(content: str) -> int:
     return estimate_tokens(content) + MESSAGE_OVERHEAD_TOKENS
 
 
+def prompt_tokens(prompt: Sequence[PromptMessage]) -> int:
+    """The tokens of a prompt as the context builder prices its messages: the text of each (a tool
+    call as `name(arguments)`, the words it is stored with), and each message's framing."""
+    total = 0
+    for message in prompt:
+        content: Any = message.get("content")
+        if isinstance(content, list):  # content parts: their text counts
+            content = "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        calls = [call["function"] for call in message.get("tool_calls", [])]
+        text = "\n".join([content or "", *(f"{call['name']}({call['arguments']})" for call in calls)])
+        total += message_tokens(text)
+    return total
+
+
 class AnyMessage(Protocol):
     """A message as stored or about to be: `Message` and `NewMessage` both are."""
 

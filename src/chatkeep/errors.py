@@ -94,6 +94,14 @@ class InvalidInputError(ChatkeepError):
         return {"param": self.param}
 
 
+class PreviousResponseNotFoundError(InvalidInputError):
+    """`previous_response_id` names no kept response: a 400, as OpenAI answers it, whose code
+    (`previous_response_not_found`) clients' recovery code keys on to start a new chain."""
+
+    title = "Previous response not found"
+    slug = "previous-response-not-found"
+
+
 class IdempotencyKeyReusedError(ChatkeepError):
     status = 422
     title = "Idempotency-Key reused"

@@ -88,3 +88,33 @@ async def test_a_streamed_run_with_a_session(sdk: AsyncOpenAI, fake_llm: FakeOpe
     ]
     assert "".join(deltas) == run.final_output == "echo: stream this please"
     assert len(await session.get_items()) == 2
+
+
+async def test_a_streamed_run_sees_tool_call_arguments_arrive_before_the_call_completes(
+    sdk: AsyncOpenAI, fake_llm: FakeOpenAI
+) -> None:
+    ran: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        ran.append(city)
+        return f"sunny in {city}"
+
+    agent = Agent(name="weather", tools=[get_weather], model=OpenAIResponsesModel("fake-model", sdk))
+    fake_llm.queue(
+        Scripted(tool_calls=[("get_weather", '{"city": "Paris"}')], chunk_delay=0.05), Scripted(content="Sunny.")
+    )
+    run = Runner.run_streamed(agent, "Weather in Paris?", session=OpenAIConversationsSession(openai_client=sdk))
+    seen: list[str] = []
+    arguments = ""
+    async for event in run.stream_events():
+        if event.type == "raw_response_event" and event.data.type == "response.function_call_arguments.delta":
+            seen.append("delta")
+            arguments += event.data.delta
+        elif event.type == "raw_response_event" and event.data.type == "response.output_item.done":
+            seen.append(f"done:{event.data.item.type}")
+        elif event.type == "run_item_stream_event" and event.name == "tool_called":
+            seen.append("tool_called")
+    assert seen[:4] == ["delta", "delta", "done:function_call", "tool_called"]
+    assert (arguments, ran, run.final_output) == ('{"city": "Paris"}', ["Paris"], "Sunny.")

@@ -3,12 +3,9 @@ against chatkeep on a real socket, over every store, with the fake upstream reco
 chatkeep sent it."""
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import httpx2
 import openai
 import pytest
@@ -17,28 +14,7 @@ from openai import AsyncOpenAI
 from chatkeep.config import Settings
 from tests.support.app import llm_settings, serve
 from tests.support.fake_openai import FakeOpenAI, Scripted, roles_and_contents
-
-
-@dataclass
-class Served:
-    sdk: Any  # an AsyncOpenAI; typed loosely, as its request types are unions the tests' dicts need not spell out
-    http: httpx.AsyncClient
-    fake: FakeOpenAI
-
-
-def sdk_for(http: httpx.AsyncClient, *, api_key: str = "sk-anything", max_retries: int = 0) -> Any:
-    """The `openai` SDK pointed at chatkeep (typed loosely, as `Served.sdk` says why)."""
-    return AsyncOpenAI(base_url=f"{http.base_url}/v1", api_key=api_key, max_retries=max_retries)
-
-
-@pytest.fixture
-async def served(store_url: str, fake_llm: FakeOpenAI) -> AsyncIterator[Served]:
-    async with serve(llm_settings(fake_llm, store=store_url)) as http, sdk_for(http) as sdk:
-        yield Served(sdk, http, fake_llm)
-
-
-async def all_items(sdk: Any, conversation_id: str, **params: Any) -> list[Any]:
-    return [item async for item in sdk.conversations.items.list(conversation_id, **params)]
+from tests.support.openai_sdk import Served, all_items, sdk_for
 
 
 async def test_conversation_create_retrieve_update_delete(served: Served) -> None:
@@ -79,8 +55,8 @@ async def test_items_page_in_both_orders_to_the_end_and_read_back_verbatim(serve
     assert [item.content[0].text for item in oldest_first[:25]] == texts
     assert [(item.type, item.role) for item in oldest_first[:1]] == [("message", "user")]
     kept = [item.model_dump(exclude_unset=True) for item in oldest_first[25:]]
-    for sent, back in zip([call, output, reasoning], kept, strict=True):
-        assert back.pop("id").startswith("msg_")
+    for sent, back, prefix in zip([call, output, reasoning], kept, ["fc_", "fco_", "rs_"], strict=True):
+        assert back.pop("id").startswith(prefix)
         assert back == sent | ({} if sent["type"] == "reasoning" else {"status": "completed"})
 
     one = await sdk.conversations.items.retrieve(oldest_first[3].id, conversation_id=conversation.id)
@@ -112,7 +88,7 @@ async def test_a_response_in_a_conversation_sees_its_items_and_appends_input_and
         ("user", "my name is Ada"),
         ("user", "what is my name?"),
     ]
-    assert roles_and_contents(served.fake.prompts[1])[1:] == [
+    assert roles_and_contents(served.fake.prompts[1]) == [  # no system prompt: none was asked for
         ("user", "my name is Ada"),
         ("user", "what is my name?"),
         ("assistant", "echo: what is my name?"),
@@ -141,7 +117,7 @@ async def test_previous_response_id_chains_the_context(served: Served) -> None:
         model="fake-model", input=[{"role": "user", "content": "three"}], previous_response_id=second.id
     )
     assert (third.previous_response_id, third.conversation) == (second.id, None)
-    assert roles_and_contents(served.fake.prompts[2])[1:] == [
+    assert roles_and_contents(served.fake.prompts[2]) == [
         ("user", "one"),
         ("assistant", "echo: one"),
         ("user", "two"),
@@ -152,7 +128,7 @@ async def test_previous_response_id_chains_the_context(served: Served) -> None:
     await sdk.responses.delete(second.id)
     with pytest.raises(openai.NotFoundError):
         await sdk.responses.retrieve(second.id)
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError):
         await sdk.responses.create(model="fake-model", input="four", previous_response_id=second.id)
     unkept = await sdk.responses.create(model="fake-model", input="not kept", store=False)
     with pytest.raises(openai.NotFoundError):
@@ -205,7 +181,7 @@ async def test_six_concurrent_responses_on_one_conversation_all_succeed_paired(s
     for question, reply in zip(texts[::2], texts[1::2], strict=True):
         assert reply == f"echo: {question}"
     for n, prompt in enumerate(served.fake.prompts):  # each saw every earlier turn
-        assert [content for _, content in roles_and_contents(prompt)[1:]] == texts[: 2 * n + 1]
+        assert [content for _, content in roles_and_contents(prompt)] == texts[: 2 * n + 1]
 
 
 async def test_function_tools_go_upstream_and_their_calls_come_back_as_items(served: Served) -> None:
@@ -393,7 +369,8 @@ async def test_a_stream_the_model_cuts_short_ends_incomplete_with_its_text(fake_
         ]
         final = events[-1]
         assert final.type == "response.incomplete"
-        assert (final.response.status, final.response.incomplete_details.reason) == ("incomplete", "timeout")
+        details = final.response.incomplete_details
+        assert (final.response.status, details.reason, details.chatkeep_reason) == ("incomplete", None, "timeout")
         assert final.response.output_text == "one two "
         stored = await sdk.responses.retrieve(final.response.id)
         assert (stored.status, stored.output_text) == ("incomplete", "one two ")

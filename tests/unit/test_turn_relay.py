@@ -104,6 +104,21 @@ async def test_another_process_follows_a_turn_live_after_the_last_event_it_saw(p
     assert events[-1].message.content == "one two three four five", "the reply, read from the store by its id"
 
 
+async def test_another_process_follows_the_pieces_of_a_tool_call_under_its_stored_id(processes: Processes) -> None:
+    processes.fake.queue(Scripted(tool_calls=[("lookup", '{"q": "chatkeep"}')], chunk_delay=0.05))
+    turn = await processes.start_turn("look it up")
+    assert turn.question_id is not None
+    events = await followed(processes.relay_b.follow(OWNER, processes.chat_id, turn.question_id, None))
+    pieces = [event for event in events if event.kind == "call_delta"]
+    assert [(p.call.name, p.call.id) for p in pieces if p.call is not None] == [("lookup", "call_0")] * 3
+    assert "".join(p.call.arguments for p in pieces if p.call is not None) == '{"q": "chatkeep"}'
+    stored = events[-1].message
+    assert stored is not None
+    assert stored.item is not None
+    assert {p.item_id for p in pieces} == {stored.id}
+    assert stored.id.startswith("fc_")
+
+
 async def test_a_follower_that_lost_forwarded_events_asks_again_and_misses_none(processes: Processes) -> None:
     lost: list[dict[str, object]] = []
 

@@ -77,7 +77,9 @@ class EventStream(Response, Generic[E]):
 
 
 def turn_event(event: TurnEvent) -> bytes:
-    """A streamed turn's event on the wire."""
+    """A streamed turn's event on the wire (nothing for a piece of a tool call: the final message has the calls)."""
+    if event.kind == "call_delta":
+        return b""
     if event.kind == "delta":
         data = orjson.dumps({"content": event.text})
     elif event.message is not None:

@@ -22,6 +22,17 @@ class ToolCall:
 
 
 @dataclass(slots=True, frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call as the model streams it: the call's place in the reply (`index`),
+    its id and name (known from its first piece on), and the next bit of its JSON arguments."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True, frozen=True)
 class Reply:
     content: str
     model: str | None
@@ -51,6 +62,8 @@ class CallOptions:
 
 NO_OPTIONS = CallOptions()
 
+StreamItem = str | ToolCallDelta | Reply  # what `LLM.stream` yields
+
 
 class LLM(Protocol):
     async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
@@ -64,11 +77,12 @@ class LLM(Protocol):
 
     def stream(
         self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
-    ) -> AsyncGenerator[str | Reply, None]:
-        """The reply to `prompt` as it is written: text deltas, then one final Reply.
+    ) -> AsyncGenerator["StreamItem", None]:
+        """The reply to `prompt` as it is written: text deltas and tool call pieces, then one final Reply.
 
-        A delta holds whatever text arrived since the last one (one token or many). The final
-        Reply's content is the deltas joined. Raises like `complete`; a stream the
+        A delta holds whatever text arrived since the last one (one token or many); a
+        ToolCallDelta, the arguments of one call that arrived since its last piece. The final
+        Reply's content is the deltas joined, its tool calls the pieces joined. Raises like `complete`; a stream the
         upstream cuts or garbles raises LLMBadResponseError (there is no final Reply then).
         Retries happen only before the first delta.
         """

@@ -16,7 +16,7 @@ from contextlib import aclosing
 
 from chatkeep.domain import PromptMessage
 from chatkeep.errors import LLMCircuitOpenError, LLMError
-from chatkeep.llm.base import LLM, NO_OPTIONS, CallOptions, Reply
+from chatkeep.llm.base import LLM, NO_OPTIONS, CallOptions, Reply, StreamItem
 from chatkeep.metrics import Metrics
 
 PROBE_RETRY_AFTER_SECONDS = 1.0
@@ -104,7 +104,7 @@ class CircuitBreakerLLM:
 
     async def stream(
         self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
-    ) -> AsyncGenerator[str | Reply, None]:
+    ) -> AsyncGenerator[StreamItem, None]:
         call = _Call(self._breaker.before_call())
         try:
             async with aclosing(self._llm.stream(prompt, options)) as items:

@@ -11,7 +11,7 @@ from contextlib import aclosing
 
 from chatkeep.domain import PromptMessage
 from chatkeep.errors import LLMError
-from chatkeep.llm.base import LLM, NO_OPTIONS, CallOptions, Reply
+from chatkeep.llm.base import LLM, NO_OPTIONS, CallOptions, Reply, StreamItem
 from chatkeep.metrics import Metrics
 
 OK = "ok"
@@ -44,7 +44,7 @@ class InstrumentedLLM:
 
     async def stream(
         self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
-    ) -> AsyncGenerator[str | Reply, None]:
+    ) -> AsyncGenerator[StreamItem, None]:
         started = time.perf_counter()
         first_token: float | None = None
         outcome = UNEXPECTED

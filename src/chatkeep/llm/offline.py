@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Sequence
 
 from chatkeep.context import estimate_tokens
 from chatkeep.domain import PromptMessage, Usage
-from chatkeep.llm.base import NO_OPTIONS, CallOptions, Reply
+from chatkeep.llm.base import NO_OPTIONS, CallOptions, Reply, StreamItem
 
 OFFLINE_MODEL = "chatkeep-offline"
 QUOTE_CHARS = 200
@@ -44,7 +44,7 @@ class OfflineLLM:
 
     async def stream(
         self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
-    ) -> AsyncGenerator[str | Reply, None]:
+    ) -> AsyncGenerator[StreamItem, None]:
         reply = await self.complete(prompt, options)
         for word in _WORDS.findall(reply.content):
             yield word

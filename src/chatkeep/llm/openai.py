@@ -41,7 +41,7 @@ from chatkeep.errors import (
     LLMTimeoutError,
     LLMUnavailableError,
 )
-from chatkeep.llm.base import NO_OPTIONS, CallOptions, Reply, ToolCall
+from chatkeep.llm.base import NO_OPTIONS, CallOptions, Reply, StreamItem, ToolCall, ToolCallDelta
 from chatkeep.request_context import current_request_id
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class OpenAICompatibleLLM:
 
     async def stream(
         self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS
-    ) -> AsyncGenerator[str | Reply, None]:
+    ) -> AsyncGenerator[StreamItem, None]:
         request = self._request(prompt, options)
         request["stream"], request["stream_options"] = True, STREAM_OPTIONS
         body = orjson.dumps(request)
@@ -198,11 +198,11 @@ class OpenAICompatibleLLM:
                 watchdog.heard = call.loop.time()
                 # The deltas that arrived together travel on as one: each hop after this one
                 # (wrappers, the turn's log, the SSE writer) then costs once per read, not per token.
-                deltas = chunks.feed(data)
+                pieces = chunks.feed(data)
                 if chunks.begun and not watchdog.begun:
                     watchdog.begin()
-                if deltas:
-                    yield "".join(deltas)
+                for piece in pieces:
+                    yield piece
                 if chunks.done:
                     break
         except _Silence:
@@ -321,24 +321,23 @@ class _ChunkReader:
         self._finish_reason: str | None = None
         self._calls: dict[int, dict[str, str]] = {}  # tool calls by index, as their pieces arrive
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes) -> list[str | ToolCallDelta]:
+        """The text deltas and tool call pieces in `data`, in order, neighbours of one kind joined."""
         *lines, self._partial = (self._partial + data).split(b"\n")
-        deltas: list[str] = []
+        pieces: list[str | ToolCallDelta] = []
         for line in lines:
             if self.done:
                 break
-            delta = self._line(line)
-            if delta:
-                deltas.append(delta)
-        return deltas
+            self._line(line, pieces)
+        return pieces
 
-    def _line(self, line: bytes) -> str | None:
+    def _line(self, line: bytes, pieces: list[str | ToolCallDelta]) -> None:
         if not line.startswith(b"data:"):
-            return None  # blank separators, comments and other fields
+            return  # blank separators, comments and other fields
         data = line[5:].strip()
         if data == b"[DONE]":
             self.done = True
-            return None
+            return
         try:
             chunk = orjson.loads(data)
             if "error" in chunk:
@@ -352,7 +351,7 @@ class _ChunkReader:
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
             if changes.get("tool_calls"):
-                self._add_calls(changes["tool_calls"])
+                self._add_calls(changes["tool_calls"], pieces)
         except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
             raise LLMBadResponseError("the LLM's stream holds a chunk that is not a completion chunk") from exc
         if self._model is None:
@@ -362,17 +361,22 @@ class _ChunkReader:
         if isinstance(delta, str) and delta:
             delta = _storable(delta)
             self._parts.append(delta)
-            return delta
-        return None
+            _join(pieces, delta)
 
-    def _add_calls(self, pieces: list[dict[str, Any]]) -> None:
-        """Tool calls come in pieces: an index, then its id and name, then its arguments bit by bit."""
-        for piece in pieces:
-            call = self._calls.setdefault(piece.get("index", 0), {"id": "", "name": "", "arguments": ""})
-            function = piece.get("function") or {}
-            call["id"] = piece.get("id") or call["id"]
+    def _add_calls(self, changes: list[dict[str, Any]], pieces: list[str | ToolCallDelta]) -> None:
+        """Tool calls come in pieces: an index, then its id and name, then its arguments bit by bit.
+        Each new call, and each bit of arguments, is a piece to pass on."""
+        for change in changes:
+            index = change.get("index", 0)
+            new = index not in self._calls
+            call = self._calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            function = change.get("function") or {}
+            call["id"] = change.get("id") or call["id"]
             call["name"] = function.get("name") or call["name"]
-            call["arguments"] += function.get("arguments") or ""
+            arguments = function.get("arguments") or ""
+            call["arguments"] += arguments
+            if new or arguments:
+                _join(pieces, ToolCallDelta(index, call["id"], call["name"], arguments))
 
     def reply(self) -> Reply:
         if not self.done:
@@ -387,6 +391,17 @@ class _ChunkReader:
             tool_calls=calls,
             incomplete_reason=reason,
         )
+
+
+def _join(pieces: list[str | ToolCallDelta], piece: str | ToolCallDelta) -> None:
+    """Add `piece` to `pieces`, joined to the last one when both are text, or both bits of one call."""
+    last = pieces[-1] if pieces else None
+    if isinstance(piece, str) and isinstance(last, str):
+        pieces[-1] = last + piece
+    elif isinstance(piece, ToolCallDelta) and isinstance(last, ToolCallDelta) and last.index == piece.index:
+        pieces[-1] = ToolCallDelta(piece.index, piece.id, piece.name, last.arguments + piece.arguments)
+    else:
+        pieces.append(piece)
 
 
 def _under_way(changes: dict[str, Any]) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from chatkeep.domain import DELETED_ITEM, Chat, ChatChanges, Message, NewMessage, PageRequest
-from chatkeep.errors import MessageNotFoundError
+from chatkeep.errors import InvalidCursorError, InvalidInputError, MessageNotFoundError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.openai_compat.items import item_from_message
 from chatkeep.service import ChatService
@@ -85,11 +85,17 @@ class Conversations:
         return _added(await self._service.engine.run(admitted, NewTurn(items, _added_result, answered=False)))
 
     async def list_items(self, owner: str, chat_id: str, page: PageRequest) -> dict[str, Any]:
-        """A page of the conversation's items; deleted ones are skipped, further pages read to fill it."""
+        """A page of the conversation's items; deleted ones are skipped, further pages read to fill it.
+        Raises InvalidInputError (a 400 naming `after`, as OpenAI's) for a cursor that names no item."""
         items: list[dict[str, Any]] = []
         after = page.after
         while True:
-            found = await self._store.list_messages(owner, chat_id, PageRequest(page.limit, after, None, page.order))
+            try:
+                found = await self._store.list_messages(
+                    owner, chat_id, PageRequest(page.limit, after, None, page.order)
+                )
+            except InvalidCursorError:
+                raise InvalidInputError(f"no item {after!r} in conversation {chat_id!r}", param="after") from None
             items += [item_from_message(message) for message in found.data if not is_deleted(message)]
             if len(items) >= page.limit or not found.has_more:
                 return items_page(items[: page.limit], found.has_more or len(items) > page.limit)

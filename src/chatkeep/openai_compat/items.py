@@ -16,13 +16,21 @@ from typing import Any
 
 import orjson
 
-from chatkeep.domain import Message, NewMessage, Role
+from chatkeep.domain import Message, NewMessage, Role, new_id
 from chatkeep.errors import InvalidInputError
 
 TEXT_PARTS = {"input_text", "output_text", "text"}
 PLAIN_MESSAGE_KEYS = {"type", "role", "content", "id", "status"}
 PLAIN_PART_KEYS = {"type", "text", "annotations", "logprobs"}
 INPUT_ROLES = {"user", "system", "developer"}
+# OpenAI's id prefix of each item type it names; messages (and other kinds) get the store's `msg_` ids.
+ID_PREFIXES = {
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "reasoning": "rs",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+}
 
 
 def stored_from_item(item: Any, param: str) -> NewMessage:
@@ -37,17 +45,27 @@ def stored_from_item(item: Any, param: str) -> NewMessage:
         raise InvalidInputError("an input item's type must be a string", param=f"{param}.type")
     if kind == "message":
         return _message(item, param)
+    item_id = new_id(ID_PREFIXES[kind]) if kind in ID_PREFIXES else None
     if kind == "function_call":
         _require_strings(item, param, "call_id", "name", "arguments")
-        return NewMessage(Role.ASSISTANT, f"{item['name']}({item['arguments']})", item=item)
+        return NewMessage(Role.ASSISTANT, f"{item['name']}({item['arguments']})", item=item, id=item_id)
     if kind == "function_call_output":
         _require_strings(item, param, "call_id")
-        return NewMessage(Role.USER, _output_text(item.get("output"), f"{param}.output"), item=item)
+        return NewMessage(Role.USER, _output_text(item.get("output"), f"{param}.output"), item=item, id=item_id)
     if kind == "reasoning":
         summary = item.get("summary")
         parts = summary if isinstance(summary, list) else []
-        return NewMessage(Role.ASSISTANT, _text_of(parts), item=item)
-    return NewMessage(Role.ASSISTANT, "", item=item)  # another kind: kept and listed back, never sent upstream
+        return NewMessage(Role.ASSISTANT, _text_of(parts), item=item, id=item_id)
+    if kind == "item_reference":
+        _require_strings(item, param, "id")  # resolved to the item it names before the turn (responses.py)
+    return NewMessage(
+        Role.ASSISTANT, "", item=item, id=item_id
+    )  # another kind: kept and listed back, never sent upstream
+
+
+def is_reference(message: NewMessage) -> bool:
+    """Whether an input is an `item_reference`, which stands for an earlier item of the same id."""
+    return message.item is not None and message.item.get("type") == "item_reference"
 
 
 def check_item_sizes(items: Sequence[NewMessage], param: str, *, max_chars: int) -> None:
@@ -67,10 +85,15 @@ def check_item_sizes(items: Sequence[NewMessage], param: str, *, max_chars: int)
 
 
 def item_from_message(message: Message) -> dict[str, Any]:
-    """The conversation item a stored message is read back as, with the message's id as its id."""
+    """The conversation item a stored message is read back as, with the message's id as its id.
+
+    An item kept verbatim is read back as OpenAI reads it in: with its `type` (a message when it
+    had none) and a message's content as a list of parts (a string is one text part)."""
     if message.item is not None:
-        item = {**message.item, "id": message.id}
-        if item.get("type", "message") in ("message", "function_call", "function_call_output"):
+        item = {"type": "message", **message.item, "id": message.id}
+        if item["type"] == "message":
+            item["content"] = _typed_parts(item.get("content"), item.get("role"))
+        if item["type"] in ("message", "function_call", "function_call_output"):
             item.setdefault("status", "completed")
         return item
     if message.role is Role.USER:
@@ -84,6 +107,21 @@ def item_from_message(message: Message) -> dict[str, Any]:
         "status": message.status.value,
         "content": [content],
     }
+
+
+def _typed_parts(content: Any, role: Any) -> Any:
+    """A message's content as a list of parts: a string becomes the text part of its role, and an
+    assistant's text parts carry the `annotations` OpenAI's clients require."""
+    if isinstance(content, str):
+        content = [{"type": "output_text" if role == "assistant" else "input_text", "text": content}]
+    if role == "assistant" and isinstance(content, list):
+        content = [
+            {**part, "annotations": part.get("annotations") or []}
+            if isinstance(part, dict) and part.get("type") == "output_text"
+            else part
+            for part in content
+        ]
+    return content
 
 
 def _message(item: dict[str, Any], param: str) -> NewMessage:

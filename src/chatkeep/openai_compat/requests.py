@@ -51,7 +51,9 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
         raise InvalidInputError("background responses are not supported; stream instead", param="background")
     if body.prompt is not None:
         raise InvalidInputError("stored prompts are not supported; send `instructions` instead", param="prompt")
-    if isinstance(body.input, str):
+    if body.input is None:  # counting the tokens of a conversation or chain as it is
+        inputs = []
+    elif isinstance(body.input, str):
         if len(body.input) > settings.max_message_chars:
             raise InvalidInputError(f"`input` may have at most {settings.max_message_chars} characters", param="input")
         inputs = [NewMessage(Role.USER, body.input)]

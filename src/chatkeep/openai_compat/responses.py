@@ -11,6 +11,7 @@ outcome into OpenAI's response object, and the turn's events into OpenAI's strea
 Objects and events are shaped as OpenAI's (`openai/types/responses`).
 """
 
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from chatkeep.context import message_tokens, prompt_from_messages
+from chatkeep.context import message_tokens, prompt_from_messages, prompt_tokens
 from chatkeep.domain import (
     IncompleteReason,
     MessageStatus,
@@ -31,18 +32,26 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import Failure, InvalidInputError, ResponseNotFoundError
+from chatkeep.errors import (
+    Failure,
+    InvalidInputError,
+    MessageNotFoundError,
+    PreviousResponseNotFoundError,
+    ResponseNotFoundError,
+)
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm import Reply
-from chatkeep.llm.base import CallOptions
-from chatkeep.openai_compat.conversations import items_page
-from chatkeep.openai_compat.items import item_from_message, stored_from_item
+from chatkeep.llm.base import CallOptions, ToolCallDelta
+from chatkeep.openai_compat.conversations import is_deleted, items_page
+from chatkeep.openai_compat.items import is_reference, item_from_message, stored_from_item
 from chatkeep.service import ChatService
 from chatkeep.turns.admission import Admitted
 from chatkeep.turns.engine import Chain, NewTurn, unstored
 from chatkeep.turns.events import TurnEvent, TurnOutcome
 
 Item = dict[str, Any]
+
+MAX_REFERENCED_RESPONSES = 100  # how far back a chain is searched for the items its input references
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,7 +93,7 @@ class PendingResponse:
                 "incomplete" if incomplete else "completed",
                 [item_from_message(message) for message in outcome.outputs],
                 reply,
-                incomplete={"reason": _incomplete_reason(reply)} if incomplete and reply is not None else None,
+                incomplete=_incomplete_details(reply) if incomplete and reply is not None else None,
             )
         return self.body
 
@@ -94,7 +103,7 @@ class PendingResponse:
         output: list[Item],
         reply: Reply | None,
         *,
-        incomplete: dict[str, str] | None = None,
+        incomplete: dict[str, str | None] | None = None,
     ) -> dict[str, Any]:
         ask = self.request
         return {
@@ -121,7 +130,7 @@ def usage_object(usage: Usage | None) -> dict[str, Any] | None:
         return None
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -138,15 +147,17 @@ class ResponseStream:
     """A streamed response's events in OpenAI's order, each numbered (`sequence_number`),
     translated from the events of the turn that makes it.
 
-    The message item opens on the first delta; the stored outputs close it and follow it (function
-    calls whole); the last event, `response.completed` (or `response.incomplete`), comes once the
-    response is kept, as the turn's final event does, so a client that reads it can fetch the
-    response at once. A failure ends the stream with `response.failed`.
+    An output item opens when its first piece streams: the message on its first text delta, a
+    function call on the first piece of it (its arguments then stream as
+    `response.function_call_arguments.delta`). The stored outputs close them, and open and close
+    any that did not stream; the last event, `response.completed` (or `response.incomplete`),
+    comes once the response is kept, as the turn's final event does, so a client that reads it
+    can fetch the response at once. A failure ends the stream with `response.failed`.
     """
 
     def __init__(self, pending: PendingResponse) -> None:
         self._pending = pending
-        self._text_open = False
+        self._opened: dict[str, int] = {}  # the output index of each item opened, by its id
         self._number = 0
 
     async def follow(self, turn_events: AsyncIterator[list[TurnEvent]]) -> AsyncIterator[list[Item]]:
@@ -173,8 +184,12 @@ class ResponseStream:
 
     def _translated(self, event: TurnEvent, in_progress: Item) -> list[Item]:
         if event.kind == "delta":
-            opened = [] if self._text_open else self._open_text(self._reply_id)
-            return [*opened, self._text_delta(self._reply_id, event.text)]
+            reply_id = self._reply_id
+            opened = [] if reply_id in self._opened else self._open_text(reply_id)
+            return [*opened, self._text_delta(reply_id, event.text)]
+        if event.kind == "call_delta":
+            assert event.call is not None
+            return self._call_delta(event.item_id, event.call)
         if event.kind == "error":
             assert event.error is not None
             failed = {**in_progress, "status": "failed", "error": failure_object(event.error)}
@@ -190,16 +205,26 @@ class ResponseStream:
         assert self._pending.reply_id is not None, "a streamed response announces its reply's id"
         return self._pending.reply_id
 
-    def _outputs_done(self, items: list[Item]) -> list[Item]:
-        """Each output item, finished: the message whose text streamed, then function calls (whole)."""
+    def _call_delta(self, item_id: str, piece: ToolCallDelta) -> list[Item]:
         events: list[Item] = []
-        for index, item in enumerate(items):
+        if item_id not in self._opened:
+            call = {"type": "function_call", "id": item_id, "call_id": piece.id, "name": piece.name, "arguments": ""}
+            events.append(self._added({**call, "status": "in_progress"}))
+        if piece.arguments:
+            where = {"item_id": item_id, "output_index": self._opened[item_id]}
+            events.append(self._event("response.function_call_arguments.delta", **where, delta=piece.arguments))
+        return events
+
+    def _outputs_done(self, items: list[Item]) -> list[Item]:
+        """Each output item, finished (and first opened, when it did not stream)."""
+        events: list[Item] = []
+        for item in items:
             if item["type"] == "message":
-                events += self._message_done(index, item)
+                events += self._message_done(item)
                 continue
-            events.append(
-                self._event("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
-            )
+            if item["id"] not in self._opened:
+                events.append(self._added({**item, "status": "in_progress"}))
+            index = self._opened[item["id"]]
             if item["type"] == "function_call":
                 events.append(
                     self._event(
@@ -217,13 +242,14 @@ class ResponseStream:
         kind = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
         return self._event(kind, response=body)
 
-    def _message_done(self, index: int, item: Item) -> list[Item]:
+    def _message_done(self, item: Item) -> list[Item]:
         text = item["content"][0]["text"] if item["content"] else ""
         events: list[Item] = []
-        if not self._text_open:  # nothing streamed (a replay, or no text): the text comes in one delta
-            events += self._open_text(item["id"], index)
+        if item["id"] not in self._opened:  # nothing streamed (a replay, or no text): the text comes in one delta
+            events += self._open_text(item["id"])
             if text:
-                events.append(self._text_delta(item["id"], text, index))
+                events.append(self._text_delta(item["id"], text))
+        index = self._opened[item["id"]]
         part = item["content"][0] if item["content"] else {"type": "output_text", "text": "", "annotations": []}
         where = {"item_id": item["id"], "output_index": index, "content_index": 0}
         events.append(self._event("response.output_text.done", **where, text=text, logprobs=[]))
@@ -231,19 +257,21 @@ class ResponseStream:
         events.append(self._event("response.output_item.done", output_index=index, item=item))
         return events
 
-    def _open_text(self, item_id: str, index: int = 0) -> list[Item]:
-        self._text_open = True
+    def _open_text(self, item_id: str) -> list[Item]:
         item = {"type": "message", "id": item_id, "role": "assistant", "status": "in_progress", "content": []}
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        return [
-            self._event("response.output_item.added", output_index=index, item=item),
-            self._event("response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=part),
-        ]
+        added = self._added(item)
+        where = {"item_id": item_id, "output_index": self._opened[item_id], "content_index": 0}
+        return [added, self._event("response.content_part.added", **where, part=part)]
 
-    def _text_delta(self, item_id: str, text: str, index: int = 0) -> Item:
-        return self._event(
-            "response.output_text.delta", item_id=item_id, output_index=index, content_index=0, delta=text, logprobs=[]
-        )
+    def _added(self, item: Item) -> Item:
+        """An output item opened, at the next output index."""
+        index = self._opened[item["id"]] = len(self._opened)
+        return self._event("response.output_item.added", output_index=index, item=item)
+
+    def _text_delta(self, item_id: str, text: str) -> Item:
+        where = {"item_id": item_id, "output_index": self._opened[item_id], "content_index": 0}
+        return self._event("response.output_text.delta", **where, delta=text, logprobs=[])
 
     def _event(self, kind: str, **fields: Any) -> Item:
         event = {"type": kind, "sequence_number": self._number, **fields}
@@ -276,6 +304,20 @@ class Responses:
         assert events is not None
         return ResponseStream(pending).follow(events.follow())
 
+    async def input_tokens(self, owner: str, request: ResponseRequest) -> dict[str, Any]:
+        """How many tokens the response's input would take upstream, counted as its context would be
+        built now (the conversation's items or the chain's responses that fit, then the input)."""
+        request = await self._referenced(owner, request)
+        if request.conversation is None:
+            counted = prompt_tokens((await self._chain(owner, request)).prompt)
+        else:
+            chat = await self._store.get_chat(owner, request.conversation)
+            asked = NewTurn(
+                request.inputs, str, options=request.options, instructions=request.instructions, default_prompt=False
+            )
+            counted = await self._service.engine.prompt_tokens(owner, chat, asked)
+        return {"object": "response.input_tokens", "input_tokens": counted}
+
     async def get(self, owner: str, response_id: str) -> dict[str, Any]:
         return (await self._store.get_response(owner, response_id)).body
 
@@ -301,6 +343,7 @@ class Responses:
     ) -> tuple[Admitted, PendingResponse, NewTurn]:
         """The response admitted as a turn (see turns/admission.py): on its conversation, or, chained
         to earlier responses, on no chat, once its chain is found (a 404 for one that is not)."""
+        request = await self._referenced(owner, request)
         chain = await self._chain(owner, request) if request.conversation is None else None
         admitted = await self._service.admission.admit(
             owner, request.conversation, request.key, inputs=len(request.inputs)
@@ -311,6 +354,7 @@ class Responses:
             lambda outcome: orjson.dumps(pending.finish(outcome)).decode(),
             options=request.options,
             instructions=request.instructions,
+            default_prompt=False,
             reply_id=pending.reply_id,
             chain=chain,
             kept=functools.partial(self._keep, owner, pending),
@@ -333,43 +377,103 @@ class Responses:
             await self._store.save_response(owner, kept)
 
     async def _chain(self, owner: str, request: ResponseRequest) -> Chain:
-        """The input, and the prompt: the instructions (or the default system prompt), the newest
+        """The input, and the prompt: the instructions (if any: OpenAI's API adds no system prompt), the newest
         earlier responses of the chain that fit the token budget, whole and oldest first, then
         the input, always whole.
 
-        Raises ResponseNotFoundError when `previous_response_id` names no kept response; an older
+        Raises PreviousResponseNotFoundError when `previous_response_id` names no kept response; an older
         one that is gone ends the chain there.
         """
         inputs = [unstored(message) for message in request.inputs]
-        system_prompt = request.instructions if request.instructions is not None else self._settings.system_prompt
+        system_prompt = request.instructions
         remaining = self._settings.context_tokens - sum(message_tokens(message.content) for message in inputs)
         remaining -= message_tokens(system_prompt) if system_prompt else 0
         earlier: list[NewMessage] = []
-        previous_id = request.previous_response_id
-        while previous_id is not None and remaining > 0:
-            try:
-                previous = await self._store.get_response(owner, previous_id)
-            except ResponseNotFoundError:
-                if previous_id == request.previous_response_id:
-                    raise
-                break
+        async for previous in self._earlier(owner, request.previous_response_id):
             said = [stored_from_item(item, "") for item in [*previous.input_items, *previous.body["output"]]]
             cost = sum(message_tokens(message.content) for message in said)
             if cost > remaining:
                 break
             earlier[:0] = said
             remaining -= cost
-            previous_id = previous.previous_response_id
         prompt: list[PromptMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
         return Chain(inputs, prompt + prompt_from_messages([*earlier, *inputs]))
+
+    async def _earlier(self, owner: str, previous_id: str | None) -> AsyncIterator[StoredResponse]:
+        """The kept responses of a chain, newest first, from `previous_id` to the first or to one
+        that is gone. Raises PreviousResponseNotFoundError when `previous_id` itself is not kept."""
+        first = True
+        while previous_id is not None:
+            try:
+                previous = await self._store.get_response(owner, previous_id)
+            except ResponseNotFoundError:
+                if first:
+                    raise PreviousResponseNotFoundError(
+                        f"no response {previous_id!r} is kept", param="previous_response_id"
+                    ) from None
+                return
+            yield previous
+            first, previous_id = False, previous.previous_response_id
+
+    async def _referenced(self, owner: str, request: ResponseRequest) -> ResponseRequest:
+        """The request with each `item_reference` input replaced by a copy of the item it names: an
+        item of its conversation, or of a response of its chain (at most MAX_REFERENCED_RESPONSES
+        back). Raises InvalidInputError naming a reference that names none of them."""
+        wanted = {
+            message.item["id"] for message in request.inputs if message.item is not None and is_reference(message)
+        }
+        if not wanted:
+            return request
+        if request.conversation is not None:
+            found = await self._conversation_items(owner, request.conversation, wanted)
+        else:
+            found = await self._chain_items(owner, request.previous_response_id, wanted)
+        inputs: list[NewMessage] = []
+        for n, message in enumerate(request.inputs):
+            if message.item is None or not is_reference(message):
+                inputs.append(message)
+                continue
+            item = found.get(message.item["id"])
+            if item is None:
+                where = "its conversation" if request.conversation is not None else "the previous_response_id chain"
+                raise InvalidInputError(f"no item {message.item['id']!r} in {where}", param=f"input[{n}].id")
+            inputs.append(
+                stored_from_item({name: value for name, value in item.items() if name != "id"}, f"input[{n}]")
+            )
+        return dataclasses.replace(request, inputs=inputs)
+
+    async def _conversation_items(self, owner: str, chat_id: str, wanted: set[str]) -> dict[str, Item]:
+        found: dict[str, Item] = {}
+        for item_id in wanted:
+            try:
+                message = await self._store.get_message(owner, chat_id, item_id)
+            except MessageNotFoundError:
+                continue
+            if not is_deleted(message):
+                found[item_id] = item_from_message(message)
+        return found
+
+    async def _chain_items(self, owner: str, previous_id: str | None, wanted: set[str]) -> dict[str, Item]:
+        found: dict[str, Item] = {}
+        looked = 0
+        async for previous in self._earlier(owner, previous_id):
+            looked += 1
+            found |= {
+                item["id"]: item for item in [*previous.input_items, *previous.body["output"]] if item["id"] in wanted
+            }
+            if found.keys() == wanted or looked == MAX_REFERENCED_RESPONSES:
+                break
+        return found
 
 
 async def _once(events: list[Item]) -> AsyncIterator[list[Item]]:
     yield events
 
 
-def _incomplete_reason(reply: Reply) -> str:
-    """Why a response is incomplete, in OpenAI's words where it has them (`max_output_tokens`,
-    `content_filter`), else chatkeep's (`stopped`, `timeout`, `upstream_error`, `shutdown`)."""
+def _incomplete_details(reply: Reply) -> dict[str, str | None]:
+    """Why a response is incomplete: `reason` in OpenAI's words where it has them
+    (`max_output_tokens`, `content_filter`; null otherwise, as the SDK takes no others), and
+    `chatkeep_reason` in chatkeep's, always (`max_tokens`, `stopped`, `timeout`...)."""
     reason = reply.incomplete_reason or IncompleteReason.MAX_TOKENS
-    return "max_output_tokens" if reason is IncompleteReason.MAX_TOKENS else reason.value
+    openai_words = {IncompleteReason.MAX_TOKENS: "max_output_tokens", IncompleteReason.CONTENT_FILTER: "content_filter"}
+    return {"reason": openai_words.get(reason), "chatkeep_reason": reason.value}

@@ -25,6 +25,8 @@ from chatkeep.openai_compat.schemas import (
     ConversationDeleted,
     ConversationOut,
     ConversationUpdate,
+    InputTokens,
+    InputTokensCount,
     ItemList,
     ItemsCreate,
     ModelList,
@@ -210,6 +212,16 @@ async def delete_response(responses: ResponsesDep, owner: OwnerDep, response_id:
 @router.get("/v1/responses/{response_id}/input_items", response_model=ItemList, responses=_errors(404))
 async def list_input_items(responses: ResponsesDep, owner: OwnerDep, response_id: str, page: ItemPageDep) -> Response:
     return json_response(await responses.input_items(owner, response_id, page))
+
+
+@router.post("/v1/responses/input_tokens", response_model=InputTokens, responses=_errors(404))
+async def count_input_tokens(
+    request: Request, responses: ResponsesDep, owner: OwnerDep, body: InputTokensCount
+) -> Response:
+    """The tokens a response's input would take upstream (tools aside), counted as its context would
+    be built now: the conversation's items or the chain's earlier responses that fit, then the input."""
+    asked = read_response_request(body, service_of(request).settings, None)
+    return json_response(await responses.input_tokens(owner, asked))
 
 
 # Models

@@ -67,6 +67,12 @@ class ResponseCreate(_Body):
     prompt: dict[str, Any] | None = None
 
 
+class InputTokensCount(ResponseCreate):
+    """What `POST /v1/responses/input_tokens` counts: a response's request, its input optional."""
+
+    input: str | Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_INPUT_ITEMS)] | None = None  # type: ignore[assignment]
+
+
 # The answers
 
 
@@ -103,6 +109,11 @@ class ResponseOut(_Answer):
     model: str
     output: list[dict[str, Any]]
     usage: dict[str, Any] | None
+
+
+class InputTokens(_Answer):
+    object: Literal["response.input_tokens"]
+    input_tokens: int
 
 
 class ResponseDeleted(_Answer):

@@ -17,13 +17,23 @@ and nowhere else, once the turn has ended.
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 
-from chatkeep.context import build_context
-from chatkeep.domain import IncompleteReason, Message, MessageStatus, NewMessage, PromptMessage, Role, new_id, utcnow
+from chatkeep.context import build_context, prompt_from_messages, prompt_tokens
+from chatkeep.domain import (
+    Chat,
+    IncompleteReason,
+    Message,
+    MessageStatus,
+    NewMessage,
+    PromptMessage,
+    Role,
+    new_id,
+    utcnow,
+)
 from chatkeep.errors import (
     ChatkeepError,
     ChatMovedOnError,
@@ -33,7 +43,7 @@ from chatkeep.errors import (
     TurnStoppedError,
 )
 from chatkeep.llm import LLM, Reply
-from chatkeep.llm.base import NO_OPTIONS, CallOptions
+from chatkeep.llm.base import NO_OPTIONS, CallOptions, ToolCallDelta
 from chatkeep.metrics import Metrics
 from chatkeep.store import ChatStore, TurnTicket
 from chatkeep.summaries.rolling import RollingSummaries
@@ -62,6 +72,7 @@ class NewTurn:
     replay: Callable[[TurnOutcome], str]  # what a retry with the same Idempotency-Key is answered
     options: CallOptions = NO_OPTIONS
     instructions: str | None = None  # replaces the chat's system prompt for this turn
+    default_prompt: bool = True  # False: a chat that sets no system prompt is sent none (OpenAI's API adds none)
     reply_id: str | None = None  # the id the reply's text is stored under, when announced beforehand
     answered: bool = True  # False: the inputs are stored and that is all (conversation items)
     chain: Chain | None = None  # set for a response chained to earlier ones: no chat, its own prompt
@@ -150,7 +161,7 @@ class TurnEngine:
         if admitted.chat is not None:  # from here on a failure is retried by re-running only the reply
             await admitted.key.question_stored(inputs[-1].id)
         reply, summary_due = await self._reply(admitted, turn, running, inputs[-1], chat_prompt)
-        outcome = TurnOutcome(inputs, await self._outputs(admitted, turn, running.ticket, reply), reply)
+        outcome = TurnOutcome(inputs, await self._outputs(admitted, turn, running, reply), reply)
         if summary_due and self._rolling is not None and admitted.chat is not None:
             self._rolling.want(admitted.owner, admitted.chat.id)
         return outcome
@@ -228,14 +239,11 @@ class TurnEngine:
         if admitted.chat is None:
             assert turn.chain is not None
             return turn.chain.prompt, False
-        system_prompt = turn.instructions
-        if system_prompt is None:
-            system_prompt = self._system_prompt if chat_prompt is None else chat_prompt
         context = await build_context(
             self._store,
             admitted.owner,
             admitted.chat.id,
-            system_prompt=system_prompt,
+            system_prompt=self._system_prompt_of(turn, chat_prompt),
             budget=self._budget,
             reply_tokens=turn.options.max_tokens or 0,
             summarize_at=self._rolling.summarize_at if self._rolling is not None else None,
@@ -243,29 +251,56 @@ class TurnEngine:
         )
         return context.prompt, context.summary_due
 
+    async def prompt_tokens(self, owner: str, chat: Chat, turn: NewTurn) -> int:
+        """The tokens of the prompt `turn` would send if it ran on `chat` now, its inputs after the
+        chat's messages, priced as the context builder prices them; nothing is stored."""
+        inputs = prompt_from_messages([unstored(message) for message in turn.inputs])
+        spent = prompt_tokens(inputs)
+        context = await build_context(
+            self._store,
+            owner,
+            chat.id,
+            system_prompt=self._system_prompt_of(turn, chat.system_prompt),
+            budget=self._budget - spent,
+            reply_tokens=turn.options.max_tokens or 0,
+            summarize_at=self._rolling.summarize_at if self._rolling is not None else None,
+        )
+        return prompt_tokens(context.prompt) + spent
+
+    def _system_prompt_of(self, turn: NewTurn, chat_prompt: str | None) -> str:
+        """The turn's instructions, else the chat's system prompt, else the default ("": none)."""
+        if turn.instructions is not None:
+            return turn.instructions
+        if chat_prompt is not None:
+            return chat_prompt
+        return self._system_prompt if turn.default_prompt else ""
+
     async def _streamed(
         self, prompt: list[PromptMessage], options: CallOptions, events: TurnEvents, parts: list[str]
     ) -> Reply:
-        """The reply as it streams to `events`, its text so far kept in `parts`."""
+        """The reply as it streams to `events` (its text, and the pieces of its tool calls), its text
+        so far kept in `parts`."""
         async with aclosing(self._llm.stream(prompt, options)) as items:
             async for item in items:
                 if isinstance(item, Reply):
                     return item
+                if isinstance(item, ToolCallDelta):
+                    events.call_delta(item)
+                    continue
                 parts.append(item)
                 events.delta(item)
         raise AssertionError("an LLM stream ends with its Reply")
 
-    async def _outputs(
-        self, admitted: Admitted, turn: NewTurn, ticket: TurnTicket | None, reply: Reply
-    ) -> list[Message]:
+    async def _outputs(self, admitted: Admitted, turn: NewTurn, running: RunningTurn, reply: Reply) -> list[Message]:
         """Store the reply; a chained response's is kept with the response, not in a chat."""
-        replies = reply_messages(reply, turn.reply_id)
+        streamed_calls = running.events.call_ids if running.events is not None else {}
+        replies = reply_messages(reply, turn.reply_id, [streamed_calls[index] for index in sorted(streamed_calls)])
         owner, chat = admitted.owner, admitted.chat
         if chat is None:
             return [unstored(message) for message in replies]
         if len(replies) == 1:
-            return [await self._store.append_message(owner, chat.id, replies[0], ticket=ticket, ends_turn=True)]
-        outputs, _ = await self._store.append_messages(owner, chat.id, replies, ticket=ticket, ends_turn=True)
+            return [await self._store.append_message(owner, chat.id, replies[0], ticket=running.ticket, ends_turn=True)]
+        outputs, _ = await self._store.append_messages(owner, chat.id, replies, ticket=running.ticket, ends_turn=True)
         return outputs
 
 
@@ -293,9 +328,11 @@ def _question_of(turn: NewTurn, admitted: Admitted) -> str | None:
     return None
 
 
-def reply_messages(reply: Reply, reply_id: str | None = None) -> list[NewMessage]:
+def reply_messages(reply: Reply, reply_id: str | None = None, call_ids: Sequence[str] = ()) -> list[NewMessage]:
     """What a reply stores: its text as an assistant message (unless it only calls tools; under
-    `reply_id` when given), then each function call as a conversation item."""
+    `reply_id` when given), then each function call as a conversation item (under the id its
+    stream announced, in `call_ids`, or a new one with OpenAI's prefix, which it checks on items
+    sent to it)."""
     usage, model, status = reply.usage, reply.model, reply.status
     messages: list[NewMessage] = []
     if reply.content or not reply.tool_calls:
@@ -311,7 +348,7 @@ def reply_messages(reply: Reply, reply_id: str | None = None) -> list[NewMessage
             )
         )
         usage = None  # counted once, on the first of the reply's messages
-    for call in reply.tool_calls:
+    for n, call in enumerate(reply.tool_calls):
         item = {"type": "function_call", "call_id": call.id, "name": call.name, "arguments": call.arguments}
         text = f"{call.name}({call.arguments})"
         messages.append(
@@ -323,6 +360,7 @@ def reply_messages(reply: Reply, reply_id: str | None = None) -> list[NewMessage
                 status=status,
                 item=item,
                 incomplete_reason=reply.incomplete_reason,
+                id=call_ids[n] if n < len(call_ids) else new_id("fc"),
             )
         )
         usage = None

@@ -5,7 +5,11 @@ disconnects from a streamed turn costs it nothing (the turn goes on and is store
 reconnects follows the same events from after the last one it saw. The native API writes these
 events as they are; OpenAI's API translates them into its own at its edge.
 
-Event ids: the user message is "0", deltas count up from "1", the final event
+A tool call the model writes streams too, as `call_delta` events: the piece of its arguments
+that came, under the id its stored item will have. The native API's stream leaves them out (its
+final message holds the calls); OpenAI's shows them as `response.function_call_arguments.delta`.
+
+Event ids: the user message is "0", deltas (of text or calls) count up from "1", the final event
 (`assistant_message` or `error`) is "end". A reader that saw event k gets the deltas after k
 that are known, then always the final event; only one that saw "end" gets nothing more.
 """
@@ -15,15 +19,15 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal
 
-from chatkeep.domain import Message, PageRequest, Role
+from chatkeep.domain import Message, PageRequest, Role, new_id
 from chatkeep.errors import Failure, InvalidCursorError, MessageNotFoundError, ReplyNotFoundError
-from chatkeep.llm.base import Reply
+from chatkeep.llm.base import Reply, ToolCallDelta
 from chatkeep.store import ChatStore
 
 END_ID = "end"
 KEEPALIVE_SECONDS = 15.0
 
-EventKind = Literal["user_message", "delta", "assistant_message", "error"]
+EventKind = Literal["user_message", "delta", "call_delta", "assistant_message", "error"]
 
 
 def event_number(event_id: str | None) -> int | None:
@@ -49,6 +53,8 @@ class TurnEvent:
     kind: EventKind
     message: Message | None = None  # the user message, or the reply's first stored message
     text: str = ""  # a delta's
+    call: ToolCallDelta | None = None  # a call_delta's piece of a tool call
+    item_id: str = ""  # a call_delta's: the id the call is stored under
     error: Failure | None = None
     outcome: TurnOutcome | None = None  # the whole stored reply, on the final event of a turn run here
 
@@ -60,10 +66,11 @@ class TurnEvent:
 class TurnEvents:
     """One turn's events, in order; `follow` reads them live."""
 
-    __slots__ = ("_waiters", "done", "events")
+    __slots__ = ("_waiters", "call_ids", "done", "events")
 
     def __init__(self) -> None:
         self.events: list[TurnEvent] = []
+        self.call_ids: dict[int, str] = {}  # the stored id of each tool call streamed, by its index in the reply
         self.done = False  # the final event is written: nothing more comes
         self._waiters: list[asyncio.Future[bool]] = []
 
@@ -80,6 +87,11 @@ class TurnEvents:
 
     def delta(self, text: str) -> None:
         self.push(TurnEvent(str(len(self.events)), "delta", text=text))
+
+    def call_delta(self, piece: ToolCallDelta) -> None:
+        """A piece of a tool call; its first names the id the call will be stored under (OpenAI's `fc_`)."""
+        item_id = self.call_ids.setdefault(piece.index, new_id("fc"))
+        self.push(TurnEvent(str(len(self.events)), "call_delta", call=piece, item_id=item_id))
 
     def answered(self, outcome: TurnOutcome) -> None:
         self.push(TurnEvent(END_ID, "assistant_message", message=outcome.outputs[0], outcome=outcome))

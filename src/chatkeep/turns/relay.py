@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from chatkeep.errors import Failure
+from chatkeep.llm.base import ToolCallDelta
 from chatkeep.store import MAX_BROADCAST_BYTES, Broadcast, ChatStore
 from chatkeep.turns.events import END_ID, KEEPALIVE_SECONDS, TurnEvent, TurnEvents, event_number, stored_end
 from chatkeep.turns.running import RunningTurns
@@ -148,6 +149,9 @@ class TurnRelay:
     async def _event(self, owner: str, chat_id: str, event_id: str, kind: Any, data: Any) -> TurnEvent:
         if kind == "delta":
             return TurnEvent(event_id, "delta", text=data)
+        if kind == "call_delta":
+            piece = ToolCallDelta(data["index"], data["id"], data["name"], data["arguments"])
+            return TurnEvent(event_id, "call_delta", call=piece, item_id=data["item_id"])
         if kind == "error":
             return TurnEvent(event_id, "error", error=RelayedFailure(**data))
         return TurnEvent(event_id, kind, message=await self._store.get_message(owner, chat_id, data))
@@ -242,9 +246,14 @@ class _Follower:
 
 
 def _encoded(event: TurnEvent) -> list[Any]:
-    """An event as the broadcast carries it: deltas as text, messages by id, errors by their problem fields."""
+    """An event as the broadcast carries it: deltas as text, pieces of calls as their fields, messages by
+    id, errors by their problem fields."""
     if event.kind == "delta":
         return [event.id, "delta", _clipped(event.text)]
+    if event.call is not None:
+        piece = event.call
+        fields = {"index": piece.index, "id": piece.id, "name": piece.name, "arguments": _clipped(piece.arguments)}
+        return [event.id, "call_delta", {**fields, "item_id": event.item_id}]
     if event.error is not None:
         return [event.id, "error", _problem_fields(event.error)]
     assert event.message is not None
