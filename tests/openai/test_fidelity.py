@@ -139,6 +139,14 @@ async def test_item_references_bring_the_named_item_to_the_model(served: Served)
     assert unknown.value.param == "input[0].id"
     assert len(served.fake.requests) == 3
 
+    copied = await sdk.conversations.items.create(
+        conversation.id, items=[{"type": "item_reference", "id": first_item.id}]
+    )
+    assert (copied.data[0].content[0].text, copied.data[0].id != first_item.id) == ("the code is 1234", True)
+    with pytest.raises(openai.BadRequestError) as nothing_to_refer_to:
+        await sdk.conversations.create(items=[{"type": "item_reference", "id": first_item.id}])
+    assert nothing_to_refer_to.value.param == "items[0].id"
+
 
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
 

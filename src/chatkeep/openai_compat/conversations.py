@@ -13,8 +13,9 @@ import orjson
 from chatkeep.domain import DELETED_ITEM, Chat, ChatChanges, Message, NewMessage, PageRequest
 from chatkeep.errors import InvalidCursorError, InvalidInputError, MessageNotFoundError
 from chatkeep.idempotency import IdempotencyKey
-from chatkeep.openai_compat.items import item_from_message
+from chatkeep.openai_compat.items import item_from_message, referenced, with_references
 from chatkeep.service import ChatService
+from chatkeep.store import ChatStore
 from chatkeep.turns.engine import NewTurn
 from chatkeep.turns.events import TurnOutcome
 
@@ -48,6 +49,19 @@ def is_deleted(message: Message) -> bool:
     return message.item is not None and message.item == DELETED_ITEM
 
 
+async def conversation_items(store: ChatStore, owner: str, chat_id: str, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """The items of `wanted` the conversation holds, as read back, by id. Raises ChatNotFoundError."""
+    found: dict[str, dict[str, Any]] = {}
+    for item_id in wanted:
+        try:
+            message = await store.get_message(owner, chat_id, item_id)
+        except MessageNotFoundError:
+            continue
+        if not is_deleted(message):
+            found[item_id] = item_from_message(message)
+    return found
+
+
 class Conversations:
     def __init__(self, service: ChatService) -> None:
         self._service = service
@@ -57,6 +71,7 @@ class Conversations:
         self, owner: str, items: list[NewMessage], metadata: dict[str, str], key: IdempotencyKey | None = None
     ) -> dict[str, Any]:
         """Create a conversation with its first items (read and size-checked by `read_items`); with a key, once."""
+        items = with_references(items, {}, "items", "a conversation not yet made")  # there is nothing to refer to
         chat = await self._service.create_chat(
             owner, title=None, metadata=metadata, system_prompt=None, messages=items, key=key
         )
@@ -77,7 +92,11 @@ class Conversations:
         self, owner: str, chat_id: str, items: list[NewMessage], key: IdempotencyKey | None = None
     ) -> dict[str, Any]:
         """Append items to the conversation; with a key, once: a retry gets the items the first try
-        added (items read and size-checked by `read_items`)."""
+        added (items read and size-checked by `read_items`; an `item_reference` copies the item it
+        names, which must be the conversation's)."""
+        if wanted := referenced(items):
+            found = await conversation_items(self._store, owner, chat_id, wanted)
+            items = with_references(items, found, "items", "this conversation")
         admitted = await self._service.admission.admit(owner, chat_id, key, inputs=len(items), replies=0)
         if admitted.replay is not None:
             page: dict[str, Any] = orjson.loads(admitted.replay)

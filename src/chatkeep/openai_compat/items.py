@@ -63,9 +63,32 @@ def stored_from_item(item: Any, param: str) -> NewMessage:
     )  # another kind: kept and listed back, never sent upstream
 
 
-def is_reference(message: NewMessage) -> bool:
-    """Whether an input is an `item_reference`, which stands for an earlier item of the same id."""
-    return message.item is not None and message.item.get("type") == "item_reference"
+def referenced(inputs: Sequence[NewMessage]) -> set[str]:
+    """The ids the `item_reference` inputs name: each stands for an earlier item of that id."""
+    return {message.item["id"] for message in inputs if message.item is not None and _is_reference(message.item)}
+
+
+def with_references(
+    inputs: Sequence[NewMessage], found: dict[str, dict[str, Any]], param: str, where: str
+) -> list[NewMessage]:
+    """`inputs` with each `item_reference` replaced by a copy of the item it names, from `found`.
+    Raises InvalidInputError naming a reference to an item not found (`where` says where it was looked for)."""
+    resolved: list[NewMessage] = []
+    for n, message in enumerate(inputs):
+        if message.item is None or not _is_reference(message.item):
+            resolved.append(message)
+            continue
+        item = found.get(message.item["id"])
+        if item is None:
+            raise InvalidInputError(f"no item {message.item['id']!r} in {where}", param=f"{param}[{n}].id")
+        resolved.append(
+            stored_from_item({name: value for name, value in item.items() if name != "id"}, f"{param}[{n}]")
+        )
+    return resolved
+
+
+def _is_reference(item: dict[str, Any]) -> bool:
+    return item.get("type") == "item_reference"
 
 
 def check_item_sizes(items: Sequence[NewMessage], param: str, *, max_chars: int) -> None:

@@ -35,15 +35,14 @@ from chatkeep.domain import (
 from chatkeep.errors import (
     Failure,
     InvalidInputError,
-    MessageNotFoundError,
     PreviousResponseNotFoundError,
     ResponseNotFoundError,
 )
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm import Reply
 from chatkeep.llm.base import CallOptions, ToolCallDelta
-from chatkeep.openai_compat.conversations import is_deleted, items_page
-from chatkeep.openai_compat.items import is_reference, item_from_message, stored_from_item
+from chatkeep.openai_compat.conversations import conversation_items, items_page
+from chatkeep.openai_compat.items import item_from_message, referenced, stored_from_item, with_references
 from chatkeep.service import ChatService
 from chatkeep.turns.admission import Admitted
 from chatkeep.turns.engine import Chain, NewTurn, unstored
@@ -419,39 +418,16 @@ class Responses:
         """The request with each `item_reference` input replaced by a copy of the item it names: an
         item of its conversation, or of a response of its chain (at most MAX_REFERENCED_RESPONSES
         back). Raises InvalidInputError naming a reference that names none of them."""
-        wanted = {
-            message.item["id"] for message in request.inputs if message.item is not None and is_reference(message)
-        }
+        wanted = referenced(request.inputs)
         if not wanted:
             return request
         if request.conversation is not None:
-            found = await self._conversation_items(owner, request.conversation, wanted)
+            found = await conversation_items(self._store, owner, request.conversation, wanted)
+            where = "its conversation"
         else:
             found = await self._chain_items(owner, request.previous_response_id, wanted)
-        inputs: list[NewMessage] = []
-        for n, message in enumerate(request.inputs):
-            if message.item is None or not is_reference(message):
-                inputs.append(message)
-                continue
-            item = found.get(message.item["id"])
-            if item is None:
-                where = "its conversation" if request.conversation is not None else "the previous_response_id chain"
-                raise InvalidInputError(f"no item {message.item['id']!r} in {where}", param=f"input[{n}].id")
-            inputs.append(
-                stored_from_item({name: value for name, value in item.items() if name != "id"}, f"input[{n}]")
-            )
-        return dataclasses.replace(request, inputs=inputs)
-
-    async def _conversation_items(self, owner: str, chat_id: str, wanted: set[str]) -> dict[str, Item]:
-        found: dict[str, Item] = {}
-        for item_id in wanted:
-            try:
-                message = await self._store.get_message(owner, chat_id, item_id)
-            except MessageNotFoundError:
-                continue
-            if not is_deleted(message):
-                found[item_id] = item_from_message(message)
-        return found
+            where = "the previous_response_id chain"
+        return dataclasses.replace(request, inputs=with_references(request.inputs, found, "input", where))
 
     async def _chain_items(self, owner: str, previous_id: str | None, wanted: set[str]) -> dict[str, Item]:
         found: dict[str, Item] = {}
