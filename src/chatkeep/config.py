@@ -109,7 +109,8 @@ class Settings(BaseSettings):
         default=None, description="turns per owner (message posts, /v1 responses, items appended), e.g. 120/minute"
     )
     system_prompt: Annotated[str, Shown("TEXT")] = Field(
-        default=DEFAULT_SYSTEM_PROMPT, description="system prompt of chats that set none"
+        default=DEFAULT_SYSTEM_PROMPT,
+        description="system prompt of native turns on chats that set none (/v1 adds none)",
     )
     context_tokens: Tokens = Field(default=8000, ge=256, description="token budget of the context sent upstream")
     rolling_summaries: bool = Field(
