@@ -184,11 +184,12 @@ class Record:
         self.stored = stored
         self.id = stored.id
         self.reply_id: str | None = stored.stream["reply_id"]
+        self._opening: dict[str, Any] = stored.stream["opening"]
+        self._events: list[list[Any]] = stored.stream["events"]
         self.body = stored.body  # the final object, once the response ended
 
     def in_progress(self) -> dict[str, Any]:
-        opening: dict[str, Any] = self.stored.stream["opening"] if self.stored.stream else {}
-        return opening
+        return self._opening
 
     def finish(self, outcome: TurnOutcome) -> dict[str, Any]:
         return self.body
@@ -208,13 +209,12 @@ class Record:
         else:
             body = {**self.stored.body, "status": status}
             final = TurnEvent(END_ID, "assistant_message")
-        assert self.stored.stream is not None
-        return dataclasses.replace(self.stored, body=body, stream={**self.stored.stream, "events": [encoded(final)]})
+        stream = {"reply_id": self.reply_id, "opening": self._opening, "events": [encoded(final)]}
+        return dataclasses.replace(self.stored, body=body, stream=stream)
 
     def events(self, seen: int) -> list[TurnEvent]:
         """Its turn's events as recorded when it ended, after the first `seen`, and always the final one."""
-        assert self.stored.stream is not None
-        recorded = [decoded(event) for event in self.stored.stream["events"]]
+        recorded = [decoded(event) for event in self._events]
         return [*recorded[seen:-1], _final(recorded[-1])] if recorded else []
 
 
@@ -491,6 +491,8 @@ class Responses:
         its last event can read it back). A background response's record ends here, with its
         turn's events, unless another ended it first (cancelled, or failed for want of news)."""
         request = pending.request
+        if not request.store:
+            return
         inputs = [item_from_message(message) for message in outcome.inputs]
         if request.background:
             assert pending.events is not None
@@ -498,16 +500,16 @@ class Responses:
             events = [encoded(event) for event in [*pending.events.events, final]]
             if not await self._store.update_response(owner, pending.record(pending.finish(outcome), events, inputs)):
                 log.info("background response %s had been ended by another before its turn ended", pending.id)
-        elif request.store:
-            kept = StoredResponse(
-                pending.id,
-                request.conversation,
-                request.previous_response_id,
-                utcnow(),
-                pending.finish(outcome),
-                inputs,
-            )
-            await self._store.save_response(owner, kept)
+            return
+        kept = StoredResponse(
+            pending.id,
+            request.conversation,
+            request.previous_response_id,
+            utcnow(),
+            pending.finish(outcome),
+            inputs,
+        )
+        await self._store.save_response(owner, kept)
 
     async def _watch(self, owner: str, pending: PendingResponse, running: RunningTurn) -> None:
         """Keep a background response's record alive while its turn runs, refreshed a few times a
@@ -520,11 +522,11 @@ class Responses:
         period = self._lease / BEATS_PER_LEASE
         began, refreshed = False, time.monotonic()
         try:
-            async for _ in events.follow(keepalive=period):
+            async for batch in events.follow(keepalive=period):
                 if events.done:
                     break
                 news = not began and bool(events.events)
-                if news or time.monotonic() - refreshed >= period:
+                if news or not batch or time.monotonic() - refreshed >= period:  # no batch: a quiet period
                     began, refreshed = began or news, time.monotonic()
                     body = _progress(pending.in_progress(), pending.reply_id, events) if began else pending.queued()
                     if await self._refresh(owner, pending.record(body, [])) is False:
