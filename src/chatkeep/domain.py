@@ -230,3 +230,19 @@ class StoredResponse:
     created_at: datetime
     body: dict[str, Any]  # the Response object, as clients read it back
     input_items: list[dict[str, Any]]
+    stream: dict[str, Any] | None = None  # a background response's events, to replay them (openai_compat/responses.py)
+    lapsed: bool = False  # unfinished (queued, in_progress), and nobody kept it alive: its process is gone
+
+    @property
+    def status(self) -> str | None:
+        status = self.body.get("status")
+        return status if isinstance(status, str) else None
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status in UNFINISHED_RESPONSES
+
+
+# The statuses of a response still being made; a response stored in one of them is kept alive by
+# the process that makes it (`ResponseStore.save_response`), and answered `failed` once it is not.
+UNFINISHED_RESPONSES = ("queued", "in_progress")

@@ -64,6 +64,14 @@ class ResponseNotFoundError(ChatkeepError):
     slug = "response-not-found"
 
 
+class ResponseLostError(ChatkeepError):
+    """A background response whose server stopped (killed, restarted) before the response ended."""
+
+    status = 503
+    title = "The response was lost"
+    slug = "response-lost"
+
+
 class ModelNotFoundError(ChatkeepError):
     status = 404
     title = "Model not found"

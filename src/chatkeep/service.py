@@ -106,7 +106,7 @@ class ChatService:
         )
         broadcast = store.broadcast
         self._relay = TurnRelay(broadcast, self.running, store) if broadcast is not None else None
-        self._locator = TurnLocator(store, self.running, self._relay)
+        self.locator = TurnLocator(store, self.running, self._relay)
         if self._relay is not None:
             self._relay.start()
         self._janitor = asyncio.create_task(self._purge_expired_keys(), name="chatkeep-key-purge")
@@ -257,11 +257,11 @@ class ChatService:
         self, owner: str, chat_id: str, user_message_id: str, last_event_id: str | None
     ) -> AsyncIterator[list[TurnEvent]]:
         """Resume a streamed turn after `last_event_id` (see `TurnLocator.events_after`)."""
-        return await self._locator.events_after(owner, chat_id, user_message_id, last_event_id)
+        return await self.locator.events_after(owner, chat_id, user_message_id, last_event_id)
 
     async def stop_turn(self, owner: str, chat_id: str, user_message_id: str) -> Message:
         """Stop the reply to `user_message_id` on whichever process writes it (see `TurnLocator.stop`)."""
-        return await self._locator.stop(owner, chat_id, user_message_id)
+        return await self.locator.stop(owner, chat_id, user_message_id)
 
     async def _replayed(self, admitted: Admitted) -> AnsweredTurn:
         assert admitted.replay is not None

@@ -7,6 +7,7 @@ validates it with `model_validate(strict=True)`: every field the SDK requires mu
 its type. Union types (items, events) are matched by their `type` (and role), as the SDK does.
 """
 
+import asyncio
 import types
 import typing
 from collections.abc import AsyncIterator
@@ -70,6 +71,7 @@ class Walk:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
         self.checked: set[str] = set()
+        self.statuses: set[Any] = set()
 
     async def call(self, expected: Any, method: str, path: str, **body: Any) -> dict[str, Any]:
         answer = await self.http.request(method, path, json=body or None)
@@ -77,6 +79,7 @@ class Walk:
         data: dict[str, Any] = answer.json()
         strictly(expected, data)
         self.checked.add(data.get("object") or data.get("type") or path)
+        self.statuses.add(data.get("status"))
         for item in data.get("data", []) if data.get("object") == "list" else []:
             strictly(ConversationItem if "/conversations/" in path else ResponseItem, item)
             self.checked.add(f"item:{item['type']}")
@@ -86,7 +89,13 @@ class Walk:
         return data
 
     async def stream(self, **body: Any) -> list[dict[str, Any]]:
-        async with self.http.stream("POST", "/v1/responses", json={**body, "stream": True}) as answer:
+        return await self._events("POST", "/v1/responses", {**body, "stream": True})
+
+    async def replay(self, response_id: str) -> list[dict[str, Any]]:
+        return await self._events("GET", f"/v1/responses/{response_id}?stream=true", None)
+
+    async def _events(self, method: str, path: str, body: dict[str, Any] | None) -> list[dict[str, Any]]:
+        async with self.http.stream(method, path, json=body) as answer:
             events = [event["data"] for event in await events_of(answer.aiter_lines()) if "data" in event]
         for event in events:
             strictly(ResponseStreamEvent, event)
@@ -96,6 +105,14 @@ class Walk:
             if "item" in event:
                 strictly(ResponseItem, event["item"])
         return events
+
+
+async def until_status(walk: Walk, response_id: str, status: str) -> None:
+    for _ in range(200):
+        if (await walk.call(Response, "GET", f"/v1/responses/{response_id}"))["status"] == status:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"response {response_id} never became {status}")
 
 
 @pytest.fixture
@@ -144,6 +161,14 @@ async def test_every_answer_validates_strictly_as_the_sdk_types_it(walk: Walk, f
     fake_llm.queue(*[Scripted(status=500)] * 5)  # more than the retries
     failed = await walk.stream(model="fake-model", input="fail")
     assert failed[-1]["type"] == "response.failed"
+    fake_llm.queue(Scripted(content=" ".join(["word"] * 30), chunk_delay=0.05))
+    background = await walk.call(Response, "POST", "/v1/responses", model="fake-model", input="slow", background=True)
+    assert background["status"] in ("queued", "in_progress")
+    await until_status(walk, background["id"], "in_progress")
+    cancelled = await walk.call(Response, "POST", f"/v1/responses/{background['id']}/cancel")
+    assert cancelled["status"] == "cancelled"
+    replayed = await walk.replay(background["id"])
+    assert replayed[-1]["response"]["status"] == "cancelled"
     await walk.call(InputTokenCountResponse, "POST", "/v1/responses/input_tokens", model="fake-model", input="count me")
     models = (await walk.http.get("/v1/models")).json()["data"]
     for model in models:
@@ -174,3 +199,4 @@ async def test_every_answer_validates_strictly_as_the_sdk_types_it(walk: Walk, f
         "response.incomplete",
         "response.failed",
     }
+    assert {"queued", "in_progress", "cancelled", "completed"} <= walk.statuses

@@ -45,6 +45,7 @@ ALL_MIGRATIONS = [
     "m010_fewer_turn_round_trips",
     "m011_incomplete_reasons",
     "m012_bigint_token_counts",
+    "m013_background_responses",
 ]
 TABLES = [
     "chatkeep_migrations",
@@ -62,11 +63,13 @@ TABLES = [
 # microseconds since the epoch; both integer widths are SQLite's one INTEGER.
 SQLITE_TYPE = {"text": "TEXT", "bigint": "INTEGER", "integer": "INTEGER", "timestamp with time zone": "INTEGER"}
 # Columns spelled otherwise: moments on the database's clock (a ticket's expiry, when a rate slot
-# was taken, a rolling summary's hold) are REAL seconds since the epoch on SQLite's.
+# was taken, a rolling summary's hold, how long a background response stays alive) are REAL
+# seconds since the epoch on SQLite's.
 SQLITE_TYPE_OF_COLUMN = {
     ("turn_tickets", "expires_at"): "REAL",
     ("rate_slots", "taken_at"): "REAL",
     ("context_summaries", "folding_until"): "REAL",
+    ("responses", "live_until"): "REAL",
 }
 # Defaults only PostgreSQL has: its first release let the database stamp applied migrations.
 POSTGRES_ONLY_DEFAULTS = {("chatkeep_migrations", "applied_at"): "now()"}

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -951,6 +952,36 @@ async def test_responses_are_kept_per_owner(store: ChatStore) -> None:
     await store.delete_response(ALICE, "resp_1")
     with pytest.raises(ResponseNotFoundError):
         await store.get_response(ALICE, "resp_1")
+
+
+async def test_an_unfinished_response_is_updated_until_it_ends_and_lapses_unless_kept_alive(store: ChatStore) -> None:
+    queued = StoredResponse("resp_bg", None, None, utcnow(), {"id": "resp_bg", "status": "queued"}, [], {"events": []})
+    await store.save_response(ALICE, queued, live_for=30)
+    assert await store.get_response(ALICE, "resp_bg") == queued
+    running = replace(queued, body={"id": "resp_bg", "status": "in_progress"})
+    assert await store.update_response(ALICE, running, live_for=30)
+    assert not await store.update_response(ALICE, running, if_lapsed=True)  # kept alive
+    assert not await store.update_response(BOB, running)
+    assert not await store.update_response(ALICE, running, expected=("queued",))
+    assert not await store.update_response(ALICE, replace(running, id="resp_none"))
+    done = replace(queued, body={"id": "resp_bg", "status": "completed"}, input_items=[{"type": "message"}])
+    done = replace(done, stream={"events": [["end", "assistant_message", "msg_1"]]})
+    assert await store.update_response(ALICE, done)
+    assert await store.get_response(ALICE, "resp_bg") == done
+    assert not await store.update_response(ALICE, running, live_for=30)  # what ended stays ended
+
+    lapsing = StoredResponse("resp_lapsing", "chat_1", None, utcnow(), {"status": "in_progress"}, [], {"events": []})
+    await store.save_response(ALICE, lapsing, live_for=0.05)
+    await asyncio.sleep(0.3)
+    assert (await store.get_response(ALICE, "resp_lapsing")).lapsed
+    failed = replace(lapsing, body={"status": "failed"})
+    assert await store.update_response(ALICE, failed, if_lapsed=True)
+    assert await store.get_response(ALICE, "resp_lapsing") == failed  # ended: no longer lapsed
+
+    ended_before = StoredResponse("resp_old", None, None, utcnow(), {"id": "resp_old"}, [])  # no status: ended
+    await store.save_response(ALICE, ended_before)
+    assert not (await store.get_response(ALICE, "resp_old")).lapsed
+    assert not await store.update_response(ALICE, replace(ended_before, body={"status": "failed"}))
 
 
 async def test_a_message_can_be_stored_under_an_id_announced_before(store: ChatStore) -> None:

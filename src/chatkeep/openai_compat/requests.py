@@ -1,8 +1,8 @@
 """Requests of OpenAI's API read into chatkeep's terms, or refused with a 400 naming the field.
 
 Tools and the text format are translated to their Chat Completions forms, which is what the
-upstream speaks; what has no such form (OpenAI's hosted tools, stored prompts, background
-responses) is refused rather than silently dropped. Every value is checked to be storable:
+upstream speaks; what has no such form (OpenAI's hosted tools, stored prompts) is refused
+rather than silently dropped. Every value is checked to be storable:
 no NUL characters (PostgreSQL refuses them), no integers beyond 64 bits, no NaN, bounded depth.
 """
 
@@ -47,8 +47,8 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
         raise InvalidInputError(
             "`conversation` and `previous_response_id` cannot be used together", param="previous_response_id"
         )
-    if body.background:
-        raise InvalidInputError("background responses are not supported; stream instead", param="background")
+    if body.background and body.store is False:
+        raise InvalidInputError("background responses are kept: `store` cannot be false with them", param="background")
     if body.prompt is not None:
         raise InvalidInputError("stored prompts are not supported; send `instructions` instead", param="prompt")
     if body.input is None:  # counting the tokens of a conversation or chain as it is
@@ -93,6 +93,7 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
         store=body.store is not False,
         echo=echo,
         key=key,
+        background=body.background is True,
     )
 
 

@@ -9,10 +9,19 @@ the response first made. This module only translates: OpenAI's request into a `N
 outcome into OpenAI's response object, and the turn's events into OpenAI's stream
 (`response.created` ... `response.completed`), which a client that leaves loses nothing of.
 Objects and events are shaped as OpenAI's (`openai/types/responses`).
+
+A background response (`background: true`) is answered at once, queued, and kept from the
+start: its record is updated as it runs (in_progress, its text so far) and when it ends, and
+the process making it keeps it alive in the store, so that any process can read it, follow its
+events (those of its turn, found by the response's id wherever it runs: `TurnLocator`) or
+cancel it, and a response whose process died is answered `failed` rather than in_progress for
+good. Its record keeps what its events are replayed from once it ended, numbered as they were live.
 """
 
+import asyncio
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,7 +45,9 @@ from chatkeep.errors import (
     Failure,
     InvalidInputError,
     PreviousResponseNotFoundError,
+    ResponseLostError,
     ResponseNotFoundError,
+    StoreUnavailableError,
 )
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm import Reply
@@ -46,11 +57,18 @@ from chatkeep.openai_compat.items import item_from_message, referenced, stored_f
 from chatkeep.service import ChatService
 from chatkeep.turns.admission import Admitted
 from chatkeep.turns.engine import Chain, NewTurn, unstored
-from chatkeep.turns.events import TurnEvent, TurnOutcome
+from chatkeep.turns.events import END_ID, TurnEvent, TurnEvents, TurnOutcome
+from chatkeep.turns.relay import decoded, encoded
+from chatkeep.turns.running import RunningTurn
+
+log = logging.getLogger(__name__)
 
 Item = dict[str, Any]
 
 MAX_REFERENCED_RESPONSES = 100  # how far back a chain is searched for the items its input references
+BEATS_PER_LEASE = 3  # a background response's record is refreshed this often per lease
+SETTLE_POLL_SECONDS = 1.0  # how often a follower that hears nothing asks the store how a response went
+NO_OUTCOME = TurnOutcome([], [], None)  # the final event of a turn run elsewhere: its record has the outcome
 
 
 @dataclass(slots=True, frozen=True)
@@ -65,6 +83,7 @@ class ResponseRequest:
     store: bool
     echo: dict[str, Any]  # the settings the response object repeats as asked (tools, metadata, top_p...)
     key: IdempotencyKey | None = None
+    background: bool = False
 
 
 class PendingResponse:
@@ -78,6 +97,7 @@ class PendingResponse:
         self.created_at = int(time.time())
         self.model = model  # the model asked; the object of a finished response names the one that answered
         self.body: dict[str, Any] | None = None  # the finished object
+        self.events: TurnEvents | None = None  # a background response's turn's, once it started
 
     def in_progress(self) -> dict[str, Any]:
         """The object while the response is being made."""
@@ -87,14 +107,28 @@ class PendingResponse:
         """The finished object (made once: a retry with the same key replays these very bytes)."""
         if self.body is None:
             reply = outcome.reply
-            incomplete = reply is not None and reply.status is MessageStatus.INCOMPLETE
+            status, incomplete = _ending(reply, background=self.request.background)
             self.body = self._object(
-                "incomplete" if incomplete else "completed",
-                [item_from_message(message) for message in outcome.outputs],
-                reply,
-                incomplete=_incomplete_details(reply) if incomplete and reply is not None else None,
+                status, [item_from_message(message) for message in outcome.outputs], reply, incomplete=incomplete
             )
         return self.body
+
+    def queued(self) -> dict[str, Any]:
+        """A background response's object while it waits for its turn."""
+        return {**self.in_progress(), "status": "queued"}
+
+    def failed(self, error: Failure) -> dict[str, Any]:
+        """The object of a response that failed, as its stream's `response.failed` says."""
+        return {**self.in_progress(), "status": "failed", "error": failure_object(error)}
+
+    def record(self, body: dict[str, Any], events: list[list[Any]], inputs: list[Item] | None = None) -> StoredResponse:
+        """A background response's record, `body` its object now; `events` its turn's, once it ended
+        (`Record` reads them back)."""
+        request = self.request
+        stream = {"reply_id": self.reply_id, "opening": self.in_progress(), "events": events}
+        return StoredResponse(
+            self.id, request.conversation, request.previous_response_id, utcnow(), body, inputs or [], stream
+        )
 
     def _object(
         self,
@@ -110,7 +144,7 @@ class PendingResponse:
             "object": "response",
             "created_at": self.created_at,
             "status": status,
-            "background": False,
+            "background": ask.background,
             "error": None,
             "incomplete_details": incomplete,
             "instructions": ask.instructions,
@@ -142,6 +176,54 @@ def failure_object(error: Failure) -> dict[str, str]:
     return {"code": code, "message": f"{error.title}: {error.detail}"}
 
 
+class Record:
+    """A background response as its record tells it, wherever it runs: its object at each step and
+    what a stream that follows it from another request needs (the opening object and reply id its
+    events were translated with, its final object), so that its events translate as they did live."""
+
+    def __init__(self, stored: StoredResponse) -> None:
+        assert stored.stream is not None, "a background response keeps its stream"
+        self.stored = stored
+        self.id = stored.id
+        self.reply_id: str | None = stored.stream["reply_id"]
+        self._opening: dict[str, Any] = stored.stream["opening"]
+        self._events: list[list[Any]] = stored.stream["events"]
+        self.body = stored.body  # the final object, once the response ended
+
+    def in_progress(self) -> dict[str, Any]:
+        return self._opening
+
+    def finish(self, outcome: TurnOutcome) -> dict[str, Any]:
+        return self.body
+
+    def now(self, turn: RunningTurn) -> dict[str, Any]:
+        """Its object as this process makes it: queued, or in progress with its text so far."""
+        if turn.question_id is None:
+            return {**self.in_progress(), "status": "queued"}
+        return _progress(self.in_progress(), self.reply_id, turn.events)
+
+    def ended(self, status: str, error: Failure | None = None) -> StoredResponse:
+        """Its record, ended by another than the turn that makes it: cancelled (with what it had
+        written), or failed with `error` (as its stream says a failed turn ends)."""
+        if error is not None:
+            body = {**self.in_progress(), "status": "failed", "error": failure_object(error)}
+            final = TurnEvent(END_ID, "error", error=error)
+        else:
+            body = {**self.stored.body, "status": status}
+            final = TurnEvent(END_ID, "assistant_message")
+        stream = {"reply_id": self.reply_id, "opening": self._opening, "events": [encoded(final)]}
+        return dataclasses.replace(self.stored, body=body, stream=stream)
+
+    def events(self, seen: int) -> list[TurnEvent]:
+        """Its turn's events as recorded when it ended, after the first `seen`, and always the final one."""
+        recorded = [decoded(event) for event in self._events]
+        return [*recorded[seen:-1], _final(recorded[-1])] if recorded else []
+
+
+# The last event of a response that did not complete (OpenAI's stream has no event of its own for a cancelled one).
+ENDING_EVENTS = {"incomplete": "response.incomplete", "cancelled": "response.incomplete", "failed": "response.failed"}
+
+
 class ResponseStream:
     """A streamed response's events in OpenAI's order, each numbered (`sequence_number`),
     translated from the events of the turn that makes it.
@@ -154,7 +236,7 @@ class ResponseStream:
     can fetch the response at once. A failure ends the stream with `response.failed`.
     """
 
-    def __init__(self, pending: PendingResponse) -> None:
+    def __init__(self, pending: PendingResponse | Record) -> None:
         self._pending = pending
         self._opened: dict[str, int] = {}  # the output index of each item opened, by its id
         self._number = 0
@@ -238,7 +320,7 @@ class ResponseStream:
         return events
 
     def _completed(self, body: dict[str, Any]) -> Item:
-        kind = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
+        kind = ENDING_EVENTS.get(body["status"], "response.completed")
         return self._event(kind, response=body)
 
     def _message_done(self, item: Item) -> list[Item]:
@@ -283,11 +365,13 @@ class Responses:
         self._service = service
         self._store = service.store
         self._settings = service.settings
+        self._lease = service.settings.turn_lease  # how long a background response's record stays alive unrefreshed
 
     async def create(self, owner: str, request: ResponseRequest) -> dict[str, Any]:
         """Make a response and answer its object. Raises like a native turn (ChatNotFoundError,
         ResponseNotFoundError, ChatBusyError, RateLimitedError, an LLMError...)."""
-        admitted, pending, turn = await self._admit(owner, request, streamed=False)
+        pending = await self._pending(owner, request, streamed=False)
+        admitted, turn = await self._admit(owner, pending)
         if admitted.replay is not None:
             body: dict[str, Any] = orjson.loads(admitted.replay)
             return body
@@ -296,7 +380,8 @@ class Responses:
     async def stream(self, owner: str, request: ResponseRequest) -> AsyncIterator[list[Item]]:
         """Start a response whose events are streamed: errors before it starts are raised here,
         later ones end the events with `response.failed`. It is made whether anyone reads or not."""
-        admitted, pending, turn = await self._admit(owner, request, streamed=True)
+        pending = await self._pending(owner, request, streamed=True)
+        admitted, turn = await self._admit(owner, pending)
         if admitted.replay is not None:
             return _once(ResponseStream(pending).replayed(orjson.loads(admitted.replay)))
         events = self._service.engine.start(admitted, turn).events
@@ -317,7 +402,84 @@ class Responses:
             counted = await self._service.engine.prompt_tokens(owner, chat, asked)
         return {"object": "response.input_tokens", "input_tokens": counted}
 
+    async def background(
+        self, owner: str, request: ResponseRequest
+    ) -> tuple[dict[str, Any], AsyncIterator[list[Item]]]:
+        """Start a background response: its object, queued, and its events (read or not: it is made
+        either way, and kept from the start). Refusals are raised as `create` raises them, and
+        leave no response behind."""
+        pending = await self._pending(owner, request, streamed=True)
+        await self._store.save_response(owner, pending.record(pending.queued(), []), live_for=self._lease)
+        try:
+            admitted, turn = await self._admit(owner, pending)
+        except Exception:
+            await self._forget(owner, pending.id)
+            raise
+        if admitted.replay is not None:  # the same Idempotency-Key: the response it made, and no new one
+            await self._forget(owner, pending.id)
+            body = orjson.loads(admitted.replay)
+            return body, _once(ResponseStream(pending).replayed(body))
+        running = self._service.engine.start(admitted, turn)
+        self._service.running.known_as(running, pending.id)
+        pending.events = running.events
+        self._service.running.start(self._watch(owner, pending, running))
+        assert running.events is not None
+        return pending.queued(), ResponseStream(pending).follow(running.events.follow())
+
     async def get(self, owner: str, response_id: str) -> dict[str, Any]:
+        """The response's object: as it is now, for a background response that is still being made
+        (here or elsewhere), and `failed` for one whose process is gone."""
+        stored = await self._store.get_response(owner, response_id)
+        if not stored.unfinished:
+            return stored.body
+        turn = self._service.running.find(response_id)
+        if turn is not None and not turn.over:
+            return Record(stored).now(turn)
+        if stored.lapsed:
+            return (await self._fail_lapsed(owner, stored)).body
+        return stored.body
+
+    async def events(self, owner: str, response_id: str, starting_after: int | None) -> AsyncIterator[list[Item]]:
+        """A background response's events after the one numbered `starting_after` (all without),
+        live until it ends, wherever it runs; replayed from its record once it ended. Raises
+        ResponseNotFoundError, or InvalidInputError for a response not made in the background."""
+        stored = await self._store.get_response(owner, response_id)
+        if stored.stream is None:
+            raise InvalidInputError(
+                f"response {response_id!r} was not created with `background: true`, so it cannot be streamed",
+                param="stream",
+            )
+        record = Record(stored)
+        return _after(ResponseStream(record).follow(self._turn_events(owner, record)), starting_after)
+
+    async def cancel(self, owner: str, response_id: str) -> dict[str, Any]:
+        """Cancel a background response wherever it is made, and answer its object: cancelled, with
+        what it had written; one that had ended is answered as it ended. Raises
+        ResponseNotFoundError, or InvalidInputError for a response not made in the background."""
+        stored = await self._store.get_response(owner, response_id)
+        if stored.stream is None:
+            raise InvalidInputError(
+                f"response {response_id!r} was not created with `background: true`; only those can be cancelled"
+            )
+        if not stored.unfinished:
+            return stored.body
+        if stored.lapsed:
+            return (await self._fail_lapsed(owner, stored)).body
+        record = Record(stored)
+        cancelled = record.ended("cancelled")
+        if stored.status == "queued" and await self._store.update_response(owner, cancelled, expected=("queued",)):
+            await self._service.locator.cancel(owner, response_id)  # before it began: it stores nothing more
+            return cancelled.body
+        if await self._service.locator.cancel(owner, response_id):  # its reply stopped, what it wrote stored
+            stored = await self._store.get_response(owner, response_id)
+            if not stored.unfinished:
+                return stored.body
+            record = Record(stored)
+        # No process answers for it (it runs where nothing can reach it): the record says it is
+        # cancelled, and the process making it, if any, stops it when it next refreshes the record.
+        cancelled = record.ended("cancelled")
+        if await self._store.update_response(owner, cancelled):
+            return cancelled.body
         return (await self._store.get_response(owner, response_id)).body
 
     async def delete(self, owner: str, response_id: str) -> dict[str, Any]:
@@ -337,17 +499,19 @@ class Responses:
         chosen = ordered[start : start + page.limit]
         return items_page(chosen, start + page.limit < len(ordered))
 
-    async def _admit(
-        self, owner: str, request: ResponseRequest, *, streamed: bool
-    ) -> tuple[Admitted, PendingResponse, NewTurn]:
+    async def _pending(self, owner: str, request: ResponseRequest, *, streamed: bool) -> PendingResponse:
+        """The response to make, its `item_reference` inputs replaced by the items they name."""
+        request = await self._referenced(owner, request)
+        return PendingResponse(request, request.options.model or self._settings.llm_model, streamed=streamed)
+
+    async def _admit(self, owner: str, pending: PendingResponse) -> tuple[Admitted, NewTurn]:
         """The response admitted as a turn (see turns/admission.py): on its conversation, or, chained
         to earlier responses, on no chat, once its chain is found (a 404 for one that is not)."""
-        request = await self._referenced(owner, request)
+        request = pending.request
         chain = await self._chain(owner, request) if request.conversation is None else None
         admitted = await self._service.admission.admit(
             owner, request.conversation, request.key, inputs=len(request.inputs)
         )
-        pending = PendingResponse(request, request.options.model or self._settings.llm_model, streamed=streamed)
         turn = NewTurn(
             request.inputs,
             lambda outcome: orjson.dumps(pending.finish(outcome)).decode(),
@@ -358,22 +522,127 @@ class Responses:
             chain=chain,
             kept=functools.partial(self._keep, owner, pending),
         )
-        return admitted, pending, turn
+        return admitted, turn
 
     async def _keep(self, owner: str, pending: PendingResponse, outcome: TurnOutcome) -> None:
-        """Keep the finished response, when asked to, before the turn ends."""
+        """Keep the finished response, when asked to, before the turn ends (so that whoever reads
+        its last event can read it back). A background response's record ends here, with its
+        turn's events, unless another ended it first (cancelled, or failed for want of news)."""
         request = pending.request
-        if request.store:
-            inputs = [item_from_message(message) for message in outcome.inputs]
-            kept = StoredResponse(
-                pending.id,
-                request.conversation,
-                request.previous_response_id,
-                utcnow(),
-                pending.finish(outcome),
-                inputs,
-            )
-            await self._store.save_response(owner, kept)
+        if not request.store:
+            return
+        inputs = [item_from_message(message) for message in outcome.inputs]
+        if request.background:
+            assert pending.events is not None
+            final = TurnEvent(END_ID, "assistant_message", message=outcome.outputs[0])
+            events = [encoded(event) for event in [*pending.events.events, final]]
+            if not await self._store.update_response(owner, pending.record(pending.finish(outcome), events, inputs)):
+                log.info("background response %s had been ended by another before its turn ended", pending.id)
+            return
+        kept = StoredResponse(
+            pending.id,
+            request.conversation,
+            request.previous_response_id,
+            utcnow(),
+            pending.finish(outcome),
+            inputs,
+        )
+        await self._store.save_response(owner, kept)
+
+    async def _watch(self, owner: str, pending: PendingResponse, running: RunningTurn) -> None:
+        """Keep a background response's record alive while its turn runs, refreshed a few times a
+        lease: queued, then in progress (at once when it begins) with its text so far. A turn that
+        fails ends it failed (cancelled, when a cancel ended it before it began). One that another
+        process ended meanwhile (cancelled it, or found it silent) has its turn cancelled here."""
+        events, task = running.events, running.task
+        assert events is not None
+        assert task is not None
+        period = self._lease / BEATS_PER_LEASE
+        began, refreshed = False, time.monotonic()
+        try:
+            async for batch in events.follow(keepalive=period):
+                if events.done:
+                    break
+                news = not began and bool(events.events)
+                if news or not batch or time.monotonic() - refreshed >= period:  # no batch: a quiet period
+                    began, refreshed = began or news, time.monotonic()
+                    body = _progress(pending.in_progress(), pending.reply_id, events) if began else pending.queued()
+                    if await self._refresh(owner, pending.record(body, [])) is False:
+                        running.cancel()
+                        break
+        finally:
+            await asyncio.wait([task])  # shutdown cancels this watch too: the turn still ends and stores first
+            final = events.events[-1] if events.done else None
+            if final is not None and final.error is not None:
+                await self._refresh(owner, self._failed(pending, running, final))
+
+    def _failed(self, pending: PendingResponse, running: RunningTurn, final: TurnEvent) -> StoredResponse:
+        """The record of a background response whose turn failed with `final`, or was cancelled before it began."""
+        if running.stop_requested and running.question_id is None:
+            body = {**pending.in_progress(), "status": "cancelled"}
+            return pending.record(body, [encoded(TurnEvent(END_ID, "assistant_message"))])
+        assert final.error is not None
+        assert running.events is not None
+        return pending.record(pending.failed(final.error), [encoded(event) for event in running.events.events])
+
+    async def _refresh(self, owner: str, record: StoredResponse) -> bool | None:
+        """Update a background response's record, alive for another lease while unfinished: whether
+        it was still unfinished; None when the store cannot answer now (a later refresh tries again)."""
+        try:
+            return await self._store.update_response(owner, record, live_for=self._lease if record.unfinished else None)
+        except StoreUnavailableError as error:
+            log.warning("background response %s could not be refreshed: %s", record.id, error.detail)
+            return None
+
+    async def _fail_lapsed(self, owner: str, stored: StoredResponse) -> StoredResponse:
+        """End, failed, a background response that nobody keeps alive (its process died, or was
+        restarted), unless another ended it meanwhile; its record as it now is."""
+        lost = ResponseLostError(
+            "the server making this response stopped (it was restarted, or killed) before the response ended"
+        )
+        failed = Record(stored).ended("failed", lost)
+        if await self._store.update_response(owner, failed, if_lapsed=True):
+            log.warning("background response %s was lost with its server; it is now failed", stored.id)
+            return failed
+        return await self._store.get_response(owner, stored.id)
+
+    async def _turn_events(self, owner: str, record: Record) -> AsyncIterator[list[TurnEvent]]:
+        """The events of the turn that makes a background response, from its first: live from
+        wherever it runs, then (when that ends without a last event, or it had ended) from its
+        record, which the store is asked for until the response ended (or is found lost)."""
+        seen = 0
+        live = self._service.locator.events_of(owner, record.id) if record.stored.unfinished else None
+        async for batch in live or _nothing():
+            if batch and batch[-1].final:
+                record.body = (await self._settled(owner, record.id)).body
+                yield [*batch[:-1], _final(batch[-1])]
+                return
+            seen += len(batch)
+            yield batch
+        while (stored := await self._store.get_response(owner, record.id)).unfinished:
+            if stored.lapsed:
+                await self._fail_lapsed(owner, stored)
+                continue
+            yield []  # still being made, somewhere no follower reaches: keep the stream alive
+            await asyncio.sleep(SETTLE_POLL_SECONDS)
+        ended = Record(stored)
+        record.body = stored.body
+        yield ended.events(seen)
+
+    async def _settled(self, owner: str, response_id: str) -> StoredResponse:
+        """The record of a response whose turn ended: ended with it (a failure's, an instant later)."""
+        while (stored := await self._store.get_response(owner, response_id)).unfinished:
+            if stored.lapsed:
+                return await self._fail_lapsed(owner, stored)
+            await asyncio.sleep(SETTLE_POLL_SECONDS / 10)
+        return stored
+
+    async def _forget(self, owner: str, response_id: str) -> None:
+        """Drop the record of a background response that was refused (one left behind ends failed)."""
+        try:
+            await self._store.delete_response(owner, response_id)
+        except (ResponseNotFoundError, StoreUnavailableError):
+            log.warning("the record of refused background response %s is left to lapse", response_id)
 
     async def _chain(self, owner: str, request: ResponseRequest) -> Chain:
         """The input, and the prompt: the instructions (if any: OpenAI's API adds no system prompt), the newest
@@ -444,6 +713,44 @@ class Responses:
 
 async def _once(events: list[Item]) -> AsyncIterator[list[Item]]:
     yield events
+
+
+async def _nothing() -> AsyncIterator[list[TurnEvent]]:
+    return
+    yield
+
+
+async def _after(batches: AsyncIterator[list[Item]], starting_after: int | None) -> AsyncIterator[list[Item]]:
+    """The events numbered after `starting_after`; an empty batch (a keep-alive) goes through."""
+    async for batch in batches:
+        later = [event for event in batch if starting_after is None or event["sequence_number"] > starting_after]
+        if later or not batch:
+            yield later
+
+
+def _final(event: TurnEvent) -> TurnEvent:
+    """A turn's last event as a stream translates it from a response's record (`Record.finish`)."""
+    return TurnEvent(END_ID, "assistant_message", outcome=NO_OUTCOME) if event.kind == "assistant_message" else event
+
+
+def _progress(opening: dict[str, Any], reply_id: str | None, events: TurnEvents | None) -> dict[str, Any]:
+    """A response in progress, with the text its turn wrote so far as its message, in progress too."""
+    text = "".join(event.text for event in events.events if event.kind == "delta") if events is not None else ""
+    if not text:
+        return {**opening, "status": "in_progress"}
+    content = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    message = {"type": "message", "id": reply_id, "role": "assistant", "status": "in_progress", "content": [content]}
+    return {**opening, "status": "in_progress", "output": [message]}
+
+
+def _ending(reply: Reply | None, *, background: bool) -> tuple[str, dict[str, str | None] | None]:
+    """A finished response's status and `incomplete_details`: a background response that a client
+    stopped is `cancelled` (only those can be), any other reply cut short `incomplete`."""
+    if reply is None or reply.status is not MessageStatus.INCOMPLETE:
+        return "completed", None
+    if background and reply.incomplete_reason is IncompleteReason.STOPPED:
+        return "cancelled", None
+    return "incomplete", _incomplete_details(reply)
 
 
 def _incomplete_details(reply: Reply) -> dict[str, str | None]:

@@ -189,6 +189,9 @@ async def create_response(request: Request) -> Response:
     read = await read_json_request(request, ResponseCreate)
     responses: Responses = request.state.responses
     asked = read_response_request(read.body, service_of(request).settings, read.idempotency_key)
+    if asked.background:
+        body, events = await responses.background(read.owner, asked)
+        return sse.EventStream(events, response_event) if read.body.stream else json_response(body)
     if read.body.stream:
         return sse.EventStream(await responses.stream(read.owner, asked), response_event)
     return json_response(await responses.create(read.owner, asked))
@@ -199,9 +202,26 @@ def response_event(event: dict[str, Any]) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (event["type"].encode(), orjson.dumps(event))
 
 
-@router.get("/v1/responses/{response_id}", response_model=ResponseOut, responses=_errors(404))
-async def get_response(responses: ResponsesDep, owner: OwnerDep, response_id: str) -> Response:
+@router.get("/v1/responses/{response_id}", response_model=ResponseOut, responses=RESPONSE_EVENTS | _errors(404))
+async def get_response(
+    responses: ResponsesDep,
+    owner: OwnerDep,
+    response_id: str,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(description="the sequence number of the last event seen")] = None,
+) -> Response:
+    """The response as it is now (a background one at every step). With `stream=true`, a background
+    response's events after `starting_after`, live until it ends, from whichever server makes it."""
+    if stream:
+        return sse.EventStream(await responses.events(owner, response_id, starting_after), response_event)
     return json_response(await responses.get(owner, response_id))
+
+
+@router.post("/v1/responses/{response_id}/cancel", response_model=ResponseOut, responses=_errors(404))
+async def cancel_response(responses: ResponsesDep, owner: OwnerDep, response_id: str) -> Response:
+    """Cancel a background response, wherever it is made: what it wrote is kept. One that ended is
+    answered as it ended; a response not made in the background is a 400."""
+    return json_response(await responses.cancel(owner, response_id))
 
 
 @router.delete("/v1/responses/{response_id}", response_model=ResponseDeleted, responses=_errors(404))

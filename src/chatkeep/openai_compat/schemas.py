@@ -105,7 +105,7 @@ class ResponseOut(_Answer):
     id: str
     object: Literal["response"]
     created_at: int
-    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    status: Literal["completed", "incomplete", "in_progress", "failed", "queued", "cancelled"]
     model: str
     output: list[dict[str, Any]]
     usage: dict[str, Any] | None

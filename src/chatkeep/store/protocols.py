@@ -9,13 +9,14 @@ isolation cannot be forgotten by a caller. Text handed to a store holds no NUL c
 (PostgreSQL's `text` cannot store them; the API refuses them).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from chatkeep.domain import (
+    UNFINISHED_RESPONSES,
     Chat,
     ChatChanges,
     KeyClaim,
@@ -285,12 +286,33 @@ class IdempotencyKeyStore(Protocol):
 
 
 class ResponseStore(Protocol):
-    async def save_response(self, owner: str, response: StoredResponse) -> None:
-        """Keep a response of the Responses API (its id is new)."""
+    """Responses of the Responses API. One still being made (its status queued or in_progress, a
+    background response) is kept alive by its process, `live_for` seconds at a time on the store's
+    clock, so that a reader can tell a response at work from one whose process died (`lapsed`).
+    Pre-existing rows have no status of their own: they had all ended."""
+
+    async def save_response(self, owner: str, response: StoredResponse, *, live_for: float | None = None) -> None:
+        """Keep a response of the Responses API (its id is new); an unfinished one alive for `live_for` seconds."""
+        ...
+
+    async def update_response(
+        self,
+        owner: str,
+        response: StoredResponse,
+        *,
+        expected: Collection[str] = UNFINISHED_RESPONSES,
+        live_for: float | None = None,
+        if_lapsed: bool = False,
+    ) -> bool:
+        """Replace a kept response's object, input items and stream (its status is its object's),
+        alive for `live_for` more seconds, only while its status is one of `expected` (and, with
+        `if_lapsed`, nobody keeps it alive): True when replaced, False when it is gone or another
+        writer moved it on. A response that ended stays ended: a late writer cannot undo that."""
         ...
 
     async def get_response(self, owner: str, response_id: str) -> StoredResponse:
-        """A kept response. Raises ResponseNotFoundError when missing or another owner's."""
+        """A kept response, `lapsed` when it is unfinished and its time alive ran out. Raises
+        ResponseNotFoundError when missing or another owner's."""
         ...
 
     async def delete_response(self, owner: str, response_id: str) -> None:

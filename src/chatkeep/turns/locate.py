@@ -3,10 +3,12 @@
 Behind a load balancer a client's next request lands on any process. A turn is looked for here
 first (running, or streamed and ended lately: `RunningTurns`), then, when processes share the
 store's broadcast channel (PostgreSQL), in the process that runs it (`TurnRelay`), and last in
-the store, which knows how it ended: its stored reply, or none.
+the store, which knows how it ended: its stored reply, or none. A turn known by a name of its
+own (a background response's id) is found the same way, by that name, even before it runs.
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from chatkeep.domain import Message
@@ -63,6 +65,29 @@ class TurnLocator:
             if ended.message is not None:
                 return ended.message
         raise TurnNotRunningError(f"no reply to {question_id!r} is being written; it has ended or failed")
+
+    def events_of(self, owner: str, name: str) -> AsyncIterator[list[TurnEvent]] | None:
+        """All the events of the turn known as `name`, from its first, live until its last: from
+        this process's record of it, else relayed from the process that runs it (they stop, with
+        no final event, when none answers). None when no other process can run it: then the
+        caller's own record must say how it went."""
+        turn = self._running.find(name)
+        if turn is not None and turn.events is not None:
+            return turn.events.follow()
+        if self._relay is not None:
+            return self._relay.follow(owner, None, name, None)
+        return None
+
+    async def cancel(self, owner: str, name: str) -> bool:
+        """Cancel the turn known as `name` wherever it runs (`RunningTurn.cancel`): True once it
+        has ended, what it wrote stored; False when no process answers for it."""
+        turn = self._running.find(name)
+        if turn is not None:
+            if not turn.over:
+                with contextlib.suppress(TurnNotRunningError):  # it ended before its reply began
+                    await asyncio.shield(turn.cancel())
+            return True
+        return self._relay is not None and await self._relay.stop(owner, None, name, cancel=True)
 
 
 async def _once(event: TurnEvent, last_event_id: str | None) -> AsyncIterator[list[TurnEvent]]:

@@ -13,6 +13,11 @@ user and assistant messages as ids the follower reads from the store, an error a
 fields. A follower that hears nothing for a while asks again after the last event it has; when
 no process answers at all (the turn's process died, or forgot the turn), the store says how the
 turn ended: its stored reply, or an error.
+
+A turn may be followed, and stopped, by another name than its question's id: a background
+response by its id (`RunningTurns.known_as`), even while it waits for its chat. Such a follower
+reads no messages (the response's own record says what it needs) and, when no process answers,
+learns how it ended from the response's record, not from here.
 """
 
 import asyncio
@@ -75,8 +80,11 @@ class TurnRelay:
         await asyncio.gather(*self._forwarders, return_exceptions=True)
 
     async def follow(
-        self, owner: str, chat_id: str, user_message_id: str, last_event_id: str | None
+        self, owner: str, chat_id: str | None, user_message_id: str, last_event_id: str | None
     ) -> AsyncIterator[list[TurnEvent]]:
+        """The turn's events after `last_event_id`, from whichever process runs it. With no
+        `chat_id` (a turn followed by another name), its message events carry no message, and when
+        no process answers the events just stop, with no final one."""
         token = os.urandom(12).hex()
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._inboxes[token] = inbox
@@ -91,7 +99,8 @@ class TurnRelay:
                 except TimeoutError:
                     silent += 1
                     if silent >= SILENT_ASKS:
-                        yield [await stored_end(self._store, owner, chat_id, user_message_id)]
+                        if chat_id is not None:
+                            yield [await stored_end(self._store, owner, chat_id, user_message_id)]
                         return
                     await self._ask(token, user_message_id, follower.last_id)
                     continue
@@ -108,14 +117,15 @@ class TurnRelay:
         finally:
             self._inboxes.pop(token, None)
 
-    async def stop(self, owner: str, chat_id: str, user_message_id: str) -> bool:
-        """Ask whichever process writes the reply to `user_message_id` to stop it; True once it
-        has stopped and stored it, False when no process answers for the turn."""
+    async def stop(self, owner: str, chat_id: str | None, user_message_id: str, *, cancel: bool = False) -> bool:
+        """Ask whichever process writes the reply to `user_message_id` to stop it (with `cancel`,
+        `RunningTurn.cancel`: a turn still waiting for its chat is ended too); True once it has
+        stopped and stored it, False when no process answers for the turn."""
         token = os.urandom(12).hex()
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._inboxes[token] = inbox
         try:
-            await self._publish({"op": "stop", "turn": user_message_id, "to": token})
+            await self._publish({"op": "stop", "turn": user_message_id, "to": token, "cancel": cancel})
             async with asyncio.timeout(STOP_ANSWER_SECONDS):
                 return bool((await inbox.get()).get("stopped"))
         except TimeoutError:
@@ -133,7 +143,7 @@ class TurnRelay:
         await self._publish({"op": "follow", "turn": user_message_id, "after": last_id, "to": token})
 
     async def _events(
-        self, owner: str, chat_id: str, follower: "_Follower", message: dict[str, Any]
+        self, owner: str, chat_id: str | None, follower: "_Follower", message: dict[str, Any]
     ) -> list[TurnEvent] | None:
         """The new events of a forwarded batch, in order; None when some before them went missing."""
         batch: list[TurnEvent] = []
@@ -146,15 +156,11 @@ class TurnRelay:
             follower.saw(event_id)
         return batch
 
-    async def _event(self, owner: str, chat_id: str, event_id: str, kind: Any, data: Any) -> TurnEvent:
-        if kind == "delta":
-            return TurnEvent(event_id, "delta", text=data)
-        if kind == "call_delta":
-            piece = ToolCallDelta(data["index"], data["id"], data["name"], data["arguments"])
-            return TurnEvent(event_id, "call_delta", call=piece, item_id=data["item_id"])
-        if kind == "error":
-            return TurnEvent(event_id, "error", error=RelayedFailure(**data))
-        return TurnEvent(event_id, kind, message=await self._store.get_message(owner, chat_id, data))
+    async def _event(self, owner: str, chat_id: str | None, event_id: str, kind: Any, data: Any) -> TurnEvent:
+        event = decoded([event_id, kind, data])
+        if event.kind in ("user_message", "assistant_message") and chat_id is not None:
+            event.message = await self._store.get_message(owner, chat_id, data)
+        return event
 
     def _received(self, raw: bytes) -> None:
         message = orjson.loads(raw)
@@ -165,7 +171,8 @@ class TurnRelay:
         elif message["op"] == "stop":
             turn = self._running.find(message["turn"])
             if turn is not None and not turn.over:
-                self._start(self._tell_stopped(turn.stop(), message["to"]))
+                stopped = turn.cancel() if message.get("cancel") else turn.stop()
+                self._start(self._tell_stopped(stopped, message["to"]))
         elif message["op"] == "follow" and len(self._forwarders) < MAX_FORWARDERS:
             self._forward_from_here(message)
 
@@ -245,19 +252,42 @@ class _Follower:
         self.last_id = event_id
 
 
-def _encoded(event: TurnEvent) -> list[Any]:
-    """An event as the broadcast carries it: deltas as text, pieces of calls as their fields, messages by
-    id, errors by their problem fields."""
+def encoded(event: TurnEvent) -> list[Any]:
+    """An event as JSON carries it: deltas as text, pieces of calls as their fields, messages by id,
+    errors by their problem fields."""
     if event.kind == "delta":
-        return [event.id, "delta", _clipped(event.text)]
+        return [event.id, "delta", event.text]
     if event.call is not None:
         piece = event.call
-        fields = {"index": piece.index, "id": piece.id, "name": piece.name, "arguments": _clipped(piece.arguments)}
+        fields = {"index": piece.index, "id": piece.id, "name": piece.name, "arguments": piece.arguments}
         return [event.id, "call_delta", {**fields, "item_id": event.item_id}]
     if event.error is not None:
         return [event.id, "error", _problem_fields(event.error)]
-    assert event.message is not None
-    return [event.id, event.kind, event.message.id]
+    return [event.id, event.kind, event.message.id if event.message is not None else ""]
+
+
+def decoded(event: list[Any]) -> TurnEvent:
+    """The event `encoded` gave, its message (known by id only) left out."""
+    event_id, kind, data = event
+    if kind == "delta":
+        return TurnEvent(event_id, "delta", text=data)
+    if kind == "call_delta":
+        piece = ToolCallDelta(data["index"], data["id"], data["name"], data["arguments"])
+        return TurnEvent(event_id, "call_delta", call=piece, item_id=data["item_id"])
+    if kind == "error":
+        return TurnEvent(event_id, "error", error=RelayedFailure(**data))
+    return TurnEvent(event_id, kind)
+
+
+def _encoded(event: TurnEvent) -> list[Any]:
+    """An event as the broadcast carries it: `encoded`, with a delta (or a call's piece) too large for
+    one message clipped."""
+    carried = encoded(event)
+    if event.kind == "delta":
+        carried[2] = _clipped(event.text)
+    elif event.call is not None:
+        carried[2]["arguments"] = _clipped(event.call.arguments)
+    return carried
 
 
 def _problem_fields(error: Failure) -> dict[str, Any]:

@@ -4,7 +4,8 @@ to other processes and shutdown all read.
 A `RunningTurn` is made when a turn is admitted and holds everything about it while it runs:
 the task, its events (when someone streams it), its ticket on the chat, the stop request and
 the future of its outcome. The turn's task is its only writer. `RunningTurns` finds a record by
-the id of the question the turn answers (known once the question is stored), keeps a streamed
+the id of the question the turn answers (known once the question is stored), or by a name given
+from the start (a background response's id, known while the turn still waits), keeps a streamed
 turn's record a while after it ends so a late reader can still follow its events, and owns the
 background tasks of turns nobody waits for, so shutdown can stop them and wait for what they store.
 """
@@ -30,12 +31,13 @@ KEEP_ENDED_COUNT = 1000
 class RunningTurn:
     """One turn, from admission to its end."""
 
-    __slots__ = ("chat_id", "events", "outcome", "question_id", "replying", "stop_requested", "task", "ticket")
+    __slots__ = ("chat_id", "events", "name", "outcome", "question_id", "replying", "stop_requested", "task", "ticket")
 
     def __init__(self, chat_id: str, events: TurnEvents | None) -> None:
         self.chat_id = chat_id
         self.events = events  # None: nobody streams this turn
         self.question_id: str | None = None  # the stored message it answers, once stored
+        self.name: str | None = None  # what else it is found by (`RunningTurns.known_as`)
         self.ticket: TurnTicket | None = None  # its hold on the chat's turn, while held
         self.task: asyncio.Task[Any] | None = None
         self.outcome: asyncio.Future[TurnOutcome] = asyncio.get_running_loop().create_future()
@@ -65,6 +67,16 @@ class RunningTurn:
             self.task.cancel()
         return self.outcome
 
+    def cancel(self) -> "asyncio.Future[TurnOutcome]":
+        """Stop the turn wherever it is: a reply being written as `stop` does; a turn still waiting
+        for its chat ends there, having stored nothing (its outcome then fails, TurnNotRunningError).
+        A turn between the two (its inputs stored, its reply not begun) goes on."""
+        if self.question_id is None and not self.over and not self.stop_requested and self.task is not None:
+            self.stop_requested = True
+            self.task.cancel()
+            return self.outcome
+        return self.stop()
+
 
 class RunningTurns:
     def __init__(self) -> None:
@@ -79,21 +91,27 @@ class RunningTurns:
         if turn.events is not None:
             turn.events.user_message(question)
 
+    def known_as(self, turn: RunningTurn, name: str) -> None:
+        """Find `turn` by `name` too, from now on: while it waits for its chat, runs, and (streamed) a while after."""
+        turn.name = name
+        self._running[name] = turn
+
     def ended(self, turn: RunningTurn) -> None:
         """The turn is over; a streamed one stays readable a while (a retry of its question
         replaces it: it is the same turn, answered again)."""
-        question_id = turn.question_id
-        if question_id is None:
-            return
-        if self._running.get(question_id) is turn:
-            del self._running[question_id]
-        if turn.events is not None:
-            self._ended.pop(question_id, None)
-            self._ended[question_id] = (time.monotonic(), turn)
-            self._forget_old()
+        for key in (turn.question_id, turn.name):
+            if key is None:
+                continue
+            if self._running.get(key) is turn:
+                del self._running[key]
+            if turn.events is not None:
+                self._ended.pop(key, None)
+                self._ended[key] = (time.monotonic(), turn)
+        self._forget_old()
 
     def find(self, question_id: str) -> RunningTurn | None:
-        """The turn answering `question_id` if this process runs it, or ran and streamed it lately."""
+        """The turn answering `question_id` (or known by that name) if this process runs it, or ran
+        and streamed it lately."""
         self._forget_old()
         turn = self._running.get(question_id)
         if turn is None:

@@ -14,7 +14,7 @@ import asyncio
 import time
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
@@ -24,6 +24,7 @@ import orjson
 
 from chatkeep.domain import (
     DELETED_ITEM,
+    UNFINISHED_RESPONSES,
     Chat,
     ChatChanges,
     IdempotencyRecord,
@@ -98,7 +99,13 @@ class _KeptResponse:
     chat_id: str | None
     previous_response_id: str | None
     created_at: datetime
-    json: bytes  # [its object, its input items]
+    json: bytes  # [its object, its input items, its stream]
+    status: str | None
+    live_until: float | None  # on the monotonic clock
+
+    @property
+    def lapsed(self) -> bool:
+        return self.status in UNFINISHED_RESPONSES and (self.live_until is None or self.live_until <= time.monotonic())
 
 
 @dataclass(slots=True)
@@ -386,20 +393,39 @@ class MemoryStore:
             purged += 1
         return purged
 
-    async def save_response(self, owner: str, response: StoredResponse) -> None:
-        # Its object and input as JSON: one object that the garbage collector never walks (their
-        # dicts would be dozens), a fraction of their memory, and a fresh copy for every reader.
-        kept = orjson.dumps([response.body, response.input_items])
-        self._responses[response.id] = _KeptResponse(
-            owner, response.chat_id, response.previous_response_id, response.created_at, kept
-        )
+    async def save_response(self, owner: str, response: StoredResponse, *, live_for: float | None = None) -> None:
+        self._responses[response.id] = _kept_response(owner, response, response.created_at, live_for)
+
+    async def update_response(
+        self,
+        owner: str,
+        response: StoredResponse,
+        *,
+        expected: Collection[str] = UNFINISHED_RESPONSES,
+        live_for: float | None = None,
+        if_lapsed: bool = False,
+    ) -> bool:
+        kept = self._responses.get(response.id)
+        if kept is None or kept.owner != owner or kept.status not in expected or (if_lapsed and not kept.lapsed):
+            return False
+        self._responses[response.id] = _kept_response(owner, response, kept.created_at, live_for)
+        return True
 
     async def get_response(self, owner: str, response_id: str) -> StoredResponse:
         kept = self._responses.get(response_id)
         if kept is None or kept.owner != owner:
             raise ResponseNotFoundError(f"no response {response_id!r}")
-        body, input_items = orjson.loads(kept.json)
-        return StoredResponse(response_id, kept.chat_id, kept.previous_response_id, kept.created_at, body, input_items)
+        body, input_items, stream = orjson.loads(kept.json)
+        return StoredResponse(
+            response_id,
+            kept.chat_id,
+            kept.previous_response_id,
+            kept.created_at,
+            body,
+            input_items,
+            stream,
+            lapsed=kept.lapsed,
+        )
 
     async def delete_response(self, owner: str, response_id: str) -> None:
         await self.get_response(owner, response_id)
@@ -488,3 +514,13 @@ class _TurnLease:
     ) -> None:
         if self._record is not None:
             _give_back(self._record, self._number)
+
+
+def _kept_response(owner: str, response: StoredResponse, created_at: datetime, live_for: float | None) -> _KeptResponse:
+    # Its object, input and stream as JSON: one object that the garbage collector never walks (their
+    # dicts would be dozens), a fraction of their memory, and a fresh copy for every reader.
+    kept = orjson.dumps([response.body, response.input_items, response.stream])
+    live_until = None if live_for is None else time.monotonic() + live_for
+    return _KeptResponse(
+        owner, response.chat_id, response.previous_response_id, created_at, kept, response.status, live_until
+    )

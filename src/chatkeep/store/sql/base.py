@@ -12,13 +12,14 @@ is not found before a database is asked: a missing chat or response at once, a m
 or cursor by asking for NOWHERE in its place.
 """
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol
 
 from chatkeep.domain import (
     DELETED_ITEM,
+    UNFINISHED_RESPONSES,
     Chat,
     ChatChanges,
     KeyClaim,
@@ -55,6 +56,7 @@ from chatkeep.store.sql.rows import (
     joined_summary_from_row,
     message_row,
     response_from_row,
+    response_update_values,
     response_values,
     stats_from_row,
     stored_messages,
@@ -379,9 +381,23 @@ class SqlStore:
         purged: int = await self._run(only(rowcount(self._sql.purge_keys, self._stamp(expired_before))))
         return purged
 
-    async def save_response(self, owner: str, response: StoredResponse) -> None:
-        values = response_values(owner, response, self._stamp(response.created_at))
+    async def save_response(self, owner: str, response: StoredResponse, *, live_for: float | None = None) -> None:
+        values = response_values(owner, response, self._stamp(response.created_at), live_for)
         await self._run(only(execute(self._sql.insert_response, *values)))
+
+    async def update_response(
+        self,
+        owner: str,
+        response: StoredResponse,
+        *,
+        expected: Collection[str] = UNFINISHED_RESPONSES,
+        live_for: float | None = None,
+        if_lapsed: bool = False,
+    ) -> bool:
+        if not could_be_id(response.id):
+            return False
+        values = response_update_values(owner, response, expected, live_for, if_lapsed)
+        return await self._run(only(fetchrow(self._sql.update_response, *values))) is not None
 
     async def get_response(self, owner: str, response_id: str) -> StoredResponse:
         if not could_be_id(response_id):

@@ -9,7 +9,7 @@ means no chat, a row of NULLs that the chat has nothing to show.
 """
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -144,8 +144,10 @@ def stored_messages(new: Sequence[NewRow], chat_id: str, appended: Appended) -> 
     ]
 
 
-def response_values(owner: str, response: StoredResponse, created_at: object) -> tuple[object, ...]:
-    """The parameters of the shared `insert_response` statement, in its order ($1 to $7)."""
+def response_values(
+    owner: str, response: StoredResponse, created_at: object, live_for: float | None
+) -> tuple[object, ...]:
+    """The parameters of the shared `insert_response` statement, in its order ($1 to $10)."""
     return (
         response.id,
         owner,
@@ -154,7 +156,31 @@ def response_values(owner: str, response: StoredResponse, created_at: object) ->
         created_at,
         to_json(response.body),
         to_json(response.input_items),
+        response.status,
+        _stream_json(response),
+        live_for,
     )
+
+
+def response_update_values(
+    owner: str, response: StoredResponse, expected: Collection[str], live_for: float | None, if_lapsed: bool
+) -> tuple[object, ...]:
+    """The parameters of the shared `update_response` statement, in its order ($1 to $9)."""
+    return (
+        response.id,
+        owner,
+        to_json(response.body),
+        to_json(response.input_items),
+        response.status,
+        _stream_json(response),
+        to_json(list(expected)),
+        int(if_lapsed),
+        live_for,
+    )
+
+
+def _stream_json(response: StoredResponse) -> str | None:
+    return None if response.stream is None else to_json(response.stream)
 
 
 def update_chat_values(chat_id: str, owner: str, changes: ChatChanges, now: object) -> tuple[object, ...]:
@@ -271,7 +297,14 @@ def response_from_row(row: Row | None, when: When, response_id: str) -> StoredRe
     """A response selected by `select_response`. Raises ResponseNotFoundError for no row."""
     if row is None:
         raise ResponseNotFoundError(f"no response {response_id!r}")
-    found, chat_id, previous_response_id, created_at, body, input_items = row
+    found, chat_id, previous_response_id, created_at, body, input_items, stream, lapsed = row
     return StoredResponse(
-        found, chat_id, previous_response_id, when(created_at), orjson.loads(body), orjson.loads(input_items)
+        found,
+        chat_id,
+        previous_response_id,
+        when(created_at),
+        orjson.loads(body),
+        orjson.loads(input_items),
+        None if stream is None else orjson.loads(stream),
+        lapsed=bool(lapsed),
     )

@@ -127,6 +127,14 @@ M011_INCOMPLETE_REASONS = ("ALTER TABLE messages ADD COLUMN incomplete_reason {t
 # INTEGER is 64-bit already; PostgreSQL widens its two columns, and the m010 function that takes
 # the counts as parameters (postgres.py), so the migration exists for both and changes nothing on SQLite.
 M012_BIGINT_TOKEN_COUNTS: tuple[str, ...] = ()
+# Background responses: stored as they start and updated as they go. `status` (NULL on the rows
+# before: they had all ended) lets an update refuse a response that ended; `live_until` is how long
+# the process making an unfinished one keeps it alive; `stream` is what its events are replayed from.
+M013_BACKGROUND_RESPONSES = (
+    "ALTER TABLE responses ADD COLUMN status {text}",
+    "ALTER TABLE responses ADD COLUMN live_until {expiry}",
+    "ALTER TABLE responses ADD COLUMN stream {text}",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -140,6 +148,7 @@ SHARED_MIGRATIONS = {
     "m010_fewer_turn_round_trips": M010_FEWER_TURN_ROUND_TRIPS,
     "m011_incomplete_reasons": M011_INCOMPLETE_REASONS,
     "m012_bigint_token_counts": M012_BIGINT_TOKEN_COUNTS,
+    "m013_background_responses": M013_BACKGROUND_RESPONSES,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

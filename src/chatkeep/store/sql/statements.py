@@ -151,9 +151,18 @@ class Statements:
     RETURNING ticket"""
     drop_lapsed_tickets: str = "DELETE FROM turn_tickets WHERE expires_at <= {now}"
     applied_migrations: str = "SELECT name FROM {migrations_table}"
-    insert_response: str = """INSERT INTO responses (id, owner, chat_id, previous_response_id, created_at, body, input)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)"""
-    select_response: str = """SELECT id, chat_id, previous_response_id, created_at, body, input
+    insert_response: str = """INSERT INTO responses (id, owner, chat_id, previous_response_id, created_at, body, input,
+        status, stream, live_until)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {now} + $10 * {second})"""
+    # $5 is a JSON array of the statuses it may replace; $7 is 1 to replace only a lapsed one.
+    update_response: str = """UPDATE responses SET body = $3, input = $4, status = $5, stream = $6,
+        live_until = {now} + $9 * {second}
+    WHERE id = $1 AND owner = $2 AND status IN (SELECT value FROM {json_elements}($7))
+        AND ($8 = 0 OR live_until IS NULL OR live_until <= {now})
+    RETURNING true"""
+    select_response: str = """SELECT id, chat_id, previous_response_id, created_at, body, input, stream,
+        CASE WHEN status IN ('queued', 'in_progress') AND (live_until IS NULL OR live_until <= {now})
+            THEN 1 ELSE 0 END
     FROM responses WHERE id = $1 AND owner = $2"""
     delete_response: str = "DELETE FROM responses WHERE id = $1 AND owner = $2 RETURNING true"
 
