@@ -127,6 +127,16 @@ M011_INCOMPLETE_REASONS = ("ALTER TABLE messages ADD COLUMN incomplete_reason {t
 # INTEGER is 64-bit already; PostgreSQL widens its two columns, and the m010 function that takes
 # the counts as parameters (postgres.py), so the migration exists for both and changes nothing on SQLite.
 M012_BIGINT_TOKEN_COUNTS: tuple[str, ...] = ()
+# Attachments' bytes (images and files sent inline), one row per content, named by its SHA-256;
+# messages' and responses' items reference them (store/blobs.py). Numbered 14: 13 is taken.
+M014_ATTACHMENT_BLOBS = (
+    """CREATE TABLE blobs (
+    sha256 {text} PRIMARY KEY,
+    size {bigint} NOT NULL,
+    data {binary} NOT NULL,
+    created_at {timestamp} NOT NULL
+)""",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -140,6 +150,7 @@ SHARED_MIGRATIONS = {
     "m010_fewer_turn_round_trips": M010_FEWER_TURN_ROUND_TRIPS,
     "m011_incomplete_reasons": M011_INCOMPLETE_REASONS,
     "m012_bigint_token_counts": M012_BIGINT_TOKEN_COUNTS,
+    "m014_attachment_blobs": M014_ATTACHMENT_BLOBS,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (
