@@ -250,6 +250,10 @@ class LLMBadResponseError(LLMError):
 class LLMRejectedError(LLMBadResponseError):
     """The LLM refused the request itself (a 4xx: bad key, unknown model, prompt too long)."""
 
+    def __init__(self, detail: str, *, upstream_status: int | None = None) -> None:
+        super().__init__(detail)
+        self.upstream_status = upstream_status  # the status it answered
+
 
 class LLMInputRefusedError(LLMError):
     """The LLM refused (400) a request that carried images or files: most likely a model that
