@@ -130,10 +130,9 @@ async def test_an_image_sent_twice_is_kept_once(
         await sdk.responses.create(model="gpt-4o-mini", input=[user(text("three"), image(data_url(PNG)))])
         listed = (await http.get(f"/v1/conversations/{conversation.id}/items", params={"order": "asc"})).json()
         assert [item["content"][1]["image_url"] for item in listed["data"]] == [data_url(PNG)] * 2
-        assert len(fake_llm.requests) == 1 and fake_llm.requests[0]["messages"][-1]["content"][1]["image_url"] == {
-            "url": data_url(PNG),
-            "detail": "auto",
-        }
+        assert len(fake_llm.requests) == 1
+        sent = fake_llm.requests[0]["messages"][-1]["content"][1]
+        assert sent["image_url"] == {"url": data_url(PNG), "detail": "auto"}
     digest = hashlib.sha256(PNG).hexdigest()
     if in_directory:
         assert sorted(path.name for path in blob_dir.iterdir()) == [digest]
@@ -142,7 +141,8 @@ async def test_an_image_sent_twice_is_kept_once(
         assert await sql_rows(store_url, "SELECT sha256, size FROM blobs") == [(digest, len(PNG))]
     if store_url != "memory://":  # the rows reference the blob rather than hold its bytes
         rows = await sql_rows(store_url, "SELECT item FROM messages UNION ALL SELECT input FROM responses")
-        assert len(rows) == 3 and not any(b64(PNG) in str(row[0]) for row in rows)
+        assert len(rows) == 3
+        assert not any(b64(PNG) in str(row[0]) for row in rows)
         assert all(digest in str(row[0]) for row in rows)
 
 

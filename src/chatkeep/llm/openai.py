@@ -17,6 +17,7 @@ where to look.
 """
 
 import asyncio
+import io
 import logging
 import math
 import random
@@ -57,6 +58,7 @@ SEE_LOG = "; the server log has the details under this request's id"
 REQUEST_ID_HEADER = "X-Request-ID"
 STREAM_OPTIONS = {"include_usage": True}  # the upstream's logs can then be matched with chatkeep's
 MAX_TOKENS = 2**63 - 1  # a usage count beyond this is stored as this (`_usage`)
+LARGE_BODY_BYTES = 2**20  # aiohttp's own bound for a body it writes at once (payload.TOO_LARGE_BYTES_BODY)
 
 
 @dataclass(slots=True, frozen=True)
@@ -276,7 +278,9 @@ class OpenAICompatibleLLM:
         if request_id is not None:
             headers = {**headers, REQUEST_ID_HEADER: request_id}
         try:
-            response = await self._session.post(self._url, data=body, headers=headers, timeout=self._connect)
+            # A body with images is megabytes: aiohttp writes one given as a stream in pieces, between other work.
+            data = body if len(body) < LARGE_BODY_BYTES else io.BytesIO(body)
+            response = await self._session.post(self._url, data=data, headers=headers, timeout=self._connect)
         except aiohttp.ConnectionTimeoutError as exc:
             log.warning("cannot connect to the LLM at %s within %gs", self._shown_url, self._deadlines.connect)
             slow = LLMUnavailableError(
