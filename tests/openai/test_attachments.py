@@ -195,6 +195,14 @@ async def test_an_attachment_outside_a_user_message_is_refused(served: Served) -
     assert "only a user message" in refused.value.message
 
 
+async def test_an_image_in_a_function_calls_output_is_refused(served: Served) -> None:
+    output = {"type": "function_call_output", "call_id": "call_1", "output": [text("a cat"), image(data_url(PNG))]}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await served.sdk.responses.create(model="gpt-4o-mini", input=[output])
+    assert refused.value.param == "input[0].output[1]"
+    assert "takes text alone" in refused.value.message
+
+
 async def _no_blobs(store_url: str) -> None:
     if store_url != "memory://":
         assert await sql_rows(store_url, "SELECT sha256 FROM blobs") == []

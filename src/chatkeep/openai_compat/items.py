@@ -156,6 +156,13 @@ def _output_text(output: Any, param: str) -> str:
     if isinstance(output, str):
         return output
     if isinstance(output, list):
+        for n, part in enumerate(output):
+            if isinstance(part, dict) and part.get("type") in ATTACHMENT_FIELDS:
+                raise InvalidInputError(
+                    "a function call's output goes upstream as a Chat Completions tool message, which takes text"
+                    f" alone; send the {part['type']} in a user message",
+                    param=f"{param}[{n}]",
+                )
         return _text_of(output)
     raise InvalidInputError("a function call's output must be a string or a list of content parts", param=param)
 
