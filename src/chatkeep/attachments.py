@@ -117,6 +117,7 @@ def encoded(data: bytes) -> str:
 
 # The part types that carry an attachment, and the field that holds it.
 ATTACHMENT_FIELDS = {"input_image": "image_url", "input_file": "file_data"}
+BLOBS_KEY = "_chatkeep_blobs"  # a stored item's mark (store/blobs.py): the hashes of the blobs it references
 
 
 def inline_in(part: object) -> tuple[str, Inline] | None:

@@ -116,6 +116,16 @@ async def test_routes_with_attachments_take_larger_bodies_and_no_other_does(fake
         assert posted.status_code == 413
         assert "request body is over the limit" in posted.json()["detail"]
 
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+            for _ in range(40):
+                yield b" " * 65536
+
+        chunked = await http.post(
+            f"/chats/{chat_id}/messages", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert chunked.status_code == 413
+        assert await messages_of(http, chat_id) == []
+
 
 async def test_a_question_with_an_image_whose_reply_failed_is_retried_with_it(
     http: httpx.AsyncClient, fake_llm: FakeOpenAI

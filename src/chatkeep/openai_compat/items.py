@@ -5,7 +5,10 @@ role and text, as the native API's messages do; any other item (a function call 
 reasoning, a message with another role or with more than text) is kept verbatim in
 `Message.item`, with its plain words in `content` for the native API, summaries and the token
 budget. Two conversions live here: an input item to what is stored, and a stored message to the
-item clients read back (how stored items go upstream is the context's: context.py).
+item clients read back (how stored items go upstream is the context's: context.py). A message's
+content parts are checked here too (`check_parts`): text, and images and files, which go
+upstream as Chat Completions parts; what has no such form is refused, naming the part, never
+turned into text. Their bytes are kept apart from the item by the store (store/blobs.py).
 
 Every item stored obeys CHATKEEP_MAX_MESSAGE_CHARS: a plain message's text, and an item kept
 verbatim, of any type, its JSON as stored (`check_item_sizes`), text and framing alike.
@@ -18,6 +21,7 @@ import orjson
 
 from chatkeep.attachments import (
     ATTACHMENT_FIELDS,
+    BLOBS_KEY,
     AttachmentError,
     Inline,
     check_https_url,
@@ -32,7 +36,6 @@ from chatkeep.errors import AttachmentTooLargeError, InvalidInputError
 TEXT_PARTS = {"input_text", "output_text", "text"}
 MESSAGE_PARTS = TEXT_PARTS | {"refusal", *ATTACHMENT_FIELDS}
 IMAGE_DETAILS = ("low", "high", "auto", "original")
-RESERVED_KEYS = {"_chatkeep_blobs"}  # what a store marks a kept item with (store/blobs.py): no client sends it
 PLAIN_MESSAGE_KEYS = {"type", "role", "content", "id", "status"}
 PLAIN_PART_KEYS = {"type", "text", "annotations", "logprobs"}
 INPUT_ROLES = {"user", "system", "developer"}
@@ -45,11 +48,8 @@ def stored_from_item(item: Any, param: str) -> NewMessage:
     """
     if not isinstance(item, dict):
         raise InvalidInputError("an input item must be an object", param=param)
-    reserved = sorted(RESERVED_KEYS & item.keys())
-    if reserved:
-        raise InvalidInputError(
-            f"`{reserved[0]}` is chatkeep's own field of a stored item", param=f"{param}.{reserved[0]}"
-        )
+    if BLOBS_KEY in item:  # a stored item's mark: sent by a client, it would name blobs it never sent
+        raise InvalidInputError(f"`{BLOBS_KEY}` is chatkeep's own field of a stored item", param=f"{param}.{BLOBS_KEY}")
     kind = item.get("type", "message")
     if not isinstance(kind, str):
         raise InvalidInputError("an input item's type must be a string", param=f"{param}.type")
@@ -229,7 +229,7 @@ def check_image_url(url: str, param: str) -> None:
         else:
             check_https_url(url)
     except AttachmentError as error:
-        raise InvalidInputError(f"{error}", param=param) from None
+        raise InvalidInputError(str(error), param=param) from None
 
 
 def _check_file(part: dict[str, Any], param: str) -> None:
@@ -254,7 +254,7 @@ def _check_file(part: dict[str, Any], param: str) -> None:
     try:
         inline(data, bare_allowed=True).decoded()
     except AttachmentError as error:
-        raise InvalidInputError(f"{error}", param=f"{param}.file_data") from None
+        raise InvalidInputError(str(error), param=f"{param}.file_data") from None
 
 
 def check_attachment_sizes(items: Sequence[NewMessage], param: str, *, each: int, total: int) -> None:

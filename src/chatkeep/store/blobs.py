@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 from chatkeep.attachments import (
     ATTACHMENT_FIELDS,
+    BLOBS_KEY,
     AttachmentError,
     Inline,
     encoded,
@@ -38,7 +39,6 @@ from chatkeep.errors import StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
-BLOBS_KEY = "_chatkeep_blobs"  # a kept item's mark: the hashes of the blobs it references (maybe none)
 UNAVAILABLE_RETRY_SECONDS = 5.0
 Item = dict[str, Any]
 M = TypeVar("M", bound=NewMessage | Message)
