@@ -108,6 +108,9 @@ async def test_items_read_back_as_sent(served: Served) -> None:
     assert one.json()["content"] == ASKED["content"]
     items = await served.sdk.conversations.items.list(conversation.id, order="asc")
     assert items.data[0].content[1].image_url == data_url(PNG)  # as the SDK reads it
+    # the conversation is a chat: its native messages list their images
+    messages = (await served.http.get(f"/chats/{conversation.id}/messages")).json()["data"]
+    assert [message.get("images") for message in messages] == [[data_url(PNG), IMAGE_URL], None]
 
     response = await served.sdk.responses.create(model="gpt-4o-mini", input=[ASKED])
     inputs = (await served.http.get(f"/v1/responses/{response.id}/input_items")).json()["data"]

@@ -1,8 +1,10 @@
 """`MemoryStore`: everything in this process's memory, gone on restart; the default store.
 
-It is the executable specification of `ChatStore`. Its methods never await (but for a turn
-waiting in line), so each one is atomic on the event loop: concurrent appends cannot interleave
-and `seq` stays gap-free. Messages of a chat live in a list indexed by `seq - 1`, which makes
+It is the executable specification of `ChatStore`. Its methods never await between reading and
+writing a chat (a turn waits in line, and a message's attachments go to the blob store, before),
+so each one is atomic on the event loop: concurrent appends cannot interleave and `seq` stays
+gap-free. Attachments' bytes are kept once per content (store/blobs.py): in memory, or in
+CHATKEEP_BLOB_DIR. Messages of a chat live in a list indexed by `seq - 1`, which makes
 every window and page O(page), and a message's id ends with its seq, so finding one by id needs
 no index; a stored message keeps its id and creation time in a row of its chat rather than in
 objects of their own (message_rows.py), because a chat may hold millions. A chat's turn queue is
