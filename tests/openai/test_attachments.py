@@ -124,7 +124,7 @@ async def test_an_image_sent_twice_is_kept_once(
     store_url: str, fake_llm: FakeOpenAI, tmp_path: Path, in_directory: bool
 ) -> None:
     if not in_directory and store_url == "memory://":
-        pytest.skip("the memory store's blobs are in the server's memory: the directory case covers its dedup")
+        pytest.skip("the memory store keeps its blobs in the server's memory: tests/store/test_blobs.py looks there")
     blob_dir = tmp_path / "blobs"
     settings = llm_settings(fake_llm, store=store_url, blob_dir=str(blob_dir) if in_directory else None)
     async with serve(settings) as http, _sdk(http) as sdk:
