@@ -76,8 +76,12 @@ export class Composer {
     for (const file of files) {
       if (!IMAGE_TYPES.includes(file.type)) refused.push(`${file.name}: not a PNG, JPEG, GIF or WebP image`);
       else if (file.size > MAX_IMAGE_BYTES) refused.push(`${file.name}: over ${MAX_IMAGE_BYTES / 1024 / 1024} MB`);
-      else if (this.images.length >= MAX_IMAGES) refused.push(`${file.name}: at most ${MAX_IMAGES} images a message`);
-      else this.setImages([...this.images, await dataUrl(file)]);
+      else {
+        const url = await dataUrl(file);
+        // Read first, then added to the images there are now: another paste may have added some meanwhile.
+        if (this.images.length >= MAX_IMAGES) refused.push(`${file.name}: at most ${MAX_IMAGES} images a message`);
+        else this.setImages([...this.images, url]);
+      }
     }
     if (refused.length) {
       this.showNotice(h("p", { className: "notice notice-error", attrs: { role: "alert" }, text: refused.join("; ") }));
