@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from chatkeep import __version__
-from chatkeep.api.body_limit import BodyLimitMiddleware
+from chatkeep.api.body_limit import BodyLimitMiddleware, with_attachments
 from chatkeep.api.docs import serve_docs
 from chatkeep.api.fast_turn_route import RouteShortcut
 from chatkeep.api.observe import Observe
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         async with (
-            open_store(settings.store, lease_seconds=settings.turn_lease) as store,
+            open_store(settings.store, lease_seconds=settings.turn_lease, blob_dir=settings.blob_dir) as store,
             open_llm(settings, metrics) as llm,
             open_rate_limit(settings.rate_limit, store=store, redis_url=settings.redis_url) as rate_limit,
         ):
@@ -138,7 +138,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # the turn, native and OpenAI's, past FastAPI's inner layers
     app.add_middleware(RouteShortcut, routes=[*turns.routes, *openai.responses_turns.routes], problems=problems)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=MAX_BODY_BYTES,
+        attachment_max_bytes=with_attachments(MAX_BODY_BYTES, settings.max_request_attachment_bytes),
+    )
     problems.install(app)
     app.include_router(turns)
     app.include_router(operations)

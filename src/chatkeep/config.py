@@ -131,6 +131,20 @@ class Settings(BaseSettings):
     max_message_chars: Annotated[int, Shown("CHARS")] = Field(
         default=32000, ge=1, description="longer message content is refused (422)"
     )
+    max_attachment_bytes: Annotated[int, Shown("BYTES")] = Field(
+        default=20 * 1024 * 1024,
+        ge=1,
+        description="bytes one image or file sent inline (a data: URL) may decode to; a larger one is refused (413)",
+    )
+    max_request_attachment_bytes: Annotated[int, Shown("BYTES")] = Field(
+        default=50 * 1024 * 1024,
+        ge=1,
+        description="bytes the images and files sent inline in one request may decode to in all (413 beyond)",
+    )
+    blob_dir: Annotated[str | None, Shown("DIR")] = Field(
+        default=None,
+        description="a directory to keep attachments' bytes in, one file per SHA-256 (unset: in the store itself)",
+    )
     max_chats: int = Field(default=10_000, ge=1, description="chats one owner may keep; creating one more is a 429")
     max_chat_messages: int = Field(
         default=100_000, ge=2, description="messages and items one chat may hold; adding more is a 429"

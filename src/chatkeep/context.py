@@ -1,6 +1,7 @@
 """What goes to the LLM for a turn: the system prompt, the rolling summary of a chat too long for
 the budget (summaries/rolling.py), then the newest messages that fit, in the Chat Completions
-shape (function calls as tool calls, their outputs as tool messages).
+shape (function calls as tool calls, their outputs as tool messages, a user message's images and
+files as content parts beside its text).
 
 The window is found by walking back from the newest message in batches sized by how many more
 messages are likely to fit, so a turn reads O(window) messages, never O(history). Tokens are
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chatkeep.attachments import has_attachments
 from chatkeep.domain import Message, PromptMessage, Role, RollingSummary
 from chatkeep.store import ChatStore, TurnTicket
 
@@ -188,14 +190,36 @@ def prompt_from_messages(window: Sequence[AnyMessage]) -> list[PromptMessage]:
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
-            prompt.append(
-                {"role": "system" if role in ("system", "developer") else message.role, "content": message.content}
-            )
+            if role == "user" and has_attachments(item):
+                prompt.append({"role": "user", "content": chat_parts(item["content"])})
+            else:
+                prompt.append(
+                    {"role": "system" if role in ("system", "developer") else message.role, "content": message.content}
+                )
         elif kind == "function_call" and item["call_id"] in answered:
             _add_call(prompt, item)
         elif kind == "function_call_output" and item["call_id"] in called:
             prompt.append({"role": "tool", "tool_call_id": item["call_id"], "content": message.content})
     return prompt
+
+
+def chat_parts(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A user message's content parts in the Chat Completions shape, in their order: text as text,
+    an input_image as an image_url part, an input_file as a file part (what the API accepted)."""
+    return [_chat_part(part) for part in parts]
+
+
+def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind == "input_image" and isinstance(part.get("image_url"), str):
+        image = {"url": part["image_url"]}
+        if part.get("detail") is not None:
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file" and isinstance(part.get("file_data"), str):
+        return {"type": "file", "file": {"file_data": part["file_data"], "filename": part.get("filename")}}
+    text = part.get("text")
+    return {"type": "text", "text": text if isinstance(text, str) else f"[{kind}]"}
 
 
 def _add_call(prompt: list[PromptMessage], item: dict[str, Any]) -> None:

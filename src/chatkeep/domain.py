@@ -99,6 +99,14 @@ class Message:
 
 
 @dataclass(slots=True, frozen=True)
+class AttachedMessage(Message):
+    """A user message with images, as read back: their URLs as sent (`data:` or `https:`), in order,
+    which the native API lists as `images`. A class of its own so that no other message pays for the slot."""
+
+    images: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
 class NewMessage:
     """What a turn appends; the store assigns id, seq and created_at."""
 
@@ -189,7 +197,8 @@ class PromptMessage(TypedDict):
     """
 
     role: Literal["system", "developer", "user", "assistant", "tool"] | Role
-    content: str | None  # None: an assistant message that only calls tools
+    # None: an assistant message that only calls tools; a list of parts: a user message with images or files
+    content: str | list[dict[str, Any]] | None
     tool_calls: NotRequired[list[dict[str, Any]]]  # an assistant message's calls, Chat Completions' shape
     tool_call_id: NotRequired[str]  # a tool message: the call it answers
 

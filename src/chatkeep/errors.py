@@ -110,6 +110,14 @@ class PreviousResponseNotFoundError(InvalidInputError):
     slug = "previous-response-not-found"
 
 
+class AttachmentTooLargeError(InvalidInputError):
+    """An image or file, or all of a request's together, decode to more bytes than allowed."""
+
+    status = 413
+    title = "Attachment too large"
+    slug = "attachment-too-large"
+
+
 class IdempotencyKeyReusedError(ChatkeepError):
     status = 422
     title = "Idempotency-Key reused"
@@ -257,6 +265,19 @@ class LLMBadResponseError(LLMError):
 
 class LLMRejectedError(LLMBadResponseError):
     """The LLM refused the request itself (a 4xx: bad key, unknown model, prompt too long)."""
+
+    def __init__(self, detail: str, *, upstream_status: int | None = None) -> None:
+        super().__init__(detail)
+        self.upstream_status = upstream_status  # the status it answered
+
+
+class LLMInputRefusedError(LLMError):
+    """The LLM refused (400) a request that carried images or files: most likely a model that
+    takes text alone. The client's request is what to change, hence a 400 rather than a 502."""
+
+    status = 400
+    title = "The model refused the request's attachments"
+    slug = "llm-input-refused"
 
 
 class LLMServerError(LLMBadResponseError):

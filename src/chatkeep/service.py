@@ -8,10 +8,11 @@ the same admission and engine (openai_compat/).
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from chatkeep.api.attachments import image_message
 from chatkeep.api_keys import parse_api_keys
 from chatkeep.config import Settings
 from chatkeep.domain import Chat, ChatChanges, Message, NewMessage, Page, PageRequest, Role, Summary
@@ -209,7 +210,13 @@ class ChatService:
         return await self._summaries.summary(owner, chat_id, refresh=refresh)
 
     async def post_message(
-        self, owner: str, chat_id: str, content: str, *, key: IdempotencyKey | None = None
+        self,
+        owner: str,
+        chat_id: str,
+        content: str,
+        *,
+        images: Sequence[str] = (),
+        key: IdempotencyKey | None = None,
     ) -> AnsweredTurn:
         """Run one turn: store the question, ask the LLM with the chat's context, store the reply.
 
@@ -219,11 +226,17 @@ class ChatService:
         admitted = await self.admission.admit(owner, chat_id, key)
         if admitted.replay is not None:
             return await self._replayed(admitted)
-        outcome = await self.engine.run(admitted, _native_turn(content))
+        outcome = await self.engine.run(admitted, _native_turn(content, images))
         return AnsweredTurn(outcome.inputs[-1], outcome.outputs[0])
 
     async def stream_message(
-        self, owner: str, chat_id: str, content: str, *, key: IdempotencyKey | None = None
+        self,
+        owner: str,
+        chat_id: str,
+        content: str,
+        *,
+        images: Sequence[str] = (),
+        key: IdempotencyKey | None = None,
     ) -> TurnEvents:
         """Start a turn whose reply is streamed: its events, which it writes whether or not anyone
         reads them. What admission refuses is raised here, before anything streams."""
@@ -231,7 +244,7 @@ class ChatService:
         if admitted.replay is not None:
             turn = await self._replayed(admitted)
             return TurnEvents.ended(turn.user_message, turn.assistant_message)
-        events = self.engine.start(admitted, _native_turn(content)).events
+        events = self.engine.start(admitted, _native_turn(content, images)).events
         assert events is not None
         return events
 
@@ -301,9 +314,11 @@ def _llm_probe(settings: Settings) -> EndpointProbe | None:
     )
 
 
-def _native_turn(content: str) -> NewTurn:
-    """A native turn: one user message in, one reply out, replayed by its two message ids."""
-    return NewTurn([NewMessage(Role.USER, content)], _ids_of)
+def _native_turn(content: str, images: Sequence[str] = ()) -> NewTurn:
+    """A native turn: one user message in (with its images, a message item: api/attachments.py),
+    one reply out, replayed by its two message ids."""
+    item = image_message(content, list(images)) if images else None
+    return NewTurn([NewMessage(Role.USER, content, item=item)], _ids_of)
 
 
 def _ids_of(outcome: TurnOutcome) -> str:

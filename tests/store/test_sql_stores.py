@@ -46,8 +46,10 @@ ALL_MIGRATIONS = [
     "m011_incomplete_reasons",
     "m012_bigint_token_counts",
     "m013_background_responses",
+    "m014_attachment_blobs",
 ]
 TABLES = [
+    "blobs",
     "chatkeep_migrations",
     "chats",
     "context_summaries",
@@ -61,7 +63,13 @@ TABLES = [
 
 # How a PostgreSQL column's type is spelled in SQLite. Timestamps are SQLite INTEGERs of
 # microseconds since the epoch; both integer widths are SQLite's one INTEGER.
-SQLITE_TYPE = {"text": "TEXT", "bigint": "INTEGER", "integer": "INTEGER", "timestamp with time zone": "INTEGER"}
+SQLITE_TYPE = {
+    "text": "TEXT",
+    "bigint": "INTEGER",
+    "integer": "INTEGER",
+    "timestamp with time zone": "INTEGER",
+    "bytea": "BLOB",
+}
 # Columns spelled otherwise: moments on the database's clock (a ticket's expiry, when a rate slot
 # was taken, a rolling summary's hold, how long a background response stays alive) are REAL
 # seconds since the epoch on SQLite's.

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import ClientConnectionResetError, web
 
 MODEL = "fake-model"
+MAX_REQUEST_BYTES = 256 * 2**20  # prompts with images are megabytes: aiohttp's default would refuse them past 1 MiB
 
 
 @dataclass
@@ -119,7 +120,7 @@ class FakeOpenAI:
         return [request["messages"] for request in self.requests]
 
     async def start(self) -> str:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/v1/chat/completions", self._complete)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from pydantic import BaseModel
 
 from chatkeep.api import sse
+from chatkeep.api.attachments import check_images
 from chatkeep.api.bodies import json_response, page_body
 from chatkeep.api.deps import (
     ChatPageDep,
@@ -157,7 +158,7 @@ STREAMED_TURN = _event_stream(
     status_code=status.HTTP_201_CREATED,
     response_model=TurnOut,
     tags=["messages"],
-    responses=STREAMED_TURN | _problems(404, 409, 413, 422, 429, 502, 503, 504),
+    responses=STREAMED_TURN | _problems(400, 404, 409, 413, 422, 429, 502, 503, 504),
     openapi_extra=TURN_OPENAPI,
 )
 async def post_message(request: Request, chat_id: str) -> Response:
@@ -168,11 +169,14 @@ async def post_message(request: Request, chat_id: str) -> Response:
     """
     service = service_of(request)
     post = await read_message_post(request, max_chars=service.settings.max_message_chars)
-    key = _key(post.idempotency_key, f"POST /chats/{chat_id}/messages", post.body, exclude={"stream"})
+    body = post.body
+    check_images(body.images, service.settings)
+    key = _key(post.idempotency_key, f"POST /chats/{chat_id}/messages", body, exclude={"stream"})
     if post.streamed:
-        events = await service.stream_message(post.owner, chat_id, post.body.content, key=key)
+        events = await service.stream_message(post.owner, chat_id, body.content, images=body.images, key=key)
         return sse.EventStream(events.follow(), sse.turn_event)
-    return json_response(await service.post_message(post.owner, chat_id, post.body.content, key=key), status=201)
+    answered = await service.post_message(post.owner, chat_id, body.content, images=body.images, key=key)
+    return json_response(answered, status=201)
 
 
 @router.get(

@@ -44,6 +44,9 @@ Metadata = Annotated[
 ]
 SystemPrompt = Annotated[str, StringConstraints(max_length=MAX_SYSTEM_PROMPT_CHARS, pattern=NO_NUL)]
 Content = Annotated[str, StringConstraints(min_length=1, pattern=NOT_BLANK)]
+MAX_IMAGES = 10
+# What an image may begin with; the rest (base64, the bytes' format, the size) is checked when read.
+ImageUrl = Annotated[str, StringConstraints(pattern=r"^(data:image/(png|jpeg|gif|webp);base64,|https://)")]
 
 
 class _Input(BaseModel):
@@ -68,6 +71,12 @@ class ChatUpdate(_Input):
 
 class MessageCreate(_Input):
     content: Content
+    images: Annotated[list[ImageUrl], Field(max_length=MAX_IMAGES)] = Field(
+        default_factory=list,
+        description="images the message shows the model, in order after its text: each a data: URL of a PNG, JPEG,"
+        " GIF or WebP image (`data:image/png;base64,...`, at most CHATKEEP_MAX_ATTACHMENT_BYTES decoded) or an"
+        " https:// URL, passed on to the model as it is (chatkeep fetches none)",
+    )
     stream: bool = False
 
 
@@ -106,6 +115,10 @@ class MessageOut(BaseModel):
         description="why an incomplete reply was cut short: `stopped` (a client asked), `max_tokens`, `content_filter`,"
         " `timeout` (the LLM went silent mid-reply or outlasted the cap), `upstream_error` (its stream broke off),"
         " `shutdown` (the server shut down)",
+    )
+    images: list[str] = Field(
+        default_factory=list,
+        description="a user message's images as sent (data: or https: URLs), in order; absent when it has none",
     )
 
 

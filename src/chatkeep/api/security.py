@@ -37,7 +37,7 @@ ANY_HOST_PATHS = frozenset({"/healthz", "/readyz"})
 # The chat page's own policy: its script, styles and icon from this origin, its requests to it,
 # no inline code, no form sent anywhere, no frame around it, and DOM sinks closed to strings.
 PAGE_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
     "require-trusted-types-for 'script'; trusted-types 'none'"
 )

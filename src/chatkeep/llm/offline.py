@@ -7,6 +7,7 @@ what was asked first), which also makes it a handy probe of the context chatkeep
 
 import re
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 from chatkeep.context import estimate_tokens
 from chatkeep.domain import PromptMessage, Usage
@@ -24,7 +25,7 @@ HOW_TO_CONNECT = (
 
 class OfflineLLM:
     async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
-        asked = [m["content"] or "" for m in prompt if m["role"] == "user"]
+        asked = [_text(m["content"]) for m in prompt if m["role"] == "user"]
         last = asked[-1] if asked else ""
         lines = [f"[offline reply: no language model is connected] You said: “{_quote(last)}”."]
         if len(asked) > 1:
@@ -37,7 +38,7 @@ class OfflineLLM:
         lines.append(HOW_TO_CONNECT)
         content = " ".join(lines)
         usage = Usage(
-            prompt_tokens=sum(estimate_tokens(m["content"] or "") for m in prompt),
+            prompt_tokens=sum(estimate_tokens(_text(m["content"])) for m in prompt),
             completion_tokens=estimate_tokens(content),
         )
         return Reply(content=content, model=OFFLINE_MODEL, usage=usage)
@@ -54,3 +55,10 @@ class OfflineLLM:
 def _quote(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= QUOTE_CHARS else flat[: QUOTE_CHARS - 1] + "…"
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    """A message's words: its text, or its text parts' joined (images and files aside)."""
+    if isinstance(content, list):
+        return " ".join(part["text"] for part in content if part.get("type") == "text")
+    return content or ""

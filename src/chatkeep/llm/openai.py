@@ -17,6 +17,7 @@ where to look.
 """
 
 import asyncio
+import io
 import logging
 import math
 import random
@@ -34,6 +35,7 @@ from chatkeep.domain import IncompleteReason, MessageStatus, PromptMessage, Usag
 from chatkeep.errors import (
     LLMBadResponseError,
     LLMError,
+    LLMInputRefusedError,
     LLMRateLimitedError,
     LLMRejectedError,
     LLMServerError,
@@ -56,6 +58,7 @@ SEE_LOG = "; the server log has the details under this request's id"
 REQUEST_ID_HEADER = "X-Request-ID"
 STREAM_OPTIONS = {"include_usage": True}  # the upstream's logs can then be matched with chatkeep's
 MAX_TOKENS = 2**63 - 1  # a usage count beyond this is stored as this (`_usage`)
+LARGE_BODY_BYTES = 2**20  # aiohttp's own bound for a body it writes at once (payload.TOO_LARGE_BYTES_BODY)
 
 
 @dataclass(slots=True, frozen=True)
@@ -175,7 +178,10 @@ class OpenAICompatibleLLM:
 
     async def complete(self, prompt: Sequence[PromptMessage], options: CallOptions = NO_OPTIONS) -> Reply:
         call = _Call(self._deadlines)
-        response = await self._first_good_response(orjson.dumps(self._request(prompt, options)), call)
+        try:
+            response = await self._first_good_response(orjson.dumps(self._request(prompt, options)), call)
+        except LLMRejectedError as error:
+            raise self._refused(error, prompt, options) from error
         try:
             async with asyncio.timeout_at(min(call.end, call.loop.time() + call.deadlines.idle)):
                 payload = await self._read(response)
@@ -191,7 +197,10 @@ class OpenAICompatibleLLM:
         body = orjson.dumps(request)
         chunks = _ChunkReader()
         call = _Call(self._deadlines)
-        response = await self._first_good_response(body, call)
+        try:
+            response = await self._first_good_response(body, call)
+        except LLMRejectedError as error:
+            raise self._refused(error, prompt, options) from error
         watchdog = _Watchdog(call, response)
         try:
             async for data in response.content.iter_any():
@@ -214,6 +223,17 @@ class OpenAICompatibleLLM:
             watchdog.cancel()
             response.release()
         yield chunks.reply()
+
+    def _refused(self, error: LLMRejectedError, prompt: Sequence[PromptMessage], options: CallOptions) -> LLMError:
+        """A 400 to a prompt with images or files says, most likely, a model that takes text alone:
+        a 400 naming the model, the client's to change, rather than a 502. Any other refusal as it is."""
+        kinds = _attachment_kinds(prompt)
+        if error.upstream_status != 400 or not kinds:
+            return error
+        model = options.model or self._model
+        return LLMInputRefusedError(
+            f"model {model!r} does not accept {kinds} input: it answered HTTP 400 to a request carrying some" + SEE_LOG
+        )
 
     def _request(self, prompt: Sequence[PromptMessage], options: CallOptions) -> dict[str, Any]:
         """The Chat Completions request body: the model, the prompt, and the knobs the caller set."""
@@ -258,7 +278,9 @@ class OpenAICompatibleLLM:
         if request_id is not None:
             headers = {**headers, REQUEST_ID_HEADER: request_id}
         try:
-            response = await self._session.post(self._url, data=body, headers=headers, timeout=self._connect)
+            # A body with images is megabytes: aiohttp writes one given as a stream in pieces, between other work.
+            data = body if len(body) < LARGE_BODY_BYTES else io.BytesIO(body)
+            response = await self._session.post(self._url, data=data, headers=headers, timeout=self._connect)
         except aiohttp.ConnectionTimeoutError as exc:
             log.warning("cannot connect to the LLM at %s within %gs", self._shown_url, self._deadlines.connect)
             slow = LLMUnavailableError(
@@ -285,7 +307,7 @@ class OpenAICompatibleLLM:
             raise _Retryable(limited, wait=wait)
         if response.status >= 500:
             raise _Retryable(LLMServerError(detail), wait=wait)
-        raise LLMRejectedError(detail)
+        raise LLMRejectedError(detail, upstream_status=response.status)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """The whole body, with the connection given back to the pool whatever happens."""
@@ -402,6 +424,21 @@ def _join(pieces: list[str | ToolCallDelta], piece: str | ToolCallDelta) -> None
         pieces[-1] = ToolCallDelta(piece.index, piece.id, piece.name, last.arguments + piece.arguments)
     else:
         pieces.append(piece)
+
+
+ATTACHMENT_KINDS = {"image_url": "image", "file": "file"}  # a Chat Completions part's type, and what it carries
+
+
+def _attachment_kinds(prompt: Sequence[PromptMessage]) -> str:
+    """What kinds of attachment a prompt carries ("image", "file and image"), "" for none."""
+    kinds = {
+        ATTACHMENT_KINDS[part["type"]]
+        for message in prompt
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part.get("type") in ATTACHMENT_KINDS
+    }
+    return " and ".join(sorted(kinds))
 
 
 def _under_way(changes: dict[str, Any]) -> bool:

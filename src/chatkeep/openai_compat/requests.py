@@ -14,7 +14,7 @@ from chatkeep.domain import NewMessage, Role
 from chatkeep.errors import InvalidInputError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm.base import CallOptions
-from chatkeep.openai_compat.items import check_item_sizes, stored_from_item
+from chatkeep.openai_compat.items import check_attachment_sizes, check_item_sizes, stored_from_item
 from chatkeep.openai_compat.responses import ResponseRequest
 from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
 
@@ -23,16 +23,22 @@ TOOL_CHOICES = ("auto", "none", "required")
 INT64 = 2**63
 
 
-def read_items(raw: list[Any], param: str, *, max_chars: int) -> list[NewMessage]:
+def read_items(raw: list[Any], param: str, settings: Settings) -> list[NewMessage]:
     """Input items as stored, each checked (its text, and the JSON of one kept verbatim, within
-    `max_chars`). Raises InvalidInputError naming the item at fault. Every route that stores
-    items reads them here: conversations, items appended, and a response's input."""
+    CHATKEEP_MAX_MESSAGE_CHARS; its images and files within CHATKEEP_MAX_ATTACHMENT_BYTES each and
+    CHATKEEP_MAX_REQUEST_ATTACHMENT_BYTES in all). Raises InvalidInputError naming the item (or the
+    part) at fault. Every route that stores items reads them here: conversations, items appended,
+    and a response's input."""
+    max_chars = settings.max_message_chars
     check_storable(raw, param)
     items = [stored_from_item(item, f"{param}[{n}]") for n, item in enumerate(raw)]
     for n, item in enumerate(items):
         if len(item.content) > max_chars:
             raise InvalidInputError(f"an item's text may have at most {max_chars} characters", param=f"{param}[{n}]")
     check_item_sizes(items, param, max_chars=max_chars)
+    check_attachment_sizes(
+        items, param, each=settings.max_attachment_bytes, total=settings.max_request_attachment_bytes
+    )
     return items
 
 
@@ -58,7 +64,7 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
             raise InvalidInputError(f"`input` may have at most {settings.max_message_chars} characters", param="input")
         inputs = [NewMessage(Role.USER, body.input)]
     else:
-        inputs = read_items(body.input, "input", max_chars=settings.max_message_chars)
+        inputs = read_items(body.input, "input", settings)
     conversation = body.conversation.id if isinstance(body.conversation, ConversationRef) else body.conversation
     tools = tuple(_tool(tool, f"tools[{n}]") for n, tool in enumerate(body.tools or []))
     tool_choice = _tool_choice(body.tool_choice)

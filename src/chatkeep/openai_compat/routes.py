@@ -88,7 +88,7 @@ async def create_conversation(
 ) -> Response:
     """A conversation (a chat: the same id works under /chats), with up to 20 first items."""
     body = body or ConversationCreate()
-    items = read_items(body.items or [], "items", max_chars=service_of(request).settings.max_message_chars)
+    items = read_items(body.items or [], "items", service_of(request).settings)
     key = _key(idempotency_key, "POST /v1/conversations", body.model_dump(mode="json"))
     return json_response(await conversations.create(owner, items, body.metadata or {}, key))
 
@@ -121,7 +121,7 @@ async def create_items(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Append up to 20 items, in order, after any response running on the conversation."""
-    items = read_items(body.items, "items", max_chars=service_of(request).settings.max_message_chars)
+    items = read_items(body.items, "items", service_of(request).settings)
     key = _key(idempotency_key, f"POST /v1/conversations/{conversation_id}/items", body.model_dump(mode="json"))
     return json_response(await conversations.add_items(owner, conversation_id, items, key))
 

@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 import asyncpg
 
 from chatkeep.errors import StoreUnavailableError
+from chatkeep.store.blobs import BlobStore, DirectoryBlobs
 from chatkeep.store.memory import MemoryStore
 from chatkeep.store.protocols import (
     MAX_BROADCAST_BYTES,
@@ -56,34 +57,38 @@ OPEN_ERRORS = (OSError, TimeoutError, sqlite3.Error, asyncpg.PostgresError, asyn
 
 
 @asynccontextmanager
-async def open_store(url: str, *, lease_seconds: float = LEASE_SECONDS) -> AsyncIterator[ChatStore]:
+async def open_store(
+    url: str, *, lease_seconds: float = LEASE_SECONDS, blob_dir: str | None = None
+) -> AsyncIterator[ChatStore]:
     """Open the store named by `url` for the lifetime of the block.
 
     `memory://`; `sqlite:///relative.db` or `sqlite:////absolute.db` (`?synchronous=full` to
     survive power loss too); `postgresql://user@host/db` or `postgres://...` (`?pool_size=20`).
     `lease_seconds` is how long a turn's hold on its chat (and a claimed key) lasts without a
-    heartbeat, on the SQL stores. Raises ValueError for a URL that names no store, and
+    heartbeat, on the SQL stores. Attachments' bytes live in the store (memory, or the database's
+    `blobs` table) unless `blob_dir` names a directory for them. Raises ValueError for a URL that names no store, and
     StoreUnavailableError, saying why, when the store cannot be opened.
     """
     check_store_url(url)
     async with AsyncExitStack() as stack:
         try:
-            store = await stack.enter_async_context(_store_at(url, lease_seconds))
+            blobs = DirectoryBlobs(blob_dir) if blob_dir else None
+            store = await stack.enter_async_context(_store_at(url, lease_seconds, blobs))
         except OPEN_ERRORS as error:
             reason = str(error).strip() or type(error).__name__
             raise StoreUnavailableError(f"cannot open {redacted(url)}: {reason}") from error
         yield store
 
 
-def _store_at(url: str, lease_seconds: float) -> AbstractAsyncContextManager[ChatStore]:
+def _store_at(url: str, lease_seconds: float, blobs: BlobStore | None) -> AbstractAsyncContextManager[ChatStore]:
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
-        return open_sqlite_store(url, lease_seconds=lease_seconds)
+        return open_sqlite_store(url, lease_seconds=lease_seconds, blobs=blobs)
     if scheme in POSTGRES_SCHEMES:
-        return open_postgres_store(url, lease_seconds=lease_seconds)
-    return _memory()
+        return open_postgres_store(url, lease_seconds=lease_seconds, blobs=blobs)
+    return _memory(blobs)
 
 
 @asynccontextmanager
-async def _memory() -> AsyncIterator[ChatStore]:
-    yield MemoryStore()
+async def _memory(blobs: BlobStore | None) -> AsyncIterator[ChatStore]:
+    yield MemoryStore(blobs)

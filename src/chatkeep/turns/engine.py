@@ -191,7 +191,7 @@ class TurnEngine:
     async def _retried(self, owner: str, chat_id: str, question_id: str) -> tuple[list[Message], str | None]:
         """The stored question whose reply is run again: it must still be the chat's last message."""
         question = await self._store.get_message(owner, chat_id, question_id)
-        if question.role is not Role.USER or question.item is not None:
+        if question.role is not Role.USER or (question.item is not None and question.item.get("role") != "user"):
             raise InvalidInputError(f"{question.id!r} is not a question of the user's", param="user_message_id")
         if (await self._store.message_stats(owner, chat_id)).last_seq != question.seq:
             raise ChatMovedOnError(

@@ -83,10 +83,10 @@ export class Api {
     return this.json("GET", `/chats/${encodeURIComponent(chatId)}/summary${query({ refresh: refresh || null })}`);
   }
 
-  /** The streamed turn: a response whose body is the turn's server-sent events. */
-  postTurn(chatId, content, { idempotencyKey }) {
+  /** The streamed turn: a response whose body is the turn's server-sent events. `images`: data: URLs. */
+  postTurn(chatId, content, { idempotencyKey, images = [] }) {
     return this.request("POST", `/chats/${encodeURIComponent(chatId)}/messages`, {
-      body: { content, stream: true },
+      body: images.length ? { content, images, stream: true } : { content, stream: true },
       headers: { "Idempotency-Key": idempotencyKey, Accept: "text/event-stream" },
     });
   }

@@ -41,7 +41,7 @@ class ChatPage {
     const onError = (error) => this.noticeError(error);
     this.chats = new ChatList(this.api, { onError });
     this.conversation = new Conversation(this.api, { onError, onOffline: () => this.showOfflineNotice() });
-    this.composer = new Composer({ onSend: (text) => this.send(text), onStop: () => this.stop() });
+    this.composer = new Composer({ onSend: (text, images) => this.send(text, images), onStop: () => this.stop() });
     this.summary = new SummaryPanel(this.api, { onError, onClose: () => this.toggleSummary(false) });
     this.keys = new KeyDialog(this.api, { onChange: () => this.restart(), onClose: () => this.composer.refocus() });
     this.listen();
@@ -183,14 +183,14 @@ class ChatPage {
 
   // Turns
 
-  async send(text) {
+  async send(text, images = []) {
     let chat = this.chat;
     this.composer.clear();
     if (chat === null) {
       try {
         chat = await this.api.createChat({ title: titleFor(text) }, { idempotencyKey: newIdempotencyKey() });
       } catch (error) {
-        this.composer.restore(text);
+        this.composer.restore(text, images);
         this.composer.showNotice(problemNotice(error));
         this.noticeError(error);
         return;
@@ -202,7 +202,7 @@ class ChatPage {
       this.conversation.started(chat.id);
       history.pushState(null, "", `#${encodeURIComponent(chat.id)}`);
     }
-    this.startTurn(chat.id, new Turn(this.api, chat.id, text, null), pendingQuestion(text));
+    this.startTurn(chat.id, new Turn(this.api, chat.id, text, null, { images }), pendingQuestion(text, images));
   }
 
   /** Follow the turn answering the chat's newest message, a question left without a reply. */
@@ -283,7 +283,7 @@ class ChatPage {
         // Refused as written: nothing was stored, so the text goes back to be changed.
         running.question.remove();
         running.reply.element.remove();
-        this.composer.restore(turn.content);
+        this.composer.restore(turn.content, turn.images);
         this.composer.showNotice(problemNotice(error));
         return;
       }

@@ -35,8 +35,24 @@ function fill(article, message) {
   article.dataset.status = message.status;
   article.replaceChildren(
     h("h2", { className: "visually-hidden", text: user ? "You said" : "The assistant said" }),
+    imagesElement(message.images ?? []),
     user ? h("div", { className: "message-body message-text", text: message.content }) : replyBody(message.content),
     footer(message),
+  );
+}
+
+/** A message's images: an inline one (data: URL) shown, one by https URL linked (the page loads
+ *  nothing from other hosts); null for none. */
+function imagesElement(images) {
+  if (images.length === 0) return null;
+  return h(
+    "div",
+    { className: "message-images" },
+    images.map((url, n) =>
+      url.startsWith("data:")
+        ? h("img", { className: "message-image", src: url, alt: `Image ${n + 1}` })
+        : h("a", { href: url, text: `Image ${n + 1}`, attrs: { rel: "noreferrer noopener", target: "_blank" } }),
+    ),
   );
 }
 
@@ -93,11 +109,12 @@ function copyButton(text, label = "Copy code") {
 }
 
 /** A user message not yet stored: shown at once, confirmed (or dropped) by the turn. */
-export function pendingQuestion(content) {
+export function pendingQuestion(content, images = []) {
   return h(
     "article",
     { className: "message message-user message-pending" },
     h("h2", { className: "visually-hidden", text: "You said" }),
+    imagesElement(images),
     h("div", { className: "message-body message-text", text: content }),
     h("footer", { className: "message-meta" }, h("span", { text: "Sending…" })),
   );

@@ -20,10 +20,11 @@ const TURN_NOT_RUNNING = "turn-not-running";
 const KEY_IN_FLIGHT = "idempotency-key-in-flight";
 
 export class Turn {
-  constructor(api, chatId, content, view, { userMessageId = null } = {}) {
+  constructor(api, chatId, content, view, { userMessageId = null, images = [] } = {}) {
     this.api = api;
     this.chatId = chatId;
     this.content = content;
+    this.images = images; // data: URLs sent with the question
     this.view = view;
     this.idempotencyKey = content === null ? null : newIdempotencyKey();
     this.userMessageId = userMessageId;
@@ -95,7 +96,7 @@ export class Turn {
   open() {
     const key = { idempotencyKey: this.idempotencyKey };
     if (this.posted) return this.api.resumeTurn(this.chatId, this.userMessageId, String(this.lastDelta));
-    if (this.content !== null) return this.api.postTurn(this.chatId, this.content, key);
+    if (this.content !== null) return this.api.postTurn(this.chatId, this.content, { ...key, images: this.images });
     return this.api.retryTurn(this.chatId, this.userMessageId, key);
   }
 

@@ -1,8 +1,10 @@
 """`MemoryStore`: everything in this process's memory, gone on restart; the default store.
 
-It is the executable specification of `ChatStore`. Its methods never await (but for a turn
-waiting in line), so each one is atomic on the event loop: concurrent appends cannot interleave
-and `seq` stays gap-free. Messages of a chat live in a list indexed by `seq - 1`, which makes
+It is the executable specification of `ChatStore`. Its methods never await between reading and
+writing a chat (a turn waits in line, and a message's attachments go to the blob store, before),
+so each one is atomic on the event loop: concurrent appends cannot interleave and `seq` stays
+gap-free. Attachments' bytes are kept once per content (store/blobs.py): in memory, or in
+CHATKEEP_BLOB_DIR. Messages of a chat live in a list indexed by `seq - 1`, which makes
 every window and page O(page), and a message's id ends with its seq, so finding one by id needs
 no index; a stored message keeps its id and creation time in a row of its chat rather than in
 objects of their own (message_rows.py), because a chat may hold millions. A chat's turn queue is
@@ -43,6 +45,7 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError, TurnLapsedError
+from chatkeep.store.blobs import Attachments, BlobStore, MemoryBlobs, appended_as_sent, needs_restoring
 from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, seq_in, stored_message
 from chatkeep.store.paging import KeyRange, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
@@ -117,7 +120,8 @@ class _OwnerChats:
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, blobs: BlobStore | None = None) -> None:
+        self._attachments = Attachments(blobs or MemoryBlobs())  # attachments' bytes, once per content
         self._chats: dict[str, _ChatRecord] = {}
         self._owners: dict[str, _OwnerChats] = {}
         self._next_rank = 0
@@ -145,6 +149,8 @@ class MemoryStore:
         system_prompt: str | None,
         messages: Sequence[NewMessage] = (),
     ) -> Chat:
+        if messages:
+            messages = await self._attachments.kept(messages)
         now = now_us()
         self._next_rank += 1
         record = _ChatRecord(
@@ -207,11 +213,14 @@ class MemoryStore:
         ticket: TurnTicket | None = None,
         ends_turn: bool = False,
     ) -> Message:
+        sent = message
+        if message.item is not None:
+            (message,) = await self._attachments.kept([message])
         record = self._fenced(owner, chat_id, ticket)
         stored = self._append(record, message)
         if ends_turn and ticket is not None:
             _give_back(record, ticket.number)
-        return stored
+        return stored if message is sent else appended_as_sent([stored], [sent])[0]
 
     async def append_messages(
         self,
@@ -222,11 +231,12 @@ class MemoryStore:
         ticket: TurnTicket | None = None,
         ends_turn: bool = False,
     ) -> tuple[list[Message], str | None]:
+        kept = await self._attachments.kept(messages)
         record = self._fenced(owner, chat_id, ticket)
-        stored = [self._append(record, message) for message in messages]
+        stored = [self._append(record, message) for message in kept]
         if ends_turn and ticket is not None:
             _give_back(record, ticket.number)
-        return stored, record.system_prompt
+        return appended_as_sent(stored, messages), record.system_prompt
 
     async def append_question(
         self, owner: str, chat_id: str, content: str, *, ticket: TurnTicket | None = None
@@ -282,7 +292,8 @@ class MemoryStore:
         span = key_range(page, {c: seq for c in cursors if c is not None and (seq := record.seq_of(c))}, "message")
         messages = record.messages  # message `seq` sits at index seq - 1
         lo, hi = min(span.above, len(messages)), min(span.below - 1, len(messages))
-        return Page(*page_rows(_read(messages, lo, hi, span), page, span))
+        rows, has_more = page_rows(_read(messages, lo, hi, span), page, span)
+        return Page(await self._attachments.restored(rows), has_more)
 
     async def recent_messages(
         self,
@@ -297,7 +308,8 @@ class MemoryStore:
         messages = self._record(owner, chat_id).messages
         end = len(messages) if before_seq is None else min(before_seq - 1, len(messages))
         start = max(after_seq, end - limit, 0)
-        return messages[start:end][::-1]
+        window = messages[start:end][::-1]
+        return await self._attachments.restored(window) if needs_restoring(window) else window
 
     async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
         record = self._record(owner, chat_id)
@@ -344,7 +356,8 @@ class MemoryStore:
         seq = record.seq_of(message_id)
         if seq is None:
             raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
-        return record.messages[seq - 1]
+        (message,) = await self._attachments.restored([record.messages[seq - 1]])
+        return message
 
     async def claim_key(
         self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime
@@ -394,6 +407,7 @@ class MemoryStore:
         return purged
 
     async def save_response(self, owner: str, response: StoredResponse, *, live_for: float | None = None) -> None:
+        response = replace(response, input_items=await self._attachments.kept_items(response.input_items))
         self._responses[response.id] = _kept_response(owner, response, response.created_at, live_for)
 
     async def update_response(
@@ -408,6 +422,7 @@ class MemoryStore:
         kept = self._responses.get(response.id)
         if kept is None or kept.owner != owner or kept.status not in expected or (if_lapsed and not kept.lapsed):
             return False
+        response = replace(response, input_items=await self._attachments.kept_items(response.input_items))
         self._responses[response.id] = _kept_response(owner, response, kept.created_at, live_for)
         return True
 
@@ -416,6 +431,7 @@ class MemoryStore:
         if kept is None or kept.owner != owner:
             raise ResponseNotFoundError(f"no response {response_id!r}")
         body, input_items, stream = orjson.loads(kept.json)
+        input_items = await self._attachments.restored_items(input_items)
         return StoredResponse(
             response_id,
             kept.chat_id,

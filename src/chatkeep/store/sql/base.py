@@ -14,6 +14,7 @@ or cursor by asking for NOWHERE in its place.
 
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -37,8 +38,10 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError
+from chatkeep.store.blobs import Attachments, BlobStore, appended_as_sent, needs_restoring
 from chatkeep.store.paging import KeyRange, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
+from chatkeep.store.sql.blobs import SqlBlobs
 from chatkeep.store.sql.migrations import Migration, check_schema
 from chatkeep.store.sql.recent import RecentMessages
 from chatkeep.store.sql.rows import (
@@ -100,7 +103,9 @@ class Driver(TicketRows, Protocol):
 
 
 class SqlStore:
-    def __init__(self, driver: Driver, tickets: Tickets, recent: RecentMessages) -> None:
+    def __init__(
+        self, driver: Driver, tickets: Tickets, recent: RecentMessages, blobs: BlobStore | None = None
+    ) -> None:
         self._driver = driver
         self._run = driver.run
         self._stamp = driver.stamp
@@ -108,6 +113,8 @@ class SqlStore:
         self._sql = driver.sql
         self._tickets = tickets
         self._recent = recent  # the newest messages of the chats this process takes turns on
+        # attachments' bytes, once per content: in the `blobs` table unless given another place
+        self._attachments = Attachments(blobs or SqlBlobs(driver))
 
     def wake(self, chat_id: str) -> None:
         """Another process gave back a ticket of the chat: its waiters here look again."""
@@ -126,6 +133,8 @@ class SqlStore:
         messages: Sequence[NewMessage] = (),
     ) -> Chat:
         chat_id, now = new_id("conv"), utcnow()
+        if messages:
+            messages = await self._attachments.kept(messages)
         new = [(message.id or new_id("msg"), message) for message in messages]
         await self._run(self._create_chat(owner, chat_id, title, metadata, system_prompt, new, now), write=bool(new))
         return Chat(chat_id, title, dict(metadata), system_prompt, now, now, len(new))
@@ -229,6 +238,9 @@ class SqlStore:
         self, owner: str, chat_id: str, messages: Sequence[NewMessage], ticket: TurnTicket | None, ends_turn: bool
     ) -> tuple[list[Message], str | None]:
         _check_chat(chat_id)
+        sent = messages
+        if any(message.item is not None for message in messages):
+            messages = await self._attachments.kept(messages)
         new = [(message.id or new_id("msg"), message) for message in messages]
         number = None if ticket is None else ticket.number
         ending = ends_turn and number is not None
@@ -240,6 +252,8 @@ class SqlStore:
                 await self._tickets.give_back(chat_id, number)
         stored = stored_messages(new, chat_id, appended)
         self._recent.appended(owner, chat_id, stored, revision=appended.revision, ticket=number)
+        if messages is not sent:
+            stored = appended_as_sent(stored, sent)
         return stored, appended.system_prompt
 
     async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
@@ -255,7 +269,7 @@ class SqlStore:
 
     async def list_messages(self, owner: str, chat_id: str, page: PageRequest) -> Page[Message]:
         _check_chat(chat_id)
-        return await self._run(self._message_page(owner, chat_id, page))
+        return await self._restored_page(await self._run(self._message_page(owner, chat_id, page)))
 
     def _message_page(self, owner: str, chat_id: str, page: PageRequest) -> Plan[Page[Message]]:
         keys: dict[str, int] = {}
@@ -265,6 +279,9 @@ class SqlStore:
         span = key_range(page, keys, "message")
         window = yield from self._window(owner, chat_id, span)
         return Page(*page_rows(window, page, span))
+
+    async def _restored_page(self, page: Page[Message]) -> Page[Message]:
+        return Page(await self._attachments.restored(page.data), page.has_more) if needs_restoring(page.data) else page
 
     def _window(self, owner: str, chat_id: str, span: KeyRange) -> Plan[list[Message]]:
         query = paged(self._sql.message_page, span)
@@ -282,7 +299,7 @@ class SqlStore:
         ticket: TurnTicket | None = None,
     ) -> list[Message]:
         _check_chat(chat_id)
-        return await self._recent.recent_messages(
+        window = await self._recent.recent_messages(
             owner,
             chat_id,
             lambda span: self._run(self._window(owner, chat_id, span)),
@@ -291,6 +308,7 @@ class SqlStore:
             after_seq=after_seq,
             ticket=None if ticket is None else ticket.number,
         )
+        return await self._attachments.restored(window) if needs_restoring(window) else window
 
     async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
         _check_chat(chat_id)
@@ -302,7 +320,10 @@ class SqlStore:
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         _check_chat(chat_id)
         found = await self._run(only(fetchrow(self._sql.select_message, chat_id, owner, findable(message_id))))
-        return joined_message_from_row(found, self._moment, chat_id, message_id)
+        (message,) = await self._attachments.restored(
+            [joined_message_from_row(found, self._moment, chat_id, message_id)]
+        )
+        return message
 
     async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
         _check_chat(chat_id)
@@ -382,6 +403,7 @@ class SqlStore:
         return purged
 
     async def save_response(self, owner: str, response: StoredResponse, *, live_for: float | None = None) -> None:
+        response = replace(response, input_items=await self._attachments.kept_items(response.input_items))
         values = response_values(owner, response, self._stamp(response.created_at), live_for)
         await self._run(only(execute(self._sql.insert_response, *values)))
 
@@ -396,6 +418,7 @@ class SqlStore:
     ) -> bool:
         if not could_be_id(response.id):
             return False
+        response = replace(response, input_items=await self._attachments.kept_items(response.input_items))
         values = response_update_values(owner, response, expected, live_for, if_lapsed)
         return await self._run(only(fetchrow(self._sql.update_response, *values))) is not None
 
@@ -403,7 +426,8 @@ class SqlStore:
         if not could_be_id(response_id):
             raise _no_response(response_id)
         found = await self._run(only(fetchrow(self._sql.select_response, response_id, owner)))
-        return response_from_row(found, self._moment, response_id)
+        response = response_from_row(found, self._moment, response_id)
+        return replace(response, input_items=await self._attachments.restored_items(response.input_items))
 
     async def delete_response(self, owner: str, response_id: str) -> None:
         if (
@@ -441,9 +465,10 @@ def _cursors(page: PageRequest) -> tuple[str, str]:
 
 @asynccontextmanager
 async def sql_store(
-    driver: Driver, *, lease_seconds: float, poll_seconds: tuple[float, float]
+    driver: Driver, *, lease_seconds: float, poll_seconds: tuple[float, float], blobs: BlobStore | None = None
 ) -> AsyncIterator[SqlStore]:
-    """The store over `driver`, its turn tickets' heartbeat running for the block."""
+    """The store over `driver`, its turn tickets' heartbeat running for the block; attachments'
+    bytes in `blobs` (a directory), else in the database's `blobs` table."""
     recent = RecentMessages()
     async with Tickets(driver, recent, lease_seconds=lease_seconds, poll_seconds=poll_seconds) as tickets:
-        yield SqlStore(driver, tickets, recent)
+        yield SqlStore(driver, tickets, recent, blobs)

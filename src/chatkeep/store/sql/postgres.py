@@ -32,6 +32,7 @@ import asyncpg.exceptions
 
 from chatkeep.domain import MessageStatus, Role, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
+from chatkeep.store.blobs import BlobStore
 from chatkeep.store.protocols import MAX_BROADCAST_BYTES
 from chatkeep.store.sql.base import SqlStore, sql_store
 from chatkeep.store.sql.migrations import Migration
@@ -85,6 +86,7 @@ DIALECT = Dialect(
     now="now()",
     second="interval '1 second'",
     json_elements="json_array_elements_text",
+    binary="bytea",
     applied_at_default=" DEFAULT now()",
 )
 # The function bodies keep the indentation of their first release: it is their stored source.
@@ -588,7 +590,11 @@ async def _listening(dsn: str, listeners: Listeners) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def open_postgres_store(
-    url: str, *, lease_seconds: float = LEASE_SECONDS, migrations: Sequence[Migration] = MIGRATIONS
+    url: str,
+    *,
+    lease_seconds: float = LEASE_SECONDS,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    blobs: BlobStore | None = None,
 ) -> AsyncIterator[SqlStore]:
     """The store in the database `url` names, upgraded to `migrations` first."""
     dsn, pool_size = pool_options(url)
@@ -601,7 +607,7 @@ async def open_postgres_store(
         poll = (0.05, min(MAX_POLL_SECONDS, lease_seconds / 4))
         db = Database(pool, database_name(dsn))
         driver = PostgresDriver(db, PostgresBroadcast(db), migrations)
-        async with sql_store(driver, lease_seconds=lease_seconds, poll_seconds=poll) as store:
+        async with sql_store(driver, lease_seconds=lease_seconds, poll_seconds=poll, blobs=blobs) as store:
             listeners: Listeners = {CHANNEL: store.wake, BROADCAST_CHANNEL: driver.broadcast.deliver}
             async with _listening(dsn, listeners):
                 yield store

@@ -135,6 +135,17 @@ M013_BACKGROUND_RESPONSES = (
     "ALTER TABLE responses ADD COLUMN live_until {expiry}",
     "ALTER TABLE responses ADD COLUMN stream {text}",
 )
+
+# Attachments' bytes (images and files sent inline), one row per content, named by its SHA-256;
+# messages' and responses' items reference them (store/blobs.py). Numbered 14: 13 is taken.
+M014_ATTACHMENT_BLOBS = (
+    """CREATE TABLE blobs (
+    sha256 {text} PRIMARY KEY,
+    size {bigint} NOT NULL,
+    data {binary} NOT NULL,
+    created_at {timestamp} NOT NULL
+)""",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -149,6 +160,7 @@ SHARED_MIGRATIONS = {
     "m011_incomplete_reasons": M011_INCOMPLETE_REASONS,
     "m012_bigint_token_counts": M012_BIGINT_TOKEN_COUNTS,
     "m013_background_responses": M013_BACKGROUND_RESPONSES,
+    "m014_attachment_blobs": M014_ATTACHMENT_BLOBS,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

@@ -24,6 +24,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from chatkeep.domain import Role, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
+from chatkeep.store.blobs import BlobStore
 from chatkeep.store.protocols import Broadcast
 from chatkeep.store.sql.base import SqlStore, sql_store
 from chatkeep.store.sql.migrations import Migration
@@ -83,6 +84,7 @@ DIALECT = Dialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
     second="1",
     json_elements="json_each",
+    binary="BLOB",
     applied_at_default="",
 )
 MIGRATIONS = migrations_in(DIALECT)
@@ -346,7 +348,11 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
 
 @asynccontextmanager
 async def open_sqlite_store(
-    url: str, *, lease_seconds: float = LEASE_SECONDS, migrations: Sequence[Migration] = MIGRATIONS
+    url: str,
+    *,
+    lease_seconds: float = LEASE_SECONDS,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    blobs: BlobStore | None = None,
 ) -> AsyncIterator[SqlStore]:
     """The store in the file `url` names, created or upgraded to `migrations` first."""
     path, synchronous = sqlite_location(url)
@@ -358,7 +364,7 @@ async def open_sqlite_store(
         try:
             await migrate(_migrating(thread), DIALECT, migrations, applied_at=_micros(utcnow()))
             driver = SqliteDriver(thread, migrations)
-            async with sql_store(driver, lease_seconds=lease_seconds, poll_seconds=POLL_SECONDS) as store:
+            async with sql_store(driver, lease_seconds=lease_seconds, poll_seconds=POLL_SECONDS, blobs=blobs) as store:
                 yield store
         finally:
             await loop.run_in_executor(executor, db.close)

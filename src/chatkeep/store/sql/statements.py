@@ -57,6 +57,7 @@ class Dialect:
     now: str  # the current time, as an expiry
     second: str  # one second, to add to an expiry
     json_elements: str  # the table function whose `value` column lists a JSON array's elements
+    binary: str  # bytes (attachments' blobs)
     applied_at_default: str  # the migrations table's applied_at default, as each dialect first released it
 
 
@@ -165,6 +166,10 @@ class Statements:
             THEN 1 ELSE 0 END
     FROM responses WHERE id = $1 AND owner = $2"""
     delete_response: str = "DELETE FROM responses WHERE id = $1 AND owner = $2 RETURNING true"
+    # Attachments' bytes, one row per content (store/blobs.py): a blob kept already stays as it is.
+    insert_blob: str = """INSERT INTO blobs (sha256, size, data, created_at) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (sha256) DO NOTHING"""
+    select_blob: str = "SELECT data FROM blobs WHERE sha256 = $1"
 
     @classmethod
     def in_dialect(cls, dialect: Dialect) -> Self:
