@@ -206,12 +206,13 @@ class ProblemHandlers:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method the API serves at this path: Starlette's 405 names only the first route's."""
-    methods: set[str] = set()
-    for template, operations in request.app.openapi()["paths"].items():
-        if compile_path(template)[0].match(request.url.path):
-            methods.update(method.upper() for method in operations)
-    return sorted(methods)
+    """Every method the API serves at this path (Starlette's 405 names only the first route's). A
+    path that is a route of its own (`/v1/responses/input_tokens`) is that route's alone, as the
+    routes with parameters that would take it (`/v1/responses/{response_id}`) refuse it."""
+    paths = request.app.openapi()["paths"]
+    matching = [template for template in paths if compile_path(template)[0].match(request.url.path)]
+    exact = [template for template in matching if "{" not in template]
+    return sorted({method.upper() for template in exact or matching for method in paths[template]})
 
 
 def _reason(status: int) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from chatkeep.api import sse
 from chatkeep.api.bodies import json_response
@@ -36,6 +37,16 @@ from chatkeep.openai_compat.schemas import (
     ResponseDeleted,
     ResponseOut,
 )
+
+
+class ResponseIdConvertor(StringConvertor):
+    """A response id in a path: any segment but `input_tokens`, which names the token count's route,
+    so that `/v1/responses/input_tokens` is that route's alone (its 405s allow POST only)."""
+
+    regex = r"(?!input_tokens(?:/|$))[^/]+"
+
+
+register_url_convertor("response_id", ResponseIdConvertor())
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -202,7 +213,9 @@ def response_event(event: dict[str, Any]) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (event["type"].encode(), orjson.dumps(event))
 
 
-@router.get("/v1/responses/{response_id}", response_model=ResponseOut, responses=RESPONSE_EVENTS | _errors(404))
+@router.get(
+    "/v1/responses/{response_id:response_id}", response_model=ResponseOut, responses=RESPONSE_EVENTS | _errors(404)
+)
 async def get_response(
     responses: ResponsesDep,
     owner: OwnerDep,
@@ -217,19 +230,19 @@ async def get_response(
     return json_response(await responses.get(owner, response_id))
 
 
-@router.post("/v1/responses/{response_id}/cancel", response_model=ResponseOut, responses=_errors(404))
+@router.post("/v1/responses/{response_id:response_id}/cancel", response_model=ResponseOut, responses=_errors(404))
 async def cancel_response(responses: ResponsesDep, owner: OwnerDep, response_id: str) -> Response:
     """Cancel a background response, wherever it is made: what it wrote is kept. One that ended is
     answered as it ended; a response not made in the background is a 400."""
     return json_response(await responses.cancel(owner, response_id))
 
 
-@router.delete("/v1/responses/{response_id}", response_model=ResponseDeleted, responses=_errors(404))
+@router.delete("/v1/responses/{response_id:response_id}", response_model=ResponseDeleted, responses=_errors(404))
 async def delete_response(responses: ResponsesDep, owner: OwnerDep, response_id: str) -> Response:
     return json_response(await responses.delete(owner, response_id))
 
 
-@router.get("/v1/responses/{response_id}/input_items", response_model=ItemList, responses=_errors(404))
+@router.get("/v1/responses/{response_id:response_id}/input_items", response_model=ItemList, responses=_errors(404))
 async def list_input_items(responses: ResponsesDep, owner: OwnerDep, response_id: str, page: ItemPageDep) -> Response:
     return json_response(await responses.input_items(owner, response_id, page))
 
