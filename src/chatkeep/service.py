@@ -173,6 +173,7 @@ class ChatService:
         metadata: dict[str, str],
         system_prompt: str | None,
         messages: list[NewMessage] | None = None,
+        model: str | None = None,
         key: IdempotencyKey | None = None,
     ) -> Chat:
         """Create a chat (with its first `messages`, in the same write); with a key, once: a retry
@@ -182,7 +183,12 @@ class ChatService:
             if held.replay is not None:
                 return chat_from_result(held.replay)
             chat = await self.store.create_chat(
-                owner, title=title, metadata=metadata, system_prompt=system_prompt, messages=messages or ()
+                owner,
+                title=title,
+                metadata=metadata,
+                system_prompt=system_prompt,
+                messages=messages or (),
+                model=model,
             )
             held.succeeded(lambda: chat_result(chat))
             return chat
