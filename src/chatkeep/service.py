@@ -103,6 +103,7 @@ class ChatService:
             system_prompt=settings.system_prompt,
             budget=settings.context_tokens,
             rolling=self._rolling,
+            models=settings.models,
         )
         broadcast = store.broadcast
         self._relay = TurnRelay(broadcast, self.running, store) if broadcast is not None else None
