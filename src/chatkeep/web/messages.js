@@ -5,6 +5,7 @@
 // and becomes the stored message, or the failure, when the turn ends.
 
 import { fullTime, h, timeElement } from "./dom.js";
+import { highlightCode } from "./highlight.js";
 import { renderMarkdown } from "./markdown.js";
 import { problemNotice } from "./problems.js";
 
@@ -43,6 +44,7 @@ function fill(article, message) {
 function replyBody(text) {
   const body = h("div", { className: "message-body md" });
   body.append(renderMarkdown(text));
+  highlightCode(body);
   for (const pre of body.querySelectorAll("pre")) pre.append(copyButton(() => pre.querySelector("code").textContent));
   return body;
 }
