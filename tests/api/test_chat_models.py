@@ -29,9 +29,10 @@ def assert_model_refused(response: httpx.Response, sent: str) -> None:
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
+    assert problem["type"].endswith("model-not-served")
     assert [issue["loc"] for issue in problem["errors"]] == [["body", "model"]]
     assert all(repr(name) in problem["detail"] for name in (DEFAULT, BIG, SMALL))
-    assert "body.model" in problem["detail"]
+    assert repr(sent) in problem["detail"]
     assert sent not in (DEFAULT, BIG, SMALL)
 
 

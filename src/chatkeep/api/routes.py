@@ -8,7 +8,6 @@ import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from chatkeep.api import sse
@@ -37,7 +36,7 @@ from chatkeep.api.schemas import (
     TurnOut,
 )
 from chatkeep.domain import ChatChanges
-from chatkeep.errors import UnauthorizedError
+from chatkeep.errors import ModelNotServedError, UnauthorizedError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.metrics import CONTENT_TYPE
 from chatkeep.service import ChatService
@@ -156,8 +155,7 @@ def _check_model(service: ChatService, model: str | None) -> None:
     served = service.settings.models
     if model is not None and model not in served:
         allowed = ", ".join(repr(name) for name in served)
-        issue = {"loc": ("body", "model"), "msg": f"not a model this server serves: one of {allowed}, or null"}
-        raise RequestValidationError([issue | {"type": "model_not_served", "input": model}])
+        raise ModelNotServedError(f"model {model!r} is not served here: name one of {allowed}, or null for the default")
 
 
 @router.delete(
