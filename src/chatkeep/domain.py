@@ -21,6 +21,7 @@ class Identified(Protocol):
 T = TypeVar("T", bound=Identified)
 
 Order = Literal["asc", "desc"]
+OrderBy = Literal["created_at", "updated_at"]  # chats: by creation, or by last activity (a message, an update)
 
 
 class Role(StrEnum):
@@ -68,6 +69,7 @@ class Chat:
     created_at: datetime
     updated_at: datetime
     message_count: int = 0
+    model: str | None = None  # the model its turns ask for (one the server serves); None: the server's default
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,6 +80,7 @@ class ChatChanges:
     title: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     system_prompt: str | None = None
+    model: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -125,12 +128,17 @@ DELETED_ITEM: dict[str, Any] = {"type": "deleted"}  # what a deleted conversatio
 
 @dataclass(slots=True, frozen=True)
 class PageRequest:
-    """A cursor page: `after`/`before` are ids of the listed objects, in the order asked for."""
+    """A cursor page: `after`/`before` are ids of the listed objects, in the order asked for.
+
+    Chats may be listed by last activity (`order_by="updated_at"`); a cursor there may also be an
+    `ActivityCursor` spelled out (`<chat id>.<microseconds>`), the place a chat was listed at.
+    """
 
     limit: int = 20
     after: str | None = None
     before: str | None = None
     order: Order = "asc"
+    order_by: OrderBy = "created_at"
 
 
 @dataclass(slots=True, frozen=True)

@@ -78,6 +78,18 @@ class ModelNotFoundError(ChatkeepError):
     slug = "model-not-found"
 
 
+class ModelNotServedError(ChatkeepError):
+    """A chat named a model the server does not serve: invalid input, though its schema cannot say
+    so (the models served are a setting), so it has a slug of its own; `errors` names the field."""
+
+    status = 422
+    title = "Model not served"
+    slug = "model-not-served"
+
+    def extensions(self) -> dict[str, Any]:
+        return {"errors": [{"loc": ["body", "model"], "msg": self.detail, "type": "model_not_served"}]}
+
+
 class ReplyNotFoundError(ChatkeepError):
     """A turn to resume is neither running in this process nor answered in the store."""
 

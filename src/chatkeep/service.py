@@ -104,6 +104,7 @@ class ChatService:
             system_prompt=settings.system_prompt,
             budget=settings.context_tokens,
             rolling=self._rolling,
+            models=settings.models,
         )
         broadcast = store.broadcast
         self._relay = TurnRelay(broadcast, self.running, store) if broadcast is not None else None
@@ -174,6 +175,7 @@ class ChatService:
         metadata: dict[str, str],
         system_prompt: str | None,
         messages: list[NewMessage] | None = None,
+        model: str | None = None,
         key: IdempotencyKey | None = None,
     ) -> Chat:
         """Create a chat (with its first `messages`, in the same write); with a key, once: a retry
@@ -183,7 +185,12 @@ class ChatService:
             if held.replay is not None:
                 return chat_from_result(held.replay)
             chat = await self.store.create_chat(
-                owner, title=title, metadata=metadata, system_prompt=system_prompt, messages=messages or ()
+                owner,
+                title=title,
+                metadata=metadata,
+                system_prompt=system_prompt,
+                messages=messages or (),
+                model=model,
             )
             held.succeeded(lambda: chat_result(chat))
             return chat

@@ -65,7 +65,7 @@ class Tab:
         return self.page.locator(".message-assistant")
 
     async def chat_id(self) -> str:
-        await expect(self.page).to_have_url(re.compile(r"#chat_"))
+        await expect(self.page).to_have_url(re.compile(r"#conv_"))  # a chat is a conversation: one id, one prefix
         return self.page.url.partition("#")[2]
 
 

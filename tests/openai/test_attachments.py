@@ -13,6 +13,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from chatkeep.config import Settings
 from tests.support.app import llm_settings, serve
 from tests.support.fake_openai import FakeOpenAI, Scripted, error_body
 from tests.support.images import JPEG, OTHER_PNG, PDF, PNG, b64, data_url, sql_rows
@@ -119,14 +120,8 @@ async def test_items_read_back_as_sent(served: Served) -> None:
     assert retrieved.output_text == response.output_text
 
 
-@pytest.mark.parametrize("in_directory", [False, True], ids=["in-store", "in-directory"])
-async def test_an_image_sent_twice_is_kept_once(
-    store_url: str, fake_llm: FakeOpenAI, tmp_path: Path, in_directory: bool
-) -> None:
-    if not in_directory and store_url == "memory://":
-        pytest.skip("the memory store keeps its blobs in the server's memory: tests/store/test_blobs.py looks there")
-    blob_dir = tmp_path / "blobs"
-    settings = llm_settings(fake_llm, store=store_url, blob_dir=str(blob_dir) if in_directory else None)
+async def send_one_image_three_times(settings: Settings, fake_llm: FakeOpenAI) -> None:
+    """The same image in a conversation's first items, in items appended, and in a response's input."""
     async with serve(settings) as http, _sdk(http) as sdk:
         conversation = await sdk.conversations.create(items=[user(text("one"), image(data_url(PNG)))])
         await sdk.conversations.items.create(conversation.id, items=[user(text("two"), image(data_url(PNG)))])
@@ -136,17 +131,26 @@ async def test_an_image_sent_twice_is_kept_once(
         assert len(fake_llm.requests) == 1
         sent = fake_llm.requests[0]["messages"][-1]["content"][1]
         assert sent["image_url"] == {"url": data_url(PNG), "detail": "auto"}
+
+
+async def test_an_image_sent_twice_is_kept_once_in_the_database(sql_store_url: str, fake_llm: FakeOpenAI) -> None:
+    await send_one_image_three_times(llm_settings(fake_llm, store=sql_store_url), fake_llm)
     digest = hashlib.sha256(PNG).hexdigest()
-    if in_directory:
-        assert sorted(path.name for path in blob_dir.iterdir()) == [digest]
-        assert (blob_dir / digest).read_bytes() == PNG
-    else:
-        assert await sql_rows(store_url, "SELECT sha256, size FROM blobs") == [(digest, len(PNG))]
-    if store_url != "memory://":  # the rows reference the blob rather than hold its bytes
-        rows = await sql_rows(store_url, "SELECT item FROM messages UNION ALL SELECT input FROM responses")
-        assert len(rows) == 3
-        assert not any(b64(PNG) in str(row[0]) for row in rows)
-        assert all(digest in str(row[0]) for row in rows)
+    assert await sql_rows(sql_store_url, "SELECT sha256, size FROM blobs") == [(digest, len(PNG))]
+    rows = await sql_rows(sql_store_url, "SELECT item FROM messages UNION ALL SELECT input FROM responses")
+    assert len(rows) == 3  # the rows reference the blob rather than hold its bytes
+    assert not any(b64(PNG) in str(row[0]) for row in rows)
+    assert all(digest in str(row[0]) for row in rows)
+
+
+async def test_an_image_sent_twice_is_kept_once_in_a_blob_directory(
+    store_url: str, fake_llm: FakeOpenAI, tmp_path: Path
+) -> None:
+    blob_dir = tmp_path / "blobs"
+    await send_one_image_three_times(llm_settings(fake_llm, store=store_url, blob_dir=str(blob_dir)), fake_llm)
+    digest = hashlib.sha256(PNG).hexdigest()
+    assert sorted(path.name for path in blob_dir.iterdir()) == [digest]
+    assert (blob_dir / digest).read_bytes() == PNG
 
 
 REFUSED = [

@@ -47,6 +47,7 @@ ALL_MIGRATIONS = [
     "m012_bigint_token_counts",
     "m013_background_responses",
     "m014_attachment_blobs",
+    "m016_chat_models",
 ]
 TABLES = [
     "blobs",
@@ -83,6 +84,12 @@ SQLITE_TYPE_OF_COLUMN = {
 POSTGRES_ONLY_DEFAULTS = {("chatkeep_migrations", "applied_at"): "now()"}
 PG_ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
+# A chat as the first schema (m001) stores it, for the upgrade tests: later code writes more columns.
+OLD_VERSION_CHAT = {
+    "sqlite": """INSERT INTO chats (id, owner, metadata, created_at, updated_at) VALUES (?1, 'alice', '{}', 0, 0)""",
+    "postgresql": """INSERT INTO chats (id, owner, metadata, created_at, updated_at)
+        VALUES ($1, 'alice', '{}', now(), now())""",
+}
 # A message as the first schema (m001) stores it, for the upgrade tests: later code writes more columns.
 OLD_VERSION_MESSAGE = {
     "sqlite": """INSERT INTO messages (id, chat_id, seq, role, content, created_at)
@@ -313,10 +320,12 @@ def test_both_dialects_know_every_migration() -> None:
 
 @pytest.mark.parametrize("old_steps", range(1, len(ALL_MIGRATIONS)))
 async def test_an_old_database_upgrades_and_keeps_its_data(sql_store_url: str, old_steps: int) -> None:
-    async with open_sql_store(sql_store_url, migrations=old_steps) as store:
-        chat_id = await new_chat(store)
+    async with open_sql_store(sql_store_url, migrations=old_steps):
+        pass
     # written as the first schema allows
-    await execute_sql(sql_store_url, OLD_VERSION_MESSAGE[sql_store_url.partition(":")[0]], chat_id)
+    chat_id, dialect = "conv_old", sql_store_url.partition(":")[0]
+    await execute_sql(sql_store_url, OLD_VERSION_CHAT[dialect], chat_id)
+    await execute_sql(sql_store_url, OLD_VERSION_MESSAGE[dialect], chat_id)
     assert [name for name, _ in await applied_migrations(sql_store_url)] == ALL_MIGRATIONS[:old_steps]
     async with open_store(sql_store_url) as store:
         assert [name for name, _ in await applied_migrations(sql_store_url)] == ALL_MIGRATIONS
@@ -324,6 +333,8 @@ async def test_an_old_database_upgrades_and_keeps_its_data(sql_store_url: str, o
             await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "from the new one"))
         messages = (await store.list_messages(ALICE, chat_id, PageRequest())).data
         assert [(m.seq, m.content) for m in messages] == [(1, "from the old version"), (2, "from the new one")]
+        listed = await store.list_chats(ALICE, PageRequest(order_by="updated_at"))
+        assert [(chat.id, chat.model) for chat in listed.data] == [(chat_id, None)]  # m016: the default model
         now = utcnow()
         claim = await store.claim_key(
             ALICE, "key", "request", expired_before=now - timedelta(days=1), abandoned_before=now

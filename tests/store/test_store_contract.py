@@ -31,6 +31,7 @@ from chatkeep.errors import (
     TurnLapsedError,
 )
 from chatkeep.store import ChatStore
+from chatkeep.store.paging import activity_cursor
 from tests.support.stores import STORES, open_test_store
 
 ALICE, BOB = "alice", "bob"
@@ -128,6 +129,89 @@ async def test_chats_list_by_cursor_in_both_orders(store: ChatStore) -> None:
     assert await listed(order="asc", before=ids[0]) == ([], False)
     with pytest.raises(InvalidCursorError):
         await listed(after="chat_nope")
+
+
+async def test_a_chats_model_is_stored_and_changed(store: ChatStore) -> None:
+    chosen = await store.create_chat(ALICE, title=None, metadata={}, system_prompt=None, model="big-model")
+    default = await store.create_chat(ALICE, title=None, metadata={}, system_prompt=None)
+    assert (chosen.model, default.model) == ("big-model", None)
+    assert (await store.get_chat(ALICE, chosen.id)).model == "big-model"
+    assert (await store.get_chat(ALICE, default.id)).model is None
+    renamed = await store.update_chat(ALICE, chosen.id, ChatChanges(frozenset({"title"}), title="kept"))
+    assert renamed.model == "big-model"  # a change that does not name the model keeps it
+    back = await store.update_chat(ALICE, chosen.id, ChatChanges(frozenset({"model"}), model=None))
+    assert back.model is None
+    moved = await store.update_chat(ALICE, default.id, ChatChanges(frozenset({"model"}), model="small-model"))
+    assert (await store.get_chat(ALICE, default.id)).model == moved.model == "small-model"
+    listed = await store.list_chats(ALICE, PageRequest(order="asc"))
+    assert [chat.model for chat in listed.data] == [None, "small-model"]
+
+
+async def activity_order(store: ChatStore, owner: str = ALICE, **kwargs: object) -> tuple[list[str], bool]:
+    page = await store.list_chats(owner, PageRequest(order_by="updated_at", **kwargs))  # type: ignore[arg-type]
+    return [chat.id for chat in page.data], page.has_more
+
+
+async def test_chats_list_by_last_activity_a_new_message_or_an_update_moving_one_up(store: ChatStore) -> None:
+    ids = [await new_chat(store, title=str(n)) for n in range(4)]
+    await new_chat(store, BOB)
+    assert await activity_order(store, order="desc") == (ids[::-1], False)
+    await asyncio.sleep(LATER)
+    await add(store, ids[1], "a new message")
+    assert await activity_order(store, order="desc") == ([ids[1], ids[3], ids[2], ids[0]], False)
+    await asyncio.sleep(LATER)
+    await store.update_chat(ALICE, ids[0], ChatChanges(frozenset({"title"}), title="renamed"))
+    assert await activity_order(store, order="desc") == ([ids[0], ids[1], ids[3], ids[2]], False)
+    assert await activity_order(store, order="asc") == ([ids[2], ids[3], ids[1], ids[0]], False)
+    assert await activity_order(store, BOB) != ([], False)  # each owner's own chats
+    await store.delete_chat(ALICE, ids[3])
+    assert await activity_order(store, order="desc") == ([ids[0], ids[1], ids[2]], False)
+
+
+async def test_chats_by_last_activity_page_by_cursor_in_both_orders(store: ChatStore) -> None:
+    ids = [await new_chat(store, title=str(n)) for n in range(5)]  # created in order: active in order
+    assert await activity_order(store, order="desc", limit=2) == (ids[::-1][:2], True)
+    assert await activity_order(store, order="desc", after=ids[3]) == (ids[2::-1], False)
+    assert await activity_order(store, order="desc", before=ids[1], limit=2) == ([ids[3], ids[2]], True)
+    assert await activity_order(store, order="asc", after=ids[0], before=ids[3]) == (ids[1:3], False)
+    assert await activity_order(store, order="asc", before=ids[0]) == ([], False)
+    with pytest.raises(InvalidCursorError):
+        await activity_order(store, after="conv_nope")
+    with pytest.raises(InvalidCursorError):
+        await activity_order(store, BOB, after=ids[0])  # another owner's chat is no cursor
+
+
+async def test_paging_by_activity_from_a_listed_place_stays_put_when_that_chat_moves(store: ChatStore) -> None:
+    ids = [await new_chat(store, title=str(n)) for n in range(5)]
+    first = await store.list_chats(ALICE, PageRequest(order_by="updated_at", order="desc", limit=2))
+    assert [chat.id for chat in first.data] == [ids[4], ids[3]]
+    cursor = activity_cursor(first.data[-1])
+    await asyncio.sleep(LATER)
+    await add(store, ids[3], "the last listed chat moves to the top")
+    await add(store, ids[1], "and one not listed yet")
+    # From the chat's id: its place now, at the top. From the cursor: where it was listed.
+    assert await activity_order(store, order="desc", after=ids[3]) == ([ids[4], ids[2], ids[0]], False)
+    assert await activity_order(store, order="desc", after=cursor) == ([ids[2], ids[0]], False)
+    assert await activity_order(store, order="asc", before=cursor) == ([ids[0], ids[2]], False)
+    await store.delete_chat(ALICE, ids[3])  # a place needs no chat there any more
+    assert await activity_order(store, order="desc", after=cursor, limit=1) == ([ids[2]], True)
+
+
+async def test_paging_by_activity_never_repeats_or_skips_a_chat_while_others_are_written_to(
+    store: ChatStore,
+) -> None:
+    ids = [await new_chat(store, title=str(n)) for n in range(12)]
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_chats(ALICE, PageRequest(order_by="updated_at", order="desc", limit=3, after=cursor))
+        seen += [chat.id for chat in page.data]
+        if not page.has_more:
+            break
+        cursor = activity_cursor(page.data[-1])
+        await add(store, page.data[0].id, "a listed chat moves up")  # concurrent writes to listed chats
+    assert sorted(seen) == sorted(ids)
+    assert len(seen) == len(ids)
 
 
 async def test_appends_get_gap_free_seqs_and_count(store: ChatStore) -> None:

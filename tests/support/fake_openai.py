@@ -44,6 +44,7 @@ def completion(
     prompt_tokens: int = 11,
     completion_tokens: int = 7,
     tool_calls: list[tuple[str, str]] | None = None,
+    model: str | None = MODEL,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
@@ -56,7 +57,7 @@ def completion(
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1_700_000_000,
-        "model": MODEL,
+        "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": 18},
     }
@@ -76,10 +77,14 @@ def tool_call_chunks(tool_calls: list[tuple[str, str]]) -> list[bytes]:
 
 
 def chunk(
-    delta: dict[str, Any] | None, *, usage: dict[str, Any] | None = None, finish_reason: str | None = None
+    delta: dict[str, Any] | None,
+    *,
+    usage: dict[str, Any] | None = None,
+    finish_reason: str | None = None,
+    model: str | None = MODEL,
 ) -> bytes:
     choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
-    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": MODEL}
+    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model}
     return b"data: " + orjson.dumps(body | {"choices": choices, "usage": usage}) + b"\n\n"
 
 
@@ -107,6 +112,8 @@ class FakeOpenAI:
         self.reply: Callable[[dict[str, Any]], str] = echo
         # Consulted before the queue: a Scripted answer for the request, or None for the usual one.
         self.respond: Callable[[dict[str, Any]], Scripted | None] = lambda body: None
+        # The model its answers say wrote them (None: they name none, as some servers' do).
+        self.reported_model: Callable[[dict[str, Any]], str | None] = lambda body: MODEL
         self.in_flight = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -161,24 +168,27 @@ class FakeOpenAI:
             return web.Response(body=answer.raw, status=answer.status, headers=answer.headers)
         content = answer.content if answer.content is not None or answer.tool_calls else self.reply(body)
         if body.get("stream") and answer.status == 200 and answer.json_body is None:
-            return await self._stream(request, answer, content)
+            return await self._stream(request, answer, content, self.reported_model(body))
         payload = answer.json_body
         if payload is None:
-            payload = completion(content, tool_calls=answer.tool_calls)
+            payload = completion(content, tool_calls=answer.tool_calls, model=self.reported_model(body))
         return web.Response(
             body=orjson.dumps(payload), status=answer.status, headers=answer.headers, content_type="application/json"
         )
 
-    async def _stream(self, request: web.Request, answer: Scripted, content: str | None) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, answer: Scripted, content: str | None, model: str | None
+    ) -> web.StreamResponse:
         """The answer as Chat Completions chunks: role, a delta per word, tool calls, usage, [DONE]."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         words = [word + " " for word in content.split(" ")] if content else [" "]
         words[-1] = words[-1][:-1]
-        chunks = [chunk({"role": "assistant", "content": ""}), *(chunk({"content": w}) for w in words if w)]
+        opening = chunk({"role": "assistant", "content": ""}, model=model)
+        chunks = [opening, *(chunk({"content": w}, model=model) for w in words if w)]
         chunks += tool_call_chunks(answer.tool_calls) if answer.tool_calls else []
         usage = answer.usage if answer.usage is not None else {"prompt_tokens": 11, "completion_tokens": len(words)}
-        chunks.append(chunk(None, usage=usage))
+        chunks.append(chunk(None, usage=usage, model=model))
         chunks.append(b"data: [DONE]\n\n")
         for n, data in enumerate(chunks):
             if n == answer.cut_after:

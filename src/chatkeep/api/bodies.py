@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import orjson
 from starlette.responses import Response
 
-from chatkeep.domain import Identified, Page
+from chatkeep.domain import Chat, Identified, Page, PageRequest
+from chatkeep.store.paging import activity_cursor
 
 OPTIONS = orjson.OPT_UTC_Z
 
@@ -26,3 +27,18 @@ def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | Non
 
 def page_body(page: Page[T]) -> dict[str, Any]:
     return {"data": page.data, "first_id": page.first_id, "last_id": page.last_id, "has_more": page.has_more}
+
+
+def chat_page_body(page: Page[Chat], request: PageRequest) -> dict[str, Any]:
+    """A page of chats, with the cursors of its ends: by last activity, the places they were listed
+    at (`activity_cursor`), which page on stably while chats move; by creation, their ids."""
+    cursor = activity_cursor if request.order_by == "updated_at" else _id_of
+    ends = (page.data[0], page.data[-1]) if page.data else None
+    return page_body(page) | {
+        "first_cursor": cursor(ends[0]) if ends else None,
+        "last_cursor": cursor(ends[1]) if ends else None,
+    }
+
+
+def _id_of(chat: Chat) -> str:
+    return chat.id

@@ -11,7 +11,7 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chatkeep.api_keys import ApiKeys
-from chatkeep.domain import Order, PageRequest
+from chatkeep.domain import Order, OrderBy, PageRequest
 from chatkeep.idempotency import IDEMPOTENCY_KEY_HELP, KEY_PATTERN, MAX_KEY_CHARS
 from chatkeep.metrics import Metrics
 from chatkeep.request_context import current_request
@@ -80,6 +80,14 @@ IdempotencyKeyHeader = Annotated[
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")]
 Cursor = Annotated[str | None, Query(min_length=1, max_length=100, description="an object id")]
+ChatCursor = Annotated[
+    str | None,
+    Query(min_length=1, max_length=100, description="a listed chat's id, or a list's `first_cursor`/`last_cursor`"),
+]
+ORDER_BY_HELP = (
+    "`created_at`: by creation; `updated_at`: by last activity (a new message or an update moves a chat"
+    " to the newest end)"
+)
 
 
 def _page(default_order: Order) -> Callable[..., Awaitable[PageRequest]]:
@@ -94,5 +102,15 @@ def _page(default_order: Order) -> Callable[..., Awaitable[PageRequest]]:
     return page
 
 
-ChatPageDep = Annotated[PageRequest, Depends(_page("desc"))]
+async def _chat_page(
+    limit: Limit = 20,
+    after: ChatCursor = None,
+    before: ChatCursor = None,
+    order: Literal["asc", "desc"] = "desc",
+    order_by: Annotated[OrderBy, Query(description=ORDER_BY_HELP)] = "created_at",
+) -> PageRequest:
+    return PageRequest(limit=limit, after=after, before=before, order=order, order_by=order_by)
+
+
+ChatPageDep = Annotated[PageRequest, Depends(_chat_page)]
 MessagePageDep = Annotated[PageRequest, Depends(_page("asc"))]

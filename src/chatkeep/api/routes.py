@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from chatkeep.api import sse
 from chatkeep.api.attachments import check_images
-from chatkeep.api.bodies import json_response, page_body
+from chatkeep.api.bodies import chat_page_body, json_response, page_body
 from chatkeep.api.deps import (
     ChatPageDep,
     IdempotencyKeyHeader,
@@ -30,15 +30,17 @@ from chatkeep.api.schemas import (
     ChatUpdate,
     MessageList,
     MessageOut,
+    ModelList,
     Problem,
     RetryIn,
     SummaryOut,
     TurnOut,
 )
 from chatkeep.domain import ChatChanges
-from chatkeep.errors import UnauthorizedError
+from chatkeep.errors import ModelNotServedError, UnauthorizedError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.metrics import CONTENT_TYPE
+from chatkeep.service import ChatService
 from chatkeep.turns.events import TurnEvents
 
 PROBLEM = "application/problem+json"
@@ -112,16 +114,19 @@ async def create_chat(
     """Create a chat. With an `Idempotency-Key`, a retry gets the chat the first try created.
     429 `chat-quota` when the owner already keeps `CHATKEEP_MAX_CHATS` chats."""
     body = body or ChatCreate()
+    _check_model(service, body.model)
     key = _key(idempotency_key, "POST /chats", body)
     chat = await service.create_chat(
-        owner, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt, key=key
+        owner, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt, model=body.model, key=key
     )
     return json_response(chat, status=201, headers={"Location": f"/chats/{chat.id}"})
 
 
 @router.get("/chats", response_model=ChatList, tags=["chats"], responses=COMMON)
 async def list_chats(service: ServiceDep, owner: OwnerDep, page: ChatPageDep) -> Response:
-    return json_response(page_body(await service.list_chats(owner, page)))
+    """The owner's chats: newest first by default, by creation (`order_by=created_at`) or by last
+    activity (`order_by=updated_at`: the chat with the latest message or update first)."""
+    return json_response(chat_page_body(await service.list_chats(owner, page), page))
 
 
 @router.get("/chats/{chat_id}", response_model=ChatOut, tags=["chats"], responses=_problems(404, 422))
@@ -131,9 +136,27 @@ async def get_chat(service: ServiceDep, owner: OwnerDep, chat_id: str) -> Respon
 
 @router.patch("/chats/{chat_id}", response_model=ChatOut, tags=["chats"], responses=_problems(404, 413, 422))
 async def update_chat(service: ServiceDep, owner: OwnerDep, chat_id: str, body: ChatUpdate) -> Response:
+    _check_model(service, body.model)
     fields = frozenset(body.model_fields_set)
-    changes = ChatChanges(fields, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt)
+    changes = ChatChanges(
+        fields, title=body.title, metadata=body.metadata, system_prompt=body.system_prompt, model=body.model
+    )
     return json_response(await service.update_chat(owner, chat_id, changes))
+
+
+@router.get("/models", response_model=ModelList, tags=["chats"])
+async def list_models(service: ServiceDep, owner: OwnerDep) -> dict[str, Any]:
+    """The models a chat may name (`model` on `POST`/`PATCH /chats`), the default first."""
+    models = service.settings.models
+    return {"data": [{"id": name} for name in models], "default": models[0]}
+
+
+def _check_model(service: ChatService, model: str | None) -> None:
+    """Refuse, as invalid input naming the field, a model the server does not serve (null is its default)."""
+    served = service.settings.models
+    if model is not None and model not in served:
+        allowed = ", ".join(repr(name) for name in served)
+        raise ModelNotServedError(f"model {model!r} is not served here: name one of {allowed}, or null for the default")
 
 
 @router.delete(

@@ -47,6 +47,11 @@ Content = Annotated[str, StringConstraints(min_length=1, pattern=NOT_BLANK)]
 MAX_IMAGES = 10
 # What an image may begin with; the rest (base64, the bytes' format, the size) is checked when read.
 ImageUrl = Annotated[str, StringConstraints(pattern=r"^(data:image/(png|jpeg|gif|webp);base64,|https://)")]
+MODEL_HELP = (
+    "the model the chat's turns ask for: one of `GET /models` (CHATKEEP_LLM_MODEL, CHATKEEP_LLM_MODELS);"
+    " null: the server's default"
+)
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS)]
 
 
 class _Input(BaseModel):
@@ -59,6 +64,7 @@ class ChatCreate(_Input):
     system_prompt: SystemPrompt | None = Field(
         default=None, description="null: the server's default system prompt; empty: none"
     )
+    model: ModelName | None = Field(default=None, description=MODEL_HELP)
 
 
 class ChatUpdate(_Input):
@@ -67,6 +73,7 @@ class ChatUpdate(_Input):
     title: Title | None = None
     metadata: Metadata = Field(default_factory=dict)
     system_prompt: SystemPrompt | None = None
+    model: ModelName | None = Field(default=None, description=MODEL_HELP)
 
 
 class MessageCreate(_Input):
@@ -89,8 +96,9 @@ class ChatOut(BaseModel):
     metadata: dict[str, str]
     system_prompt: str | None
     created_at: datetime
-    updated_at: datetime
+    updated_at: datetime = Field(description="the chat's last write: a message added, an update")
     message_count: int
+    model: str | None = Field(description="the model the chat's turns ask for; null: the server's default")
 
 
 class UsageOut(BaseModel):
@@ -122,11 +130,28 @@ class MessageOut(BaseModel):
     )
 
 
+CURSOR_HELP = (
+    "pass as `after` or `before` to page on from where this chat was listed, whatever was written since"
+    " (by `updated_at`, a new message moves a chat; its id would page from its new place); its id otherwise"
+)
+
+
 class ChatList(BaseModel):
     data: list[ChatOut]
     first_id: str | None
     last_id: str | None
     has_more: bool
+    first_cursor: str | None = Field(description=CURSOR_HELP)
+    last_cursor: str | None = Field(description=CURSOR_HELP)
+
+
+class ModelOut(BaseModel):
+    id: str
+
+
+class ModelList(BaseModel):
+    data: list[ModelOut] = Field(description="the models a chat may name, the default first")
+    default: str = Field(description="the model of chats that name none (CHATKEEP_LLM_MODEL)")
 
 
 class MessageList(BaseModel):

@@ -69,7 +69,8 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
     tools = tuple(_tool(tool, f"tools[{n}]") for n, tool in enumerate(body.tools or []))
     tool_choice = _tool_choice(body.tool_choice)
     options = CallOptions(
-        model=body.model if body.model in settings.models and body.model != settings.llm_model else None,
+        # A served model named wins over the conversation's own (the turn engine's `model_for`).
+        model=body.model if body.model in settings.models else None,
         tools=tools,
         tool_choice=tool_choice if tools else None,
         parallel_tool_calls=body.parallel_tool_calls,

@@ -512,6 +512,7 @@ class Responses:
         admitted = await self._service.admission.admit(
             owner, request.conversation, request.key, inputs=len(request.inputs)
         )
+        pending.model = self._service.engine.model_for(request.options, admitted.chat) or pending.model
         turn = NewTurn(
             request.inputs,
             lambda outcome: orjson.dumps(pending.finish(outcome)).decode(),

@@ -53,9 +53,11 @@ class Chats(Protocol):
         metadata: dict[str, str],
         system_prompt: str | None,
         messages: Sequence[NewMessage] = (),
+        model: str | None = None,
     ) -> Chat:
         """Create a chat with a fresh random id and its first `messages` (seqs 1 to n, so
-        `message_count` n) in one atomic write: when it fails, nothing at all is stored."""
+        `message_count` n) in one atomic write: when it fails, nothing at all is stored. `model`
+        is kept as it is given (the caller checked that the server serves it)."""
         ...
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
@@ -63,8 +65,13 @@ class Chats(Protocol):
         ...
 
     async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
-        """The owner's chats in creation order (`page.order`), by cursor.
+        """The owner's chats in creation order, or with `page.order_by == "updated_at"` in order of
+        (`updated_at`, id), by cursor, in `page.order` (descending: the latest active first).
 
+        A chat's `updated_at` is the moment of its last write: a message appended, an update; so
+        a chat moves to the end of that order as it is written to. A cursor names a chat of the
+        owner by id (its place now), or, in that order, spells out a place (`paging.activity_cursor`:
+        where a chat was when listed), which pages on from there whatever was written since.
         Raises InvalidCursorError when `after`/`before` names no chat of the owner.
         """
         ...
@@ -75,7 +82,7 @@ class Chats(Protocol):
         ...
 
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
-        """Apply the named fields, bump `updated_at`, return the chat. Raises ChatNotFoundError."""
+        """Apply the named fields (`model` as given), bump `updated_at`, return the chat. Raises ChatNotFoundError."""
         ...
 
     async def delete_chat(self, owner: str, chat_id: str) -> None:

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 from chatkeep.context import build_context, prompt_from_messages, prompt_tokens
@@ -91,8 +91,10 @@ class TurnEngine:
         system_prompt: str,
         budget: int,
         rolling: RollingSummaries | None = None,
+        models: Sequence[str] = (),
     ) -> None:
         self._store = store
+        self._models = tuple(models)  # the models served, the default first
         self._llm = llm
         self._metrics = metrics
         self._running = running
@@ -143,6 +145,23 @@ class TurnEngine:
             self._running.ended(running)
         running.answered(outcome)
         return outcome
+
+    def model_for(self, options: CallOptions, chat: Chat | None) -> str | None:
+        """The model a turn asks for: the request's own, else its chat's (while the server still
+        serves it: a chat outlives a change of CHATKEEP_LLM_MODELS), else the default."""
+        if options.model is not None:
+            return options.model
+        if chat is not None and chat.model in self._models:
+            return chat.model
+        return self._models[0] if self._models else None
+
+    def _options(self, admitted: Admitted, turn: NewTurn) -> tuple[CallOptions, str | None]:
+        """The turn's call options, naming its chat's model when that is not the default (a call
+        that names none asks the default), and the model they ask for."""
+        model = self.model_for(turn.options, admitted.chat)
+        if model == turn.options.model or (self._models and model == self._models[0]):
+            return turn.options, model
+        return replace(turn.options, model=model), model
 
     def _hold(self, admitted: Admitted, turn: NewTurn, running: RunningTurn) -> "TurnHold":
         assert admitted.queued is not None, "a replay runs nothing"
@@ -207,19 +226,20 @@ class TurnEngine:
         update. A reply cut short once it had begun (stopped on request, a timeout or failure of the
         upstream mid-reply, shutdown) is what was written by then, marked incomplete with the reason."""
         parts: list[str] = []
+        options, model = self._options(admitted, turn)
         running.replying = True
         try:
             prompt, summary_due = await self._prompt(admitted, turn, running.ticket, chat_prompt)
             if running.events is None:
-                return await self._llm.complete(prompt, turn.options), summary_due
-            return await self._streamed(prompt, turn.options, running.events, parts), summary_due
+                return _answered_by(await self._llm.complete(prompt, options), model), summary_due
+            return _answered_by(await self._streamed(prompt, options, running.events, parts), model), summary_due
         except LLMError as error:
             if parts:
                 reason = (
                     IncompleteReason.TIMEOUT if isinstance(error, LLMTimeoutError) else IncompleteReason.UPSTREAM_ERROR
                 )
                 log.warning("the reply to %s was cut short (%s): %s", question.id, reason, error.detail)
-                return _cut_short(parts, reason), False
+                return _cut_short(parts, reason, model), False
             error.user_message_id = question.id
             raise
         except asyncio.CancelledError:
@@ -229,7 +249,7 @@ class TurnEngine:
             if task is not None:
                 task.uncancel()
             reason = IncompleteReason.STOPPED if running.stop_requested else IncompleteReason.SHUTDOWN
-            return _cut_short(parts, reason), False
+            return _cut_short(parts, reason, model), False
         finally:
             running.replying = False
 
@@ -304,9 +324,15 @@ class TurnEngine:
         return outputs
 
 
-def _cut_short(parts: list[str], reason: IncompleteReason) -> Reply:
-    """A reply cut short: what was written of it by then."""
-    return Reply("".join(parts), model=None, usage=None, status=MessageStatus.INCOMPLETE, incomplete_reason=reason)
+def _cut_short(parts: list[str], reason: IncompleteReason, model: str | None) -> Reply:
+    """A reply cut short: what was written of it by then, by the model asked (the upstream never said)."""
+    return Reply("".join(parts), model=model, usage=None, status=MessageStatus.INCOMPLETE, incomplete_reason=reason)
+
+
+def _answered_by(reply: Reply, model: str | None) -> Reply:
+    """`reply`, naming the model that wrote it: the one the upstream reported, else the one asked
+    (not every OpenAI-compatible server says), so a stored reply always tells."""
+    return reply if reply.model is not None or model is None else replace(reply, model=model)
 
 
 def _chat_id(admitted: Admitted) -> str:

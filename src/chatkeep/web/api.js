@@ -54,8 +54,14 @@ export class Api {
     }
   }
 
+  /** A page of chats, the latest active first, after the place `after` (a list's `last_cursor`). */
   listChats({ limit, after }) {
-    return this.json("GET", `/chats${query({ limit, after })}`);
+    return this.json("GET", `/chats${query({ limit, after, order_by: "updated_at" })}`);
+  }
+
+  /** The models a chat may name, and the default. */
+  listModels() {
+    return this.json("GET", "/models");
   }
 
   createChat(body, { idempotencyKey }) {

@@ -21,7 +21,9 @@ import {
   unsentQuestion,
   withdrawOffers,
 } from "./messages.js";
+import { ModelPicker } from "./models.js";
 import { problemNotice } from "./problems.js";
+import { PromptEditor } from "./prompt-editor.js";
 import { SummaryPanel } from "./summary.js";
 import { Turn } from "./turn.js";
 
@@ -44,11 +46,14 @@ class ChatPage {
     this.composer = new Composer({ onSend: (text, images) => this.send(text, images), onStop: () => this.stop() });
     this.summary = new SummaryPanel(this.api, { onError, onClose: () => this.toggleSummary(false) });
     this.keys = new KeyDialog(this.api, { onChange: () => this.restart(), onClose: () => this.composer.refocus() });
+    this.models = new ModelPicker(this.api, { onChange: (chat) => this.changed(chat), onError });
+    this.prompt = new PromptEditor(this.api, { onChange: (chat) => this.changed(chat), onError });
     this.listen();
   }
 
   start() {
     this.chats.loadMore();
+    this.models.load();
     this.route();
   }
 
@@ -159,7 +164,15 @@ class ChatPage {
     document.title = chat === null ? "chatkeep" : `${title} · chatkeep`;
     byId("chat-actions").hidden = chat === null;
     this.chat = chat;
+    this.models.show(chat);
+    this.prompt.show(chat);
     this.composer.setBusy(chat !== null && this.turns.has(chat.id));
+  }
+
+  /** The open chat's model or system prompt changed. */
+  changed(chat) {
+    this.chats.update(chat);
+    if (this.chat?.id === chat.id) this.chat = chat;
   }
 
   newChat() {
@@ -188,7 +201,8 @@ class ChatPage {
     this.composer.clear();
     if (chat === null) {
       try {
-        chat = await this.api.createChat({ title: titleFor(text) }, { idempotencyKey: newIdempotencyKey() });
+        const created = { title: titleFor(text), model: this.models.model };
+        chat = await this.api.createChat(created, { idempotencyKey: newIdempotencyKey() });
       } catch (error) {
         this.composer.restore(text, images);
         this.composer.showNotice(problemNotice(error));
@@ -246,11 +260,15 @@ class ChatPage {
 
   turnView(chatId, running) {
     return {
-      question: (message) => running.question && confirmQuestion(running.question, message),
+      question: (message) => {
+        if (running.question) confirmQuestion(running.question, message);
+        this.chats.touched({ ...(this.chat?.id === chatId ? this.chat : {}), id: chatId }, message.created_at);
+      },
       progress: (text) => running.reply.show(text),
       reconnecting: (flag) => running.reply.reconnecting(flag),
       answered: (message) => {
         running.reply.finish(message);
+        this.chats.touched({ id: chatId }, message.created_at);
         this.turnEnded(chatId);
         this.conversation.noticeMessage(message);
         if (message.status !== "incomplete") return;

@@ -1,7 +1,9 @@
-// The sidebar's chats: newest first, the next page fetched as the end of the list comes into
-// view. Each chat is a link to `#<chat id>`, so the browser's history, a reload and a bookmark
-// all reopen it.
+// The sidebar's chats: the latest active first (a new message or a change moves a chat to the
+// top), under a heading per day (chat-groups.js), the next page fetched as the end of the list
+// comes into view. Each chat is a link to `#<chat id>`, so the browser's history, a reload and a
+// bookmark all reopen it.
 
+import { regroup } from "./chat-groups.js";
 import { byId, h, timeElement } from "./dom.js";
 import { problemNotice } from "./problems.js";
 
@@ -15,7 +17,7 @@ export class ChatList {
     this.list = byId("chat-list");
     this.status = byId("chat-list-status");
     this.entries = new Map();
-    this.lastId = null;
+    this.cursor = null; // where the last page ended: a place that stays put while chats move
     this.hasMore = true;
     this.loading = null;
     this.selected = null;
@@ -29,7 +31,7 @@ export class ChatList {
   reload() {
     this.list.replaceChildren();
     this.entries.clear();
-    this.lastId = null;
+    this.cursor = null;
     this.hasMore = true;
     this.loading = null;
     return this.loadMore();
@@ -39,7 +41,7 @@ export class ChatList {
     if (!this.hasMore || this.loading) return this.loading;
     this.status.replaceChildren(h("span", { className: "loading", text: "Loading chats…" }));
     this.loading = this.api
-      .listChats({ limit: PAGE_SIZE, after: this.lastId })
+      .listChats({ limit: PAGE_SIZE, after: this.cursor })
       .then((page) => this.addPage(page))
       .catch((error) => {
         this.status.replaceChildren(problemNotice(error, { retry: () => this.loadMore() }));
@@ -52,11 +54,12 @@ export class ChatList {
   }
 
   addPage(page) {
-    this.lastId = page.last_id ?? this.lastId;
+    this.cursor = page.last_cursor ?? this.cursor;
     this.hasMore = page.has_more;
     for (const chat of page.data) {
       if (!this.entries.has(chat.id)) this.list.append(this.entry(chat));
     }
+    regroup(this.list);
     this.status.replaceChildren();
     if (this.entries.size === 0) {
       this.status.append(h("p", { className: "list-empty", text: "No chats yet. Ask something to start one." }));
@@ -68,8 +71,9 @@ export class ChatList {
 
   entry(chat) {
     const title = h("span", { className: "chat-title", text: chat.title || UNTITLED });
-    const link = h("a", { className: "chat-link", href: `#${chat.id}` }, title, timeElement(chat.created_at));
+    const link = h("a", { className: "chat-link", href: `#${chat.id}` }, title, timeElement(chat.updated_at));
     const item = h("li", {}, link);
+    item.dataset.updated = chat.updated_at;
     this.entries.set(chat.id, { item, link, title });
     if (chat.id === this.selected) link.setAttribute("aria-current", "page");
     return item;
@@ -79,6 +83,22 @@ export class ChatList {
   add(chat) {
     this.status.replaceChildren();
     this.list.prepend(this.entry(chat));
+    regroup(this.list);
+  }
+
+  /** `chat` was active at `when` (an ISO time: a message stored): it goes to the top, listed
+   * now if it was not yet (given whole, with its title). */
+  touched(chat, when) {
+    const entry = this.entries.get(chat.id);
+    if (entry === undefined) {
+      if ("title" in chat) this.add({ ...chat, updated_at: when });
+      return;
+    }
+    if (new Date(when) <= new Date(entry.item.dataset.updated)) return;
+    entry.item.dataset.updated = when;
+    entry.link.querySelector("time").replaceWith(timeElement(when));
+    this.list.prepend(entry.item);
+    regroup(this.list);
   }
 
   /** The title shown for `chatId`, or null when it is not listed (yet). */
@@ -89,11 +109,13 @@ export class ChatList {
   update(chat) {
     const entry = this.entries.get(chat.id);
     if (entry) entry.title.textContent = chat.title || UNTITLED;
+    if (entry) this.touched(chat, chat.updated_at);
   }
 
   remove(chatId) {
     this.entries.get(chatId)?.item.remove();
     this.entries.delete(chatId);
+    regroup(this.list);
   }
 
   select(chatId) {

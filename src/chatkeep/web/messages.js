@@ -5,6 +5,7 @@
 // and becomes the stored message, or the failure, when the turn ends.
 
 import { fullTime, h, timeElement } from "./dom.js";
+import { highlightCode } from "./highlight.js";
 import { renderMarkdown } from "./markdown.js";
 import { problemNotice } from "./problems.js";
 
@@ -59,6 +60,7 @@ function imagesElement(images) {
 function replyBody(text) {
   const body = h("div", { className: "message-body md" });
   body.append(renderMarkdown(text));
+  highlightCode(body);
   for (const pre of body.querySelectorAll("pre")) pre.append(copyButton(() => pre.querySelector("code").textContent));
   return body;
 }

@@ -14,13 +14,13 @@ futures, so a turn on an idle chat takes and gives back its ticket without alloc
 
 import asyncio
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -47,7 +47,7 @@ from chatkeep.domain import (
 from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError, TurnLapsedError
 from chatkeep.store.blobs import Attachments, BlobStore, MemoryBlobs, appended_as_sent, needs_restoring
 from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, seq_in, stored_message
-from chatkeep.store.paging import KeyRange, key_range, page_rows
+from chatkeep.store.paging import EPOCH, MICROSECOND, ActivityKey, KeyRange, activity_range, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
 
 T = TypeVar("T")
@@ -64,6 +64,7 @@ class _ChatRecord:
     title: str | None
     metadata: dict[str, str]
     system_prompt: str | None
+    model: str | None
     created_at: datetime
     updated: int  # microseconds since the epoch, as the creation times in `rows`
     messages: list[Message] = field(default_factory=list)
@@ -93,7 +94,13 @@ class _ChatRecord:
             created_at=self.created_at,
             updated_at=moment(self.updated),
             message_count=len(self.messages),
+            model=self.model,
         )
+
+    @property
+    def activity(self) -> tuple[int, str]:
+        """Its place among its owner's chats by last activity (`_OwnerChats.activity`)."""
+        return self.updated, self.id
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,10 +120,18 @@ class _KeptResponse:
 
 @dataclass(slots=True)
 class _OwnerChats:
-    """One owner's chats in creation order: ranks ascending, for bisecting cursors."""
+    """One owner's chats in creation order (ranks ascending) and by last activity (their
+    (updated, id) ascending), both for bisecting cursors."""
 
     ranks: list[int] = field(default_factory=list)
     by_rank: dict[int, _ChatRecord] = field(default_factory=dict)
+    activity: list[tuple[int, str]] = field(default_factory=list)
+
+    def moved(self, record: _ChatRecord, updated: int) -> None:
+        """`record` was written to at `updated`: it moves to its new place by activity."""
+        del self.activity[bisect_left(self.activity, record.activity)]
+        record.updated = updated
+        insort(self.activity, record.activity)  # at the end, but for a clock that stepped back
 
 
 class MemoryStore:
@@ -148,13 +163,14 @@ class MemoryStore:
         metadata: dict[str, str],
         system_prompt: str | None,
         messages: Sequence[NewMessage] = (),
+        model: str | None = None,
     ) -> Chat:
         if messages:
             messages = await self._attachments.kept(messages)
         now = now_us()
         self._next_rank += 1
         record = _ChatRecord(
-            owner, self._next_rank, new_id("conv"), title, dict(metadata), system_prompt, moment(now), now
+            owner, self._next_rank, new_id("conv"), title, dict(metadata), system_prompt, model, moment(now), now
         )
         for message in messages:  # nothing here can fail halfway: the chat is not stored yet
             self._append(record, message)
@@ -162,6 +178,7 @@ class MemoryStore:
         owned = self._owners.setdefault(owner, _OwnerChats())
         owned.ranks.append(record.rank)
         owned.by_rank[record.rank] = record
+        insort(owned.activity, record.activity)
         return record.to_chat()
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
@@ -169,11 +186,21 @@ class MemoryStore:
 
     async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
         owned = self._owners.get(owner, _OwnerChats())
-        cursors = (self._chats.get(cursor) for cursor in (page.after, page.before) if cursor is not None)
-        span = key_range(page, {c.id: c.rank for c in cursors if c is not None and c.owner == owner}, "chat")
+        named = (self._chats.get(cursor) for cursor in (page.after, page.before) if cursor is not None)
+        cursors = [chat for chat in named if chat is not None and chat.owner == owner]
+        if page.order_by == "updated_at":
+            return self._chats_by_activity(owned, page, {c.id: (moment(c.updated), c.id) for c in cursors})
+        span = key_range(page, {c.id: c.rank for c in cursors}, "chat")
         lo, hi = bisect_right(owned.ranks, span.above), bisect_left(owned.ranks, span.below)
         ranks, has_more = page_rows(_read(owned.ranks, lo, hi, span), page, span)
         return Page([owned.by_rank[rank].to_chat() for rank in ranks], has_more)
+
+    def _chats_by_activity(self, owned: _OwnerChats, page: PageRequest, keys: dict[str, ActivityKey]) -> Page[Chat]:
+        span = activity_range(page, keys)
+        above, below = (_in_micros(key) for key in (span.above, span.below))
+        lo, hi = bisect_right(owned.activity, above), bisect_left(owned.activity, below)
+        places, has_more = page_rows(_read(owned.activity, lo, hi, span), page, span)
+        return Page([self._chats[chat_id].to_chat() for _, chat_id in places], has_more)
 
     async def count_chats(self, owner: str) -> int:
         owned = self._owners.get(owner)
@@ -187,7 +214,9 @@ class MemoryStore:
             record.metadata = dict(changes.metadata)
         if "system_prompt" in changes.fields:
             record.system_prompt = changes.system_prompt
-        record.updated = now_us()
+        if "model" in changes.fields:
+            record.model = changes.model
+        self._owners[owner].moved(record, now_us())
         return record.to_chat()
 
     async def delete_chat(self, owner: str, chat_id: str) -> None:
@@ -196,6 +225,7 @@ class MemoryStore:
         owned = self._owners[owner]
         del owned.ranks[bisect_left(owned.ranks, record.rank)]
         del owned.by_rank[record.rank]
+        del owned.activity[bisect_left(owned.activity, record.activity)]
         for _, waiter in record.waiting or ():
             if not waiter.done():
                 waiter.set_exception(_no_chat(chat_id))
@@ -275,7 +305,11 @@ class MemoryStore:
         )
         record.messages.append(stored)
         record.user_count += message.role is Role.USER
-        record.updated = now
+        owned = self._owners.get(record.owner)
+        if owned is not None and record.id in self._chats:
+            owned.moved(record, now)
+        else:  # its first messages, as it is created: it takes its place once stored
+            record.updated = now
         return stored
 
     async def forget_message(self, owner: str, chat_id: str, message_id: str) -> None:
@@ -462,11 +496,17 @@ class MemoryStore:
         return None  # one process
 
 
-def _read(items: Sequence[T], lo: int, hi: int, span: KeyRange) -> Sequence[T]:
+def _read(items: Sequence[T], lo: int, hi: int, span: KeyRange[Any]) -> Sequence[T]:
     """Up to `span.fetch` of `items[lo:hi]`, from the end `span` reads from, in that order."""
     if span.descending:
         return items[max(lo, hi - span.fetch) : hi][::-1]
     return items[lo : min(hi, lo + span.fetch)]
+
+
+def _in_micros(key: ActivityKey) -> tuple[int, str]:
+    """An activity key as `_OwnerChats.activity` holds it."""
+    moment_, chat_id = key
+    return (moment_ - EPOCH) // MICROSECOND, chat_id
 
 
 def _no_chat(chat_id: str) -> ChatNotFoundError:

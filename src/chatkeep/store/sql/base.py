@@ -39,7 +39,7 @@ from chatkeep.domain import (
 )
 from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError
 from chatkeep.store.blobs import Attachments, BlobStore, appended_as_sent, needs_restoring
-from chatkeep.store.paging import KeyRange, key_range, page_rows
+from chatkeep.store.paging import ActivityKey, KeyRange, activity_range, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
 from chatkeep.store.sql.blobs import SqlBlobs
 from chatkeep.store.sql.migrations import Migration, check_schema
@@ -131,29 +131,23 @@ class SqlStore:
         metadata: dict[str, str],
         system_prompt: str | None,
         messages: Sequence[NewMessage] = (),
+        model: str | None = None,
     ) -> Chat:
-        chat_id, now = new_id("conv"), utcnow()
         if messages:
             messages = await self._attachments.kept(messages)
+        now = utcnow()
+        chat = Chat(new_id("conv"), title, dict(metadata), system_prompt, now, now, len(messages), model)
         new = [(message.id or new_id("msg"), message) for message in messages]
-        await self._run(self._create_chat(owner, chat_id, title, metadata, system_prompt, new, now), write=bool(new))
-        return Chat(chat_id, title, dict(metadata), system_prompt, now, now, len(new))
+        await self._run(self._create_chat(owner, chat, new), write=bool(new))
+        return chat
 
-    def _create_chat(
-        self,
-        owner: str,
-        chat_id: str,
-        title: str | None,
-        metadata: dict[str, str],
-        system_prompt: str | None,
-        new: list[NewRow],
-        now: datetime,
-    ) -> Plan[None]:
-        stamp = self._stamp(now)
+    def _create_chat(self, owner: str, chat: Chat, new: list[NewRow]) -> Plan[None]:
+        chat_id, stamp = chat.id, self._stamp(chat.created_at)
         users = sum(message.role is Role.USER for _, message in new)
         last_at = stamp if new else None
-        chat = (chat_id, owner, title, to_json(metadata), system_prompt, stamp, len(new), users, last_at)
-        yield execute(self._sql.insert_chat, *chat)
+        metadata = to_json(chat.metadata)
+        row = (chat_id, owner, chat.title, metadata, chat.system_prompt, stamp, len(new), users, last_at, chat.model)
+        yield execute(self._sql.insert_chat, *row)
         if new:
             rows = [message_row(message, chat_id, seq, stamp) for seq, message in enumerate(new, start=1)]
             yield execute_each(self._sql.insert_message, rows)
@@ -172,12 +166,26 @@ class SqlStore:
         return await self._run(self._chat_page(owner, page))
 
     def _chat_page(self, owner: str, page: PageRequest) -> Plan[Page[Chat]]:
+        if page.order_by == "updated_at":
+            return (yield from self._chat_page_by_activity(owner, page))
         keys: dict[str, int] = {}
         if page.after is not None or page.before is not None:
             cursors = yield fetch(self._sql.chat_cursors, owner, *_cursors(page))
             keys = {row[0]: row[1] for row in cursors}
         span = key_range(page, keys, "chat")
         found = yield fetch(paged(self._sql.chat_page, span), owner, span.above, span.below, span.fetch)
+        chats, has_more = page_rows(found, page, span)
+        return Page([chat_from_row(row, self._moment) for row in chats], has_more)
+
+    def _chat_page_by_activity(self, owner: str, page: PageRequest) -> Plan[Page[Chat]]:
+        keys: dict[str, ActivityKey] = {}
+        if page.after is not None or page.before is not None:
+            cursors = yield fetch(self._sql.chat_activity_cursors, owner, *_cursors(page))
+            keys = {row[0]: (self._moment(row[1]), row[0]) for row in cursors}
+        span = activity_range(page, keys)
+        (above, above_id), (below, below_id) = span.above, span.below
+        bounds = (self._stamp(above), above_id, self._stamp(below), below_id)
+        found = yield fetch(paged(self._sql.chat_activity_page, span), owner, *bounds, span.fetch)
         chats, has_more = page_rows(found, page, span)
         return Page([chat_from_row(row, self._moment) for row in chats], has_more)
 
@@ -283,7 +291,7 @@ class SqlStore:
     async def _restored_page(self, page: Page[Message]) -> Page[Message]:
         return Page(await self._attachments.restored(page.data), page.has_more) if needs_restoring(page.data) else page
 
-    def _window(self, owner: str, chat_id: str, span: KeyRange) -> Plan[list[Message]]:
+    def _window(self, owner: str, chat_id: str, span: KeyRange[int]) -> Plan[list[Message]]:
         query = paged(self._sql.message_page, span)
         found = yield fetch(query, chat_id, owner, span.above, span.below, span.fetch)
         return joined_messages_from_rows(found, self._moment, chat_id)

@@ -62,7 +62,7 @@ class RecentMessages:
         self,
         owner: str,
         chat_id: str,
-        read: Callable[[KeyRange], Awaitable[list[Message]]],
+        read: Callable[[KeyRange[int]], Awaitable[list[Message]]],
         *,
         limit: int,
         before_seq: int | None,

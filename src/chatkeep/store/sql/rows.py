@@ -45,7 +45,7 @@ class Row(Protocol):
 
 When = Callable[[Any], datetime]
 
-CHAT_COLUMNS = "id, title, metadata, system_prompt, created_at, updated_at, message_count"
+CHAT_COLUMNS = "id, title, metadata, system_prompt, created_at, updated_at, message_count, model"
 MESSAGE_COLUMNS = (
     "id, chat_id, seq, role, content, created_at, model, prompt_tokens, completion_tokens, status, item,"
     " incomplete_reason"
@@ -184,7 +184,7 @@ def _stream_json(response: StoredResponse) -> str | None:
 
 
 def update_chat_values(chat_id: str, owner: str, changes: ChatChanges, now: object) -> tuple[object, ...]:
-    """The parameters of the shared `update_chat` statement, in its order ($1 to $9)."""
+    """The parameters of the shared `update_chat` statement, in its order ($1 to $11)."""
     return (
         chat_id,
         owner,
@@ -195,11 +195,13 @@ def update_chat_values(chat_id: str, owner: str, changes: ChatChanges, now: obje
         "system_prompt" in changes.fields,
         changes.system_prompt,
         now,
+        "model" in changes.fields,
+        changes.model,
     )
 
 
 def chat_from_row(row: Row, when: When) -> Chat:
-    chat_id, title, metadata, system_prompt, created_at, updated_at, message_count = row
+    chat_id, title, metadata, system_prompt, created_at, updated_at, message_count, model = row
     return Chat(
         id=chat_id,
         title=title,
@@ -208,6 +210,7 @@ def chat_from_row(row: Row, when: When) -> Chat:
         created_at=when(created_at),
         updated_at=when(updated_at),
         message_count=message_count,
+        model=model,
     )
 
 

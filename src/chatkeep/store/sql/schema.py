@@ -146,6 +146,13 @@ M014_ATTACHMENT_BLOBS = (
     created_at {timestamp} NOT NULL
 )""",
 )
+
+# A chat's model (NULL: the server's default), and its owner's chats by last activity: the list
+# `GET /chats?order_by=updated_at` pages through, newest first, read from this index alone.
+M016_CHAT_MODELS = (
+    "ALTER TABLE chats ADD COLUMN model {text}",
+    "CREATE INDEX chats_by_activity ON chats (owner, updated_at, id)",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -161,6 +168,7 @@ SHARED_MIGRATIONS = {
     "m012_bigint_token_counts": M012_BIGINT_TOKEN_COUNTS,
     "m013_background_responses": M013_BACKGROUND_RESPONSES,
     "m014_attachment_blobs": M014_ATTACHMENT_BLOBS,
+    "m016_chat_models": M016_CHAT_MODELS,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

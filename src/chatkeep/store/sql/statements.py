@@ -68,7 +68,7 @@ def spelled(template: str, dialect: Dialect) -> str:
     return PARAMETER.sub(lambda parameter: dialect.placeholder + parameter[1], text)
 
 
-def paged(statement: str, span: KeyRange) -> str:
+def paged(statement: str, span: KeyRange[Any]) -> str:
     """A page statement (`%(order)s` in it) reading `span` from the end it starts at."""
     return statement % {"order": "DESC" if span.descending else "ASC"}
 
@@ -79,20 +79,26 @@ class Statements:
 
     # A chat with its first $7 messages ($8 of them the user's, the last stored at $9: NULL for none).
     insert_chat: str = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at,
-        message_count, user_message_count, first_message_at, last_message_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $9)"""
+        message_count, user_message_count, first_message_at, last_message_at, model)
+    VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $9, $10)"""
     insert_message: str = """INSERT INTO messages ({message_columns})
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
     select_chat: str = "SELECT {chat_columns} FROM chats WHERE id = $1 AND owner = $2"
     chat_cursors: str = "SELECT id, rank FROM chats WHERE owner = $1 AND id IN ($2, $3)"
     chat_page: str = """SELECT {chat_columns} FROM chats
     WHERE owner = $1 AND rank > $2 AND rank < $3 ORDER BY rank %(order)s LIMIT $4"""
+    chat_activity_cursors: str = "SELECT id, updated_at FROM chats WHERE owner = $1 AND id IN ($2, $3)"
+    # By (updated_at, id), from the index chats_by_activity.
+    chat_activity_page: str = """SELECT {chat_columns} FROM chats
+    WHERE owner = $1 AND (updated_at, id) > ($2, $3) AND (updated_at, id) < ($4, $5)
+    ORDER BY updated_at %(order)s, id %(order)s LIMIT $6"""
     # Read from the index chats_by_owner alone.
     count_chats: str = "SELECT count(*) FROM chats WHERE owner = $1"
     update_chat: str = """UPDATE chats SET
     title = CASE WHEN $3 THEN $4 ELSE title END,
     metadata = CASE WHEN $5 THEN $6 ELSE metadata END,
     system_prompt = CASE WHEN $7 THEN $8 ELSE system_prompt END,
+    model = CASE WHEN $10 THEN $11 ELSE model END,
     updated_at = $9
     WHERE id = $1 AND owner = $2
     RETURNING {chat_columns}"""
