@@ -46,6 +46,7 @@ ALL_MIGRATIONS = [
     "m011_incomplete_reasons",
     "m012_bigint_token_counts",
     "m013_background_responses",
+    "m015_message_search",
 ]
 TABLES = [
     "chatkeep_migrations",
@@ -85,8 +86,11 @@ OLD_VERSION_MESSAGE = {
         UPDATE chats SET message_count = 1, user_message_count = 1 WHERE id = $1""",
 }
 
+# Each database's own search index (store/sql/search.py: SQLite's FTS5 tables, PostgreSQL's
+# search_vector column and its GIN index) is left out of the comparison; test_search_contract tests both.
 POSTGRES_COLUMNS = """SELECT table_name, column_name, data_type, is_nullable = 'NO', column_default, is_identity = 'YES'
-    FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"""
+    FROM information_schema.columns WHERE table_schema = current_schema() AND column_name <> 'search_vector'
+    ORDER BY table_name, ordinal_position"""
 SCHEMA_OID = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
 POSTGRES_CONSTRAINTS = f"""SELECT c.conrelid::regclass::text, c.contype::text,
     ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(attnum, n)
@@ -97,7 +101,8 @@ POSTGRES_CONSTRAINTS = f"""SELECT c.conrelid::regclass::text, c.contype::text,
     c.confdeltype::text, pg_get_constraintdef(c.oid)
     FROM pg_constraint c WHERE c.connamespace = {SCHEMA_OID}"""
 POSTGRES_INDEXES = f"""SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = current_schema()
-    AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE connamespace = {SCHEMA_OID})"""
+    AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE connamespace = {SCHEMA_OID})
+    AND indexdef NOT LIKE '%(search_vector)'"""
 
 # Every ticket lapses at once, as it would for a process that stalled past its lease.
 EXPIRE_TICKETS = {
@@ -142,7 +147,8 @@ class Table:
 def sqlite_schema(path: str) -> dict[str, Table]:
     db = sqlite_driver.connect(path)
     try:
-        query = "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        query = """SELECT name, sql FROM sqlite_master
+            WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'messages_search%'"""
         return {name: _sqlite_table(db, name, sql) for name, sql in db.execute(query).fetchall()}
     finally:
         db.close()

@@ -37,11 +37,13 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError
+from chatkeep.search import SearchHit, SearchKey, SearchPage, marked_parts
 from chatkeep.store.paging import KeyRange, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
 from chatkeep.store.sql.migrations import Migration, check_schema
 from chatkeep.store.sql.recent import RecentMessages
 from chatkeep.store.sql.rows import (
+    ROLES,
     Appended,
     NewRow,
     Row,
@@ -71,6 +73,11 @@ class Driver(TicketRows, Protocol):
     """What one database does its own way, for `SqlStore`."""
 
     migrations: Sequence[Migration]
+
+    def search(self, owner: str, terms: Sequence[str], limit: int, after: SearchKey | None) -> Plan[list[Row]]:
+        """The plan of a page of `limit` search hits (store/sql/search.py), as rows of (chat id,
+        title, message id, seq, role, created_at, score, snippet with its matches marked)."""
+        ...
 
     @property
     def broadcast(self) -> Broadcast | None: ...
@@ -303,6 +310,19 @@ class SqlStore:
         _check_chat(chat_id)
         found = await self._run(only(fetchrow(self._sql.select_message, chat_id, owner, findable(message_id))))
         return joined_message_from_row(found, self._moment, chat_id, message_id)
+
+    async def search_messages(
+        self, owner: str, terms: Sequence[str], *, limit: int, after: SearchKey | None = None
+    ) -> SearchPage:
+        found = await self._run(self._driver.search(owner, terms, limit + 1, after))
+        hits = [self._hit(row) for row in found[:limit]]
+        return SearchPage(hits, len(found) > limit)
+
+    def _hit(self, row: Row) -> SearchHit:
+        chat_id, title, message_id, seq, role, created_at, score, snippet = row
+        return SearchHit(
+            chat_id, title, message_id, seq, ROLES[role], self._moment(created_at), marked_parts(snippet), float(score)
+        )
 
     async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
         _check_chat(chat_id)

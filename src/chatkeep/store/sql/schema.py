@@ -135,6 +135,8 @@ M013_BACKGROUND_RESPONSES = (
     "ALTER TABLE responses ADD COLUMN live_until {expiry}",
     "ALTER TABLE responses ADD COLUMN stream {text}",
 )
+# Search: each database's own full-text index over messages (store/sql/search.py), so no shared step.
+M015_MESSAGE_SEARCH: tuple[str, ...] = ()
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -149,6 +151,7 @@ SHARED_MIGRATIONS = {
     "m011_incomplete_reasons": M011_INCOMPLETE_REASONS,
     "m012_bigint_token_counts": M012_BIGINT_TOKEN_COUNTS,
     "m013_background_responses": M013_BACKGROUND_RESPONSES,
+    "m015_message_search": M015_MESSAGE_SEARCH,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (
