@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -88,6 +89,31 @@ class SearchHit:
 class SearchPage:
     hits: list[SearchHit]
     has_more: bool
+
+
+@dataclass(slots=True, frozen=True)
+class SearchResults:
+    """A page of a search as the API answers it: `next_cursor` asks for the page after it."""
+
+    hits: list[SearchHit]
+    has_more: bool
+    next_cursor: str | None
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON body (a hit's score stays inside: each store ranks its own way)."""
+        data = [
+            {
+                "chat_id": hit.chat_id,
+                "chat_title": hit.chat_title,
+                "message_id": hit.message_id,
+                "seq": hit.seq,
+                "role": hit.role,
+                "created_at": hit.created_at,
+                "snippet": hit.snippet,
+            }
+            for hit in self.hits
+        ]
+        return {"data": data, "has_more": self.has_more, "next_cursor": self.next_cursor}
 
 
 def encode_cursor(terms: Sequence[str], key: SearchKey) -> str:
