@@ -22,6 +22,7 @@ import {
   withdrawOffers,
 } from "./messages.js";
 import { problemNotice } from "./problems.js";
+import { Search } from "./search.js";
 import { SummaryPanel } from "./summary.js";
 import { Turn } from "./turn.js";
 
@@ -43,6 +44,7 @@ class ChatPage {
     this.conversation = new Conversation(this.api, { onError, onOffline: () => this.showOfflineNotice() });
     this.composer = new Composer({ onSend: (text) => this.send(text), onStop: () => this.stop() });
     this.summary = new SummaryPanel(this.api, { onError, onClose: () => this.toggleSummary(false) });
+    this.search = new Search(this.api, { conversation: this.conversation, openChat: (id) => this.openAt(id), onError });
     this.keys = new KeyDialog(this.api, { onChange: () => this.restart(), onClose: () => this.composer.refocus() });
     this.listen();
   }
@@ -140,6 +142,13 @@ class ChatPage {
     if (generation !== this.generation) return;
     this.attachTurn(chatId, newest);
     this.summary.update(chatId);
+  }
+
+  /** Open `chatId` from a search result; settles once its newest messages are drawn. */
+  async openAt(chatId) {
+    this.toggleDrawer(false);
+    if (chatId !== this.chat?.id) history.pushState(null, "", `#${encodeURIComponent(chatId)}`);
+    await this.route();
   }
 
   reopen() {
