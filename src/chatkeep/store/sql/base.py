@@ -74,6 +74,8 @@ class Driver(TicketRows, Protocol):
 
     migrations: Sequence[Migration]
 
+    search_in_transaction: bool  # the search plan sets options of its own transaction
+
     def search(self, owner: str, terms: Sequence[str], limit: int, after: SearchKey | None) -> Plan[list[Row]]:
         """The plan of a page of `limit` search hits (store/sql/search.py), as rows of (chat id,
         title, message id, seq, role, created_at, score, snippet with its matches marked)."""
@@ -314,7 +316,8 @@ class SqlStore:
     async def search_messages(
         self, owner: str, terms: Sequence[str], *, limit: int, after: SearchKey | None = None
     ) -> SearchPage:
-        found = await self._run(self._driver.search(owner, terms, limit + 1, after))
+        plan = self._driver.search(owner, terms, limit + 1, after)
+        found = await self._run(plan, write=self._driver.search_in_transaction)
         hits = [self._hit(row) for row in found[:limit]]
         return SearchPage(hits, len(found) > limit)
 

@@ -415,6 +415,7 @@ class PostgresDriver:
     sql = SQL
     touch_keys = TOUCH_KEYS
     search = staticmethod(postgres_search)
+    search_in_transaction = True
 
     def __init__(self, db: Database, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]) -> None:
         self._db = db

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from chatkeep.search import ELLIPSIS, MATCH_END, MATCH_START, SNIPPET_WORDS, SearchKey
 from chatkeep.store.sql.rows import Row, to_json
-from chatkeep.store.sql.statements import Plan, fetch
+from chatkeep.store.sql.statements import Plan, execute, fetch
 
 M015_SQLITE = (
     """CREATE VIRTUAL TABLE messages_search USING fts5(
@@ -83,6 +83,12 @@ FROM page JOIN messages m ON m.chat_id = page.chat_id AND m.seq = page.seq JOIN 
 ORDER BY page.score DESC, page.chat_id, page.seq"""
 
 
+# A search is planned for its own words: a generic plan, which the statement cache of a pooled
+# connection comes to after five runs, cannot tell a rare word (the index) from a common one, and
+# picked a scan of every message of the owner. Set for the search's own transaction only.
+CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
 def _cursor(after: SearchKey | None) -> tuple[object, object, object]:
     return (None, None, None) if after is None else (after.score, after.chat_id, after.seq)
 
@@ -100,6 +106,7 @@ def sqlite_search(owner: str, terms: Sequence[str], limit: int, after: SearchKey
 
 def postgres_search(owner: str, terms: Sequence[str], limit: int, after: SearchKey | None) -> Plan[list[Row]]:
     """Rows of (chat id, title, message id, seq, role, created_at, score, marked snippet)."""
+    yield execute(CUSTOM_PLAN)
     headlines = (HEADLINE_OPTIONS, MATCH_START, MATCH_END, WHOLE_OPTIONS)
     found = yield fetch(POSTGRES_PAGE, owner, " ".join(terms), *_cursor(after), limit, *headlines)
     return [(*row[:7], _ellipsized(row[7], row[8], row[9])) for row in found]
