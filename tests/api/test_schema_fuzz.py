@@ -3,9 +3,10 @@
 Every generated request must get an answer that the schema declares (status, content type,
 body), and every error must be a problem+json whose `status` is the HTTP status. The app runs
 with an API key, so schemathesis also checks that requests without it are refused. Schema-valid
-requests must be accepted, but for two refusals the schema cannot express, 422 by contract: a
-cursor that names no object (ids are opaque strings), and an Idempotency-Key already used for
-another request (the fuzzer repeats keys). OpenAI's API under /v1 answers its errors in OpenAI's
+requests must be accepted, but for three refusals the schema cannot express, 422 by contract: a
+cursor that names no object (ids are opaque strings), an Idempotency-Key already used for
+another request (the fuzzer repeats keys), and a search with no word to look for, or too many
+(`q` is any text), or `GET /chats` given a search. OpenAI's API under /v1 answers its errors in OpenAI's
 shape, and a 400 where the native API says 422. tests/processes/test_schema_fuzz.py runs
 `schemathesis run --checks all` against a live server.
 """
@@ -22,7 +23,7 @@ from chatkeep.app import create_app
 from chatkeep.config import Settings
 
 KEY = "fuzz-key-0123456789abcdef"
-CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused")
+CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused", "invalid-search")
 AUTH = {"Authorization": f"Bearer {KEY}"}
 app = create_app(Settings(llm_provider="offline", store="memory://", api_keys=f"fuzzer={KEY}"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
