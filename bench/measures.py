@@ -14,6 +14,7 @@ from statistics import median
 import asyncpg
 
 from bench import client
+from bench import search as search_bench
 from bench.postgres import scratch_database
 from bench.processes import PYTHON, SERVER_CORE, Server, StartError, pinned
 from bench.report import Row, Target
@@ -30,6 +31,9 @@ HTTP_LIMITS_TARGET = Target(">=", 0.95)
 RESPONSES_TARGET = Target(">=", 0.9)
 LIVE_STREAMS_TARGET = Target(">=", 0.8)
 MEMORY_TARGET = Target("<=", 300, on="value")
+# p99 of a search through the store, in ms: well under the pause a person notices after typing.
+SEARCH_TARGET = Target("<=", 100, on="value")
+SEARCH_DATABASE = "chatkeep_bench_search"
 # p99 time to a 503, with 5x the bound offered at once, against the time the bare relay takes to
 # answer every request of the same burst from an instant LLM (same client, machine and run). The
 # 503s must come at once, as soon as a server that waits on nothing could answer at all; had they
@@ -426,6 +430,42 @@ def _rate_row(key: str, measure: str, results: dict[str, list[LoadRun]], target:
     return Row(key, measure, "turns/s", chatkeep, relay, target=target, note=note, runs=rates, failures=failures)
 
 
+def search(rig: Rig) -> list[Row]:
+    """12. p99 search latency at a million messages on PostgreSQL, against the bare statement's."""
+    plan = rig.plan
+    try:
+        with scratch_database(name=SEARCH_DATABASE) as url:
+            found = search_bench.measure(url, count=plan.search_messages, queries=plan.search_queries)
+    except (OSError, asyncpg.PostgresError) as error:
+        print(f"bench: no scratch PostgreSQL database ({error})", flush=True)
+        unreachable = "n/a (PostgreSQL not reachable)"
+        return [Row("search", "search p99 latency, PostgreSQL", "ms", None, None, note=unreachable)]
+    realistic = [ms for shape in search_bench.SHAPES for ms in found.store_ms[shape]]
+    raw = [ms for shape in search_bench.SHAPES for ms in found.raw_ms[shape]]
+    shapes = "; ".join(
+        f"{shape} p50/p99 {median(found.store_ms[shape]):.1f}/{search_bench.p99(found.store_ms[shape]):.1f} ms"
+        f" ({found.hits[shape]:g} hits)"
+        for shape in (*search_bench.SHAPES, search_bench.WORST)
+    )
+    built = f"COPY {found.load_seconds:.0f} s, the index built over them by m015 in {found.index_seconds:.0f} s"
+    note = f"{shapes} (outside the target); {built}"
+    measure = f"search p99, {plan.search_messages:,} messages of one owner, PostgreSQL (4 query shapes)"
+    runs = {f"store {shape}": ms for shape, ms in found.store_ms.items()}
+    runs |= {f"raw {shape}": ms for shape, ms in found.raw_ms.items()}
+    row = Row(
+        "search",
+        measure,
+        "ms",
+        search_bench.p99(realistic),
+        search_bench.p99(raw),
+        baseline_name="bare SQL",
+        target=SEARCH_TARGET,
+        note=note,
+        runs=runs,
+    )
+    return [row]
+
+
 MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "turns": turns,
     "streamed": streamed,
@@ -438,4 +478,5 @@ MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "responses": responses,
     "live_streams": live_streams,
     "http_limits": http_limits,
+    "search": search,
 }

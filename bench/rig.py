@@ -72,6 +72,8 @@ class Plan:
     overload_bound: int = 100
     overload_latency: float = 1.0
     overload_runs: int = 3
+    search_messages: int = 1_000_000
+    search_queries: int = 100  # of each shape
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -84,6 +86,8 @@ class Plan:
             store_runs=1,
             overload_runs=1,
             live_bisections=1,
+            search_messages=100_000,
+            search_queries=20,
         )
 
 

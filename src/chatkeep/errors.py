@@ -159,6 +159,14 @@ class InvalidCursorError(ChatkeepError):
     slug = "invalid-cursor"
 
 
+class InvalidSearchError(ChatkeepError):
+    """A search that cannot be run: no word to look for, or more than a search takes."""
+
+    status = 422
+    title = "Invalid search"
+    slug = "invalid-search"
+
+
 class ChatBusyError(ChatkeepError):
     """Too many turns already wait on one chat; the client should retry later."""
 

@@ -29,6 +29,7 @@ from chatkeep.llm import LLM
 from chatkeep.llm.probe import EndpointProbe
 from chatkeep.metrics import Metrics
 from chatkeep.rate_limit import RateLimit
+from chatkeep.search import SearchResults, decode_cursor, encode_cursor, query_terms
 from chatkeep.store import ChatStore
 from chatkeep.summaries.chat import ChatSummaries
 from chatkeep.summaries.rolling import RollingSummaries
@@ -200,6 +201,16 @@ class ChatService:
 
     async def list_chats(self, owner: str, page: PageRequest) -> Page[Chat]:
         return await self.store.list_chats(owner, page)
+
+    async def search(self, owner: str, query: str, *, limit: int, cursor: str | None = None) -> SearchResults:
+        """The owner's messages holding every word of `query`, best first, a page at a time.
+        Raises InvalidSearchError for a query with no word (or too many), InvalidCursorError for a
+        cursor that is not one this search handed out."""
+        terms = query_terms(query)
+        after = None if cursor is None else decode_cursor(terms, cursor)
+        page = await self.store.search_messages(owner, terms, limit=limit, after=after)
+        next_cursor = encode_cursor(terms, page.hits[-1].key) if page.has_more else None
+        return SearchResults(page.hits, page.has_more, next_cursor)
 
     async def update_chat(self, owner: str, chat_id: str, changes: ChatChanges) -> Chat:
         return await self.store.update_chat(owner, chat_id, changes)

@@ -5,8 +5,9 @@ body), and every error must be a problem+json whose `status` is the HTTP status.
 with an API key, so schemathesis also checks that requests without it are refused. Schema-valid
 requests must be accepted, but for three refusals the schema cannot express, 422 by contract: a
 cursor that names no object (ids are opaque strings), an Idempotency-Key already used for
-another request (the fuzzer repeats keys), and a chat's model that the server does not serve
-(the models served are a setting). OpenAI's API under /v1 answers its errors in OpenAI's
+another request (the fuzzer repeats keys), a chat's model that the server does not serve (the
+models served are a setting), and a search with no word to look for, or too many (`q` is any
+text), or `GET /chats` given a search. OpenAI's API under /v1 answers its errors in OpenAI's
 shape, and a 400 where the native API says 422. tests/processes/test_schema_fuzz.py runs
 `schemathesis run --checks all` against a live server.
 """
@@ -23,7 +24,7 @@ from chatkeep.app import create_app
 from chatkeep.config import Settings
 
 KEY = "fuzz-key-0123456789abcdef"
-CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused", "model-not-served")
+CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused", "model-not-served", "invalid-search")
 AUTH = {"Authorization": f"Bearer {KEY}"}
 app = create_app(Settings(llm_provider="offline", store="memory://", api_keys=f"fuzzer={KEY}"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)

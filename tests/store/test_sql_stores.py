@@ -28,7 +28,14 @@ from chatkeep.store.sql import postgres, sqlite
 from chatkeep.store.sql.migrations import Migration, pending
 from chatkeep.store.urls import pool_options, sqlite_location
 from tests.support.forwarder import Forwarder
-from tests.support.stores import applied_migrations, execute_sql, fresh_database, open_sql_store
+from tests.support.stores import (
+    OLD_VERSION_CHAT,
+    OLD_VERSION_MESSAGE,
+    applied_migrations,
+    execute_sql,
+    fresh_database,
+    open_sql_store,
+)
 
 ALICE = "alice"
 SHORT_LEASE = 1.0
@@ -47,6 +54,7 @@ ALL_MIGRATIONS = [
     "m012_bigint_token_counts",
     "m013_background_responses",
     "m014_attachment_blobs",
+    "m015_message_search",
     "m016_chat_models",
 ]
 TABLES = [
@@ -84,24 +92,11 @@ SQLITE_TYPE_OF_COLUMN = {
 POSTGRES_ONLY_DEFAULTS = {("chatkeep_migrations", "applied_at"): "now()"}
 PG_ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
-# A chat as the first schema (m001) stores it, for the upgrade tests: later code writes more columns.
-OLD_VERSION_CHAT = {
-    "sqlite": """INSERT INTO chats (id, owner, metadata, created_at, updated_at) VALUES (?1, 'alice', '{}', 0, 0)""",
-    "postgresql": """INSERT INTO chats (id, owner, metadata, created_at, updated_at)
-        VALUES ($1, 'alice', '{}', now(), now())""",
-}
-# A message as the first schema (m001) stores it, for the upgrade tests: later code writes more columns.
-OLD_VERSION_MESSAGE = {
-    "sqlite": """INSERT INTO messages (id, chat_id, seq, role, content, created_at)
-        VALUES ('msg_old', ?1, 1, 'user', 'from the old version', 0);
-        UPDATE chats SET message_count = 1, user_message_count = 1 WHERE id = ?1""",
-    "postgresql": """INSERT INTO messages (id, chat_id, seq, role, content, created_at)
-        VALUES ('msg_old', $1, 1, 'user', 'from the old version', now());
-        UPDATE chats SET message_count = 1, user_message_count = 1 WHERE id = $1""",
-}
-
+# Each database's own search index (store/sql/search.py: SQLite's FTS5 tables, PostgreSQL's
+# search_vector column and its GIN index) is left out of the comparison; test_search_contract tests both.
 POSTGRES_COLUMNS = """SELECT table_name, column_name, data_type, is_nullable = 'NO', column_default, is_identity = 'YES'
-    FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"""
+    FROM information_schema.columns WHERE table_schema = current_schema() AND column_name <> 'search_vector'
+    ORDER BY table_name, ordinal_position"""
 SCHEMA_OID = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
 POSTGRES_CONSTRAINTS = f"""SELECT c.conrelid::regclass::text, c.contype::text,
     ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(attnum, n)
@@ -112,7 +107,8 @@ POSTGRES_CONSTRAINTS = f"""SELECT c.conrelid::regclass::text, c.contype::text,
     c.confdeltype::text, pg_get_constraintdef(c.oid)
     FROM pg_constraint c WHERE c.connamespace = {SCHEMA_OID}"""
 POSTGRES_INDEXES = f"""SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = current_schema()
-    AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE connamespace = {SCHEMA_OID})"""
+    AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE connamespace = {SCHEMA_OID})
+    AND indexdef NOT LIKE '%(search_vector)'"""
 
 # Every ticket lapses at once, as it would for a process that stalled past its lease.
 EXPIRE_TICKETS = {
@@ -157,7 +153,8 @@ class Table:
 def sqlite_schema(path: str) -> dict[str, Table]:
     db = sqlite_driver.connect(path)
     try:
-        query = "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        query = """SELECT name, sql FROM sqlite_master
+            WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'messages_search%'"""
         return {name: _sqlite_table(db, name, sql) for name, sql in db.execute(query).fetchall()}
     finally:
         db.close()

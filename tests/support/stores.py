@@ -129,3 +129,20 @@ async def execute_sql(url: str, script: str, *args: str) -> None:
                 await connection.execute(statement, *args)
     finally:
         await connection.close()
+
+
+# A chat as the first schema (m001) stores it, for the upgrade tests: later code writes more columns.
+OLD_VERSION_CHAT = {
+    "sqlite": """INSERT INTO chats (id, owner, metadata, created_at, updated_at) VALUES (?1, 'alice', '{}', 0, 0)""",
+    "postgresql": """INSERT INTO chats (id, owner, metadata, created_at, updated_at)
+        VALUES ($1, 'alice', '{}', now(), now())""",
+}
+# A message as the first schema (m001) stores it, for the upgrade tests: later code writes more columns.
+OLD_VERSION_MESSAGE = {
+    "sqlite": """INSERT INTO messages (id, chat_id, seq, role, content, created_at)
+        VALUES ('msg_old', ?1, 1, 'user', 'from the old version', 0);
+        UPDATE chats SET message_count = 1, user_message_count = 1 WHERE id = ?1""",
+    "postgresql": """INSERT INTO messages (id, chat_id, seq, role, content, created_at)
+        VALUES ('msg_old', $1, 1, 'user', 'from the old version', now());
+        UPDATE chats SET message_count = 1, user_message_count = 1 WHERE id = $1""",
+}

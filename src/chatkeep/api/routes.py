@@ -33,13 +33,15 @@ from chatkeep.api.schemas import (
     ModelList,
     Problem,
     RetryIn,
+    SearchResultsOut,
     SummaryOut,
     TurnOut,
 )
 from chatkeep.domain import ChatChanges
-from chatkeep.errors import ModelNotServedError, UnauthorizedError
+from chatkeep.errors import InvalidSearchError, ModelNotServedError, UnauthorizedError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.metrics import CONTENT_TYPE
+from chatkeep.search import MAX_QUERY_CHARS
 from chatkeep.service import ChatService
 from chatkeep.turns.events import TurnEvents
 
@@ -51,6 +53,7 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 COMMON = _problems(413, 422)
+MAX_SEARCH_PAGE = 50
 
 
 def _key(value: str | None, route: str, body: BaseModel, *, exclude: set[str] | None = None) -> IdempotencyKey | None:
@@ -122,11 +125,40 @@ async def create_chat(
     return json_response(chat, status=201, headers={"Location": f"/chats/{chat.id}"})
 
 
+NOT_HERE = "not taken here: a 422 says to search messages with `GET /search?q=`"
+
+
 @router.get("/chats", response_model=ChatList, tags=["chats"], responses=COMMON)
-async def list_chats(service: ServiceDep, owner: OwnerDep, page: ChatPageDep) -> Response:
+async def list_chats(
+    service: ServiceDep,
+    owner: OwnerDep,
+    page: ChatPageDep,
+    q: Annotated[str | None, Query(description=NOT_HERE, deprecated=True)] = None,
+) -> Response:
     """The owner's chats: newest first by default, by creation (`order_by=created_at`) or by last
-    activity (`order_by=updated_at`: the chat with the latest message or update first)."""
+    activity (`order_by=updated_at`: the chat with the latest message or update first). They are
+    not filtered: `q` is a 422 that points to `GET /search`, rather than a filter silently ignored."""
+    if q is not None:
+        raise InvalidSearchError("GET /chats lists every chat; to find messages by their words, use GET /search?q=")
     return json_response(chat_page_body(await service.list_chats(owner, page), page))
+
+
+QUERY = "the words to find, all of them, whole and in any case; punctuation and operators are plain separators"
+SEARCH_CURSOR = "the `next_cursor` of the previous page"
+
+
+@router.get("/search", response_model=SearchResultsOut, tags=["search"], responses=_problems(422))
+async def search(
+    service: ServiceDep,
+    owner: OwnerDep,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description=QUERY)],
+    limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_PAGE, description="page size")] = 20,
+    after: Annotated[str | None, Query(min_length=1, max_length=200, description=SEARCH_CURSOR)] = None,
+) -> Response:
+    """Search the owner's messages: those that hold every word of `q`, best match first, each with
+    its chat's title and a snippet whose matched words are marked parts (text, never markup).
+    A 422 problem for a query with no word, too many or too long ones, or a cursor of another search."""
+    return json_response((await service.search(owner, q, limit=limit, cursor=after)).body())
 
 
 @router.get("/chats/{chat_id}", response_model=ChatOut, tags=["chats"], responses=_problems(404, 422))

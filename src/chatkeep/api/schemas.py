@@ -161,6 +161,29 @@ class MessageList(BaseModel):
     has_more: bool
 
 
+class SnippetPartOut(BaseModel):
+    text: str
+    match: bool = Field(description="true for a word the search matched: draw it highlighted, as text")
+
+
+class SearchHitOut(BaseModel):
+    chat_id: str
+    chat_title: str | None
+    message_id: str
+    seq: int
+    role: Literal["user", "assistant"]
+    created_at: datetime
+    snippet: list[SnippetPartOut] = Field(
+        description="the message around its first match, in parts of plain text; `…` where it was cut"
+    )
+
+
+class SearchResultsOut(BaseModel):
+    data: list[SearchHitOut] = Field(description="best match first")
+    has_more: bool
+    next_cursor: str | None = Field(description="pass as `after` for the next page; null on the last")
+
+
 class RetryIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

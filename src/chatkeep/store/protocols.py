@@ -30,6 +30,7 @@ from chatkeep.domain import (
     StoredResponse,
     SummaryText,
 )
+from chatkeep.search import SearchKey, SearchPage
 
 MAX_BROADCAST_BYTES = 7000  # under PostgreSQL's NOTIFY payload limit of 8000 bytes
 
@@ -179,6 +180,20 @@ class MessageLog(Protocol):
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         """One message of the chat. Raises ChatNotFoundError, or MessageNotFoundError."""
+        ...
+
+
+class Search(Protocol):
+    async def search_messages(
+        self, owner: str, terms: Sequence[str], *, limit: int, after: SearchKey | None = None
+    ) -> SearchPage:
+        """Up to `limit` of the owner's messages that hold every one of `terms` (`search.query_terms`:
+        lowercased words; a store never reads them as operators), best first, then by chat id and
+        seq; with `after`, those that come after it in that order. Each hit carries its chat's
+        title and a snippet with its matches marked. Another owner's messages, a deleted chat's and
+        a forgotten message's are never found. Costs an index lookup on the SQL stores, whose
+        index the append keeps in step; a scan of the owner's messages on the memory store.
+        """
         ...
 
 
@@ -353,7 +368,9 @@ class Broadcast(Protocol):
         ...
 
 
-class ChatStore(Chats, MessageLog, TurnTickets, Summaries, IdempotencyKeyStore, ResponseStore, RateSlots, Protocol):
+class ChatStore(
+    Chats, MessageLog, Search, TurnTickets, Summaries, IdempotencyKeyStore, ResponseStore, RateSlots, Protocol
+):
     """Everything the service keeps: what every backend implements."""
 
     async def check_ready(self) -> None:

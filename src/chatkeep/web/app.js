@@ -24,6 +24,7 @@ import {
 import { ModelPicker } from "./models.js";
 import { problemNotice } from "./problems.js";
 import { PromptEditor } from "./prompt-editor.js";
+import { Search } from "./search.js";
 import { SummaryPanel } from "./summary.js";
 import { Turn } from "./turn.js";
 
@@ -45,6 +46,7 @@ class ChatPage {
     this.conversation = new Conversation(this.api, { onError, onOffline: () => this.showOfflineNotice() });
     this.composer = new Composer({ onSend: (text, images) => this.send(text, images), onStop: () => this.stop() });
     this.summary = new SummaryPanel(this.api, { onError, onClose: () => this.toggleSummary(false) });
+    this.search = new Search(this.api, { conversation: this.conversation, openChat: (id) => this.openAt(id), onError });
     this.keys = new KeyDialog(this.api, { onChange: () => this.restart(), onClose: () => this.composer.refocus() });
     this.models = new ModelPicker(this.api, { onChange: (chat) => this.changed(chat), onError });
     this.prompt = new PromptEditor(this.api, { onChange: (chat) => this.changed(chat), onError });
@@ -145,6 +147,13 @@ class ChatPage {
     if (generation !== this.generation) return;
     this.attachTurn(chatId, newest);
     this.summary.update(chatId);
+  }
+
+  /** Open `chatId` from a search result; settles once its newest messages are drawn. */
+  async openAt(chatId) {
+    this.toggleDrawer(false);
+    if (chatId !== this.chat?.id) history.pushState(null, "", `#${encodeURIComponent(chatId)}`);
+    await this.route();
   }
 
   reopen() {

@@ -45,6 +45,7 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError, TurnLapsedError
+from chatkeep.search import SearchHit, SearchKey, SearchPage, scan_score, scan_snippet
 from chatkeep.store.blobs import Attachments, BlobStore, MemoryBlobs, appended_as_sent, needs_restoring
 from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, seq_in, stored_message
 from chatkeep.store.paging import EPOCH, MICROSECOND, ActivityKey, KeyRange, activity_range, key_range, page_rows
@@ -356,6 +357,36 @@ class MemoryStore:
             last_message_at=messages[-1].created_at if messages else None,
             last_seq=len(messages),
         )
+
+    async def search_messages(
+        self, owner: str, terms: Sequence[str], *, limit: int, after: SearchKey | None = None
+    ) -> SearchPage:
+        """A scan of every message of the owner's chats: the executable specification of search,
+        not an index (the SQL stores have one)."""
+        owned = self._owners.get(owner, _OwnerChats())
+        found = [
+            (SearchKey(score, record.id, message.seq), record, message)
+            for record in owned.by_rank.values()
+            for message in record.messages
+            if (score := scan_score(message.content, terms))
+        ]
+        found.sort(key=lambda hit: (-hit[0].score, hit[0].chat_id, hit[0].seq))
+        if after is not None:
+            found = [hit for hit in found if hit[0].follows(after)]
+        hits = [
+            SearchHit(
+                record.id,
+                record.title,
+                message.id,
+                message.seq,
+                message.role,
+                message.created_at,
+                scan_snippet(message.content, terms),
+                key.score,
+            )
+            for key, record, message in found[:limit]
+        ]
+        return SearchPage(hits, len(found) > limit)
 
     async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
         return self._record(owner, chat_id).summary

@@ -38,6 +38,7 @@ from chatkeep.domain import (
     utcnow,
 )
 from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError
+from chatkeep.search import SearchHit, SearchKey, SearchPage, marked_parts
 from chatkeep.store.blobs import Attachments, BlobStore, appended_as_sent, needs_restoring
 from chatkeep.store.paging import ActivityKey, KeyRange, activity_range, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
@@ -45,6 +46,7 @@ from chatkeep.store.sql.blobs import SqlBlobs
 from chatkeep.store.sql.migrations import Migration, check_schema
 from chatkeep.store.sql.recent import RecentMessages
 from chatkeep.store.sql.rows import (
+    ROLES,
     Appended,
     NewRow,
     Row,
@@ -74,6 +76,13 @@ class Driver(TicketRows, Protocol):
     """What one database does its own way, for `SqlStore`."""
 
     migrations: Sequence[Migration]
+
+    search_in_transaction: bool  # the search plan sets options of its own transaction
+
+    def search(self, owner: str, terms: Sequence[str], limit: int, after: SearchKey | None) -> Plan[list[Row]]:
+        """The plan of a page of `limit` search hits (store/sql/search.py), as rows of (chat id,
+        title, message id, seq, role, created_at, score, snippet with its matches marked)."""
+        ...
 
     @property
     def broadcast(self) -> Broadcast | None: ...
@@ -332,6 +341,20 @@ class SqlStore:
             [joined_message_from_row(found, self._moment, chat_id, message_id)]
         )
         return message
+
+    async def search_messages(
+        self, owner: str, terms: Sequence[str], *, limit: int, after: SearchKey | None = None
+    ) -> SearchPage:
+        plan = self._driver.search(owner, terms, limit + 1, after)
+        found = await self._run(plan, write=self._driver.search_in_transaction)
+        hits = [self._hit(row) for row in found[:limit]]
+        return SearchPage(hits, len(found) > limit)
+
+    def _hit(self, row: Row) -> SearchHit:
+        chat_id, title, message_id, seq, role, created_at, score, snippet = row
+        return SearchHit(
+            chat_id, title, message_id, seq, ROLES[role], self._moment(created_at), marked_parts(snippet), float(score)
+        )
 
     async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
         _check_chat(chat_id)

@@ -38,6 +38,7 @@ from chatkeep.store.sql.base import SqlStore, sql_store
 from chatkeep.store.sql.migrations import Migration
 from chatkeep.store.sql.rows import KEY_COLUMNS, MESSAGE_COLUMNS, Appended, NewRow, Row, message_values
 from chatkeep.store.sql.schema import migrate, migrations_in
+from chatkeep.store.sql.search import M015_POSTGRES, postgres_search
 from chatkeep.store.sql.statements import Answer, Dialect, Done, Plan, Statement, Statements, advance
 from chatkeep.store.sql.tickets import LAPSED_DETAIL, LEASE_SECONDS, TakenTicket
 from chatkeep.store.urls import pool_options
@@ -257,6 +258,7 @@ MIGRATIONS = migrations_in(
             DROP_M010_APPEND_ENDING_TURN,
             APPEND_ENDING_TURN_FUNCTION_M012,
         ),
+        "m015_message_search": M015_POSTGRES,
     },
 )
 TAKE_TICKET = "SELECT * FROM chatkeep_take_ticket($1, $2, $3)"
@@ -414,6 +416,8 @@ async def _answer(connection: Connection, statement: Statement) -> Any:
 class PostgresDriver:
     sql = SQL
     touch_keys = TOUCH_KEYS
+    search = staticmethod(postgres_search)
+    search_in_transaction = True
 
     def __init__(self, db: Database, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]) -> None:
         self._db = db

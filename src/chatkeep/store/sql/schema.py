@@ -147,6 +147,9 @@ M014_ATTACHMENT_BLOBS = (
 )""",
 )
 
+# Search: each database's own full-text index over messages (store/sql/search.py), so no shared step.
+M015_MESSAGE_SEARCH: tuple[str, ...] = ()
+
 # A chat's model (NULL: the server's default), and its owner's chats by last activity: the list
 # `GET /chats?order_by=updated_at` pages through, newest first, read from this index alone.
 M016_CHAT_MODELS = (
@@ -168,6 +171,7 @@ SHARED_MIGRATIONS = {
     "m012_bigint_token_counts": M012_BIGINT_TOKEN_COUNTS,
     "m013_background_responses": M013_BACKGROUND_RESPONSES,
     "m014_attachment_blobs": M014_ATTACHMENT_BLOBS,
+    "m015_message_search": M015_MESSAGE_SEARCH,
     "m016_chat_models": M016_CHAT_MODELS,
 }
 

@@ -30,6 +30,7 @@ from chatkeep.store.sql.base import SqlStore, sql_store
 from chatkeep.store.sql.migrations import Migration
 from chatkeep.store.sql.rows import KEY_COLUMNS, Appended, NewRow, Row, message_row
 from chatkeep.store.sql.schema import migrate, migrations_in
+from chatkeep.store.sql.search import M015_SQLITE, sqlite_search
 from chatkeep.store.sql.statements import (
     Answer,
     Dialect,
@@ -87,7 +88,7 @@ DIALECT = Dialect(
     binary="BLOB",
     applied_at_default="",
 )
-MIGRATIONS = migrations_in(DIALECT)
+MIGRATIONS = migrations_in(DIALECT, extra={"m015_message_search": M015_SQLITE})
 SQL = Statements.in_dialect(DIALECT)
 
 COUNT_MESSAGES = """UPDATE chats SET
@@ -218,6 +219,8 @@ def _answer(db: sqlite3.Connection, statement: Statement) -> Any:
 class SqliteDriver:
     sql = SQL
     touch_keys = TOUCH_KEYS
+    search = staticmethod(sqlite_search)
+    search_in_transaction = False  # a write transaction here would take the file's write lock
     broadcast: Broadcast | None = None  # processes sharing the file share no live channel: each resumes from the file
 
     def __init__(self, thread: SqliteThread, migrations: Sequence[Migration]) -> None:
