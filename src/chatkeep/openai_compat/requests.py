@@ -15,7 +15,7 @@ from chatkeep.errors import InvalidInputError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.llm.base import CallOptions
 from chatkeep.openai_compat.items import check_attachment_sizes, check_item_sizes, stored_from_item
-from chatkeep.openai_compat.responses import ResponseRequest
+from chatkeep.openai_compat.response_objects import ResponseRequest
 from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
 
 MAX_DEPTH = 32

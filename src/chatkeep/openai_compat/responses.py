@@ -24,41 +24,40 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from chatkeep.context import message_tokens, prompt_from_messages, prompt_tokens
 from chatkeep.domain import (
-    IncompleteReason,
-    MessageStatus,
     NewMessage,
     PageRequest,
     PromptMessage,
     StoredResponse,
-    Usage,
-    new_id,
     utcnow,
 )
 from chatkeep.errors import (
-    Failure,
     InvalidInputError,
     PreviousResponseNotFoundError,
     ResponseLostError,
     ResponseNotFoundError,
     StoreUnavailableError,
 )
-from chatkeep.idempotency import IdempotencyKey
-from chatkeep.llm import Reply
-from chatkeep.llm.base import CallOptions, ToolCallDelta
 from chatkeep.openai_compat.conversations import conversation_items, items_page
 from chatkeep.openai_compat.items import item_from_message, referenced, stored_from_item, with_references
+from chatkeep.openai_compat.response_objects import (
+    PendingResponse,
+    Record,
+    ResponseRequest,
+    final_event,
+    progress_object,
+)
+from chatkeep.openai_compat.response_stream import ResponseStream, after_number
 from chatkeep.service import ChatService
 from chatkeep.turns.admission import Admitted
 from chatkeep.turns.engine import Chain, NewTurn, unstored
-from chatkeep.turns.events import END_ID, TurnEvent, TurnEvents, TurnOutcome
-from chatkeep.turns.relay import decoded, encoded
+from chatkeep.turns.events import END_ID, TurnEvent, TurnOutcome
+from chatkeep.turns.relay import encoded
 from chatkeep.turns.running import RunningTurn
 
 log = logging.getLogger(__name__)
@@ -68,296 +67,6 @@ Item = dict[str, Any]
 MAX_REFERENCED_RESPONSES = 100  # how far back a chain is searched for the items its input references
 BEATS_PER_LEASE = 3  # a background response's record is refreshed this often per lease
 SETTLE_POLL_SECONDS = 1.0  # how often a follower that hears nothing asks the store how a response went
-NO_OUTCOME = TurnOutcome([], [], None)  # the final event of a turn run elsewhere: its record has the outcome
-
-
-@dataclass(slots=True, frozen=True)
-class ResponseRequest:
-    """A request of the Responses API, read and checked (the API reads it from HTTP)."""
-
-    inputs: list[NewMessage]
-    conversation: str | None
-    previous_response_id: str | None
-    instructions: str | None
-    options: CallOptions
-    store: bool
-    echo: dict[str, Any]  # the settings the response object repeats as asked (tools, metadata, top_p...)
-    key: IdempotencyKey | None = None
-    background: bool = False
-
-
-class PendingResponse:
-    """One response being made: its fixed parts, and its object at each step."""
-
-    def __init__(self, request: ResponseRequest, model: str, *, streamed: bool) -> None:
-        self.request = request
-        self.id = new_id("resp")
-        # the id its text streams under, and is stored under (a response not streamed leaves it to the store)
-        self.reply_id = new_id("msg") if streamed else None
-        self.created_at = int(time.time())
-        self.model = model  # the model asked; the object of a finished response names the one that answered
-        self.body: dict[str, Any] | None = None  # the finished object
-        self.events: TurnEvents | None = None  # a background response's turn's, once it started
-
-    def in_progress(self) -> dict[str, Any]:
-        """The object while the response is being made."""
-        return self._object("in_progress", [], None)
-
-    def finish(self, outcome: TurnOutcome) -> dict[str, Any]:
-        """The finished object (made once: a retry with the same key replays these very bytes)."""
-        if self.body is None:
-            reply = outcome.reply
-            status, incomplete = _ending(reply, background=self.request.background)
-            self.body = self._object(
-                status, [item_from_message(message) for message in outcome.outputs], reply, incomplete=incomplete
-            )
-        return self.body
-
-    def queued(self) -> dict[str, Any]:
-        """A background response's object while it waits for its turn."""
-        return {**self.in_progress(), "status": "queued"}
-
-    def failed(self, error: Failure) -> dict[str, Any]:
-        """The object of a response that failed, as its stream's `response.failed` says."""
-        return {**self.in_progress(), "status": "failed", "error": failure_object(error)}
-
-    def record(self, body: dict[str, Any], events: list[list[Any]], inputs: list[Item] | None = None) -> StoredResponse:
-        """A background response's record, `body` its object now; `events` its turn's, once it ended
-        (`Record` reads them back)."""
-        request = self.request
-        stream = {"reply_id": self.reply_id, "opening": self.in_progress(), "events": events}
-        return StoredResponse(
-            self.id, request.conversation, request.previous_response_id, utcnow(), body, inputs or [], stream
-        )
-
-    def _object(
-        self,
-        status: str,
-        output: list[Item],
-        reply: Reply | None,
-        *,
-        incomplete: dict[str, str | None] | None = None,
-    ) -> dict[str, Any]:
-        ask = self.request
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "background": ask.background,
-            "error": None,
-            "incomplete_details": incomplete,
-            "instructions": ask.instructions,
-            "model": (reply.model if reply is not None else None) or self.model,
-            "output": output,
-            "usage": usage_object(reply.usage) if reply is not None else None,
-            "conversation": {"id": ask.conversation} if ask.conversation is not None else None,
-            "previous_response_id": ask.previous_response_id,
-            "store": ask.store,
-            **ask.echo,
-        }
-
-
-def usage_object(usage: Usage | None) -> dict[str, Any] | None:
-    if usage is None:
-        return None
-    return {
-        "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    }
-
-
-def failure_object(error: Failure) -> dict[str, str]:
-    """A failed response's `error`, with the codes OpenAI's clients know."""
-    code = "rate_limit_exceeded" if error.status == 429 else "server_error"
-    return {"code": code, "message": f"{error.title}: {error.detail}"}
-
-
-class Record:
-    """A background response as its record tells it, wherever it runs: its object at each step and
-    what a stream that follows it from another request needs (the opening object and reply id its
-    events were translated with, its final object), so that its events translate as they did live."""
-
-    def __init__(self, stored: StoredResponse) -> None:
-        assert stored.stream is not None, "a background response keeps its stream"
-        self.stored = stored
-        self.id = stored.id
-        self.reply_id: str | None = stored.stream["reply_id"]
-        self._opening: dict[str, Any] = stored.stream["opening"]
-        self._events: list[list[Any]] = stored.stream["events"]
-        self.body = stored.body  # the final object, once the response ended
-
-    def in_progress(self) -> dict[str, Any]:
-        return self._opening
-
-    def finish(self, outcome: TurnOutcome) -> dict[str, Any]:
-        return self.body
-
-    def now(self, turn: RunningTurn) -> dict[str, Any]:
-        """Its object as this process makes it: queued, or in progress with its text so far."""
-        if turn.question_id is None:
-            return {**self.in_progress(), "status": "queued"}
-        return _progress(self.in_progress(), self.reply_id, turn.events)
-
-    def ended(self, status: str, error: Failure | None = None) -> StoredResponse:
-        """Its record, ended by another than the turn that makes it: cancelled (with what it had
-        written), or failed with `error` (as its stream says a failed turn ends)."""
-        if error is not None:
-            body = {**self.in_progress(), "status": "failed", "error": failure_object(error)}
-            final = TurnEvent(END_ID, "error", error=error)
-        else:
-            body = {**self.stored.body, "status": status}
-            final = TurnEvent(END_ID, "assistant_message")
-        stream = {"reply_id": self.reply_id, "opening": self._opening, "events": [encoded(final)]}
-        return dataclasses.replace(self.stored, body=body, stream=stream)
-
-    def events(self, seen: int) -> list[TurnEvent]:
-        """Its turn's events as recorded when it ended, after the first `seen`, and always the final one."""
-        recorded = [decoded(event) for event in self._events]
-        return [*recorded[seen:-1], _final(recorded[-1])] if recorded else []
-
-
-# The last event of a response that did not complete (OpenAI's stream has no event of its own for a cancelled one).
-ENDING_EVENTS = {"incomplete": "response.incomplete", "cancelled": "response.incomplete", "failed": "response.failed"}
-
-
-class ResponseStream:
-    """A streamed response's events in OpenAI's order, each numbered (`sequence_number`),
-    translated from the events of the turn that makes it.
-
-    An output item opens when its first piece streams: the message on its first text delta, a
-    function call on the first piece of it (its arguments then stream as
-    `response.function_call_arguments.delta`). The stored outputs close them, and open and close
-    any that did not stream; the last event, `response.completed` (or `response.incomplete`),
-    comes once the response is kept, as the turn's final event does, so a client that reads it
-    can fetch the response at once. A failure ends the stream with `response.failed`.
-    """
-
-    def __init__(self, pending: PendingResponse | Record) -> None:
-        self._pending = pending
-        self._opened: dict[str, int] = {}  # the output index of each item opened, by its id
-        self._number = 0
-
-    async def follow(self, turn_events: AsyncIterator[list[TurnEvent]]) -> AsyncIterator[list[Item]]:
-        """The response's events, in batches as the turn's come (an empty batch: time for a keep-alive)."""
-        in_progress = self._pending.in_progress()
-        yield self._opening(in_progress)
-        async for batch in turn_events:
-            translated: list[Item] = []
-            for event in batch:
-                translated += self._translated(event, in_progress)
-            if translated or not batch:
-                yield translated
-
-    def replayed(self, body: dict[str, Any]) -> list[Item]:
-        """The events of a response made before (a retry with the same Idempotency-Key)."""
-        in_progress = {**body, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
-        return [*self._opening(in_progress), *self._outputs_done(body["output"]), self._completed(body)]
-
-    def _opening(self, in_progress: Item) -> list[Item]:
-        return [
-            self._event("response.created", response=in_progress),
-            self._event("response.in_progress", response=in_progress),
-        ]
-
-    def _translated(self, event: TurnEvent, in_progress: Item) -> list[Item]:
-        if event.kind == "delta":
-            reply_id = self._reply_id
-            opened = [] if reply_id in self._opened else self._open_text(reply_id)
-            return [*opened, self._text_delta(reply_id, event.text)]
-        if event.kind == "call_delta":
-            assert event.call is not None
-            return self._call_delta(event.item_id, event.call)
-        if event.kind == "error":
-            assert event.error is not None
-            failed = {**in_progress, "status": "failed", "error": failure_object(event.error)}
-            return [self._event("response.failed", response=failed)]
-        if event.kind == "assistant_message":
-            assert event.outcome is not None
-            body = self._pending.finish(event.outcome)
-            return [*self._outputs_done(body["output"]), self._completed(body)]
-        return []  # the user message: OpenAI's stream does not repeat the input
-
-    @property
-    def _reply_id(self) -> str:
-        assert self._pending.reply_id is not None, "a streamed response announces its reply's id"
-        return self._pending.reply_id
-
-    def _call_delta(self, item_id: str, piece: ToolCallDelta) -> list[Item]:
-        events: list[Item] = []
-        if item_id not in self._opened:
-            call = {"type": "function_call", "id": item_id, "call_id": piece.id, "name": piece.name, "arguments": ""}
-            events.append(self._added({**call, "status": "in_progress"}))
-        if piece.arguments:
-            where = {"item_id": item_id, "output_index": self._opened[item_id]}
-            events.append(self._event("response.function_call_arguments.delta", **where, delta=piece.arguments))
-        return events
-
-    def _outputs_done(self, items: list[Item]) -> list[Item]:
-        """Each output item, finished (and first opened, when it did not stream)."""
-        events: list[Item] = []
-        for item in items:
-            if item["type"] == "message":
-                events += self._message_done(item)
-                continue
-            if item["id"] not in self._opened:
-                events.append(self._added({**item, "status": "in_progress"}))
-            index = self._opened[item["id"]]
-            if item["type"] == "function_call":
-                events.append(
-                    self._event(
-                        "response.function_call_arguments.done",
-                        output_index=index,
-                        item_id=item["id"],
-                        name=item["name"],
-                        arguments=item["arguments"],
-                    )
-                )
-            events.append(self._event("response.output_item.done", output_index=index, item=item))
-        return events
-
-    def _completed(self, body: dict[str, Any]) -> Item:
-        kind = ENDING_EVENTS.get(body["status"], "response.completed")
-        return self._event(kind, response=body)
-
-    def _message_done(self, item: Item) -> list[Item]:
-        text = item["content"][0]["text"] if item["content"] else ""
-        events: list[Item] = []
-        if item["id"] not in self._opened:  # nothing streamed (a replay, or no text): the text comes in one delta
-            events += self._open_text(item["id"])
-            if text:
-                events.append(self._text_delta(item["id"], text))
-        index = self._opened[item["id"]]
-        part = item["content"][0] if item["content"] else {"type": "output_text", "text": "", "annotations": []}
-        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        events.append(self._event("response.output_text.done", **where, text=text, logprobs=[]))
-        events.append(self._event("response.content_part.done", **where, part=part))
-        events.append(self._event("response.output_item.done", output_index=index, item=item))
-        return events
-
-    def _open_text(self, item_id: str) -> list[Item]:
-        item = {"type": "message", "id": item_id, "role": "assistant", "status": "in_progress", "content": []}
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        added = self._added(item)
-        where = {"item_id": item_id, "output_index": self._opened[item_id], "content_index": 0}
-        return [added, self._event("response.content_part.added", **where, part=part)]
-
-    def _added(self, item: Item) -> Item:
-        """An output item opened, at the next output index."""
-        index = self._opened[item["id"]] = len(self._opened)
-        return self._event("response.output_item.added", output_index=index, item=item)
-
-    def _text_delta(self, item_id: str, text: str) -> Item:
-        where = {"item_id": item_id, "output_index": self._opened[item_id], "content_index": 0}
-        return self._event("response.output_text.delta", **where, delta=text, logprobs=[])
-
-    def _event(self, kind: str, **fields: Any) -> Item:
-        event = {"type": kind, "sequence_number": self._number, **fields}
-        self._number += 1
-        return event
 
 
 class Responses:
@@ -450,7 +159,7 @@ class Responses:
                 param="stream",
             )
         record = Record(stored)
-        return _after(ResponseStream(record).follow(self._turn_events(owner, record)), starting_after)
+        return after_number(ResponseStream(record).follow(self._turn_events(owner, record)), starting_after)
 
     async def cancel(self, owner: str, response_id: str) -> dict[str, Any]:
         """Cancel a background response wherever it is made, and answer its object: cancelled, with
@@ -567,7 +276,9 @@ class Responses:
                 news = not began and bool(events.events)
                 if news or not batch or time.monotonic() - refreshed >= period:  # no batch: a quiet period
                     began, refreshed = began or news, time.monotonic()
-                    body = _progress(pending.in_progress(), pending.reply_id, events) if began else pending.queued()
+                    body = (
+                        progress_object(pending.in_progress(), pending.reply_id, events) if began else pending.queued()
+                    )
                     if await self._refresh(owner, pending.record(body, [])) is False:
                         running.cancel()
                         break
@@ -616,7 +327,7 @@ class Responses:
         async for batch in live or _nothing():
             if batch and batch[-1].final:
                 record.body = (await self._settled(owner, record.id)).body
-                yield [*batch[:-1], _final(batch[-1])]
+                yield [*batch[:-1], final_event(batch[-1])]
                 return
             seen += len(batch)
             yield batch
@@ -719,45 +430,3 @@ async def _once(events: list[Item]) -> AsyncIterator[list[Item]]:
 async def _nothing() -> AsyncIterator[list[TurnEvent]]:
     return
     yield
-
-
-async def _after(batches: AsyncIterator[list[Item]], starting_after: int | None) -> AsyncIterator[list[Item]]:
-    """The events numbered after `starting_after`; an empty batch (a keep-alive) goes through."""
-    async for batch in batches:
-        later = [event for event in batch if starting_after is None or event["sequence_number"] > starting_after]
-        if later or not batch:
-            yield later
-
-
-def _final(event: TurnEvent) -> TurnEvent:
-    """A turn's last event as a stream translates it from a response's record (`Record.finish`)."""
-    return TurnEvent(END_ID, "assistant_message", outcome=NO_OUTCOME) if event.kind == "assistant_message" else event
-
-
-def _progress(opening: dict[str, Any], reply_id: str | None, events: TurnEvents | None) -> dict[str, Any]:
-    """A response in progress, with the text its turn wrote so far as its message, in progress too."""
-    text = "".join(event.text for event in events.events if event.kind == "delta") if events is not None else ""
-    if not text:
-        return {**opening, "status": "in_progress"}
-    content = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    message = {"type": "message", "id": reply_id, "role": "assistant", "status": "in_progress", "content": [content]}
-    return {**opening, "status": "in_progress", "output": [message]}
-
-
-def _ending(reply: Reply | None, *, background: bool) -> tuple[str, dict[str, str | None] | None]:
-    """A finished response's status and `incomplete_details`: a background response that a client
-    stopped is `cancelled` (only those can be), any other reply cut short `incomplete`."""
-    if reply is None or reply.status is not MessageStatus.INCOMPLETE:
-        return "completed", None
-    if background and reply.incomplete_reason is IncompleteReason.STOPPED:
-        return "cancelled", None
-    return "incomplete", _incomplete_details(reply)
-
-
-def _incomplete_details(reply: Reply) -> dict[str, str | None]:
-    """Why a response is incomplete: `reason` in OpenAI's words where it has them
-    (`max_output_tokens`, `content_filter`; null otherwise, as the SDK takes no others), and
-    `chatkeep_reason` in chatkeep's, always (`max_tokens`, `stopped`, `timeout`...)."""
-    reason = reply.incomplete_reason or IncompleteReason.MAX_TOKENS
-    openai_words = {IncompleteReason.MAX_TOKENS: "max_output_tokens", IncompleteReason.CONTENT_FILTER: "content_filter"}
-    return {"reason": openai_words.get(reason), "chatkeep_reason": reason.value}
