@@ -6,9 +6,8 @@ chat's stored items are its context); with `previous_response_id` (or neither), 
 context the chain of earlier responses, each kept with its input. Either way a kept response
 (`store`, the default) can be read back, and a retry with the same Idempotency-Key is answered
 the response first made. This module only translates: OpenAI's request into a `NewTurn`, the
-outcome into OpenAI's response object, and the turn's events into OpenAI's stream
-(`response.created` ... `response.completed`), which a client that leaves loses nothing of.
-Objects and events are shaped as OpenAI's (`openai/types/responses`).
+outcome into OpenAI's response object (response_objects.py), and the turn's events into
+OpenAI's stream (response_stream.py), which a client that leaves loses nothing of.
 
 A background response (`background: true`) is answered at once, queued, and kept from the
 start: its record is updated as it runs (in_progress, its text so far) and when it ends, and
