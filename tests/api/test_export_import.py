@@ -1,7 +1,7 @@
 """Export and import over the API, on every store: a lossless round trip, a refused hostile file,
 an idempotent re-import, a readable Markdown export."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,7 @@ def joined(*lines: bytes) -> bytes:
 
 
 H1 = "conv_h1"
-HOSTILE = {
+HOSTILE: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "malformed JSON on line 7": (
         lambda: joined(header(), chat(H1, 3), message(H1, 1, "msg_1"), message(H1, 2, "msg_2"), b'{"id": ', b""),
         5,
