@@ -81,6 +81,7 @@ class Driver(TicketRows, Protocol):
     migrations: Sequence[Migration]
 
     search_in_transaction: bool  # the search plan sets options of its own transaction
+    id_clash: type[Exception]  # what an insert of an id a row holds already raises
 
     def search(self, owner: str, terms: Sequence[str], limit: int, after: SearchKey | None) -> Plan[list[Row]]:
         """The plan of a page of `limit` search hits (store/sql/search.py), as rows of (chat id,
@@ -166,12 +167,15 @@ class SqlStore:
 
     async def insert_chats(self, owner: str, chats: Sequence[ChatCopy]) -> None:
         kept = [replace(copy, messages=await self._attachments.kept(copy.messages)) for copy in chats]
-        await self._run(self._insert_chats(owner, kept), write=True)
+        try:
+            await self._run(self._insert_chats(owner, kept), write=True)
+        except self._driver.id_clash as clash:  # an id inserted meanwhile by another writer (PostgreSQL)
+            raise IdTakenError(None) from clash
 
     def _insert_chats(self, owner: str, copies: Sequence[ChatCopy]) -> Plan[None]:
         """One write transaction: the ids checked free, then every chat and its messages inserted.
-        (On PostgreSQL a concurrent insert of the same id still fails the insert itself: the driver
-        answers its unique violation as IdTakenError, and the transaction rolls back.)"""
+        (On PostgreSQL a concurrent insert of the same id still fails the insert itself, with the
+        unique violation `insert_chats` answers as IdTakenError; the transaction rolls back.)"""
         chat_ids = to_json([copy.chat.id for copy in copies])
         message_ids = to_json([message.id for copy in copies for message in copy.messages])
         for query, ids in ((self._sql.taken_chat_id, chat_ids), (self._sql.taken_message_id, message_ids)):

@@ -31,7 +31,7 @@ import asyncpg
 import asyncpg.exceptions
 
 from chatkeep.domain import MessageStatus, Role, utcnow
-from chatkeep.errors import ChatNotFoundError, IdTakenError, StoreUnavailableError, TurnLapsedError
+from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.blobs import BlobStore
 from chatkeep.store.protocols import MAX_BROADCAST_BYTES
 from chatkeep.store.sql.base import SqlStore, sql_store
@@ -395,8 +395,6 @@ async def _drive(connection: Connection, plan: Plan[T]) -> T:
             answer = await _answer(connection, step)
         except asyncpg.ForeignKeyViolationError:
             step = advance(plan, error=ChatNotFoundError("the chat was deleted meanwhile"))
-        except asyncpg.UniqueViolationError:  # an id inserted meanwhile by another writer (an import)
-            step = advance(plan, error=IdTakenError(None))
         else:
             step = advance(plan, answer)
     result: T = step.value
@@ -420,6 +418,7 @@ class PostgresDriver:
     touch_keys = TOUCH_KEYS
     search = staticmethod(postgres_search)
     search_in_transaction = True
+    id_clash: type[Exception] = asyncpg.UniqueViolationError
 
     def __init__(self, db: Database, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]) -> None:
         self._db = db
