@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from chatkeep import __version__
+from chatkeep.api import transfer
 from chatkeep.api.body_limit import BodyLimitMiddleware, with_attachments
 from chatkeep.api.docs import serve_docs
 from chatkeep.api.fast_turn_route import RouteShortcut
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware,
         max_bytes=MAX_BODY_BYTES,
         attachment_max_bytes=with_attachments(MAX_BODY_BYTES, settings.max_request_attachment_bytes),
+        import_max_bytes=settings.max_import_bytes,
     )
     problems.install(app)
     app.include_router(turns)
@@ -149,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics:
         app.include_router(metrics_router)
     app.include_router(router)
+    app.include_router(transfer.router)
     app.include_router(openai.responses_turns)
     app.include_router(openai.router)
 

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         default=None,
         description="a directory to keep attachments' bytes in, one file per SHA-256 (unset: in the store itself)",
     )
+    max_import_bytes: Annotated[int, Shown("BYTES")] = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="bytes one POST /import body may have (a JSONL export, images inline); a larger one is a 413",
+    )
     max_chats: int = Field(default=10_000, ge=1, description="chats one owner may keep; creating one more is a 429")
     max_chat_messages: int = Field(
         default=100_000, ge=2, description="messages and items one chat may hold; adding more is a 429"

@@ -7,6 +7,7 @@ slotted instance costs a fraction of a regular one. The API edge converts them t
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -121,6 +122,15 @@ class NewMessage:
     item: dict[str, Any] | None = None
     incomplete_reason: IncompleteReason | None = None
     id: str | None = None  # the id to store it under (one the caller announced already); None: a new one
+
+
+@dataclass(slots=True, frozen=True)
+class ChatCopy:
+    """A whole chat as an export holds it, to store as it is (`Chats.insert_chats`): the chat with
+    its id, times and `message_count`, and its messages with their ids, seqs 1 to n and times."""
+
+    chat: Chat
+    messages: Sequence[Message]
 
 
 DELETED_ITEM: dict[str, Any] = {"type": "deleted"}  # what a deleted conversation item leaves in its place

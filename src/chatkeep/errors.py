@@ -167,6 +167,47 @@ class InvalidSearchError(ChatkeepError):
     slug = "invalid-search"
 
 
+class IdTakenError(ChatkeepError):
+    """A store already holds a chat or message under an id a whole chat was to be stored with
+    (`Chats.insert_chats`), whoever owns it; `taken` names it when the store can tell."""
+
+    status = 409
+    title = "Id taken"
+    slug = "id-taken"
+
+    def __init__(self, taken: str | None) -> None:
+        super().__init__(f"the id {taken!r} is taken" if taken else "an id of the import is taken")
+        self.taken = taken
+
+
+class LineErrors(ChatkeepError):
+    """Errors of an uploaded file, each naming its line: `errors` is [{"line", "detail"}]."""
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        self.errors = errors
+
+    def extensions(self) -> dict[str, Any]:
+        return {"errors": self.errors}
+
+
+class InvalidImportError(LineErrors):
+    """An import file that is not a valid export: nothing of it was stored."""
+
+    status = 422
+    title = "Invalid import"
+    slug = "invalid-import"
+
+
+class ImportConflictError(LineErrors):
+    """An import whose chats clash with what is stored (an id taken, a chat of the same id with
+    other content): nothing of it was stored."""
+
+    status = 409
+    title = "Import conflict"
+    slug = "import-conflict"
+
+
 class ChatBusyError(ChatkeepError):
     """Too many turns already wait on one chat; the client should retry later."""
 

@@ -6,14 +6,16 @@ with an API key, so schemathesis also checks that requests without it are refuse
 requests must be accepted, but for three refusals the schema cannot express, 422 by contract: a
 cursor that names no object (ids are opaque strings), an Idempotency-Key already used for
 another request (the fuzzer repeats keys), a chat's model that the server does not serve (the
-models served are a setting), and a search with no word to look for, or too many (`q` is any
-text), or `GET /chats` given a search. OpenAI's API under /v1 answers its errors in OpenAI's
-shape, and a 400 where the native API says 422. tests/processes/test_schema_fuzz.py runs
-`schemathesis run --checks all` against a live server.
+models served are a setting), a search with no word to look for, or too many (`q` is any
+text), or `GET /chats` given a search, and an import whose body (any text) is no export.
+OpenAI's API under /v1 answers its errors in OpenAI's shape, and a 400 where the native API
+says 422. tests/processes/test_schema_fuzz.py runs `schemathesis run --checks all` against a
+live server.
 """
 
 from typing import Any
 
+import orjson
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
@@ -24,10 +26,16 @@ from chatkeep.app import create_app
 from chatkeep.config import Settings
 
 KEY = "fuzz-key-0123456789abcdef"
-CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused", "model-not-served", "invalid-search")
+CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused", "model-not-served", "invalid-search", "invalid-import")
 AUTH = {"Authorization": f"Bearer {KEY}"}
 app = create_app(Settings(llm_provider="offline", store="memory://", api_keys=f"fuzzer={KEY}"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@schemathesis.serializer("application/jsonl", "application/x-ndjson")
+def json_lines(context: schemathesis.SerializationContext, value: Any) -> bytes:
+    """An import's body, JSON Lines: the text generated for it (its schema is a string), as it is."""
+    return value.encode() if isinstance(value, str) else orjson.dumps(value)
 
 
 @schema.parametrize()

@@ -8,6 +8,7 @@ Starlette's own limiter answers such requests in plain text, hence this one.
 
 The routes that take attachments (a message post, a response, a conversation and its items) may
 carry more: the base64 of CHATKEEP_MAX_REQUEST_ATTACHMENT_BYTES beyond the limit of every other.
+An import (POST /import, a whole export file) has its own limit, CHATKEEP_MAX_IMPORT_BYTES.
 """
 
 import re
@@ -19,6 +20,7 @@ from chatkeep.api.problems import http_problem
 
 # POST routes whose body may carry images and files
 ATTACHMENT_ROUTES = re.compile(r"/chats/[^/]+/messages|/v1/responses|/v1/conversations(/[^/]+/items)?")
+IMPORT_ROUTE = "/import"
 
 
 def with_attachments(max_bytes: int, attachment_bytes: int) -> int:
@@ -27,10 +29,18 @@ def with_attachments(max_bytes: int, attachment_bytes: int) -> int:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, attachment_max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        attachment_max_bytes: int | None = None,
+        import_max_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.attachment_max_bytes = attachment_max_bytes or max_bytes  # on ATTACHMENT_ROUTES
+        self.import_max_bytes = import_max_bytes or max_bytes  # on IMPORT_ROUTE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,6 +70,8 @@ class BodyLimitMiddleware:
     def _limit(self, scope: Scope) -> int:
         if scope["method"] == "POST" and ATTACHMENT_ROUTES.fullmatch(scope["path"]):
             return self.attachment_max_bytes
+        if scope["method"] == "POST" and scope["path"] == IMPORT_ROUTE:
+            return self.import_max_bytes
         return self.max_bytes
 
     def _too_large(self, limit: int) -> ASGIApp:

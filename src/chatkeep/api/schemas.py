@@ -230,6 +230,25 @@ class ValidationIssue(BaseModel):
     type: str
 
 
+class LineIssue(BaseModel):
+    """What is wrong with one line of an uploaded file (POST /import)."""
+
+    line: int
+    detail: str
+
+
+class ImportedChatOut(BaseModel):
+    id: str
+    line: int = Field(description="the file's line of its chat")
+    status: Literal["imported", "unchanged"]
+
+
+class ImportOut(BaseModel):
+    imported: int = Field(description="chats stored by this import")
+    unchanged: int = Field(description="chats of the file the owner kept already, exactly as in the file")
+    chats: list[ImportedChatOut]
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem details object."""
 
@@ -237,6 +256,6 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str | None = None
-    errors: list[ValidationIssue] | None = None
+    errors: list[ValidationIssue | LineIssue] | None = None
     user_message_id: str | None = Field(default=None, description="the stored user message of a failed turn")
     request_id: str | None = Field(default=None, description="the request's X-Request-ID, which its log lines carry")

@@ -12,6 +12,8 @@ and every answer, a 500 too, carries the headers:
   415, whatever the route: a page of another origin can post a body without asking first (a form,
   `fetch` with `mode: "no-cors"`) only as text/plain, a form or no type at all, and the browser
   asks first (CORS preflight, which chatkeep does not grant) before it sends JSON.
+  The one exception: POST /import takes JSON Lines (`application/x-ndjson`, `application/jsonl`),
+  types a page of another origin cannot send without asking first either.
 - Every answer says it may be framed by no page (`X-Frame-Options`, `frame-ancestors`), must not
   be sniffed into another type, and sends no Referer on. An answer without a
   Content-Security-Policy of its own (the chat page and the docs pages have theirs) gets one that
@@ -52,6 +54,8 @@ SECURITY_HEADERS = (
 WITH_DEFAULT_POLICY = (*SECURITY_HEADERS, (POLICY_HEADER, DEFAULT_POLICY))
 UNKNOWN_HOST = "the Host header names a host this server does not answer to (CHATKEEP_ALLOWED_HOSTS lists them)"
 NOT_JSON = "the request body must be JSON, sent with Content-Type: application/json"
+IMPORT_PATH = "/import"
+JSON_LINES = frozenset({b"application/x-ndjson", b"application/jsonl"})
 
 
 def allowed_hosts(settings: Settings) -> frozenset[str] | None:
@@ -90,12 +94,24 @@ def _host_allowed(value: bytes | None, hosts: frozenset[str]) -> bool:
     return name in hosts or host in hosts
 
 
+def is_json_lines(content_type: bytes) -> bool:
+    """Whether a Content-Type is JSON Lines, as POST /import takes them (not CORS-safelisted either)."""
+    return content_type.partition(b";")[0].strip().lower() in JSON_LINES
+
+
 def is_json(content_type: bytes) -> bool:
     """Whether a Content-Type is JSON: `application/json` or `application/*+json`, any parameters."""
     media_type = content_type.partition(b";")[0].strip().lower()
     return media_type == b"application/json" or (
         media_type.startswith(b"application/") and media_type.endswith(b"+json")
     )
+
+
+def _body_type_allowed(path: str, content_type: bytes | None) -> bool:
+    """JSON on every route; JSON Lines on the import's too."""
+    if content_type is None:
+        return False
+    return is_json(content_type) or (path == IMPORT_PATH and is_json_lines(content_type))
 
 
 class SiteGuard:
@@ -140,6 +156,6 @@ class SiteGuard:
                 has_body = True
         if self.hosts is not None and scope["path"] not in ANY_HOST_PATHS and not _host_allowed(host, self.hosts):
             return HTTPException(400, UNKNOWN_HOST)
-        if has_body and (content_type is None or not is_json(content_type)):
+        if has_body and not _body_type_allowed(scope["path"], content_type):
             return HTTPException(415, NOT_JSON)
         return None

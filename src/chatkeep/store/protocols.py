@@ -19,6 +19,7 @@ from chatkeep.domain import (
     UNFINISHED_RESPONSES,
     Chat,
     ChatChanges,
+    ChatCopy,
     KeyClaim,
     KeyState,
     Message,
@@ -59,6 +60,17 @@ class Chats(Protocol):
         """Create a chat with a fresh random id and its first `messages` (seqs 1 to n, so
         `message_count` n) in one atomic write: when it fails, nothing at all is stored. `model`
         is kept as it is given (the caller checked that the server serves it)."""
+        ...
+
+    async def insert_chats(self, owner: str, chats: Sequence[ChatCopy]) -> None:
+        """Store whole chats exactly as given (an import): each chat's id, title, metadata, system
+        prompt, model, `created_at` and `updated_at`, and its messages with their ids, seqs (1 to n,
+        as given) and times, all in one atomic write: all of them or nothing.
+
+        Raises IdTakenError, storing nothing, when the store already holds a chat or a message
+        under one of their ids, whoever owns it. Not a turn's path: it takes no ticket and keeps
+        nothing in a turn's cache.
+        """
         ...
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:

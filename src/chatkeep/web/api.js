@@ -143,7 +143,7 @@ export class Api {
   }
 }
 
-async function problemOf(response) {
+export async function problemOf(response) {
   let problem = {};
   try {
     problem = await response.json();

@@ -26,6 +26,7 @@ import { problemNotice } from "./problems.js";
 import { PromptEditor } from "./prompt-editor.js";
 import { Search } from "./search.js";
 import { SummaryPanel } from "./summary.js";
+import { Transfer } from "./export.js";
 import { Turn } from "./turn.js";
 
 const TITLE_CHARS = 60;
@@ -50,6 +51,7 @@ class ChatPage {
     this.keys = new KeyDialog(this.api, { onChange: () => this.restart(), onClose: () => this.composer.refocus() });
     this.models = new ModelPicker(this.api, { onChange: (chat) => this.changed(chat), onError });
     this.prompt = new PromptEditor(this.api, { onChange: (chat) => this.changed(chat), onError });
+    this.transfer = new Transfer(this.api, { chatId: () => this.chat?.id, onImported: () => this.chats.reload(), onError });
     this.listen();
   }
 

@@ -57,6 +57,11 @@ class MessageRows:
         self._rows += _ROW.pack(stamp, os.urandom(ID_BYTES))
         return stamp
 
+    def add_at(self, stamp: int) -> None:
+        """The next message's row, created at `stamp` (microseconds since the epoch): a message
+        stored as an export gave it, whose id its caller chose (no random bytes are drawn)."""
+        self._rows += _ROW.pack(stamp, bytes(ID_BYTES))
+
     def message_id(self, seq: int) -> str:
         """`msg_` then the base64 of the message's random bytes and its seq: an id as opaque as
         `new_id`'s whose message is found without an index (`seq_in`)."""

@@ -29,6 +29,7 @@ from chatkeep.domain import (
     UNFINISHED_RESPONSES,
     Chat,
     ChatChanges,
+    ChatCopy,
     IdempotencyRecord,
     KeyClaim,
     KeyState,
@@ -44,7 +45,13 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, MessageNotFoundError, ResponseNotFoundError, TurnLapsedError
+from chatkeep.errors import (
+    ChatNotFoundError,
+    IdTakenError,
+    MessageNotFoundError,
+    ResponseNotFoundError,
+    TurnLapsedError,
+)
 from chatkeep.search import SearchHit, SearchKey, SearchPage, scan_score, scan_snippet
 from chatkeep.store.blobs import Attachments, BlobStore, MemoryBlobs, appended_as_sent, needs_restoring
 from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, seq_in, stored_message
@@ -181,6 +188,67 @@ class MemoryStore:
         owned.by_rank[record.rank] = record
         insort(owned.activity, record.activity)
         return record.to_chat()
+
+    async def insert_chats(self, owner: str, chats: Sequence[ChatCopy]) -> None:
+        kept = [replace(copy, messages=await self._attachments.kept(copy.messages)) for copy in chats]
+        taken = self._taken_id(kept)  # from here on nothing awaits: all of them are stored, or none
+        if taken is not None:
+            raise IdTakenError(taken)
+        for copy in kept:
+            self._insert_copy(owner, copy)
+
+    def _taken_id(self, copies: Sequence[ChatCopy]) -> str | None:
+        """The first id of `copies` a chat or message of the store holds. Message ids are kept per
+        chat here, so this scans every chat (an import is rare): a chosen id in its `named`, one of
+        the store's own ids at the seq it carries."""
+        for copy in copies:
+            if copy.chat.id in self._chats:
+                return copy.chat.id
+        wanted = {message.id for copy in copies for message in copy.messages}
+        by_seq: dict[int, set[str]] = {}
+        for message_id in wanted:
+            if (seq := seq_in(message_id)) is not None:
+                by_seq.setdefault(seq, set()).add(message_id)
+        for record in self._chats.values():
+            if record.named and (named := wanted & record.named.keys()):
+                return min(named)
+            for seq, ids in by_seq.items():
+                if seq <= len(record.messages) and (found := record.messages[seq - 1].id) in ids:
+                    return found
+        return None
+
+    def _insert_copy(self, owner: str, copy: ChatCopy) -> None:
+        chat = copy.chat
+        self._next_rank += 1
+        updated = _micros(chat.updated_at)
+        record = _ChatRecord(
+            owner, self._next_rank, chat.id, chat.title, dict(chat.metadata), chat.system_prompt, chat.model,
+            chat.created_at, updated,
+        )  # fmt: skip
+        record.named = {message.id: message.seq for message in copy.messages} or None
+        for message in copy.messages:
+            record.rows.add_at(_micros(message.created_at))
+            record.messages.append(
+                stored_message(
+                    record.rows,
+                    chat.id,
+                    message.seq,
+                    message.role,
+                    message.content,
+                    model=message.model,
+                    usage=message.usage,
+                    status=message.status,
+                    item=message.item,
+                    message_id=message.id,
+                    incomplete_reason=message.incomplete_reason,
+                )
+            )
+            record.user_count += message.role is Role.USER
+        self._chats[record.id] = record
+        owned = self._owners.setdefault(owner, _OwnerChats())
+        owned.ranks.append(record.rank)
+        owned.by_rank[record.rank] = record
+        insort(owned.activity, record.activity)
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
         return self._record(owner, chat_id).to_chat()
@@ -537,7 +605,12 @@ def _read(items: Sequence[T], lo: int, hi: int, span: KeyRange[Any]) -> Sequence
 def _in_micros(key: ActivityKey) -> tuple[int, str]:
     """An activity key as `_OwnerChats.activity` holds it."""
     moment_, chat_id = key
-    return (moment_ - EPOCH) // MICROSECOND, chat_id
+    return _micros(moment_), chat_id
+
+
+def _micros(moment_: datetime) -> int:
+    """An aware datetime as microseconds since the epoch, as a chat's `updated` and its rows keep it."""
+    return (moment_ - EPOCH) // MICROSECOND
 
 
 def _no_chat(chat_id: str) -> ChatNotFoundError:

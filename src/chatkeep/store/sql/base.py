@@ -23,6 +23,7 @@ from chatkeep.domain import (
     UNFINISHED_RESPONSES,
     Chat,
     ChatChanges,
+    ChatCopy,
     KeyClaim,
     KeyState,
     Message,
@@ -37,7 +38,7 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, ResponseNotFoundError
+from chatkeep.errors import ChatNotFoundError, IdTakenError, ResponseNotFoundError
 from chatkeep.search import SearchHit, SearchKey, SearchPage, marked_parts
 from chatkeep.store.blobs import Attachments, BlobStore, appended_as_sent, needs_restoring
 from chatkeep.store.paging import ActivityKey, KeyRange, activity_range, key_range, page_rows
@@ -53,6 +54,8 @@ from chatkeep.store.sql.rows import (
     chat_from_row,
     check_message,
     claim_from_row,
+    copied_chat_row,
+    copied_message_row,
     could_be_id,
     findable,
     joined_keys_from_rows,
@@ -78,6 +81,7 @@ class Driver(TicketRows, Protocol):
     migrations: Sequence[Migration]
 
     search_in_transaction: bool  # the search plan sets options of its own transaction
+    id_clash: type[Exception]  # what an insert of an id a row holds already raises
 
     def search(self, owner: str, terms: Sequence[str], limit: int, after: SearchKey | None) -> Plan[list[Row]]:
         """The plan of a page of `limit` search hits (store/sql/search.py), as rows of (chat id,
@@ -160,6 +164,29 @@ class SqlStore:
         if new:
             rows = [message_row(message, chat_id, seq, stamp) for seq, message in enumerate(new, start=1)]
             yield execute_each(self._sql.insert_message, rows)
+
+    async def insert_chats(self, owner: str, chats: Sequence[ChatCopy]) -> None:
+        kept = [replace(copy, messages=await self._attachments.kept(copy.messages)) for copy in chats]
+        try:
+            await self._run(self._insert_chats(owner, kept), write=True)
+        except self._driver.id_clash as clash:  # an id inserted meanwhile by another writer (PostgreSQL)
+            raise IdTakenError(None) from clash
+
+    def _insert_chats(self, owner: str, copies: Sequence[ChatCopy]) -> Plan[None]:
+        """One write transaction: the ids checked free, then every chat and its messages inserted.
+        (On PostgreSQL a concurrent insert of the same id still fails the insert itself, with the
+        unique violation `insert_chats` answers as IdTakenError; the transaction rolls back.)"""
+        chat_ids = to_json([copy.chat.id for copy in copies])
+        message_ids = to_json([message.id for copy in copies for message in copy.messages])
+        for query, ids in ((self._sql.taken_chat_id, chat_ids), (self._sql.taken_message_id, message_ids)):
+            taken = yield fetchrow(query, ids)
+            if taken is not None:
+                raise IdTakenError(taken[0])
+        for copy in copies:
+            yield execute(self._sql.import_chat, *copied_chat_row(owner, copy, self._stamp))
+            if copy.messages:
+                rows = [copied_message_row(message, self._stamp(message.created_at)) for message in copy.messages]
+                yield execute_each(self._sql.insert_message, rows)
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
         _check_chat(chat_id)

@@ -418,6 +418,7 @@ class PostgresDriver:
     touch_keys = TOUCH_KEYS
     search = staticmethod(postgres_search)
     search_in_transaction = True
+    id_clash: type[Exception] = asyncpg.UniqueViolationError
 
     def __init__(self, db: Database, broadcast: "PostgresBroadcast", migrations: Sequence[Migration]) -> None:
         self._db = db

@@ -19,6 +19,7 @@ import orjson
 from chatkeep.domain import (
     Chat,
     ChatChanges,
+    ChatCopy,
     IdempotencyRecord,
     IncompleteReason,
     KeyClaim,
@@ -95,12 +96,12 @@ def to_json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def item_json(message: NewMessage) -> str | None:
+def item_json(message: NewMessage | Message) -> str | None:
     """A message's conversation item as the `item` column keeps it (None for a plain message)."""
     return None if message.item is None else to_json(message.item)
 
 
-def message_values(message: NewMessage) -> tuple[object, ...]:
+def message_values(message: NewMessage | Message) -> tuple[object, ...]:
     """A new message's role, content, model, prompt and completion tokens, status, item and
     incomplete reason, as stored."""
     usage = message.usage
@@ -121,6 +122,34 @@ def message_row(new: NewRow, chat_id: str, seq: int, created_at: object) -> tupl
     message_id, message = new
     role, content, *rest = message_values(message)
     return (message_id, chat_id, seq, role, content, created_at, *rest)
+
+
+def copied_message_row(message: Message, created_at: object) -> tuple[object, ...]:
+    """The `insert_message` parameters of a message stored as an export gave it (its id, seq, time)."""
+    role, content, *rest = message_values(message)
+    return (message.id, message.chat_id, message.seq, role, content, created_at, *rest)
+
+
+def copied_chat_row(owner: str, copy: ChatCopy, stamp: Callable[[datetime], object]) -> tuple[object, ...]:
+    """The `import_chat` parameters of a chat stored as an export gave it, its counts from its messages."""
+    chat, messages = copy.chat, copy.messages
+    users = sum(message.role is Role.USER for message in messages)
+    first_at = stamp(messages[0].created_at) if messages else None
+    last_at = stamp(messages[-1].created_at) if messages else None
+    return (
+        chat.id,
+        owner,
+        chat.title,
+        to_json(chat.metadata),
+        chat.system_prompt,
+        stamp(chat.created_at),
+        stamp(chat.updated_at),
+        len(messages),
+        users,
+        first_at,
+        last_at,
+        chat.model,
+    )
 
 
 def stored_messages(new: Sequence[NewRow], chat_id: str, appended: Appended) -> list[Message]:

@@ -220,6 +220,7 @@ class SqliteDriver:
     sql = SQL
     touch_keys = TOUCH_KEYS
     search = staticmethod(sqlite_search)
+    id_clash: type[Exception] = sqlite3.IntegrityError
     search_in_transaction = False  # a write transaction here would take the file's write lock
     broadcast: Broadcast | None = None  # processes sharing the file share no live channel: each resumes from the file
 

@@ -81,6 +81,13 @@ class Statements:
     insert_chat: str = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at,
         message_count, user_message_count, first_message_at, last_message_at, model)
     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $9, $10)"""
+    # A chat stored as an export gave it (`insert_chats`): its own times and counts.
+    import_chat: str = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at,
+        message_count, user_message_count, first_message_at, last_message_at, model)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
+    # $1 is a JSON array of ids; the first of them a chat (of any owner), or a message, holds.
+    taken_chat_id: str = "SELECT id FROM chats WHERE id IN (SELECT value FROM {json_elements}($1)) LIMIT 1"
+    taken_message_id: str = "SELECT id FROM messages WHERE id IN (SELECT value FROM {json_elements}($1)) LIMIT 1"
     insert_message: str = """INSERT INTO messages ({message_columns})
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
     select_chat: str = "SELECT {chat_columns} FROM chats WHERE id = $1 AND owner = $2"

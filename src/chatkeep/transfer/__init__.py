@@ -1,0 +1,1 @@
+"""Export and import: an owner's chats out as JSONL (lossless) or Markdown (readable), and back in."""
