@@ -1,6 +1,7 @@
 """The chat page's model picker, system prompt editor, chat list by last activity with its day
 headings, and highlighted code, in a real browser against chatkeep on a real socket."""
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, expect
+from playwright.async_api import Browser, Route, expect
 
 from tests.browser.test_web_page import Tab, browsing
 from tests.support.app import llm_settings, serve
@@ -182,3 +183,21 @@ async def test_code_in_replies_is_highlighted_and_copied_as_written(
         assert await tab.page.evaluate("navigator.clipboard.readText()") == CODE
         chat_id = tab.page.url.partition("#")[2]
         assert (await messages_of(api, chat_id))[1]["content"].count("```") == 4
+
+
+async def test_a_chat_still_loading_offers_no_prompt_or_model_to_edit(tab: Tab, api: httpx.AsyncClient) -> None:
+    chat_id = (await api.post("/chats", json={"title": "Slow", "system_prompt": "Be brief."})).json()["id"]
+    loaded = asyncio.Event()
+
+    async def held(route: Route) -> None:
+        await loaded.wait()
+        await route.continue_()
+
+    await tab.page.route(re.compile(rf"/chats/{chat_id}$"), held)
+    await tab.open(api, f"#{chat_id}")
+    instructions = tab.page.get_by_role("button", name="Instructions")
+    await expect(instructions).to_be_disabled()  # an empty prompt shown now would be saved over the real one
+    await expect(tab.page.locator("#model-picker")).to_be_disabled()
+    loaded.set()
+    await instructions.click()
+    await expect(tab.page.get_by_label("System prompt")).to_have_value("Be brief.")

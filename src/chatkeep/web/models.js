@@ -40,6 +40,7 @@ export class ModelPicker {
   /** Show the model of `chat` (null: a new chat, which starts with the default). */
   show(chat) {
     this.chat = chat;
+    this.select.disabled = chat !== null && chat.model === undefined; // still loading: a pick would be lost
     const model = chat?.model ?? "";
     this.select.value = [...this.select.options].some((option) => option.value === model) ? model : "";
   }

@@ -46,13 +46,15 @@ export class PromptEditor {
     document.body.append(this.dialog);
   }
 
-  /** The open chat (null: a new one, which has no prompt to edit until it is created). */
+  /** The open chat (null: a new one, which has no prompt to edit until it is created). A chat
+   *  still loading has no prompt yet either: the button waits for it, rather than show an empty one. */
   show(chat) {
     this.chat = chat;
+    this.button.disabled = chat !== null && chat.system_prompt === undefined;
   }
 
   open() {
-    if (this.chat === null) return;
+    if (this.chat === null || this.chat.system_prompt === undefined) return;
     this.text.value = this.chat.system_prompt ?? "";
     this.notice.replaceChildren();
     this.dialog.showModal();
