@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from chatkeep.attachments import BLOBS_KEY
 from chatkeep.domain import (
     DELETED_ITEM,
     UNFINISHED_RESPONSES,
@@ -80,6 +81,7 @@ class _ChatRecord:
     user_count: int = 0
     summary: SummaryText | None = None
     named: dict[str, int] | None = None  # seqs of the messages whose ids the caller chose
+    attached: bool = False  # it holds a message whose item references blobs: reads restore them
     rolling_summary: RollingSummary | None = None
     summarizing_until: float = 0.0  # the monotonic time the rolling summary's hold lapses
     head: int = NO_TICKET  # the ticket holding the chat's turn
@@ -228,21 +230,7 @@ class MemoryStore:
         record.named = {message.id: message.seq for message in copy.messages} or None
         for message in copy.messages:
             record.rows.add_at(_micros(message.created_at))
-            record.messages.append(
-                stored_message(
-                    record.rows,
-                    chat.id,
-                    message.seq,
-                    message.role,
-                    message.content,
-                    model=message.model,
-                    usage=message.usage,
-                    status=message.status,
-                    item=message.item,
-                    message_id=message.id,
-                    incomplete_reason=message.incomplete_reason,
-                )
-            )
+            record.messages.append(_row_of(record, message.seq, message))
             record.user_count += message.role is Role.USER
         self._chats[record.id] = record
         owned = self._owners.setdefault(owner, _OwnerChats())
@@ -359,19 +347,7 @@ class MemoryStore:
         if message.id is not None:
             record.named = record.named or {}
             record.named[message.id] = seq
-        stored = stored_message(
-            record.rows,
-            record.id,
-            seq,
-            message.role,
-            message.content,
-            model=message.model,
-            usage=message.usage,
-            status=message.status,
-            item=message.item,
-            message_id=message.id,
-            incomplete_reason=message.incomplete_reason,
-        )
+        stored = _row_of(record, seq, message)
         record.messages.append(stored)
         record.user_count += message.role is Role.USER
         owned = self._owners.get(record.owner)
@@ -408,11 +384,13 @@ class MemoryStore:
         after_seq: int = 0,
         ticket: TurnTicket | None = None,
     ) -> list[Message]:
-        messages = self._record(owner, chat_id).messages
+        record = self._record(owner, chat_id)
+        messages = record.messages
         end = len(messages) if before_seq is None else min(before_seq - 1, len(messages))
         start = max(after_seq, end - limit, 0)
         window = messages[start:end][::-1]
-        return await self._attachments.restored(window) if needs_restoring(window) else window
+        # every turn reads its window here: a chat that never held an attachment skips the scan
+        return await self._attachments.restored(window) if record.attached and needs_restoring(window) else window
 
     async def message_stats(self, owner: str, chat_id: str) -> MessageStats:
         record = self._record(owner, chat_id)
@@ -674,6 +652,25 @@ class _TurnLease:
     ) -> None:
         if self._record is not None:
             _give_back(self._record, self._number)
+
+
+def _row_of(record: "_ChatRecord", seq: int, message: NewMessage | Message) -> Message:
+    """`message` as the chat keeps it at `seq`: its id and creation time in the chat's rows (the
+    row for `seq` added by the caller)."""
+    record.attached = record.attached or (message.item is not None and BLOBS_KEY in message.item)
+    return stored_message(
+        record.rows,
+        record.id,
+        seq,
+        message.role,
+        message.content,
+        model=message.model,
+        usage=message.usage,
+        status=message.status,
+        item=message.item,
+        message_id=message.id,
+        incomplete_reason=message.incomplete_reason,
+    )
 
 
 def _kept_response(owner: str, response: StoredResponse, created_at: datetime, live_for: float | None) -> _KeptResponse:
