@@ -131,6 +131,28 @@ class ChatCopy:
 
     chat: Chat
     messages: Sequence[Message]
+    off_branch: Sequence[OffBranchMessage] = ()  # the chat's other branches
+
+
+@dataclass(slots=True, frozen=True)
+class Siblings:
+    """The messages at one place of a chat on all its branches: the same seq after the same
+    message (a regenerated reply's earlier versions; an edited question's), `ids` in creation
+    order, `index` that of the one on the current branch."""
+
+    ids: tuple[str, ...]
+    index: int
+
+
+@dataclass(slots=True, frozen=True)
+class OffBranchMessage:
+    """A message kept off a chat's current branch: `parent_id` is the message before it on its own
+    branch (None at seq 1); of the messages after one parent, the one with the highest `left_at`
+    (the chat's count of branch changes when it left the current branch) was current last."""
+
+    message: Message
+    parent_id: str | None
+    left_at: int
 
 
 DELETED_ITEM: dict[str, Any] = {"type": "deleted"}  # what a deleted conversation item leaves in its place

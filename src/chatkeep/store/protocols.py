@@ -25,9 +25,11 @@ from chatkeep.domain import (
     Message,
     MessageStats,
     NewMessage,
+    OffBranchMessage,
     Page,
     PageRequest,
     RollingSummary,
+    Siblings,
     StoredResponse,
     SummaryText,
 )
@@ -65,7 +67,8 @@ class Chats(Protocol):
     async def insert_chats(self, owner: str, chats: Sequence[ChatCopy]) -> None:
         """Store whole chats exactly as given (an import): each chat's id, title, metadata, system
         prompt, model, `created_at` and `updated_at`, and its messages with their ids, seqs (1 to n,
-        as given) and times, all in one atomic write: all of them or nothing.
+        as given) and times, and its messages off the current branch as given (`off_branch`), all
+        in one atomic write: all of them or nothing.
 
         Raises IdTakenError, storing nothing, when the store already holds a chat or a message
         under one of their ids, whoever owns it. Not a turn's path: it takes no ticket and keeps
@@ -192,6 +195,53 @@ class MessageLog(Protocol):
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:
         """One message of the chat. Raises ChatNotFoundError, or MessageNotFoundError."""
+        ...
+
+
+class Branches(Protocol):
+    """A chat's branches. A chat is a tree of messages; its current branch is one path from the
+    first message to a leaf, and it is what every other read of a chat sees (its messages, its
+    context, counts, summaries, search, OpenAI's linear conversation). `seq` is a message's depth:
+    gap-free along every branch, fixed for life. The other branches' messages are kept apart,
+    each with its parent (`OffBranchMessage`), and come back when a branch through them is
+    made current. Writes are fenced by a turn's ticket like appends (TurnLapsedError).
+    """
+
+    async def fork_at(self, owner: str, chat_id: str, seq: int, *, ticket: TurnTicket | None = None) -> None:
+        """Take the current branch's messages from `seq` on off it, in one atomic write: they are
+        kept as a branch after message `seq - 1`, and the next message appended gets `seq`. The
+        chat's counts follow the shortened branch; its cached summary and rolling summary are
+        dropped when they cover message `seq` or later. `seq` one past the last message takes
+        nothing off. Raises ChatNotFoundError, TurnLapsedError, or ValueError when `seq` is not
+        in 1 to the chat's last seq + 1.
+        """
+        ...
+
+    async def switch_branch(
+        self, owner: str, chat_id: str, message_id: str, *, ticket: TurnTicket | None = None
+    ) -> Chat:
+        """Make the branch through `message_id` current, in one atomic write, and return the chat.
+
+        The current branch's messages from where the two branches part are taken off (kept, as
+        `fork_at` keeps them); `message_id`, the messages before it on its branch, and after it,
+        at each step, the message that was current last (highest `left_at`), come on. A message
+        already on the current branch changes nothing. Summaries are dropped as by `fork_at`.
+        Raises ChatNotFoundError, MessageNotFoundError (no message of the chat by that id, on
+        any branch), TurnLapsedError.
+        """
+        ...
+
+    async def siblings(self, owner: str, chat_id: str, messages: Sequence[Message]) -> dict[str, Siblings]:
+        """For those of `messages` (of the current branch) that have siblings (messages off the
+        branch after the same parent: the message at `seq - 1` of the current branch, none at
+        seq 1), their siblings, by message id; `{}` in one cheap read for a chat never branched.
+        Raises ChatNotFoundError.
+        """
+        ...
+
+    async def off_branch_messages(self, owner: str, chat_id: str) -> list[OffBranchMessage]:
+        """Every message of the chat off its current branch, by seq then creation (an export takes
+        them all). Raises ChatNotFoundError."""
         ...
 
 
@@ -381,7 +431,7 @@ class Broadcast(Protocol):
 
 
 class ChatStore(
-    Chats, MessageLog, Search, TurnTickets, Summaries, IdempotencyKeyStore, ResponseStore, RateSlots, Protocol
+    Chats, MessageLog, Branches, Search, TurnTickets, Summaries, IdempotencyKeyStore, ResponseStore, RateSlots, Protocol
 ):
     """Everything the service keeps: what every backend implements."""
 
