@@ -106,6 +106,29 @@ export class Api {
     });
   }
 
+  /** The streamed turn writing a new reply to a question (`messageId`: the question, or a reply
+   * to it): what came after the question stays on a branch of its own. */
+  regenerateTurn(chatId, messageId, { idempotencyKey }) {
+    return this.request("POST", `${messagePath(chatId, messageId)}/regenerate`, {
+      body: { stream: true },
+      headers: { "Idempotency-Key": idempotencyKey, Accept: "text/event-stream" },
+    });
+  }
+
+  /** The streamed turn answering `content` in place of the question `messageId`, which stays,
+   * with what came after it, on a branch of its own. */
+  editTurn(chatId, messageId, content, { idempotencyKey, images = [] }) {
+    return this.request("POST", `${messagePath(chatId, messageId)}/edit`, {
+      body: images.length ? { content, images, stream: true } : { content, stream: true },
+      headers: { "Idempotency-Key": idempotencyKey, Accept: "text/event-stream" },
+    });
+  }
+
+  /** Make the branch through `messageId` the chat's current one; answers the chat. */
+  switchBranch(chatId, messageId) {
+    return this.json("PUT", `/chats/${encodeURIComponent(chatId)}/branch`, { body: { message_id: messageId } });
+  }
+
   /** The events of a streamed turn after `lastEventId`, ending with its final event. */
   resumeTurn(chatId, userMessageId, lastEventId) {
     const path = `/chats/${encodeURIComponent(chatId)}/messages/${encodeURIComponent(userMessageId)}/events`;
@@ -159,6 +182,10 @@ export async function problemOf(response) {
       needsKey: response.status === 401 && /^bearer/i.test(response.headers.get("WWW-Authenticate") ?? ""),
     },
   );
+}
+
+function messagePath(chatId, messageId) {
+  return `/chats/${encodeURIComponent(chatId)}/messages/${encodeURIComponent(messageId)}`;
 }
 
 function retryAfterSeconds(value) {

@@ -5,9 +5,11 @@
 // The open chat is the URL's fragment (#<chat id>), so reloads, bookmarks and the back button
 // work; "New chat" is no fragment, and the chat is created, titled after its first question,
 // when that question is sent. A turn goes on while another chat is shown; coming back shows
-// its reply where it has got to.
+// its reply where it has got to. A regenerate or an edit is a turn of its own kind, which starts
+// a branch; the arrows of a message with other versions make another branch current.
 
 import { Api, newIdempotencyKey } from "./api.js";
+import { openEditor } from "./branches.js";
 import { ChatList, UNTITLED } from "./chat-list.js";
 import { Composer } from "./composer.js";
 import { Conversation } from "./conversation.js";
@@ -16,6 +18,7 @@ import { KeyDialog } from "./key-dialog.js";
 import {
   ReplyView,
   confirmQuestion,
+  messageOf,
   offerToGoOn,
   pendingQuestion,
   unsentQuestion,
@@ -40,11 +43,19 @@ class ChatPage {
     this.api = new Api();
     this.chat = null; // the open chat; null: a new one, not created until its first question
     this.generation = 0; // bumped whenever another chat opens: late answers for the last are dropped
-    this.turns = new Map(); // chat id -> {turn, question, reply} of its running turn
+    this.turns = new Map(); // chat id -> {turn, question, reply, unsent} of its running turn
+    this.switching = null; // the chat whose current branch is being changed
     this.dismissedOffline = false;
     const onError = (error) => this.noticeError(error);
     this.chats = new ChatList(this.api, { onError });
     this.conversation = new Conversation(this.api, { onError, onOffline: () => this.showOfflineNotice() });
+    this.actions = {
+      busy: () => this.chat !== null && this.busyChat(this.chat.id),
+      regenerate: (article) => this.regenerate(article),
+      edit: (article) => this.startEdit(article),
+      switchTo: (article, messageId) => this.switchBranch(article, messageId),
+    };
+    this.conversation.actions = this.actions;
     this.composer = new Composer({ onSend: (text, images) => this.send(text, images), onStop: () => this.stop() });
     this.summary = new SummaryPanel(this.api, { onError, onClose: () => this.toggleSummary(false) });
     this.search = new Search(this.api, { conversation: this.conversation, openChat: (id) => this.openAt(id), onError });
@@ -177,7 +188,18 @@ class ChatPage {
     this.chat = chat;
     this.models.show(chat);
     this.prompt.show(chat);
-    this.composer.setBusy(chat !== null && this.turns.has(chat.id));
+    this.setBusy(chat !== null && this.turns.has(chat.id));
+  }
+
+  /** Whether a turn of `chatId` runs, or its branch changes: its messages' controls wait. */
+  busyChat(chatId) {
+    return this.turns.has(chatId) || this.switching === chatId;
+  }
+
+  /** A turn of the open chat runs (`busy`) or not: Send or Stop, the messages' controls. */
+  setBusy(busy) {
+    this.composer.setBusy(busy);
+    this.conversation.setBusy(this.chat !== null && (busy || this.switching === this.chat.id));
   }
 
   /** The open chat's model or system prompt changed. */
@@ -235,19 +257,21 @@ class ChatPage {
     this.startTurn(chatId, Turn.following(this.api, chatId, question.id, null), null);
   }
 
-  startTurn(chatId, turn, question) {
+  /** Run `turn` of `chatId` below its messages; `unsent(error)`, when given, handles its
+   * failure before the server stored its question (a regenerate or an edit refused). */
+  startTurn(chatId, turn, question, { unsent = null } = {}) {
     withdrawOffers(this.conversation.list);
-    const running = { turn, question, reply: this.replyView() };
+    const running = { turn, question, reply: this.replyView(), unsent };
     turn.view = this.turnView(chatId, running);
     this.turns.set(chatId, running);
     if (question) this.conversation.append(question);
     this.conversation.append(running.reply.element);
-    this.composer.setBusy(true);
+    this.setBusy(true);
     turn.run();
   }
 
   replyView() {
-    return new ReplyView({ around: (draw) => this.conversation.following(draw) });
+    return new ReplyView({ around: (draw) => this.conversation.following(draw), actions: this.actions });
   }
 
   /** Show the running turn of `chatId` below its messages, or follow an unanswered question. */
@@ -266,13 +290,13 @@ class ChatPage {
     const stored = id !== null && this.conversation.list.querySelector(`[data-id="${CSS.escape(id)}"]`);
     if (running.question && !stored) this.conversation.append(running.question);
     this.conversation.append(running.reply.element);
-    this.composer.setBusy(true);
+    this.setBusy(true);
   }
 
   turnView(chatId, running) {
     return {
       question: (message) => {
-        if (running.question) confirmQuestion(running.question, message);
+        if (running.question) confirmQuestion(running.question, message, this.actions);
         this.chats.touched({ ...(this.chat?.id === chatId ? this.chat : {}), id: chatId }, message.created_at);
       },
       progress: (text) => running.reply.show(text),
@@ -298,7 +322,7 @@ class ChatPage {
   turnEnded(chatId) {
     this.turns.delete(chatId);
     if (chatId === this.chat?.id) {
-      this.composer.setBusy(false);
+      this.setBusy(false);
       this.summary.update(chatId);
     }
   }
@@ -307,6 +331,10 @@ class ChatPage {
     this.turnEnded(chatId);
     this.noticeError(error);
     const { turn } = running;
+    if (turn.userMessageId === null && running.unsent !== null) {
+      running.unsent(error);
+      return;
+    }
     if (turn.userMessageId === null && running.question) {
       if (error.status === 413 || error.status === 422) {
         // Refused as written: nothing was stored, so the text goes back to be changed.
@@ -343,12 +371,138 @@ class ChatPage {
     running.reply.element.replaceWith(reply.element);
     running.reply = reply;
     this.turns.set(chatId, running);
-    this.composer.setBusy(true);
+    this.setBusy(true);
     running.turn.retry();
   }
 
   stop() {
     this.turns.get(this.chat?.id)?.turn.stop();
+  }
+
+  // Branches: regenerate, edit, the arrows between versions
+
+  /** A new reply to the question of `article` (a reply, or a question left without one): what
+   * followed the question leaves the page (the server keeps it as a branch) for the new reply. */
+  regenerate(article) {
+    const chatId = this.chat?.id;
+    const message = messageOf(article);
+    if (chatId === undefined || message === undefined || this.busyChat(chatId)) return;
+    byId("chat-notice").replaceChildren();
+    const question = message.role === "user" ? article : questionAbove(article);
+    removeFrom(question === null ? article : question.nextElementSibling);
+    const again = () => this.again(chatId, message.id, (shown) => this.regenerate(shown));
+    const unsent = (error) => this.branchRefused(chatId, error, again);
+    this.startTurn(chatId, Turn.regenerating(this.api, chatId, message.id, null), null, { unsent });
+  }
+
+  /** Open the editor on the question `article`, holding `text` (its own, or what a failed Save sent). */
+  startEdit(article, text = messageOf(article)?.content, notice = null) {
+    const chatId = this.chat?.id;
+    if (chatId === undefined || text === undefined) return;
+    openEditor(article, text, {
+      busy: () => this.busyChat(chatId),
+      notice,
+      onSave: (content) => this.edit(chatId, article, content),
+    });
+  }
+
+  /** Ask `content` in place of the question `article`, on a new branch: the question and what
+   * followed it leave the page (the server keeps them as a branch) for the new one and its reply. */
+  edit(chatId, article, content) {
+    const message = messageOf(article);
+    if (this.chat?.id !== chatId || message === undefined || this.busyChat(chatId)) return;
+    byId("chat-notice").replaceChildren();
+    const images = message.images ?? [];
+    removeFrom(article);
+    const unsent = (error) => this.editRefused(chatId, message.id, content, error);
+    const turn = Turn.editing(this.api, chatId, message.id, content, images, null);
+    this.startTurn(chatId, turn, pendingQuestion(content, images), { unsent });
+  }
+
+  /** A regenerate was refused: the chat's messages as the server has them, and why. */
+  async branchRefused(chatId, error, again) {
+    if (!(await this.reloadMessages(chatId))) return;
+    byId("chat-notice").replaceChildren(problemNotice(error, this.branchErrorOptions(error, again)));
+  }
+
+  /** An edit was refused: the chat's messages as the server has them, the editor open again with
+   * the text sent and why it failed (Save tries again). */
+  async editRefused(chatId, messageId, content, error) {
+    if (!(await this.reloadMessages(chatId))) return;
+    const article = await this.conversation.reveal(chatId, messageId);
+    const notice = problemNotice(error, this.branchErrorOptions(error, null));
+    if (article === null) {
+      byId("chat-notice").replaceChildren(notice);
+      return;
+    }
+    this.startEdit(article, content, notice);
+    article.scrollIntoView({ block: "nearest" });
+  }
+
+  /** What a notice offers when a regenerate, an edit or a change of branch failed: `again`
+   * (null: nothing, as for an edit, whose Save tries again) when trying again may help. */
+  branchErrorOptions(error, again) {
+    if (error.slug === "chat-not-found") {
+      this.chats.remove(this.chat?.id);
+      return { actions: [{ label: "Start a new chat", run: () => this.newChat() }] };
+    }
+    if (error.needsKey) return { actions: [{ label: "Enter an API key", run: () => this.keys.askFor(error) }] };
+    return again !== null && retryable(error) ? { retry: again } : {};
+  }
+
+  /** Run `act` on the message `messageId` of `chatId` again, once it is drawn. */
+  async again(chatId, messageId, act) {
+    if (this.chat?.id !== chatId) return;
+    byId("chat-notice").replaceChildren();
+    const article = await this.conversation.reveal(chatId, messageId);
+    if (article !== null) act(article);
+  }
+
+  /** Make the branch through `messageId` (another version of `article`'s message) current, then
+   * show the chat's messages as they now are, that version in view. */
+  async switchBranch(article, messageId) {
+    const chatId = this.chat?.id;
+    if (chatId === undefined || this.busyChat(chatId)) return;
+    const generation = this.generation;
+    const arrow = [...document.activeElement.classList].find((name) => name.startsWith("siblings-")) ?? null;
+    byId("chat-notice").replaceChildren();
+    this.switching = chatId;
+    this.setBusy(false); // no turn runs; the messages' controls wait for the switch
+    let chat;
+    try {
+      chat = await this.api.switchBranch(chatId, messageId);
+    } catch (error) {
+      this.switching = null;
+      if (generation !== this.generation) return;
+      this.setBusy(this.turns.has(chatId));
+      this.noticeError(error);
+      const again = () => this.again(chatId, messageOf(article)?.id, (shown) => this.switchBranch(shown, messageId));
+      byId("chat-notice").replaceChildren(problemNotice(error, this.branchErrorOptions(error, again)));
+      return;
+    }
+    this.switching = null;
+    if (generation !== this.generation) return;
+    this.changed(chat);
+    if (!(await this.reloadMessages(chatId))) return;
+    const shown = await this.conversation.reveal(chatId, messageId);
+    if (shown === null) return;
+    (shown.querySelector(".siblings") ?? shown).scrollIntoView({ block: "center" });
+    const arrows = [...shown.querySelectorAll(".siblings .message-action")];
+    const focus = arrows.find((button) => button.classList.contains(arrow) && !button.disabled);
+    (focus ?? arrows.find((button) => !button.disabled))?.focus();
+    const siblings = messageOf(shown)?.siblings;
+    if (siblings) announce(`Version ${siblings.index + 1} of ${siblings.ids.length}.`);
+  }
+
+  /** Draw the open chat `chatId`'s messages again, as the server now has them; false when
+   * another chat was opened meanwhile. */
+  async reloadMessages(chatId) {
+    if (this.chat?.id !== chatId) return false;
+    const generation = this.generation;
+    const newest = await this.conversation.show(chatId);
+    if (generation !== this.generation || this.chat?.id !== chatId) return false;
+    this.attachTurn(chatId, newest);
+    return true;
   }
 
   // The chat's header: rename, delete, summary
@@ -442,13 +596,35 @@ class ChatPage {
   }
 }
 
-/** A chat's title from its first question: its first words on one line. */
 /** The text of the question right above `article` (a reply), or null. */
 function questionBefore(article) {
   const question = article.previousElementSibling;
   return question?.classList.contains("message-user") ? question.querySelector(".message-text").textContent : null;
 }
 
+/** The nearest question above `article` (a reply) on the page, or null. */
+function questionAbove(article) {
+  let above = article.previousElementSibling;
+  while (above !== null && !above.classList.contains("message-user")) above = above.previousElementSibling;
+  return above;
+}
+
+/** Take `first` and everything after it off the page. */
+function removeFrom(first) {
+  let next = first;
+  while (next !== null) {
+    const after = next.nextElementSibling;
+    next.remove();
+    next = after;
+  }
+}
+
+/** Whether asking again may help: the server was unreachable, busy or failed. */
+function retryable(error) {
+  return error.network || error.status === 429 || error.status >= 500;
+}
+
+/** A chat's title from its first question: its first words on one line. */
 function titleFor(text) {
   const line = text
     .replace(/[\n\r\t\u2028\u2029]+/g, " ")

@@ -2,12 +2,14 @@
 // fetched as the reader scrolls up (keeping what they read in place), new ones added at the
 // bottom while the view follows them if it was already at the bottom.
 
+import { setControlsBusy } from "./branches.js";
 import { byId, h } from "./dom.js";
 import { OFFLINE_MODEL, messageElement } from "./messages.js";
 import { problemNotice } from "./problems.js";
 
 const PAGE_SIZE = 30;
 const NEAR_BOTTOM_PX = 80;
+const MOST_OLDER_PAGES = 200; // how far back `reveal` looks for a message
 
 export class Conversation {
   constructor(api, { onOffline, onError }) {
@@ -23,6 +25,8 @@ export class Conversation {
     this.hasMore = false;
     this.loading = null;
     this.generation = 0; // bumped on every show(): answers for an earlier chat are dropped
+    this.actions = null; // what each message's controls do (branches.js), given by the page
+    this.busy = false; // a turn of this chat runs: the controls are disabled
     new IntersectionObserver((entries) => entries.some((e) => e.isIntersecting) && this.loadOlder(), {
       root: this.scroller,
       rootMargin: "300px 0px 0px 0px",
@@ -50,6 +54,24 @@ export class Conversation {
     this.oldestId = null;
     this.hasMore = false;
     this.loading = null;
+  }
+
+  /** Disable the messages' controls while a turn of the chat runs, enable them after. */
+  setBusy(busy) {
+    this.busy = busy;
+    setControlsBusy(this.list, busy);
+  }
+
+  /** The drawn message `messageId` of the chat `chatId`, fetching older pages until it is; null when gone. */
+  async reveal(chatId, messageId) {
+    for (let pages = 0; pages <= MOST_OLDER_PAGES; pages++) {
+      if (this.chatId !== chatId) return null; // another chat was opened meanwhile
+      const article = this.list.querySelector(`[data-id="${CSS.escape(messageId)}"]`);
+      if (article !== null) return article;
+      if (!this.hasMore && !this.loading) return null;
+      await this.loadOlder();
+    }
+    return null;
   }
 
   get empty() {
@@ -115,7 +137,7 @@ export class Conversation {
     this.hasMore = page.has_more;
     const older = [...page.data].reverse().map((message) => {
       this.noticeMessage(message);
-      return messageElement(message);
+      return messageElement(message, this.actions);
     });
     this.list.prepend(...older);
     if (first) this.toBottom();

@@ -1,9 +1,11 @@
 // How one message looks: the user's as plain text, a reply as Markdown, each with its facts.
 //
-// `messageElement` draws a stored message. `ReplyView` is the reply being written: it shows the
-// text as it streams (redrawn at most once a frame), says when the connection is being resumed,
-// and becomes the stored message, or the failure, when the turn ends.
+// `messageElement` draws a stored message, with its controls (branches.js) when the page gives
+// it `actions`. `ReplyView` is the reply being written: it shows the text as it streams (redrawn
+// at most once a frame), says when the connection is being resumed, and becomes the stored
+// message, or the failure, when the turn ends.
 
+import { messageControls } from "./branches.js";
 import { fullTime, h, timeElement } from "./dom.js";
 import { highlightCode } from "./highlight.js";
 import { renderMarkdown } from "./markdown.js";
@@ -22,15 +24,24 @@ const CUT_SHORT = {
   shutdown: "Cut short: the server shut down",
 };
 
-/** The <article> showing the stored `message`. */
-export function messageElement(message) {
+// The stored message each <article> shows, for the controls that act on it.
+const shown = new WeakMap();
+
+/** The <article> showing the stored `message`; `actions` (branches.js) give it its controls. */
+export function messageElement(message, actions = null) {
   const article = h("article", { className: `message message-${message.role}` });
-  fill(article, message);
+  fill(article, message, actions);
   return article;
 }
 
-function fill(article, message) {
+/** The stored message `article` shows, or undefined for one not stored (yet). */
+export function messageOf(article) {
+  return shown.get(article);
+}
+
+function fill(article, message, actions) {
   const user = message.role === "user";
+  shown.set(article, message);
   article.dataset.id = message.id;
   article.dataset.seq = message.seq;
   article.dataset.status = message.status;
@@ -38,7 +49,7 @@ function fill(article, message) {
     h("h2", { className: "visually-hidden", text: user ? "You said" : "The assistant said" }),
     imagesElement(message.images ?? []),
     user ? h("div", { className: "message-body message-text", text: message.content }) : replyBody(message.content),
-    footer(message),
+    footer(message, actions),
   );
 }
 
@@ -65,7 +76,7 @@ function replyBody(text) {
   return body;
 }
 
-function footer(message) {
+function footer(message, actions) {
   const facts = [timeElement(message.created_at)];
   if (message.role === "assistant" && message.model === OFFLINE_MODEL) {
     facts.push(
@@ -83,6 +94,7 @@ function footer(message) {
     facts.push(h("span", { className: "tag tag-incomplete", text }));
   }
   if (message.role === "assistant" && message.content) facts.push(copyButton(() => message.content, "Copy reply"));
+  facts.push(messageControls(message, actions));
   return h("footer", { className: "message-meta", title: fullTime(message.created_at) }, facts);
 }
 
@@ -143,15 +155,17 @@ export function unsentQuestion(article) {
 }
 
 /** Turn `article` (a pending question) into the stored `message`. */
-export function confirmQuestion(article, message) {
+export function confirmQuestion(article, message, actions = null) {
   article.classList.remove("message-pending");
-  fill(article, message);
+  fill(article, message, actions);
 }
 
 export class ReplyView {
-  /** `around(draw)` runs each redraw, so the conversation can keep following the text. */
-  constructor({ around = (draw) => draw() } = {}) {
+  /** `around(draw)` runs each redraw, so the conversation can keep following the text;
+   * `actions` give the stored reply its controls. */
+  constructor({ around = (draw) => draw(), actions = null } = {}) {
     this.around = around;
+    this.actions = actions;
     this.status = h("p", { className: "reply-status" }, typingDots(), h("span", { text: "Writing…" }));
     this.body = h("div", { className: "message-body md" });
     this.element = h(
@@ -196,7 +210,7 @@ export class ReplyView {
     cancelAnimationFrame(this.frame);
     this.element.classList.remove("message-streaming");
     this.element.removeAttribute("aria-busy");
-    this.around(() => fill(this.element, message));
+    this.around(() => fill(this.element, message, this.actions));
   }
 
   /** The turn failed: `error` shown in the reply's place, with `retry` when it may help. */

@@ -26,6 +26,10 @@ const BY_SLUG = {
     title: "Chat not found",
     advice: "This chat no longer exists: it was deleted, perhaps in another tab. Pick another chat or start a new one.",
   },
+  "message-not-found": {
+    title: "Message not found",
+    advice: "That message is no longer in this chat, perhaps changed in another tab. Reload the chat and try again.",
+  },
   "reply-not-found": {
     title: "The reply was lost",
     advice:

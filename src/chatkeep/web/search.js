@@ -11,7 +11,6 @@ import { problemNotice } from "./problems.js";
 
 const PAGE_SIZE = 20;
 const TYPING_PAUSE_MS = 250;
-const MOST_OLDER_PAGES = 200; // of 30 messages: how far back a result is looked for
 const HIGHLIGHT_MS = 2500;
 const UNTITLED = "Untitled chat";
 
@@ -117,7 +116,7 @@ export class Search {
   /** Open the hit's chat at its message. */
   async open(hit) {
     await this.openChat(hit.chat_id);
-    const article = await this.reveal(hit.chat_id, hit.message_id);
+    const article = await this.conversation.reveal(hit.chat_id, hit.message_id);
     if (article === null) {
       announce("That message is no longer in the chat.");
       return;
@@ -126,19 +125,6 @@ export class Search {
     article.classList.add("search-target");
     setTimeout(() => article.classList.remove("search-target"), HIGHLIGHT_MS);
     announce(`Showing the message in ${hit.chat_title || UNTITLED}`);
-  }
-
-  /** The drawn message `messageId` of the open chat, fetching older pages until it is; null when gone. */
-  async reveal(chatId, messageId) {
-    const conversation = this.conversation;
-    for (let pages = 0; pages <= MOST_OLDER_PAGES; pages++) {
-      if (conversation.chatId !== chatId) return null; // another chat was opened meanwhile
-      const article = conversation.list.querySelector(`[data-id="${CSS.escape(messageId)}"]`);
-      if (article !== null) return article;
-      if (!conversation.hasMore && !conversation.loading) return null;
-      await conversation.loadOlder();
-    }
-    return null;
   }
 }
 

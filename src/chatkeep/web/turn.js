@@ -7,6 +7,8 @@
 // Stop asks the server to end the reply where it is: its stored, incomplete reply ends the turn.
 // A turn followed after a reload has no key; retrying it asks the server to answer its stored
 // question again (a new key of its own), which works while that question is the chat's last.
+// A regenerate or an edit is a turn that starts its own way (`start`); once its question is
+// stored, retrying it regenerates the reply to that question.
 //
 // The turn reports to a view: question(message), progress(text), reconnecting(flag),
 // answered(message), failed(error) and stopFailed(error).
@@ -20,13 +22,14 @@ const TURN_NOT_RUNNING = "turn-not-running";
 const KEY_IN_FLIGHT = "idempotency-key-in-flight";
 
 export class Turn {
-  constructor(api, chatId, content, view, { userMessageId = null, images = [] } = {}) {
+  constructor(api, chatId, content, view, { userMessageId = null, images = [], start = null } = {}) {
     this.api = api;
     this.chatId = chatId;
     this.content = content;
     this.images = images; // data: URLs sent with the question
+    this.start = start; // (idempotencyKey) => response: how a regenerate or an edit asks; null: a post
     this.view = view;
-    this.idempotencyKey = content === null ? null : newIdempotencyKey();
+    this.idempotencyKey = content === null && start === null ? null : newIdempotencyKey();
     this.userMessageId = userMessageId;
     this.posted = userMessageId !== null; // the server has the turn: follow it rather than post it
     this.lastDelta = 0;
@@ -41,6 +44,17 @@ export class Turn {
     return new Turn(api, chatId, null, view, { userMessageId });
   }
 
+  /** A new reply to the question `messageId` (or to the question a reply `messageId` answers). */
+  static regenerating(api, chatId, messageId, view) {
+    const start = (idempotencyKey) => api.regenerateTurn(chatId, messageId, { idempotencyKey });
+    return new Turn(api, chatId, null, view, { start });
+  }
+
+  /** `content` (with `images`) asked in place of the question `messageId`, on a new branch. */
+  static editing(api, chatId, messageId, content, images, view) {
+    const start = (idempotencyKey) => api.editTurn(chatId, messageId, content, { idempotencyKey, images });
+    return new Turn(api, chatId, content, view, { images, start });
+  }
 
   async run() {
     let failures = 0;
@@ -71,11 +85,21 @@ export class Turn {
     this.stopping = false;
     this.cancelSent = false;
     this.posted = false;
-    if (this.content !== null) this.userMessageId = null;
+    if (this.start !== null) {
+      if (this.userMessageId !== null) this.regenerateStored();
+    } else if (this.content !== null) this.userMessageId = null;
     else this.idempotencyKey = newIdempotencyKey();
     this.lastDelta = 0;
     this.text = "";
     return this.run();
+  }
+
+  /** From now on, ask for a new reply to the stored question (what failed was its reply). */
+  regenerateStored() {
+    const question = this.userMessageId;
+    this.start = (idempotencyKey) => this.api.regenerateTurn(this.chatId, question, { idempotencyKey });
+    this.idempotencyKey = newIdempotencyKey();
+    this.userMessageId = null;
   }
 
   async stop() {
@@ -96,6 +120,7 @@ export class Turn {
   open() {
     const key = { idempotencyKey: this.idempotencyKey };
     if (this.posted) return this.api.resumeTurn(this.chatId, this.userMessageId, String(this.lastDelta));
+    if (this.start !== null) return this.start(this.idempotencyKey);
     if (this.content !== null) return this.api.postTurn(this.chatId, this.content, { ...key, images: this.images });
     return this.api.retryTurn(this.chatId, this.userMessageId, key);
   }
