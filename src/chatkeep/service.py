@@ -9,13 +9,13 @@ the same admission and engine (openai_compat/).
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from chatkeep.api.attachments import image_message
 from chatkeep.api_keys import parse_api_keys
 from chatkeep.config import Settings
-from chatkeep.domain import Chat, ChatChanges, Message, NewMessage, Page, PageRequest, Role, Summary
+from chatkeep.domain import Chat, ChatChanges, Message, NewMessage, Page, PageRequest, Role, Siblings, Summary
 from chatkeep.errors import LLMUnavailableError, StoreUnavailableError
 from chatkeep.idempotency import (
     IdempotencyKey,
@@ -241,11 +241,9 @@ class ChatService:
         Raises what admission refuses with (see turns/admission.py), or an LLMError naming the
         stored user message (which stays stored: a retry with the same key re-runs only the reply).
         """
-        admitted = await self.admission.admit(owner, chat_id, key)
-        if admitted.replay is not None:
-            return await self._replayed(admitted)
-        outcome = await self.engine.run(admitted, _native_turn(content, images))
-        return AnsweredTurn(outcome.inputs[-1], outcome.outputs[0])
+        answered = await self._answer(owner, chat_id, _native_turn(content, images), key, streamed=False)
+        assert isinstance(answered, AnsweredTurn)
+        return answered
 
     async def stream_message(
         self,
@@ -258,30 +256,68 @@ class ChatService:
     ) -> TurnEvents:
         """Start a turn whose reply is streamed: its events, which it writes whether or not anyone
         reads them. What admission refuses is raised here, before anything streams."""
-        admitted = await self.admission.admit(owner, chat_id, key)
-        if admitted.replay is not None:
-            turn = await self._replayed(admitted)
-            return TurnEvents.ended(turn.user_message, turn.assistant_message)
-        events = self.engine.start(admitted, _native_turn(content, images)).events
-        assert events is not None
+        events = await self._answer(owner, chat_id, _native_turn(content, images), key, streamed=True)
+        assert isinstance(events, TurnEvents)
         return events
 
     async def answer_again(
-        self, owner: str, chat_id: str, question_id: str, *, streamed: bool, key: IdempotencyKey | None = None
+        self,
+        owner: str,
+        chat_id: str,
+        message_id: str,
+        *,
+        streamed: bool,
+        key: IdempotencyKey | None = None,
+        regenerate: bool = False,
     ) -> AnsweredTurn | TurnEvents:
-        """Run the reply to a stored question whose reply was lost (the LLM failed, or the server
-        stopped before storing it), as a turn; ChatMovedOnError when it is no longer the chat's
-        last message. Its events when `streamed`, else the answered turn."""
-        admitted = await self.admission.admit(owner, chat_id, key, inputs=0)
+        """Run the reply to a stored question again, as a turn. Without `regenerate`, a question
+        whose reply was lost (the LLM failed, or the server stopped before storing it), and
+        ChatMovedOnError when it is no longer the chat's last message. With it, any question of
+        the current branch, or a reply (its question is answered): what came after the question
+        leaves the current branch, kept as the new reply's sibling. Its events when `streamed`,
+        else the answered turn."""
+        turn = NewTurn([], _ids_of, answers=message_id, regenerate=regenerate)
+        return await self._answer(owner, chat_id, turn, key, streamed=streamed, inputs=0)
+
+    async def edit_message(
+        self,
+        owner: str,
+        chat_id: str,
+        message_id: str,
+        content: str,
+        *,
+        images: Sequence[str] = (),
+        streamed: bool,
+        key: IdempotencyKey | None = None,
+    ) -> AnsweredTurn | TurnEvents:
+        """Answer `content` in the place of the user question `message_id`, on a new branch: the
+        question and what came after it stay, as its sibling. Its events when `streamed`, else the
+        answered turn."""
+        turn = replace(_native_turn(content, images), replaces=message_id)
+        return await self._answer(owner, chat_id, turn, key, streamed=streamed)
+
+    async def switch_branch(self, owner: str, chat_id: str, message_id: str) -> Chat:
+        """Make the branch through `message_id` the chat's current one, in the chat's turn order."""
+        admitted = await self.admission.admit(owner, chat_id, None, inputs=0, replies=0, rated=False)
+        return await self.engine.switch_branch(admitted, message_id)
+
+    async def siblings(self, owner: str, chat_id: str, messages: Sequence[Message]) -> dict[str, Siblings]:
+        return await self.store.siblings(owner, chat_id, messages)
+
+    async def _answer(
+        self, owner: str, chat_id: str, turn: NewTurn, key: IdempotencyKey | None, *, streamed: bool, inputs: int = 1
+    ) -> AnsweredTurn | TurnEvents:
+        """Admit and run a native turn that answers one question: its events when `streamed`, else
+        the answered turn (a replay of the key's, when it already was)."""
+        admitted = await self.admission.admit(owner, chat_id, key, inputs=inputs)
         if admitted.replay is not None:
-            turn = await self._replayed(admitted)
-            return TurnEvents.ended(turn.user_message, turn.assistant_message) if streamed else turn
-        again = NewTurn([], _ids_of, answers=question_id)
+            answered = await self._replayed(admitted)
+            return TurnEvents.ended(answered.user_message, answered.assistant_message) if streamed else answered
         if streamed:
-            events = self.engine.start(admitted, again).events
+            events = self.engine.start(admitted, turn).events
             assert events is not None
             return events
-        outcome = await self.engine.run(admitted, again)
+        outcome = await self.engine.run(admitted, turn)
         return AnsweredTurn(outcome.inputs[-1], outcome.outputs[0])
 
     async def turn_events(

@@ -49,6 +49,9 @@ CASES = [
     Case("GET", "/chats/{bad}/messages/{message}/events", 404),
     Case("POST", "/chats/{bad}/messages/{message}/retry", 404, {}),
     Case("POST", "/chats/{bad}/messages/{message}/cancel", 404),
+    Case("POST", "/chats/{bad}/messages/{message}/regenerate", 404, {}),
+    Case("POST", "/chats/{bad}/messages/{message}/edit", 404, {"content": "hi"}),
+    Case("PUT", "/chats/{bad}/branch", 404, {"message_id": "msg_x"}),
     Case("GET", "/v1/conversations/{bad}", 404),
     Case("POST", "/v1/conversations/{bad}", 404, {"metadata": {}}),
     Case("DELETE", "/v1/conversations/{bad}", 404),
@@ -60,6 +63,8 @@ CASES = [
     Case("GET", "/chats/{chat}/messages/{bad}/events", 404),
     Case("POST", "/chats/{chat}/messages/{bad}/retry", 404, {}),
     Case("POST", "/chats/{chat}/messages/{bad}/cancel", 404),
+    Case("POST", "/chats/{chat}/messages/{bad}/regenerate", 404, {}),
+    Case("POST", "/chats/{chat}/messages/{bad}/edit", 404, {"content": "hi"}),
     Case("GET", "/v1/conversations/{chat}/items/{bad}", 404),
     Case("DELETE", "/v1/conversations/{chat}/items/{bad}", 404),
     # A response id that names no response.

@@ -6,12 +6,13 @@ on the path every turn takes. The schemas still document the answers, and the sc
 in `make test` checks every answer against them.
 """
 
+from dataclasses import fields
 from typing import Any, TypeVar
 
 import orjson
 from starlette.responses import Response
 
-from chatkeep.domain import Chat, Identified, Page, PageRequest
+from chatkeep.domain import Chat, Identified, Message, Page, PageRequest, Siblings
 from chatkeep.store.paging import activity_cursor
 
 OPTIONS = orjson.OPT_UTC_Z
@@ -42,3 +43,13 @@ def chat_page_body(page: Page[Chat], request: PageRequest) -> dict[str, Any]:
 
 def _id_of(chat: Chat) -> str:
     return chat.id
+
+
+def with_siblings(message: Message, siblings: dict[str, Siblings]) -> Message | dict[str, Any]:
+    """`message`, with its `siblings` when it has any (a chat that branched: rare, so the dict
+    built here costs the messages of other chats nothing)."""
+    found = siblings.get(message.id)
+    if found is None:
+        return message
+    body = {field.name: getattr(message, field.name) for field in fields(message)}
+    return body | {"siblings": {"ids": found.ids, "index": found.index}}

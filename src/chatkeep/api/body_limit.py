@@ -6,7 +6,7 @@ grow: the server reads no more than announced); a chunked body is counted as it 
 read fails with an HTTPException that the problem handlers render.
 Starlette's own limiter answers such requests in plain text, hence this one.
 
-The routes that take attachments (a message post, a response, a conversation and its items) may
+The routes that take attachments (a message post or edit, a response, a conversation and its items) may
 carry more: the base64 of CHATKEEP_MAX_REQUEST_ATTACHMENT_BYTES beyond the limit of every other.
 An import (POST /import, a whole export file) has its own limit, CHATKEEP_MAX_IMPORT_BYTES.
 """
@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chatkeep.api.problems import http_problem
 
 # POST routes whose body may carry images and files
-ATTACHMENT_ROUTES = re.compile(r"/chats/[^/]+/messages|/v1/responses|/v1/conversations(/[^/]+/items)?")
+ATTACHMENT_ROUTES = re.compile(r"/chats/[^/]+/messages(/[^/]+/edit)?|/v1/responses|/v1/conversations(/[^/]+/items)?")
 IMPORT_ROUTE = "/import"
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from chatkeep.api import sse
 from chatkeep.api.attachments import check_images
-from chatkeep.api.bodies import chat_page_body, json_response, page_body
+from chatkeep.api.bodies import chat_page_body, json_response, page_body, with_siblings
 from chatkeep.api.deps import (
     ChatPageDep,
     IdempotencyKeyHeader,
@@ -24,6 +24,7 @@ from chatkeep.api.deps import (
 )
 from chatkeep.api.fast_turn_route import TURN_OPENAPI, read_message_post
 from chatkeep.api.schemas import (
+    BranchIn,
     ChatCreate,
     ChatList,
     ChatOut,
@@ -42,7 +43,7 @@ from chatkeep.errors import InvalidSearchError, ModelNotServedError, Unauthorize
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.metrics import CONTENT_TYPE
 from chatkeep.search import MAX_QUERY_CHARS
-from chatkeep.service import ChatService
+from chatkeep.service import AnsweredTurn, ChatService
 from chatkeep.turns.events import TurnEvents
 
 PROBLEM = "application/problem+json"
@@ -292,9 +293,83 @@ async def cancel_turn(service: ServiceDep, owner: OwnerDep, chat_id: str, user_m
     return json_response(await service.stop_turn(owner, chat_id, user_message_id))
 
 
+@router.post(
+    "/chats/{chat_id}/messages/{message_id}/regenerate",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TurnOut,
+    tags=["branches"],
+    responses=STREAMED_TURN | _problems(400, 404, 409, 413, 422, 429, 502, 503, 504),
+)
+async def regenerate(
+    service: ServiceDep,
+    owner: OwnerDep,
+    chat_id: str,
+    message_id: str,
+    idempotency_key: IdempotencyKeyHeader = None,
+    body: Annotated[RetryIn | None, Body()] = None,
+) -> Response:
+    """A new reply to a question of the current branch (`message_id` is the question, or a reply
+    to it), as a turn in the chat's order. The messages after the question leave the current
+    branch and stay as the new reply's sibling (`siblings`, `PUT /chats/{id}/branch`). This also
+    answers a question whose reply failed after the chat moved on."""
+    body = body or RetryIn()
+    key = _key(idempotency_key, f"POST /chats/{chat_id}/messages/{message_id}/regenerate", body, exclude={"stream"})
+    answered = await service.answer_again(owner, chat_id, message_id, streamed=body.stream, key=key, regenerate=True)
+    return await _branched_turn(service, owner, chat_id, answered)
+
+
+@router.post(
+    "/chats/{chat_id}/messages/{message_id}/edit",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TurnOut,
+    tags=["branches"],
+    responses=STREAMED_TURN | _problems(400, 404, 409, 413, 422, 429, 502, 503, 504),
+    openapi_extra=TURN_OPENAPI,
+)
+async def edit_message(request: Request, chat_id: str, message_id: str) -> Response:
+    """Answer a changed question in the place of the user question `message_id`, on a new branch:
+    the question and everything after it stay, as the new question's sibling. The body is a
+    message post's."""
+    service = service_of(request)
+    post = await read_message_post(request, max_chars=service.settings.max_message_chars)
+    body = post.body
+    check_images(body.images, service.settings)
+    key = _key(post.idempotency_key, f"POST /chats/{chat_id}/messages/{message_id}/edit", body, exclude={"stream"})
+    answered = await service.edit_message(
+        post.owner, chat_id, message_id, body.content, images=body.images, streamed=post.streamed, key=key
+    )
+    return await _branched_turn(service, post.owner, chat_id, answered)
+
+
+async def _branched_turn(
+    service: ChatService, owner: str, chat_id: str, answered: AnsweredTurn | TurnEvents
+) -> Response:
+    """A turn on a new branch, answered as a message post is, its messages with their siblings."""
+    if isinstance(answered, TurnEvents):
+        return sse.EventStream(answered.follow(), sse.turn_event)
+    question, reply = answered.user_message, answered.assistant_message
+    siblings = await service.siblings(owner, chat_id, [question, reply])
+    body = {"user_message": with_siblings(question, siblings), "assistant_message": with_siblings(reply, siblings)}
+    return json_response(body, status=201)
+
+
+@router.put("/chats/{chat_id}/branch", response_model=ChatOut, tags=["branches"], responses=_problems(404, 422))
+async def switch_branch(service: ServiceDep, owner: OwnerDep, chat_id: str, body: BranchIn) -> Response:
+    """Make the branch through `message_id` the chat's current one: the one its messages, context,
+    summaries and OpenAI's conversation view show. Below that message it follows the branch that
+    was current last. Waits for the turns before it on the chat."""
+    return json_response(await service.switch_branch(owner, chat_id, body.message_id))
+
+
 @router.get("/chats/{chat_id}/messages", response_model=MessageList, tags=["messages"], responses=_problems(404, 422))
 async def list_messages(service: ServiceDep, owner: OwnerDep, chat_id: str, page: MessagePageDep) -> Response:
-    return json_response(page_body(await service.list_messages(owner, chat_id, page)))
+    """The messages of the chat's current branch, by `seq`; each with its `siblings` on the other branches."""
+    listed = await service.list_messages(owner, chat_id, page)
+    siblings = await service.siblings(owner, chat_id, listed.data)
+    body = page_body(listed)
+    if siblings:
+        body["data"] = [with_siblings(message, siblings) for message in listed.data]
+    return json_response(body)
 
 
 REFRESH = (

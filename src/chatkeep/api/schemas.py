@@ -106,6 +106,11 @@ class UsageOut(BaseModel):
     completion_tokens: int
 
 
+class SiblingsOut(BaseModel):
+    ids: list[str] = Field(description="their ids in creation order, this message's among them")
+    index: int = Field(description="this message's place in `ids`, from 0 (`PUT /chats/{id}/branch` shows another)")
+
+
 class MessageOut(BaseModel):
     id: str
     chat_id: str
@@ -127,6 +132,11 @@ class MessageOut(BaseModel):
     images: list[str] = Field(
         default_factory=list,
         description="a user message's images as sent (data: or https: URLs), in order; absent when it has none",
+    )
+    siblings: SiblingsOut | None = Field(
+        default=None,
+        description="the messages at this one's place on every branch of the chat (a regenerated reply's versions,"
+        " an edited question's), when there are others; absent when there are none",
     )
 
 
@@ -182,6 +192,12 @@ class SearchResultsOut(BaseModel):
     data: list[SearchHitOut] = Field(description="best match first")
     has_more: bool
     next_cursor: str | None = Field(description="pass as `after` for the next page; null on the last")
+
+
+class BranchIn(_Input):
+    message_id: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)] = Field(
+        description="a message of the chat, on any branch: the branch through it becomes the current one"
+    )
 
 
 class RetryIn(BaseModel):

@@ -204,7 +204,9 @@ class Branches(Protocol):
     context, counts, summaries, search, OpenAI's linear conversation). `seq` is a message's depth:
     gap-free along every branch, fixed for life. The other branches' messages are kept apart,
     each with its parent (`OffBranchMessage`), and come back when a branch through them is
-    made current. Writes are fenced by a turn's ticket like appends (TurnLapsedError).
+    made current. Writes are fenced by a turn's ticket like appends (TurnLapsedError); one that
+    changes the current branch is a write to the chat (its `updated_at` moves) and counts as one
+    branch change (the `left_at` of the messages it takes off).
     """
 
     async def fork_at(self, owner: str, chat_id: str, seq: int, *, ticket: TurnTicket | None = None) -> None:

@@ -72,11 +72,19 @@ class Admission:
         self._max_chat_messages = max_chat_messages
 
     async def admit(
-        self, owner: str, chat_id: str | None, key: IdempotencyKey | None, *, inputs: int = 1, replies: int = 1
+        self,
+        owner: str,
+        chat_id: str | None,
+        key: IdempotencyKey | None,
+        *,
+        inputs: int = 1,
+        replies: int = 1,
+        rated: bool = True,
     ) -> Admitted:
         """Let a turn on `chat_id` (None: on no chat) in, or refuse it (see the module). The turn
         stores `inputs` messages, then `replies` (a question and its reply unless told otherwise);
-        a retry whose inputs are stored already needs room for its reply alone.
+        a retry whose inputs are stored already needs room for its reply alone. A change that
+        calls no LLM (a branch switch) is not `rated`: it takes no rate slot.
 
         Raises OverloadedError, ChatNotFoundError, IdempotencyKeyInFlightError,
         IdempotencyKeyReusedError, ChatFullError, RateLimitedError, ChatBusyError, or
@@ -90,7 +98,7 @@ class Admission:
         try:
             if chat is not None:
                 self._check_room(chat.id, chat.message_count, (0 if held.retry_of is not None else inputs) + replies)
-            if self._rate_limit is not None:
+            if rated and self._rate_limit is not None:
                 await self._rate_limit.check(owner)
             # A turn on no chat waits for nothing; its own queue counts it in flight.
             queued = self._queue.join(chat_id if chat_id is not None else secrets.token_hex(8), owner)

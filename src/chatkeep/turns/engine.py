@@ -54,6 +54,8 @@ from chatkeep.turns.running import RunningTurn, RunningTurns
 
 log = logging.getLogger(__name__)
 
+QUESTION_LOOKBACK = 16  # messages read at a time walking back from a reply to its question
+
 
 @dataclass(slots=True, frozen=True)
 class Chain:
@@ -78,6 +80,8 @@ class NewTurn:
     chain: Chain | None = None  # set for a response chained to earlier ones: no chat, its own prompt
     kept: Callable[[TurnOutcome], Awaitable[None]] | None = None  # once the reply is stored, before the turn ends
     answers: str | None = None  # a stored question whose reply was lost, answered (no inputs then)
+    regenerate: bool = False  # with `answers` (a question, or a reply to one): answered anew on a new branch
+    replaces: str | None = None  # a user question the inputs take the place of, on a new branch (an edit)
 
 
 class TurnEngine:
@@ -196,9 +200,14 @@ class TurnEngine:
             return turn.chain.inputs, None
         retry_of = key.retry_of or turn.answers
         if retry_of is not None:
-            return await self._retried(owner, chat.id, retry_of)
+            return await self._retried(owner, chat.id, retry_of, ticket, regenerate=turn.regenerate)
         if ticket is not None and ticket.question is not None:  # stored as the turn was granted
             return [ticket.question], ticket.system_prompt
+        if turn.replaces is not None:
+            replaced = await self._store.get_message(owner, chat.id, turn.replaces)
+            if not _asked_by_user(replaced):
+                raise InvalidInputError(f"{replaced.id!r} is not a question of the user's", param="message_id")
+            await self._store.fork_at(owner, chat.id, replaced.seq, ticket=ticket)
         content = _question_of(turn, admitted)
         if content is not None:  # a native turn on a chat whose queue was not empty: one round trip
             question, chat_prompt = await self._store.append_question(owner, chat.id, content, ticket=ticket)
@@ -207,17 +216,50 @@ class TurnEngine:
             owner, chat.id, turn.inputs, ticket=ticket, ends_turn=not turn.answered
         )
 
-    async def _retried(self, owner: str, chat_id: str, question_id: str) -> tuple[list[Message], str | None]:
-        """The stored question whose reply is run again: it must still be the chat's last message."""
-        question = await self._store.get_message(owner, chat_id, question_id)
-        if question.role is not Role.USER or (question.item is not None and question.item.get("role") != "user"):
-            raise InvalidInputError(f"{question.id!r} is not a question of the user's", param="user_message_id")
-        if (await self._store.message_stats(owner, chat_id)).last_seq != question.seq:
-            raise ChatMovedOnError(
-                f"{question.id!r} is no longer the chat's last message: it has a reply, or messages came after it;"
-                " post it again as a new message"
-            )
-        return [question], (await self._store.get_chat(owner, chat_id)).system_prompt
+    async def _retried(
+        self, owner: str, chat_id: str, message_id: str, ticket: TurnTicket | None, *, regenerate: bool
+    ) -> tuple[list[Message], str | None]:
+        """The stored question whose reply is run again. A retry needs it to be the chat's last
+        message still; a regenerate (of it, or of a reply to it) takes what came after it off the
+        current branch, where it stays as the sibling branch of the new reply."""
+        message = await self._store.get_message(owner, chat_id, message_id)
+        question = await self._question_before(owner, chat_id, message) if regenerate else message
+        if not _asked_by_user(question):
+            param = "message_id" if regenerate else "user_message_id"
+            raise InvalidInputError(f"{question.id!r} is not a question of the user's", param=param)
+        chat = await self._store.get_chat(owner, chat_id)
+        if chat.message_count != question.seq:
+            if not regenerate:
+                raise ChatMovedOnError(
+                    f"{question.id!r} is no longer the chat's last message: it has a reply, or messages came after"
+                    " it; regenerate it to answer it on a new branch, or post it again as a new message"
+                )
+            await self._store.fork_at(owner, chat_id, question.seq + 1, ticket=ticket)
+        return [question], chat.system_prompt
+
+    async def _question_before(self, owner: str, chat_id: str, message: Message) -> Message:
+        """`message` when it is the user's question, else the last question of the user's before it
+        (the one a reply answers); `message` itself when there is none."""
+        seq = message.seq
+        while not _asked_by_user(message) and seq > 1:
+            earlier = await self._store.recent_messages(owner, chat_id, limit=QUESTION_LOOKBACK, before_seq=seq)
+            for candidate in earlier:
+                if _asked_by_user(candidate):
+                    return candidate
+            if not earlier:
+                break
+            seq = earlier[-1].seq
+        return message
+
+    async def switch_branch(self, admitted: Admitted, message_id: str) -> Chat:
+        """Make the branch through `message_id` current, in the chat's turn order (after the turns
+        ahead of it, in every process), so no turn's context changes under it."""
+        assert admitted.chat is not None
+        assert admitted.queued is not None
+        owner, chat_id = admitted.owner, admitted.chat.id
+        running = RunningTurn(chat_id, None)
+        async with TurnHold(admitted.queued, self._store.turn_lease(owner, chat_id), self._metrics, running):
+            return await self._store.switch_branch(owner, chat_id, message_id, ticket=running.ticket)
 
     async def _reply(
         self, admitted: Admitted, turn: NewTurn, running: RunningTurn, question: Message, chat_prompt: str | None
@@ -335,6 +377,11 @@ def _answered_by(reply: Reply, model: str | None) -> Reply:
     return reply if reply.model is not None or model is None else replace(reply, model=model)
 
 
+def _asked_by_user(message: Message) -> bool:
+    """A question of the user's: a user message, plain or an item of role user (not a tool's output)."""
+    return message.role is Role.USER and (message.item is None or message.item.get("role") == "user")
+
+
 def _chat_id(admitted: Admitted) -> str:
     return admitted.chat.id if admitted.chat is not None else ""
 
@@ -346,6 +393,7 @@ def _question_of(turn: NewTurn, admitted: Admitted) -> str | None:
         turn.answered
         and turn.answers is None
         and admitted.key.retry_of is None
+        and turn.replaces is None
         and len(inputs) == 1
         and inputs[0].item is None
         and inputs[0].role is Role.USER

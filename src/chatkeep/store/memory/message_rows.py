@@ -62,6 +62,16 @@ class MessageRows:
         stored as an export gave it, whose id its caller chose (no random bytes are drawn)."""
         self._rows += _ROW.pack(stamp, bytes(ID_BYTES))
 
+    def before(self, seq: int) -> "MessageRows":
+        """A new buffer of this one's rows of the seqs before `seq`: the chat's rows once its
+        messages from `seq` on left its current branch (each keeping its id and creation time in
+        its own slots). This buffer is never written again, so a message object read from it
+        earlier, which a caller may still hold, keeps reading its own id, never that of a message
+        stored later at its seq."""
+        rows = MessageRows()
+        rows._rows = self._rows[: _ROW.size * (seq - 1)]
+        return rows
+
     def message_id(self, seq: int) -> str:
         """`msg_` then the base64 of the message's random bytes and its seq: an id as opaque as
         `new_id`'s whose message is found without an index (`seq_in`)."""
@@ -119,6 +129,17 @@ class StoredMessage(Message):
         return _values(self) == _values(other)
 
     __hash__ = Message.__hash__  # which defining __eq__ would drop
+
+
+def moved_rows(messages: list[Message], old: MessageRows, new: MessageRows) -> None:
+    """Point those of `messages` whose id and creation time are rows of `old` at the same rows of
+    `new` (`MessageRows.before`), which holds the same bytes, so that `old` is freed once no
+    caller holds a message of it."""
+    for message in messages:
+        if _ID.__get__(message) is old:
+            _put_id(message, new)
+        if _CREATED_AT.__get__(message) is old:
+            _put_created_at(message, new)
 
 
 def _values(message: Message) -> tuple[Any, ...]:

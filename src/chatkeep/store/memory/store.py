@@ -37,10 +37,12 @@ from chatkeep.domain import (
     Message,
     MessageStats,
     NewMessage,
+    OffBranchMessage,
     Page,
     PageRequest,
     Role,
     RollingSummary,
+    Siblings,
     StoredResponse,
     SummaryText,
     new_id,
@@ -55,7 +57,7 @@ from chatkeep.errors import (
 )
 from chatkeep.search import SearchHit, SearchKey, SearchPage, scan_score, scan_snippet
 from chatkeep.store.blobs import Attachments, BlobStore, MemoryBlobs, appended_as_sent, needs_restoring
-from chatkeep.store.memory.message_rows import MessageRows, moment, now_us, seq_in, stored_message
+from chatkeep.store.memory.message_rows import MessageRows, moment, moved_rows, now_us, seq_in, stored_message
 from chatkeep.store.paging import EPOCH, MICROSECOND, ActivityKey, KeyRange, activity_range, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
 
@@ -86,6 +88,7 @@ class _ChatRecord:
     summarizing_until: float = 0.0  # the monotonic time the rolling summary's hold lapses
     head: int = NO_TICKET  # the ticket holding the chat's turn
     waiting: "deque[tuple[int, asyncio.Future[None]]] | None" = None  # the tickets behind it, in order
+    branches: "_OffBranch | None" = None  # its messages off the current branch, once it has any
 
     def seq_of(self, message_id: str) -> int | None:
         """The seq of the chat's message `message_id`, which it carries (see `seq_in`) unless the
@@ -94,6 +97,46 @@ class _ChatRecord:
         if seq is None or not 0 < seq <= len(self.messages):
             return self.named.get(message_id) if self.named else None
         return seq if self.messages[seq - 1].id == message_id else None
+
+    def take_off(self, seq: int, left_at: int) -> None:
+        """Take the current branch's messages from `seq` on off it (`Branches.fork_at`): each keeps
+        its id and creation time in its own slots, as its row in `rows` goes."""
+        branches = self.branches = self.branches or _OffBranch()
+        taken = self.messages[seq - 1 :]
+        parent_id = self.messages[seq - 2].id if seq > 1 else None
+        for message in taken:
+            kept = replace(message)  # its id and creation time as values, no longer its row's
+            branches.keep(OffBranchMessage(kept, parent_id, left_at))
+            if self.named:
+                self.named.pop(kept.id, None)
+            parent_id = kept.id
+        del self.messages[seq - 1 :]
+        old, self.rows = self.rows, self.rows.before(seq)
+        moved_rows(self.messages, old, self.rows)
+        self.user_count -= sum(message.role is Role.USER for message in taken)
+
+    def bring_on(self, path: Sequence[OffBranchMessage]) -> None:
+        """Put the off-branch messages `path` (one after the other, the first after the current
+        branch's last message) back on the current branch, under the ids they had."""
+        assert self.branches is not None
+        for kept in path:
+            message = self.branches.take(kept.message.id)
+            assert message.seq == len(self.messages) + 1, "an off-branch message comes back at its own seq"
+            self.rows.add_at(_micros(message.created_at))  # the row of its seq: its slots hold its values
+            self.messages.append(message)
+            if seq_in(message.id) != message.seq:
+                self.named = self.named or {}
+                self.named[message.id] = message.seq
+            self.user_count += message.role is Role.USER
+            self.attached = self.attached or (message.item is not None and BLOBS_KEY in message.item)
+
+    def drop_summaries_from(self, seq: int) -> None:
+        """Drop the cached summary and the rolling summary when they cover message `seq` or later:
+        a branch change took those messages off."""
+        if self.summary is not None and self.summary.up_to_seq >= seq:
+            self.summary = None
+        if self.rolling_summary is not None and self.rolling_summary.up_to_seq >= seq:
+            self.rolling_summary = None
 
     def to_chat(self) -> Chat:
         return Chat(
@@ -111,6 +154,57 @@ class _ChatRecord:
     def activity(self) -> tuple[int, str]:
         """Its place among its owner's chats by last activity (`_OwnerChats.activity`)."""
         return self.updated, self.id
+
+
+@dataclass(slots=True, eq=False)
+class _OffBranch:
+    """A chat's messages off its current branch, by id, and their ids by parent id; `changes`
+    is the chat's count of branch changes, what each one's `left_at` was as it left."""
+
+    by_id: dict[str, OffBranchMessage] = field(default_factory=dict)
+    children: dict[str | None, list[str]] = field(default_factory=dict)
+    changes: int = 0
+
+    def keep(self, kept: OffBranchMessage) -> None:
+        self.by_id[kept.message.id] = kept
+        self.children.setdefault(kept.parent_id, []).append(kept.message.id)
+
+    def take(self, message_id: str) -> Message:
+        """Take the off-branch message `message_id` out, to bring it back on the current branch."""
+        kept = self.by_id.pop(message_id)
+        others = self.children[kept.parent_id]
+        others.remove(message_id)
+        if not others:
+            del self.children[kept.parent_id]
+        return kept.message
+
+    def path_to(self, message_id: str) -> list[OffBranchMessage]:
+        """The off-branch messages from where the branch through `message_id` leaves the current
+        one to its leaf: `message_id`'s off-branch ancestors, it, then at each step the child
+        that was current last."""
+        path = [self.by_id[message_id]]
+        while (parent_id := path[-1].parent_id) is not None and parent_id in self.by_id:
+            path.append(self.by_id[parent_id])
+        path.reverse()
+        while (child := self.current_last(path[-1].message.id)) is not None:
+            path.append(child)
+        return path
+
+    def current_last(self, parent_id: str) -> OffBranchMessage | None:
+        """Of the off-branch messages after `parent_id`, the one that was current last."""
+        kept = [self.by_id[child] for child in self.children.get(parent_id, ())]
+        return max(kept, key=_left_order, default=None)
+
+
+def _place(kept: OffBranchMessage) -> tuple[datetime, str]:
+    """Where an off-branch message sits among its siblings: in creation order."""
+    return kept.message.created_at, kept.message.id
+
+
+def _left_order(kept: OffBranchMessage) -> tuple[int, datetime, str]:
+    """The order in which off-branch messages left the current branch (ties, which only an import
+    makes, by creation)."""
+    return kept.left_at, kept.message.created_at, kept.message.id
 
 
 @dataclass(slots=True, frozen=True)
@@ -192,12 +286,21 @@ class MemoryStore:
         return record.to_chat()
 
     async def insert_chats(self, owner: str, chats: Sequence[ChatCopy]) -> None:
-        kept = [replace(copy, messages=await self._attachments.kept(copy.messages)) for copy in chats]
+        kept = [await self._kept_copy(copy) for copy in chats]
         taken = self._taken_id(kept)  # from here on nothing awaits: all of them are stored, or none
         if taken is not None:
             raise IdTakenError(taken)
         for copy in kept:
             self._insert_copy(owner, copy)
+
+    async def _kept_copy(self, copy: ChatCopy) -> ChatCopy:
+        """`copy` with the attachments of its messages, on every branch, kept in the blob store."""
+        messages = await self._attachments.kept(copy.messages)
+        if not copy.off_branch:
+            return replace(copy, messages=messages)
+        off = await self._attachments.kept([kept.message for kept in copy.off_branch])
+        off_branch = [replace(kept, message=message) for kept, message in zip(copy.off_branch, off, strict=True)]
+        return replace(copy, messages=messages, off_branch=off_branch)
 
     def _taken_id(self, copies: Sequence[ChatCopy]) -> str | None:
         """The first id of `copies` a chat or message of the store holds. Message ids are kept per
@@ -207,6 +310,7 @@ class MemoryStore:
             if copy.chat.id in self._chats:
                 return copy.chat.id
         wanted = {message.id for copy in copies for message in copy.messages}
+        wanted |= {kept.message.id for copy in copies for kept in copy.off_branch}
         by_seq: dict[int, set[str]] = {}
         for message_id in wanted:
             if (seq := seq_in(message_id)) is not None:
@@ -217,6 +321,8 @@ class MemoryStore:
             for seq, ids in by_seq.items():
                 if seq <= len(record.messages) and (found := record.messages[seq - 1].id) in ids:
                     return found
+            if record.branches and (off := wanted & record.branches.by_id.keys()):
+                return min(off)
         return None
 
     def _insert_copy(self, owner: str, copy: ChatCopy) -> None:
@@ -232,6 +338,12 @@ class MemoryStore:
             record.rows.add_at(_micros(message.created_at))
             record.messages.append(_row_of(record, message.seq, message))
             record.user_count += message.role is Role.USER
+        if copy.off_branch:
+            branches = record.branches = _OffBranch()
+            for kept in copy.off_branch:
+                branches.keep(replace(kept, message=replace(kept.message, chat_id=record.id)))
+                record.attached = record.attached or (kept.message.item is not None and BLOBS_KEY in kept.message.item)
+            branches.changes = max(kept.left_at for kept in copy.off_branch)
         self._chats[record.id] = record
         owned = self._owners.setdefault(owner, _OwnerChats())
         owned.ranks.append(record.rank)
@@ -469,6 +581,63 @@ class MemoryStore:
             raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
         (message,) = await self._attachments.restored([record.messages[seq - 1]])
         return message
+
+    async def fork_at(self, owner: str, chat_id: str, seq: int, *, ticket: TurnTicket | None = None) -> None:
+        record = self._fenced(owner, chat_id, ticket)
+        last = len(record.messages)
+        if not 1 <= seq <= last + 1:
+            raise ValueError(f"seq {seq} is not in 1 to {last + 1}, the chat's last seq + 1")
+        if seq <= last:
+            branches = record.branches = record.branches or _OffBranch()
+            branches.changes += 1
+            record.take_off(seq, branches.changes)
+            record.drop_summaries_from(seq)
+            self._owners[owner].moved(record, now_us())
+
+    async def switch_branch(
+        self, owner: str, chat_id: str, message_id: str, *, ticket: TurnTicket | None = None
+    ) -> Chat:
+        record = self._fenced(owner, chat_id, ticket)
+        if record.seq_of(message_id) is not None:
+            return record.to_chat()  # on the current branch already
+        branches = record.branches
+        if branches is None or message_id not in branches.by_id:
+            raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
+        path = branches.path_to(message_id)
+        parted_at = path[0].message.seq
+        branches.changes += 1
+        if parted_at <= len(record.messages):
+            record.take_off(parted_at, branches.changes)
+        record.bring_on(path)
+        record.drop_summaries_from(parted_at)
+        self._owners[owner].moved(record, now_us())
+        return record.to_chat()
+
+    async def siblings(self, owner: str, chat_id: str, messages: Sequence[Message]) -> dict[str, Siblings]:
+        record = self._record(owner, chat_id)
+        branches = record.branches
+        if branches is None or not branches.children:
+            return {}
+        current = record.messages
+        found = {}
+        for message in messages:
+            seq = message.seq
+            if not 0 < seq <= len(current) or current[seq - 1].id != message.id:
+                continue  # not on the current branch
+            others = branches.children.get(current[seq - 2].id if seq > 1 else None)
+            if others:
+                places = sorted([(message.created_at, message.id)] + [_place(branches.by_id[i]) for i in others])
+                ids = tuple(message_id for _, message_id in places)
+                found[message.id] = Siblings(ids, ids.index(message.id))
+        return found
+
+    async def off_branch_messages(self, owner: str, chat_id: str) -> list[OffBranchMessage]:
+        record = self._record(owner, chat_id)
+        if record.branches is None:
+            return []
+        kept = sorted(record.branches.by_id.values(), key=lambda k: (k.message.seq, *_place(k)))
+        messages = await self._attachments.restored([k.message for k in kept])
+        return [replace(k, message=message) for k, message in zip(kept, messages, strict=True)]
 
     async def claim_key(
         self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime

@@ -29,10 +29,12 @@ from chatkeep.domain import (
     Message,
     MessageStats,
     NewMessage,
+    OffBranchMessage,
     Page,
     PageRequest,
     Role,
     RollingSummary,
+    Siblings,
     StoredResponse,
     SummaryText,
     new_id,
@@ -166,6 +168,8 @@ class SqlStore:
             yield execute_each(self._sql.insert_message, rows)
 
     async def insert_chats(self, owner: str, chats: Sequence[ChatCopy]) -> None:
+        if any(copy.off_branch for copy in chats):
+            raise NotImplementedError("the SQL stores do not keep branches yet")
         kept = [replace(copy, messages=await self._attachments.kept(copy.messages)) for copy in chats]
         try:
             await self._run(self._insert_chats(owner, kept), write=True)
@@ -368,6 +372,22 @@ class SqlStore:
             [joined_message_from_row(found, self._moment, chat_id, message_id)]
         )
         return message
+
+    async def fork_at(self, owner: str, chat_id: str, seq: int, *, ticket: TurnTicket | None = None) -> None:
+        raise NotImplementedError("the SQL stores do not keep branches yet")
+
+    async def switch_branch(
+        self, owner: str, chat_id: str, message_id: str, *, ticket: TurnTicket | None = None
+    ) -> Chat:
+        raise NotImplementedError("the SQL stores do not keep branches yet")
+
+    async def siblings(self, owner: str, chat_id: str, messages: Sequence[Message]) -> dict[str, Siblings]:
+        await self.get_chat(owner, chat_id)
+        return {}  # no chat of a SQL store has branches yet
+
+    async def off_branch_messages(self, owner: str, chat_id: str) -> list[OffBranchMessage]:
+        await self.get_chat(owner, chat_id)
+        return []
 
     async def search_messages(
         self, owner: str, terms: Sequence[str], *, limit: int, after: SearchKey | None = None
