@@ -20,6 +20,7 @@ import {
   confirmQuestion,
   messageOf,
   offerToGoOn,
+  redrawMessage,
   pendingQuestion,
   unsentQuestion,
   withdrawOffers,
@@ -43,7 +44,7 @@ class ChatPage {
     this.api = new Api();
     this.chat = null; // the open chat; null: a new one, not created until its first question
     this.generation = 0; // bumped whenever another chat opens: late answers for the last are dropped
-    this.turns = new Map(); // chat id -> {turn, question, reply, unsent} of its running turn
+    this.turns = new Map(); // chat id -> {turn, question, reply, unsent, branched} of its running turn
     this.switching = null; // the chat whose current branch is being changed
     this.dismissedOffline = false;
     const onError = (error) => this.noticeError(error);
@@ -261,7 +262,7 @@ class ChatPage {
    * failure before the server stored its question (a regenerate or an edit refused). */
   startTurn(chatId, turn, question, { unsent = null } = {}) {
     withdrawOffers(this.conversation.list);
-    const running = { turn, question, reply: this.replyView(), unsent };
+    const running = { turn, question, reply: this.replyView(), unsent, branched: unsent !== null };
     turn.view = this.turnView(chatId, running);
     this.turns.set(chatId, running);
     if (question) this.conversation.append(question);
@@ -305,6 +306,7 @@ class ChatPage {
         running.reply.finish(message);
         this.chats.touched({ id: chatId }, message.created_at);
         this.turnEnded(chatId);
+        if (running.branched) this.showVersions(chatId);
         this.conversation.noticeMessage(message);
         if (message.status !== "incomplete") return;
         announce(message.incomplete_reason === "stopped" ? "Reply stopped." : "Reply cut short.");
@@ -335,6 +337,7 @@ class ChatPage {
       running.unsent(error);
       return;
     }
+    if (running.branched) this.showVersions(chatId);
     if (turn.userMessageId === null && running.question) {
       if (error.status === 413 || error.status === 422) {
         // Refused as written: nothing was stored, so the text goes back to be changed.
@@ -492,6 +495,22 @@ class ChatPage {
     (focus ?? arrows.find((button) => !button.disabled))?.focus();
     const siblings = messageOf(shown)?.siblings;
     if (siblings) announce(`Version ${siblings.index + 1} of ${siblings.ids.length}.`);
+  }
+
+  /** Draw the newest messages of `chatId` again with their versions, once a turn on a new branch
+   * ended: the events of a streamed turn do not carry them. */
+  async showVersions(chatId) {
+    let page;
+    try {
+      page = await this.api.listMessages(chatId, { limit: 2 });
+    } catch {
+      return; // shown when the chat is next drawn
+    }
+    if (this.chat?.id !== chatId) return;
+    for (const message of page.data) {
+      const article = this.conversation.list.querySelector(`[data-id="${CSS.escape(message.id)}"]`);
+      if (article !== null) this.conversation.following(() => redrawMessage(article, message, this.actions));
+    }
   }
 
   /** Draw the open chat `chatId`'s messages again, as the server now has them; false when

@@ -154,6 +154,14 @@ export function unsentQuestion(article) {
   article.querySelector(".message-meta").replaceChildren(h("span", { className: "tag tag-unsent", text: "Not sent" }));
 }
 
+/** Draw `article` again as the stored `message` when its versions changed; an offer to go on stays. */
+export function redrawMessage(article, message, actions = null) {
+  if (JSON.stringify(shown.get(article)?.siblings ?? null) === JSON.stringify(message.siblings ?? null)) return;
+  const offers = article.querySelector(".reply-actions");
+  fill(article, message, actions);
+  if (offers !== null) article.append(offers);
+}
+
 /** Turn `article` (a pending question) into the stored `message`. */
 export function confirmQuestion(article, message, actions = null) {
   article.classList.remove("message-pending");
