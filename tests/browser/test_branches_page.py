@@ -62,6 +62,7 @@ async def test_a_regenerated_reply_is_a_version_the_arrows_go_between(
     reply = tab.replies.last
     await expect(reply.locator(".message-body")).to_have_text("Crimson, first thought")
     await expect(versions(reply)).to_have_count(0)  # one version: no arrows
+    await expect(tab.page.locator("#messages")).not_to_contain_text("null")  # no images drawn as "null"
 
     fake_llm.queue(Scripted(content="Ultramarine, on second thought", chunk_delay=0.05))
     await reply.get_by_role("button", name="Regenerate this reply").click()
@@ -165,7 +166,7 @@ async def test_a_question_whose_reply_failed_offers_regenerate(
     tab: Tab, api: httpx.AsyncClient, fake_llm: FakeOpenAI
 ) -> None:
     tab.log.expect_failed_requests("502")
-    fake_llm.queue(Scripted(status=500, json_body=error_body("the model fell over")))
+    fake_llm.queue(*[Scripted(status=500, json_body=error_body("the model fell over"))] * 3)  # and both retries
     chat_id: str = (await api.post("/chats", json={"title": "Flaky"})).json()["id"]
     failed = await api.post(f"/chats/{chat_id}/messages", json={"content": "Are you there?"})
     assert failed.status_code == 502, failed.text

@@ -63,7 +63,8 @@ class ChatPage {
     this.keys = new KeyDialog(this.api, { onChange: () => this.restart(), onClose: () => this.composer.refocus() });
     this.models = new ModelPicker(this.api, { onChange: (chat) => this.changed(chat), onError });
     this.prompt = new PromptEditor(this.api, { onChange: (chat) => this.changed(chat), onError });
-    this.transfer = new Transfer(this.api, { chatId: () => this.chat?.id, onImported: () => this.chats.reload(), onError });
+    const onImported = (chatIds) => this.imported(chatIds);
+    this.transfer = new Transfer(this.api, { chatId: () => this.chat?.id, onImported, onError });
     this.listen();
   }
 
@@ -168,6 +169,12 @@ class ChatPage {
     this.toggleDrawer(false);
     if (chatId !== this.chat?.id) history.pushState(null, "", `#${encodeURIComponent(chatId)}`);
     await this.route();
+  }
+
+  /** Chats were imported: listed anew, and the open one drawn again if it was among them. */
+  imported(chatIds) {
+    this.chats.reload();
+    if (this.chat !== null && chatIds.includes(this.chat.id) && !this.turns.has(this.chat.id)) this.reopen();
   }
 
   reopen() {

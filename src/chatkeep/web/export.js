@@ -58,7 +58,7 @@ export class Transfer {
     }
     const result = await response.json();
     this.show(h("p", { text: `Imported ${count(result.imported)}; ${count(result.unchanged)} already here, unchanged.` }));
-    if (result.imported) this.onImported();
+    if (result.imported) this.onImported((result.chats ?? []).filter((c) => c.status === "imported").map((c) => c.id));
   }
 
   showRefusal(error, problem) {

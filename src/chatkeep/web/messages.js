@@ -45,12 +45,13 @@ function fill(article, message, actions) {
   article.dataset.id = message.id;
   article.dataset.seq = message.seq;
   article.dataset.status = message.status;
-  article.replaceChildren(
+  const parts = [
     h("h2", { className: "visually-hidden", text: user ? "You said" : "The assistant said" }),
     imagesElement(message.images ?? []),
     user ? h("div", { className: "message-body message-text", text: message.content }) : replyBody(message.content),
     footer(message, actions),
-  );
+  ];
+  article.replaceChildren(...parts.filter((part) => part !== null)); // replaceChildren writes a null as "null"
 }
 
 /** A message's images: an inline one (data: URL) shown, one by https URL linked (the page loads
