@@ -2,8 +2,9 @@
 
 chatkeep runs in this process as `make run` serves it without a key (the offline provider, the
 memory store) on 127.0.0.1, port 0. Debian's Chromium, driven as the browser tests drive it,
-opens the page at a desktop size, asks about Rome, follows up, waits for both replies and takes
-the picture; nothing is downloaded.
+opens the page at a desktop size, asks about Rome, follows up, waits for both replies, has the
+last one regenerated (so it shows `< 2/2 >` between its two versions), searches the chats for a
+word and takes the picture, the search's results beside the chat; nothing is downloaded.
 """
 
 import argparse
@@ -25,6 +26,7 @@ QUESTIONS = (
     "And where should we eat near the Pantheon?",
 )
 REPLY_SECONDS = 10
+SEARCH = "Pantheon"
 
 
 @asynccontextmanager
@@ -55,6 +57,11 @@ async def screenshot(path: Path) -> None:
             await box.press("Enter")
             replies = page.locator('.message-assistant[data-status="completed"]')
             await expect(replies).to_have_count(answered, timeout=REPLY_SECONDS * 1000)
+        await replies.last.get_by_role("button", name="Regenerate this reply").click()
+        await expect(replies.last.locator(".siblings-count")).to_have_text("2/2", timeout=REPLY_SECONDS * 1000)
+        await page.get_by_label("Search your chats").fill(SEARCH)
+        await expect(page.get_by_role("list", name="Messages found").get_by_role("link").first).to_be_visible()
+        await page.get_by_label("Search your chats").blur()
         await page.mouse.move(0, VIEWPORT["height"] - 1)  # no hover highlight in the picture
         path.parent.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=path)
