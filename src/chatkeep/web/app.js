@@ -290,7 +290,7 @@ class ChatPage {
       if (last?.role === "user") this.followTurn(chatId, last);
       if (last?.status === "incomplete" && question?.role === "user") {
         const article = this.conversation.list.querySelector(`[data-id="${CSS.escape(last.id)}"]`);
-        if (article) this.offerToGoOn(chatId, article, question.content);
+        if (article) this.offerToGoOn(chatId, article);
       }
       return;
     }
@@ -317,8 +317,9 @@ class ChatPage {
         this.conversation.noticeMessage(message);
         if (message.status !== "incomplete") return;
         announce(message.incomplete_reason === "stopped" ? "Reply stopped." : "Reply cut short.");
-        const question = questionBefore(running.reply.element);
-        if (question !== null) this.offerToGoOn(chatId, running.reply.element, question);
+        if (running.reply.element.previousElementSibling?.classList.contains("message-user")) {
+          this.offerToGoOn(chatId, running.reply.element);
+        }
       },
       failed: (error) => this.turnFailed(chatId, running, error),
       stopFailed: (error) => {
@@ -366,13 +367,14 @@ class ChatPage {
     running.reply.fail(error, { retry, actions });
   }
 
-  /** Continue or Retry below `article`, the newest reply of `chatId`, cut short. */
-  offerToGoOn(chatId, article, question) {
-    const ask = (text) => {
-      if (this.chat?.id !== chatId || this.turns.has(chatId)) return;
-      this.startTurn(chatId, new Turn(this.api, chatId, text, null), pendingQuestion(text));
+  /** Continue or Retry below `article`, the newest reply of `chatId`, cut short: Retry
+   * regenerates it, the cut-short reply staying as its other version. */
+  offerToGoOn(chatId, article) {
+    const goOn = () => {
+      if (this.chat?.id !== chatId || this.busyChat(chatId)) return;
+      this.startTurn(chatId, new Turn(this.api, chatId, CONTINUE, null), pendingQuestion(CONTINUE));
     };
-    offerToGoOn(article, { onContinue: () => ask(CONTINUE), onRetry: () => ask(question) });
+    offerToGoOn(article, { onContinue: goOn, onRetry: () => this.regenerate(article) });
   }
 
   retryTurn(chatId, running) {
@@ -620,12 +622,6 @@ class ChatPage {
   showOfflineNotice() {
     if (!this.dismissedOffline) byId("offline-notice").hidden = false;
   }
-}
-
-/** The text of the question right above `article` (a reply), or null. */
-function questionBefore(article) {
-  const question = article.previousElementSibling;
-  return question?.classList.contains("message-user") ? question.querySelector(".message-text").textContent : null;
 }
 
 /** The nearest question above `article` (a reply) on the page, or null. */

@@ -137,7 +137,7 @@ export function pendingQuestion(content, images = []) {
 
 /**
  * Offer to go on from `article`, the chat's newest reply when it was cut short: Continue asks the
- * model to go on from there, Retry asks the question again (each a new turn).
+ * model to go on from there, Retry writes a new reply in its place (each a new turn).
  */
 export function offerToGoOn(article, { onContinue, onRetry }) {
   article.querySelector(".reply-actions")?.remove();
