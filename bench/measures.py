@@ -7,6 +7,7 @@ returns a row that says so and lights up by itself once chatkeep has it.
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
@@ -16,8 +17,8 @@ import asyncpg
 
 from bench import client
 from bench import search as search_bench
-from bench.postgres import scratch_database
-from bench.processes import PYTHON, SERVER_CORE, Server, StartError, pinned
+from bench.postgres import NoCluster, private_cluster, scratch_database
+from bench.processes import LOAD_CORE, PYTHON, SERVER_CORE, Server, StartError, pinned
 from bench.report import Row, Target
 from bench.rig import LoadRun, Plan, Rig
 from chatkeep.config import Settings
@@ -42,6 +43,9 @@ MEMORY_TARGET = Target("<=", 300, on="value")
 SEARCH_TARGET = Target("<=", 100, on="value")
 SEARCH_DATABASE = "chatkeep_bench_search"
 CEILING_DATABASE = "chatkeep_bench_ceiling"
+SCALE_DATABASE = "chatkeep_bench_scale"
+SCALE_WORKERS = (1, 2, 4)
+FIFO_CHATS = 50
 # p99 time to a 503, with 5x the bound offered at once, against the time the bare relay takes to
 # answer every request of the same burst from an instant LLM (same client, machine and run). The
 # 503s must come at once, as soon as a server that waits on nothing could answer at all; had they
@@ -337,7 +341,7 @@ def _store_row(
     if name not in results:
         label = f"durable relay ({store})" if ceiling else BARE
         return Row(key, measure, "turns/s", None, None, label, target=target, note=note)
-    row = _rate_row(key, measure, results, target, baseline=baseline)
+    row = _rate_row(key, measure, results, target, chatkeep=name, baseline=baseline)
     database = "" if name == "postgresql" else "SQLite runs in the server's process: its CPU is the server's"
     note = "; ".join(part for part in (note, row.note, database) if part)
     return replace(row, baseline_name=f"durable relay ({store})" if ceiling else BARE, note=note)
@@ -578,6 +582,76 @@ def search(rig: Rig) -> list[Row]:
     return [row]
 
 
+def scale_out(rig: Rig) -> list[Row]:
+    """13. chatkeep --workers N on PostgreSQL (N = 1, 2, 4, as many as the machine has cores),
+    the database on cores of its own where there are enough, and the per-chat FIFO checked after."""
+    cores = os.cpu_count() or 1
+    counts = [workers for workers in SCALE_WORKERS if workers <= cores]
+    llm = rig.llm()
+    rows: list[Row] = []
+    try:
+        with private_cluster(rig.processes, range(cores)) as cluster:
+            for workers in counts:
+                server_cores, database_cores, layout = scale_layout(workers, cores)
+                cluster.pin(database_cores)
+                with scratch_database(cluster.admin_url, SCALE_DATABASE) as url:
+                    rows.append(_scale_row(rig, llm, url, workers, server_cores, layout, rows))
+    except NoCluster as error:
+        print(f"bench: no PostgreSQL server of its own ({error}); on the machine's, not pinned", flush=True)
+        for workers in counts:
+            server_cores, _, _ = scale_layout(workers, cores)
+            layout = "the machine's PostgreSQL, shared and not pinned (no server programs to start one)"
+            with scratch_database(name=SCALE_DATABASE) as url:
+                rows.append(_scale_row(rig, llm, url, workers, server_cores, layout, rows))
+    return rows
+
+
+def scale_layout(workers: int, cores: int) -> tuple[set[int], set[int], str]:
+    """The cores of chatkeep's workers and of PostgreSQL, and how they share the machine. Load (wrk,
+    the fake LLM) keeps its core; workers get one each, the database as many again when there are
+    enough, else what is left, else it shares the workers'; with too few cores for the workers
+    alone, everything shares every core."""
+    free = [core for core in range(cores) if core != LOAD_CORE]
+    if len(free) < workers:
+        return set(range(cores)), set(range(cores)), f"{cores} cores: workers, PostgreSQL and load share them all"
+    server, rest = set(free[:workers]), free[workers:]
+    if not rest:
+        return server, server, f"PostgreSQL shares the workers' core(s) {_cores(server)}"
+    database = set(rest[:workers])
+    return server, database, f"workers on cores {_cores(server)}, PostgreSQL on {_cores(database)}"
+
+
+def _cores(cores: set[int]) -> str:
+    return ",".join(map(str, sorted(cores)))
+
+
+def _scale_row(rig: Rig, llm: Server, url: str, workers: int, cores: set[int], layout: str, earlier: list[Row]) -> Row:
+    server = rig.chatkeep(llm, store=url, workers=workers, cores=cores)
+    results = rig.turn_rates({"chatkeep": server}, stream=False, runs=rig.plan.store_runs)
+    fifo_chats = asyncio.run(client.create_chats(server.url, FIFO_CHATS))
+    breaches = asyncio.run(client.fifo_breaches(server.url, fifo_chats))
+    rig.stop(server)
+    rates = _rates(results)
+    rate = median(rates["chatkeep"])
+    one = earlier[0].chatkeep if earlier else rate
+    failures = _failed_requests(results["chatkeep"])
+    fifo = f"FIFO held on {FIFO_CHATS} chats" if not breaches else f"FIFO broken on {breaches} of {FIFO_CHATS} chats"
+    note = "; ".join(part for part in (f"{failures} failed requests" if failures else "", layout, fifo) if part)
+    cpu = _cpu(results, "chatkeep", "-")
+    return Row(
+        f"scale_out_{workers}",
+        f"turns/s as in 1, PostgreSQL, --workers {workers} (information: the ratio is to 1 worker)",
+        "turns/s",
+        rate,
+        one if earlier else None,
+        "1 worker",
+        note=note,
+        runs=rates,
+        failures=failures + breaches,
+        cpu_us=cpu,
+    )
+
+
 MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "turns": turns,
     "streamed": streamed,
@@ -591,4 +665,5 @@ MEASURES: dict[str, Callable[[Rig], list[Row]]] = {
     "live_streams": live_streams,
     "http_limits": http_limits,
     "search": search,
+    "scale_out": scale_out,
 }
