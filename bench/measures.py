@@ -638,6 +638,9 @@ def _scale_row(rig: Rig, llm: Server, url: str, workers: int, cores: set[int], l
     fifo = f"FIFO held on {FIFO_CHATS} chats" if not breaches else f"FIFO broken on {breaches} of {FIFO_CHATS} chats"
     note = "; ".join(part for part in (f"{failures} failed requests" if failures else "", layout, fifo) if part)
     cpu = _cpu(results, "chatkeep", "-")
+    # What the turns kept busy: past what the cores given could run, more workers cannot help.
+    busy = (cpu.get("chatkeep", 0.0) + cpu.get("chatkeep db", 0.0)) * rate / 1e6
+    note += f"; chatkeep and PostgreSQL kept {busy:.1f} cores busy"
     return Row(
         f"scale_out_{workers}",
         f"turns/s as in 1, PostgreSQL, --workers {workers} (information: the ratio is to 1 worker)",
