@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{info['cpu']}, {info['cores']} cores, Python {info['python']}; {elapsed:.0f} s")
     save(args.output / "latest.json", rows, info=info, settings=asdict(plan), seconds=elapsed)
     (args.output / "latest.md").write_text(markdown(rows, info))
-    title = f"chatkeep vs bare relay: {info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}"
+    title = f"chatkeep vs its ceilings: {info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}"
     chart.draw(args.output / "latest.png", rows, title=title)
     print(f"wrote {args.output / 'latest.json'}, latest.md and latest.png")
     return 1 if failed else 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="chatkeep against a bare relay.")
+    parser = argparse.ArgumentParser(prog="python -m bench", description="chatkeep against its ceilings.")
     parser.add_argument("--quick", action="store_true", help="one short run per measure, to try the benchmark")
     parser.add_argument("--only", metavar="KEYS", help=f"comma-separated subset of: {', '.join(MEASURES)}")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where latest.json, latest.md and latest.png go")

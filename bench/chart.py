@@ -11,7 +11,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.report import Row
+from bench.report import Row, cpu_text
 
 COLUMNS = 4
 PASS, FAIL, NEUTRAL = "#2e7d32", "#c62828", "#555555"
@@ -65,7 +65,8 @@ def _panel(ax: Any, row: Row) -> None:
             color=NEUTRAL,
             transform=ax.get_yaxis_transform(),
         )
-    ax.set_xlabel(_verdict(row), fontsize=9, color=_color(row), fontweight="bold")
+    cpu = f"\nCPU µs a turn: {cpu_text(row)}" if row.cpu_us else ""
+    ax.set_xlabel(_verdict(row) + cpu, fontsize=9, color=_color(row), fontweight="bold")
 
 
 def _bars(row: Row) -> list[tuple[str, float | None, str]]:

@@ -76,3 +76,31 @@ async def streaming_gap(url: str) -> str | None:
     if names != list(STREAM_EVENTS) or events[0] != STREAM_EVENTS[0] or events[-1] != STREAM_EVENTS[-1]:
         return f"SSE without the expected events (got {sorted(set(events))})"
     return None
+
+
+FIFO_TURNS = 8  # a page of messages holds them all (the API's default page is 20)
+
+
+async def fifo_breaches(url: str, chat_ids: list[str], turns: int = FIFO_TURNS) -> int:
+    """Chats whose stored turns are not in the order one writer posted them: each chat gets
+    `turns` numbered questions, one after another, each on a new connection (so under
+    `--workers N` any worker may take it), all chats at once; then each chat must read back
+    question 0, its reply, question 1, its reply..., with seqs 1, 2, 3..."""
+    connector = aiohttp.TCPConnector(limit=SETUP_CONNECTIONS, force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=TIMEOUT) as http:
+
+        async def write(chat_id: str) -> bool:
+            for n in range(turns):
+                async with http.post(f"{url}/chats/{chat_id}/messages", json={"content": f"fifo {n}"}) as response:
+                    await response.read()
+                    if response.status != 201:
+                        return False
+            async with http.get(f"{url}/chats/{chat_id}/messages", params={"limit": str(2 * turns)}) as response:
+                stored = orjson.loads(await response.read())["data"]
+            expected = [(seq, "user" if seq % 2 else "assistant") for seq in range(1, 2 * turns + 1)]
+            questions = [message["content"] for message in stored if message["role"] == "user"]
+            in_order = [(message["seq"], message["role"]) for message in stored] == expected
+            return in_order and questions == [f"fifo {n}" for n in range(turns)]
+
+        held = await asyncio.gather(*(write(chat_id) for chat_id in chat_ids))
+    return held.count(False)

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,8 +43,9 @@ def free_port() -> int:
         return port
 
 
-def pinned(core: int, argv: Sequence[str]) -> list[str]:
-    return ["taskset", "-c", str(core), *argv]
+def pinned(cores: int | Collection[int], argv: Sequence[str]) -> list[str]:
+    listed = str(cores) if isinstance(cores, int) else ",".join(map(str, sorted(cores)))
+    return ["taskset", "-c", listed, *argv]
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Server:
     port: int
     process: "subprocess.Popen[bytes]"
     log: Path
+    database: str | None = None  # the PostgreSQL database it keeps chats in, whose backends serve it
 
     @property
     def url(self) -> str:

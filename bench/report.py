@@ -1,8 +1,9 @@
 """What a benchmark run found: one `Row` per measure, printed as a table and saved as JSON.
 
-A row holds chatkeep's median and its baseline's (the bare relay, or for the history measure
-chatkeep itself at a short history), the raw runs behind both, and the target the ratio (or,
-for memory, the value) must meet. A row whose figures need words (overload's
+A row holds chatkeep's median and its baseline's (its ceiling: the context relay or the durable
+relay on the same store; the bare relay, for information; or for the history measure chatkeep
+itself at a short history), the raw runs behind both, the CPU each side spent a turn, and the
+target the ratio (or, for memory, the value) must meet. A row whose figures need words (overload's
 accepted and refused turns) carries the text the table shows for them. A measure that cannot
 run yet says why in `note` and passes nothing and fails nothing.
 """
@@ -50,6 +51,9 @@ class Row:
     failures: int = 0
     chatkeep_text: str = ""  # what the table shows instead of the number, when one number would not say it
     baseline_text: str = ""
+    # CPU microseconds a turn (median over the runs) by side: "chatkeep" and "baseline" for the
+    # servers' processes, "chatkeep db" and "baseline db" for their PostgreSQL backends.
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -80,6 +84,20 @@ def verdict(row: Row) -> str:
     return f"{result} ({row.note})" if row.note else result
 
 
+def cpu_text(row: Row) -> str:
+    """`chatkeep + its database / baseline + its database`, in CPU µs a turn; "-" when not measured."""
+
+    def side(name: str) -> str:
+        if name not in row.cpu_us:
+            return "-"
+        database = row.cpu_us.get(f"{name} db")
+        return f"{row.cpu_us[name]:,.0f}" + (f" + db {database:,.0f}" if database is not None else "")
+
+    if not row.cpu_us:
+        return "-"
+    return f"{side('chatkeep')} / {side('baseline')}"
+
+
 def _number(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"
@@ -87,15 +105,22 @@ def _number(value: float | None, unit: str) -> str:
     return f"{value:,.{digits}f} {unit}"
 
 
+CPU_HEADER = "CPU µs a turn: chatkeep / baseline"
+
+
+def _cells(row: Row) -> tuple[str, ...]:
+    baseline = f"{_number(row.baseline, row.unit)} ({row.baseline_name})" if row.baseline is not None else "-"
+    chatkeep = row.chatkeep_text or _number(row.chatkeep, row.unit)
+    ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+    target = row.target.describe(row.unit) if row.target else "-"
+    return (row.measure, chatkeep, row.baseline_text or baseline, ratio, target, cpu_text(row), verdict(row))
+
+
 def table(rows: list[Row]) -> str:
-    header = ("measure", "chatkeep", "baseline", "ratio", "target", "result")
-    lines = [header]
+    header = ("measure", "chatkeep", "baseline", "ratio", "target", CPU_HEADER, "result")
+    lines: list[tuple[str, ...]] = [header]
     for row in rows:
-        baseline = f"{_number(row.baseline, row.unit)} ({row.baseline_name})" if row.baseline is not None else "-"
-        chatkeep = row.chatkeep_text or _number(row.chatkeep, row.unit)
-        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
-        target = row.target.describe(row.unit) if row.target else "-"
-        lines.append((row.measure, chatkeep, row.baseline_text or baseline, ratio, target, verdict(row)))
+        lines.append(_cells(row))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
@@ -107,16 +132,11 @@ def markdown(rows: list[Row], info: dict[str, Any]) -> str:
     lines = [
         f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}, commit {info['commit']}",
         "",
-        "| measure | chatkeep | baseline | ratio | target | result |",
-        "|---|---|---|---|---|---|",
+        f"| measure | chatkeep | baseline | ratio | target | {CPU_HEADER} | result |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        baseline = f"{_number(row.baseline, row.unit)} ({row.baseline_name})" if row.baseline is not None else "-"
-        chatkeep = row.chatkeep_text or _number(row.chatkeep, row.unit)
-        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
-        target = row.target.describe(row.unit) if row.target else "-"
-        cells = (row.measure, chatkeep, row.baseline_text or baseline, ratio, target, verdict(row))
-        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in _cells(row)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,12 +7,14 @@ run posts to chats created for it, so no run inherits the history of the one bef
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -31,8 +33,8 @@ class LoadRun:
     """One wrk run, with the CPU the server spent on it: a figure that noise elsewhere barely moves."""
 
     wrk: WrkResult
-    cpu_seconds: float
-    postgres_cpu_seconds: float  # by every PostgreSQL process of the machine over the same run
+    cpu_seconds: float  # by the server's processes (a SQLite store's thread included)
+    database_cpu_seconds: float | None  # by the PostgreSQL backends of its database; None: it has none
 
     @property
     def rate(self) -> float:
@@ -40,14 +42,38 @@ class LoadRun:
 
     @property
     def cpu_us_per_turn(self) -> float:
-        return self._per_turn(self.cpu_seconds)
+        return per_turn(self.cpu_seconds, self.wrk.requests)
 
     @property
-    def postgres_cpu_us_per_turn(self) -> float:
-        return self._per_turn(self.postgres_cpu_seconds)
+    def database_cpu_us_per_turn(self) -> float | None:
+        if self.database_cpu_seconds is None:
+            return None
+        return per_turn(self.database_cpu_seconds, self.wrk.requests)
 
-    def _per_turn(self, seconds: float) -> float:
-        return seconds / self.wrk.requests * 1e6 if self.wrk.requests else 0.0
+
+def per_turn(seconds: float, turns: float) -> float:
+    return seconds / turns * 1e6 if turns else 0.0
+
+
+class CpuMeter:
+    """CPU seconds spent by a server's processes (its workers too) and its database's backends
+    since the meter was made."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._before = _tree_cpu(server.process.pid)
+        self._database_before = _backend_cpu(server.database) if server.database else {}
+
+    def read(self) -> tuple[float, float | None]:
+        spent = _spent(self._before, _tree_cpu(self._server.process.pid))
+        if not self._server.database:
+            return spent, None
+        return spent, _spent(self._database_before, _backend_cpu(self._server.database))
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings by process (one that started in between, all of its own)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 @dataclass(frozen=True)
@@ -116,6 +142,15 @@ class Rig:
             self._servers[key] = self._serve(key, argv, SERVER_CORE)
         return self._servers[key]
 
+    def context_relay(self, llm: Server, *, store: str = "memory://") -> Server:
+        """The context relay (bench.context_relay) on `llm`, keeping its chats in `store`: the
+        ceiling of chatkeep on the same store."""
+        key = f"ceiling-{store.partition(':')[0]}-{llm.name}"
+        if key not in self._servers:
+            argv = [PYTHON, "-m", "bench.context_relay", "--llm-url", llm.url + "/v1", "--store", store]
+            self._servers[key] = self._serve(key, argv, SERVER_CORE, database=database_of(store))
+        return self._servers[key]
+
     def chatkeep(
         self,
         llm: Server,
@@ -125,13 +160,23 @@ class Rig:
         metrics: bool = True,
         llm_connections: int | None = None,
         http_limits: bool = True,
+        rate_limit: str | None = None,
+        workers: int = 1,
+        cores: Collection[int] = (SERVER_CORE,),
     ) -> Server:
         """chatkeep on `llm` and `store`, with its default bounds on turns in flight and on
         connections to the LLM unless given, and /metrics and its HTTP limits on unless told;
-        raises StartError when it refuses to start."""
+        with `rate_limit` (CHATKEEP_RATE_LIMIT) when given, in `workers` processes pinned to
+        `cores`; raises StartError when it refuses to start."""
         key = f"chatkeep-{store.partition(':')[0]}-{llm.name}"
         options: list[str] = []
         extra_env: dict[str, str] = {}
+        if rate_limit is not None:
+            key += "-limited"
+            extra_env["CHATKEEP_RATE_LIMIT"] = rate_limit
+        if workers != 1:
+            key += f"-workers{workers}"
+            options += ["--workers", str(workers)]
         if llm_connections is not None:
             key += f"-pool{llm_connections}"
             extra_env["CHATKEEP_LLM_MAX_CONNECTIONS"] = str(llm_connections)
@@ -150,16 +195,26 @@ class Rig:
             env = {name: value for name, value in os.environ.items() if not name.startswith("CHATKEEP_")}
             env |= {"OPENAI_API_KEY": BENCH_API_KEY, "OPENAI_BASE_URL": llm.url + "/v1", "CHATKEEP_STORE": store}
             env |= extra_env
-            self._servers[key] = self._serve(key, argv, SERVER_CORE, env=env)
+            self._servers[key] = self._serve(key, argv, cores, env=env, database=database_of(store))
         return self._servers[key]
 
     def stop(self, server: Server) -> None:
         self.processes.stop(server.process)
         self._servers.pop(server.name, None)
 
-    def _serve(self, name: str, argv: list[str], core: int, *, env: dict[str, str] | None = None) -> Server:
+    def _serve(
+        self,
+        name: str,
+        argv: list[str],
+        cores: int | Collection[int],
+        *,
+        env: dict[str, str] | None = None,
+        database: str | None = None,
+    ) -> Server:
         port = free_port()
-        return self.processes.serve(name, pinned(core, [*argv, "--port", str(port)]), port, env=env)
+        server = self.processes.serve(name, pinned(cores, [*argv, "--port", str(port)]), port, env=env)
+        server.database = database
+        return server
 
     def chat_file(self, server: Server, count: int) -> Path:
         """A file of `count` new chats of `server`, one id per line (for wrk and the burst client)."""
@@ -195,8 +250,7 @@ class Rig:
 
     def _wrk(self, server: Server, *, mode: TurnMode, seconds: float, request_ids: bool) -> LoadRun:
         chats = self.chat_file(server, self.plan.chats)
-        cpu = psutil.Process(server.process.pid)
-        before, postgres_before = sum(cpu.cpu_times()[:2]), _postgres_cpu()
+        meter = CpuMeter(server)
         result = run_wrk(
             self.processes,
             self.wrk,
@@ -207,8 +261,7 @@ class Rig:
             seconds=seconds,
             request_ids=request_ids,
         )
-        postgres = sum(seconds - postgres_before.get(pid, 0.0) for pid, seconds in _postgres_cpu().items())
-        return LoadRun(result, sum(cpu.cpu_times()[:2]) - before, postgres)
+        return LoadRun(result, *meter.read())
 
     def streams(self, server: Server, count: int) -> dict[str, float]:
         """`count` streamed turns held open at once on `server` by bench.streams, on new chats."""
@@ -227,17 +280,51 @@ class Rig:
         for round_ in range(runs):
             order = list(servers.items())
             for label, server in order if round_ % 2 == 0 else reversed(order):
-                chat_file = self.chat_file(server, chats or self.plan.burst_chats)
+                count = chats or self.plan.burst_chats
+                chat_file = self.chat_file(server, count)
                 argv = pinned(LOAD_CORE, [PYTHON, "-m", client, server.url, str(chat_file)])
+                meter = CpuMeter(server)
                 output = self.processes.run(argv, timeout=BURST_TIMEOUT_SECONDS)
-                results[label].append(json.loads(output.strip().splitlines()[-1]))
+                found = json.loads(output.strip().splitlines()[-1])
+                cpu, database = meter.read()
+                found["cpu_us"] = per_turn(cpu, count)  # a turn posted, answered or refused
+                if database is not None:
+                    found["db_cpu_us"] = per_turn(database, count)
+                results[label].append(found)
         return results
 
 
-def _postgres_cpu() -> dict[int, float]:
-    """CPU seconds each PostgreSQL process of the machine has spent so far (user and system)."""
+def database_of(store: str) -> str | None:
+    """The PostgreSQL database a store URL names; None for any other store."""
+    if not store.startswith(("postgresql:", "postgres:")):
+        return None
+    return urlsplit(store).path.lstrip("/") or None
+
+
+def _tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user and system) each process of the tree under `pid` has spent so far."""
     found: dict[int, float] = {}
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        if process.info["name"] == "postgres" and process.info["cpu_times"] is not None:
-            found[process.pid] = sum(process.info["cpu_times"][:2])
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return found
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found[process.pid] = sum(process.cpu_times()[:2])
+    return found
+
+
+def _backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds each PostgreSQL backend connected to `database` has spent so far. A backend's
+    process title names its database (`postgres: [cluster:] user database host(port) state`); the
+    server's shared processes (WAL writer, checkpointer) are left out: other databases use them too."""
+    found: dict[int, float] = {}
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        info = process.info
+        if info["name"] != "postgres" or info["cpu_times"] is None or not info["cmdline"]:
+            continue
+        words = " ".join(info["cmdline"]).split()
+        if words[0] == "postgres:" and database in words[1:5]:
+            found[process.pid] = sum(info["cpu_times"][:2])
     return found

@@ -16,7 +16,7 @@ from chatkeep.api.attachments import image_message
 from chatkeep.api_keys import parse_api_keys
 from chatkeep.config import Settings
 from chatkeep.domain import Chat, ChatChanges, Message, NewMessage, Page, PageRequest, Role, Siblings, Summary
-from chatkeep.errors import LLMUnavailableError, StoreUnavailableError
+from chatkeep.errors import LLMUnavailableError, MessageNotFoundError, StoreUnavailableError
 from chatkeep.idempotency import (
     IdempotencyKey,
     IdempotencyKeys,
@@ -334,9 +334,23 @@ class ChatService:
         assert admitted.replay is not None
         assert admitted.chat is not None
         user_message_id, assistant_message_id = turn_from_result(admitted.replay)
-        owner, chat_id = admitted.owner, admitted.chat.id
-        question = await self.store.get_message(owner, chat_id, user_message_id)
-        return AnsweredTurn(question, await self.store.get_message(owner, chat_id, assistant_message_id))
+        question, reply = await self._on_any_branch(
+            admitted.owner, admitted.chat.id, user_message_id, assistant_message_id
+        )
+        return AnsweredTurn(question, reply)
+
+    async def _on_any_branch(self, owner: str, chat_id: str, *message_ids: str) -> list[Message]:
+        """The messages by id, from the current branch or, when one left it since, from the others."""
+        found: list[Message] = []
+        for message_id in message_ids:
+            try:
+                found.append(await self.store.get_message(owner, chat_id, message_id))
+            except MessageNotFoundError:
+                kept = {off.message.id: off.message for off in await self.store.off_branch_messages(owner, chat_id)}
+                if message_id not in kept:
+                    raise
+                found.append(kept[message_id])
+        return found
 
     async def _purge_expired_keys(self) -> None:
         while True:

@@ -227,3 +227,19 @@ async def test_bad_branch_requests_are_clear_problems_and_change_nothing(
     assert wrong == []
     assert await messages_of(client, chat_id) == [question, reply]
     assert len(fake_llm.requests) == calls
+
+
+async def test_a_retried_post_is_replayed_after_its_turn_left_the_current_branch(
+    client: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    chat_id = await new_chat(client)
+    route = f"/chats/{chat_id}/messages"
+    first = await client.post(route, json={"content": "one"}, headers=keyed("post-1"))
+    assert (await edit(client, chat_id, first.json()["user_message"]["id"], "uno")).status_code == 201
+    calls = len(fake_llm.requests)
+
+    again = await client.post(route, json={"content": "one"}, headers=keyed("post-1"))
+
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert len(fake_llm.requests) == calls
