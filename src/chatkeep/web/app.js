@@ -305,6 +305,7 @@ class ChatPage {
     return {
       question: (message) => {
         if (running.question) confirmQuestion(running.question, message, this.actions);
+        if (running.branched) this.showVersions(chatId);
         this.chats.touched({ ...(this.chat?.id === chatId ? this.chat : {}), id: chatId }, message.created_at);
       },
       progress: (text) => running.reply.show(text),
@@ -506,8 +507,8 @@ class ChatPage {
     if (siblings) announce(`Version ${siblings.index + 1} of ${siblings.ids.length}.`);
   }
 
-  /** Draw the newest messages of `chatId` again with their versions, once a turn on a new branch
-   * ended: the events of a streamed turn do not carry them. */
+  /** Draw the newest messages of `chatId` again with their versions, as a turn on a new branch
+   * stores its question and its reply: the events of a streamed turn do not carry them. */
   async showVersions(chatId) {
     let page;
     try {

@@ -54,7 +54,7 @@ function siblingsNav(siblings, control, actions) {
 
 /** Enable or disable every message control under `root`: disabled while a turn of the chat runs. */
 export function setControlsBusy(root, busy) {
-  for (const button of root.querySelectorAll(".message-action")) {
+  for (const button of root.querySelectorAll(".message-action, .message-editor-save")) {
     button.disabled = busy || button.dataset.edge === "true";
   }
 }
@@ -74,7 +74,7 @@ export function openEditor(article, text, { onSave, busy, notice = null }) {
     rows: Math.min(12, Math.max(2, text.split("\n").length)),
     attrs: { "aria-label": "Edit your message" },
   });
-  const save = h("button", { type: "submit", className: "button button-primary message-action", text: "Save" });
+  const save = h("button", { type: "submit", className: "button button-primary message-editor-save", text: "Save" });
   save.disabled = busy();
   const cancel = () => {
     editor.replaceWith(body);
