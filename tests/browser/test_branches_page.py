@@ -257,3 +257,20 @@ async def test_a_chat_exported_with_its_branches_imports_back_with_them(
         await expect(reply.locator(".siblings-count")).to_have_text("2/2")
         await reply.get_by_role("button", name="Previous version").click()
         await expect(tab.replies.locator(".message-body")).to_have_text("Carbonara")
+
+
+async def test_a_regenerate_in_a_chat_deleted_elsewhere_says_so(tab: Tab, api: httpx.AsyncClient) -> None:
+    tab.log.expect_failed_requests("404")
+    chat_id = await chat_with(api, "Alps", "A mountain?")
+    await tab.open(api, f"#{chat_id}")
+    await expect(tab.replies.locator(".message-body")).to_have_text("echo: A mountain?")
+    assert (await api.delete(f"/chats/{chat_id}")).status_code == 204  # in another tab
+
+    await tab.replies.get_by_role("button", name="Regenerate this reply").click()
+
+    notice = tab.page.locator("#chat-notice").get_by_role("alert")
+    await expect(notice).to_contain_text("Chat not found")
+    await expect(tab.page.locator(".message-streaming")).to_have_count(0)
+    await expect(tab.page.get_by_role("link", name="Alps")).to_have_count(0)
+    await notice.get_by_role("button", name="Start a new chat").click()
+    await expect(tab.page.get_by_role("heading", level=1)).to_have_text("New chat")

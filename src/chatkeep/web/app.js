@@ -343,6 +343,8 @@ class ChatPage {
     this.noticeError(error);
     const { turn } = running;
     if (turn.userMessageId === null && running.unsent !== null) {
+      running.question?.remove();
+      running.reply.element.remove();
       running.unsent(error);
       return;
     }
@@ -434,13 +436,18 @@ class ChatPage {
 
   /** A regenerate was refused: the chat's messages as the server has them, and why. */
   async branchRefused(chatId, error, again) {
-    if (!(await this.reloadMessages(chatId))) return;
+    if (this.chat?.id !== chatId) return; // drawn as it is when it is next opened
+    if (error.slug !== "chat-not-found" && !(await this.reloadMessages(chatId))) return;
     byId("chat-notice").replaceChildren(problemNotice(error, this.branchErrorOptions(error, again)));
   }
 
   /** An edit was refused: the chat's messages as the server has them, the editor open again with
    * the text sent and why it failed (Save tries again). */
   async editRefused(chatId, messageId, content, error) {
+    if (error.slug === "chat-not-found") {
+      this.branchRefused(chatId, error, null);
+      return;
+    }
     if (!(await this.reloadMessages(chatId))) return;
     const article = await this.conversation.reveal(chatId, messageId);
     const notice = problemNotice(error, this.branchErrorOptions(error, null));
