@@ -20,8 +20,8 @@ import {
   confirmQuestion,
   messageOf,
   offerToGoOn,
-  redrawMessage,
   pendingQuestion,
+  redrawMessage,
   unsentQuestion,
   withdrawOffers,
 } from "./messages.js";
@@ -408,6 +408,7 @@ class ChatPage {
     const again = () => this.again(chatId, message.id, (shown) => this.regenerate(shown));
     const unsent = (error) => this.branchRefused(chatId, error, again);
     this.startTurn(chatId, Turn.regenerating(this.api, chatId, message.id, null), null, { unsent });
+    this.composer.focus(); // the button pressed is gone (or hidden) while the reply is written
   }
 
   /** Open the editor on the question `article`, holding `text` (its own, or what a failed Save sent). */
@@ -432,6 +433,7 @@ class ChatPage {
     const unsent = (error) => this.editRefused(chatId, message.id, content, error);
     const turn = Turn.editing(this.api, chatId, message.id, content, images, null);
     this.startTurn(chatId, turn, pendingQuestion(content, images), { unsent });
+    this.composer.focus(); // the editor is gone
   }
 
   /** A regenerate was refused: the chat's messages as the server has them, and why. */
