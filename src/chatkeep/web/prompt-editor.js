@@ -12,14 +12,18 @@ export class PromptEditor {
     this.onChange = onChange;
     this.onError = onError;
     this.chat = null;
-    this.button = h("button", {
-      id: "prompt-button",
-      type: "button",
-      className: "button button-quiet",
-      text: "Instructions",
-      attrs: { "aria-haspopup": "dialog" },
-      on: { click: () => this.open() },
-    });
+    this.button = h(
+      "button",
+      {
+        id: "prompt-button",
+        type: "button",
+        className: "button button-quiet",
+        attrs: { "aria-haspopup": "dialog" },
+        on: { click: () => this.open() },
+      },
+      icon("M5 5h14v10H9l-4 4z M9 9h6"),
+      h("span", { className: "label", text: "Instructions" }), // an icon alone on a phone, as its neighbours
+    );
     byId("rename-button").before(this.button);
     this.text = h("textarea", { id: "prompt-input", rows: 8, maxLength: MAX_CHARS, spellcheck: true });
     this.notice = h("div", { className: "prompt-notice" });
@@ -75,4 +79,15 @@ export class PromptEditor {
       this.onError(error);
     }
   }
+}
+
+/** The header's icon drawn by `path`, like the header's other buttons' (hidden from screen readers). */
+function icon(path) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  line.setAttribute("d", path);
+  svg.append(line);
+  return svg;
 }
