@@ -10,10 +10,22 @@ import orjson
 import pytest
 
 from chatkeep.config import Settings
+from chatkeep.domain import Chat, NewMessage, Role, Usage
+from chatkeep.store import ChatStore, open_store
+from chatkeep.transfer.export import jsonl_export, one_chat
 from tests.support.app import serve
 from tests.support.chats import as_owner, new_chat, post
 from tests.support.images import data_url, png
 from tests.support.stores import STORES, fresh_database
+
+IMAGE_ITEM = {
+    "type": "message",
+    "role": "user",
+    "content": [
+        {"type": "input_text", "text": "what is it?"},
+        {"type": "input_image", "image_url": data_url(png()), "detail": "auto"},
+    ],
+}
 
 JSONL = {"Content-Type": "application/jsonl"}
 IMAGE = data_url(png())
@@ -37,8 +49,8 @@ def line(**fields: Any) -> bytes:
     return orjson.dumps(fields)
 
 
-def header() -> bytes:
-    return line(type="chatkeep.export", version=1, exported_at=T0)
+def header(version: int = 1) -> bytes:
+    return line(type="chatkeep.export", version=version, exported_at=T0)
 
 
 def chat(chat_id: str, count: int, **fields: Any) -> bytes:
@@ -53,6 +65,12 @@ def message(chat_id: str, seq: int, message_id: str, content: str = "hi", **fiel
               "created_at": f"2024-03-01T12:30:{20 + seq:02}.000{seq:03}Z", "model": None, "usage": None,
               "status": "completed", "incomplete_reason": None, "item": None}  # fmt: skip
     return line(**(values | fields))
+
+
+def branch(chat_id: str, seq: int, message_id: str, parent_id: str | None, left_at: int = 1, **fields: Any) -> bytes:
+    """A message of another branch of the chat, after `parent_id`."""
+    fields = {"parent_id": parent_id, "left_at": left_at, "content": f"other {seq}", **fields}
+    return line(**orjson.loads(message(chat_id, seq, message_id, **fields)) | {"type": "branch_message"})
 
 
 def handmade(chat_id: str = "conv_handmade1", prefix: str = "hand") -> bytes:
@@ -180,7 +198,62 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], int, str]] = {
         "over CHATKEEP_MAX_MESSAGE_CHARS",
     ),
     "an unknown type": (lambda: joined(header(), line(type="branch", id="b")), 2, "unknown line type"),
-    "another version": (lambda: joined(line(type="chatkeep.export", version=2), chat(H1, 0)), 1, "version 2"),
+    "another version": (lambda: joined(line(type="chatkeep.export", version=3), chat(H1, 0)), 1, "version 3"),
+    "an other branch's message whose parent is unknown": (
+        lambda: joined(header(2), chat(H1, 1), message(H1, 1, "msg_a"), branch(H1, 2, "msg_b", "msg_zz")),
+        4,
+        "parent_id 'msg_zz'",
+    ),
+    "an other branch's message whose parent comes later": (
+        lambda: joined(
+            header(2),
+            chat(H1, 1),
+            message(H1, 1, "msg_a"),
+            branch(H1, 3, "msg_c", "msg_b"),
+            branch(H1, 2, "msg_b", "msg_a"),
+        ),
+        4,
+        "parent_id 'msg_b'",
+    ),
+    "an other branch's seq that is not its parent's + 1": (
+        lambda: joined(
+            header(2), chat(H1, 2), message(H1, 1, "msg_a"), message(H1, 2, "msg_b"), branch(H1, 3, "msg_c", "msg_a")
+        ),
+        5,
+        "seq 3 after 'msg_a' (seq 1)",
+    ),
+    "a first message of another branch with a parent": (
+        lambda: joined(header(2), chat(H1, 1), message(H1, 1, "msg_a"), branch(H1, 1, "msg_b", "msg_a")),
+        4,
+        "seq 1 after 'msg_a'",
+    ),
+    "an other branch's message id twice": (
+        lambda: joined(header(2), chat(H1, 1), message(H1, 1, "msg_a"), branch(H1, 1, "msg_a", None)),
+        4,
+        "used twice",
+    ),
+    "an other branch's message deeper than the limit": (
+        lambda: joined(
+            header(2),
+            chat(H1, 5),
+            *(message(H1, n, f"msg_{n}") for n in range(1, 6)),
+            branch(H1, 6, "msg_6", "msg_5"),
+        ),
+        8,
+        "CHATKEEP_MAX_CHAT_MESSAGES",
+    ),
+    "a message line after the branch lines": (
+        lambda: joined(
+            header(2), chat(H1, 2), message(H1, 1, "msg_a"), branch(H1, 1, "msg_b", None), message(H1, 2, "msg_c")
+        ),
+        5,
+        "come last",
+    ),
+    "another branch in a version 1 file": (
+        lambda: joined(header(), chat(H1, 1), message(H1, 1, "msg_a"), branch(H1, 1, "msg_b", None)),
+        4,
+        "version 1 file",
+    ),
     "a missing header": (lambda: chat(H1, 0), 1, "header"),
     "a count that does not add up": (
         lambda: joined(header(), chat(H1, 2), message(H1, 1, "msg_a")),
@@ -198,8 +271,9 @@ async def test_a_hostile_import_stores_nothing_and_names_the_line(case: str) -> 
     body, bad_line, says = HOSTILE[case]
     good = [chat("conv_ok", 1), message("conv_ok", 1, "msg_ok")]  # a valid chat first: it is not stored either
     lines = body().split(b"\n")
-    file = b"\n".join([lines[0], *good, *lines[1:]]) if lines[0] == header() else body()
-    shift = len(good) if lines[0] == header() else 0  # so the malformed line is the file's 7th
+    has_header = lines[0] in (header(), header(2))
+    file = b"\n".join([lines[0], *good, *lines[1:]]) if has_header else body()
+    shift = len(good) if has_header else 0  # so the malformed line is the file's 7th
     async with serve(Settings(llm_provider="offline", max_message_chars=100, max_chat_messages=5)) as client:
         answer = await import_file(client, file)
         listed = (await client.get("/chats")).json()["data"]
@@ -272,3 +346,55 @@ async def test_the_markdown_export_reads_as_the_conversation(offline_client: htt
     assert "**Assistant (m1)** · 2024-03-01 12:30:24 UTC · _incomplete (stopped)_\n\nIt is a c" in text
     assert (await offline_client.get("/chats/conv_nope/export")).status_code == 404
     assert (await offline_client.get("/export", params={"format": "pdf"})).status_code == 422
+
+
+async def a_branched_chat(store: ChatStore) -> Chat:
+    """A chat whose first reply was regenerated, then whose first question was edited: three branches."""
+    chat = await store.create_chat("someone", title="Branched", metadata={}, system_prompt=None)
+    await store.append_message("someone", chat.id, NewMessage(Role.USER, "what is it?", item=IMAGE_ITEM))
+    await store.append_message("someone", chat.id, NewMessage(Role.ASSISTANT, "A cat.", model="m1", usage=Usage(3, 2)))
+    await store.fork_at("someone", chat.id, 2)
+    await store.append_message("someone", chat.id, NewMessage(Role.ASSISTANT, "A dog."))
+    await store.fork_at("someone", chat.id, 1)
+    await store.append_message("someone", chat.id, NewMessage(Role.USER, "and now?"))
+    await store.append_message("someone", chat.id, NewMessage(Role.ASSISTANT, "Still a cat."))
+    return await store.get_chat("someone", chat.id)
+
+
+async def test_an_export_carries_every_branch_and_an_import_restores_them(two_stores: tuple[str, str]) -> None:
+    first_url, second_url = two_stores
+    async with open_store(first_url) as store:
+        chat = await a_branched_chat(store)
+        exported = b"".join([chunk async for chunk in jsonl_export(store, "someone", one_chat(chat))])
+        off_branch = await store.off_branch_messages("someone", chat.id)
+    lines = [orjson.loads(text) for text in exported.split(b"\n") if text]
+    assert lines[0]["version"] == 2
+    assert [found["type"] for found in lines[1:]] == ["chat"] + ["message"] * 2 + ["branch_message"] * 3
+    assert [found["content"] for found in lines[2:]] == ["and now?", "Still a cat.", "what is it?", "A cat.", "A dog."]
+    assert [found.get("parent_id") for found in lines[4:]] == [None, off_branch[0].message.id, off_branch[0].message.id]
+    assert [found["left_at"] for found in lines[4:]] == [2, 1, 2]
+    assert lines[4]["item"] == IMAGE_ITEM  # its image as sent
+    async with serve(Settings(store=second_url, llm_provider="offline")) as client:
+        answer = await import_file(client, exported)
+        assert (answer.status_code, answer.json()["imported"]) == (200, 1), answer.text
+        assert without_header(await export(client)) == without_header(exported)
+        again = await import_file(client, exported)
+        assert again.json()["unchanged"] == 1  # the same chat, on every branch
+        shown = (await client.get(f"/chats/{chat.id}/messages")).json()["data"]
+        assert [m["content"] for m in shown] == ["and now?", "Still a cat."]
+        markdown = (await client.get(f"/chats/{chat.id}/export", params={"format": "markdown"})).text
+        assert "_The current branch of this chat. Its other branches (3 messages" in markdown
+        assert "A dog." not in markdown
+        assert (await post(client, chat.id, "one more")).status_code == 201  # it takes turns on its current branch
+
+
+async def test_an_import_whose_other_branch_holds_a_taken_id_names_its_line(store_url: str) -> None:
+    settings = Settings(llm_provider="offline", store=store_url, api_keys=f"alice={ALICE_KEY},bob={BOB_KEY}")
+    async with serve(settings) as client:
+        assert (await import_file(client, handmade(), **as_owner(BOB_KEY))).status_code == 200
+        body = joined(
+            header(2), chat("conv_b1", 1), message("conv_b1", 1, "msg_b1"), branch("conv_b1", 1, "msg_hand1", None)
+        )
+        answer = await import_file(client, body, **as_owner(ALICE_KEY))
+        assert (answer.status_code, answer.json()["errors"][0]["line"]) == (409, 4), answer.text
+        assert (await client.get("/chats", headers=as_owner(ALICE_KEY))).json()["data"] == []

@@ -37,14 +37,13 @@ from chatkeep.errors import (
 from chatkeep.store import ChatStore
 from chatkeep.store.protocols import TurnTicket
 from tests.support.images import PNG, data_url
-from tests.support.stores import open_test_store
+from tests.support.stores import STORES, open_sql_store, open_test_store
 
 ALICE, BOB = "alice", "bob"
 THEN = datetime(2024, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
-BRANCHING_STORES = ["memory"]
 
 
-@pytest.fixture(params=BRANCHING_STORES)
+@pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
     async with open_test_store(request.param, tmp_path) as store:
         yield store
@@ -499,3 +498,46 @@ async def test_an_insert_whose_off_branch_id_is_taken_stores_nothing(store: Chat
     taken = ChatCopy(Chat("conv_third", None, {}, None, THEN, THEN, 0), [], [OffBranchMessage(message, None, 1)])
     with pytest.raises(IdTakenError):  # an id the store gave a message now off its branch
         await store.insert_chats(ALICE, [taken])
+
+
+async def test_a_branch_change_in_another_process_is_seen_by_a_turns_context(sql_store_url: str) -> None:
+    """Two stores on one database stand for two server processes: the one that took the chat's
+    last turn keeps its newest messages in memory, and must not answer from them once the other
+    changed branches (however many messages the chat holds again)."""
+    async with open_sql_store(sql_store_url) as first, open_sql_store(sql_store_url) as second:
+        chat_id = (await first.create_chat(ALICE, title=None, metadata={}, system_prompt=None)).id
+        async with first.turn_lease(ALICE, chat_id) as ticket:
+            await first.append_messages(
+                ALICE, chat_id, [NewMessage(Role.USER, "q1"), NewMessage(Role.ASSISTANT, "a1")], ticket=ticket
+            )
+        async with second.turn_lease(ALICE, chat_id) as ticket:
+            await second.fork_at(ALICE, chat_id, 2, ticket=ticket)
+            await second.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "a1b"), ticket=ticket)
+        async with first.turn_lease(ALICE, chat_id) as ticket:
+            await first.append_message(ALICE, chat_id, NewMessage(Role.USER, "q2"), ticket=ticket)
+            window = await first.recent_messages(ALICE, chat_id, limit=10, ticket=ticket)
+            assert [m.content for m in window] == ["q2", "a1b", "q1"]
+
+
+async def test_turns_of_two_processes_fork_and_append_in_order(sql_store_url: str) -> None:
+    async with open_sql_store(sql_store_url) as first, open_sql_store(sql_store_url) as second:
+        chat_id = (await first.create_chat(ALICE, title=None, metadata={}, system_prompt=None)).id
+
+        async def turn(store: ChatStore, n: int) -> None:
+            async with store.turn_lease(ALICE, chat_id) as ticket:
+                last = await store.recent_messages(ALICE, chat_id, limit=2, ticket=ticket)
+                if n % 3 == 0 and len(last) == 2:
+                    await store.fork_at(ALICE, chat_id, last[0].seq, ticket=ticket)
+                    question = last[1].content
+                else:
+                    question = (await store.append_question(ALICE, chat_id, f"q{n}", ticket=ticket))[0].content
+                answer = NewMessage(Role.ASSISTANT, f"answer to {question}")
+                await store.append_message(ALICE, chat_id, answer, ticket=ticket, ends_turn=True)
+
+        await asyncio.gather(*(turn((first, second)[n % 2], n) for n in range(1, 13)))
+        messages = (await first.list_messages(ALICE, chat_id, PageRequest(limit=100))).data
+        assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
+        for question, answer in zip(messages[::2], messages[1::2], strict=True):
+            assert answer.content == f"answer to {question.content}"
+        stats = await second.message_stats(ALICE, chat_id)
+        assert (stats.message_count, stats.user_message_count) == (len(messages), len(messages) // 2)

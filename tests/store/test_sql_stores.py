@@ -56,9 +56,11 @@ ALL_MIGRATIONS = [
     "m014_attachment_blobs",
     "m015_message_search",
     "m016_chat_models",
+    "m017_branches",
 ]
 TABLES = [
     "blobs",
+    "branch_messages",
     "chatkeep_migrations",
     "chats",
     "context_summaries",
@@ -330,6 +332,11 @@ async def test_an_old_database_upgrades_and_keeps_its_data(sql_store_url: str, o
             await store.append_message(ALICE, chat_id, NewMessage(Role.ASSISTANT, "from the new one"))
         messages = (await store.list_messages(ALICE, chat_id, PageRequest())).data
         assert [(m.seq, m.content) for m in messages] == [(1, "from the old version"), (2, "from the new one")]
+        await store.fork_at(ALICE, chat_id, 2)  # m017: an old chat branches
+        assert (await store.get_chat(ALICE, chat_id)).message_count == 1
+        assert [kept.message.content for kept in await store.off_branch_messages(ALICE, chat_id)] == [
+            "from the new one"
+        ]
         listed = await store.list_chats(ALICE, PageRequest(order_by="updated_at"))
         assert [(chat.id, chat.model) for chat in listed.data] == [(chat_id, None)]  # m016: the default model
         now = utcnow()

@@ -14,8 +14,8 @@ from typing import Literal
 from chatkeep.domain import Chat
 from chatkeep.errors import ChatNotFoundError, ChatQuotaError, IdTakenError, ImportConflictError
 from chatkeep.store import ChatStore
-from chatkeep.transfer.export import chat_messages
-from chatkeep.transfer.lines import chat_line, message_line
+from chatkeep.transfer.export import chat_messages, exported_off_branch
+from chatkeep.transfer.lines import branch_message_line, chat_line, message_line
 from chatkeep.transfer.reader import FileChat
 
 
@@ -75,14 +75,15 @@ def _line_of(chats: list[FileChat], taken: str | None) -> int:
     for chat in chats:
         if chat.chat.id == taken:
             return chat.line
-        for message, line in zip(chat.messages, chat.message_lines, strict=True):
-            if message.id == taken:
-                return line
+        line = chat.lines_by_id().get(taken or "")
+        if line is not None:
+            return line
     return chats[0].line
 
 
 async def _same(store: ChatStore, owner: str, kept: Chat, chat: FileChat) -> bool:
-    """Whether a kept chat is the file's chat: equal as an export writes them, message by message."""
+    """Whether a kept chat is the file's chat: equal as an export writes them, message by message,
+    on every branch."""
     if chat_line(kept) != chat_line(chat.chat.chat()):
         return False
     count = 0
@@ -90,4 +91,8 @@ async def _same(store: ChatStore, owner: str, kept: Chat, chat: FileChat) -> boo
         if count >= len(chat.messages) or message_line(message) != message_line(chat.messages[count]):
             return False
         count += 1
-    return count == len(chat.messages)
+    if count != len(chat.messages):
+        return False
+    written = {message.id for message in chat.messages}
+    off_branch = [branch_message_line(k) for k in await exported_off_branch(store, owner, kept, written)]
+    return off_branch == [branch_message_line(k) for k in chat.off_branch]

@@ -1,9 +1,13 @@
-"""The JSONL export format, version 1: what each line holds, written and read in one place.
+"""The JSONL export format, version 2: what each line holds, written and read in one place.
 
-A file is a header line, then per chat a `chat` line and its `message` lines in seq order. Every
-field a store keeps is written, so that an import gives back the same chats: ids, seqs, times,
-items (attachments as the data: URLs they read back as). Version 1 holds a chat's single line of
-messages; a later version may add branches, and readers refuse a version they do not know.
+A file is a header line, then per chat a `chat` line, its `message` lines (its current branch)
+in seq order, then its `branch_message` lines: the messages of its other branches, each a
+message line with the id of the message before it on its branch (`parent_id`, null at seq 1)
+and `left_at` (the chat's count of branch changes when it left the current branch, which tells
+which branch was current last), by seq then creation, so a message's parent always comes
+before it. Every field a store keeps is written, so that an import gives back the same chats:
+ids, seqs, times, items (attachments as the data: URLs they read back as). Version 1, read
+still, is version 2 without `branch_message` lines; readers refuse a version they do not know.
 """
 
 from datetime import UTC, datetime
@@ -13,10 +17,11 @@ import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, StringConstraints
 
 from chatkeep.api.schemas import Metadata, ModelName, SystemPrompt, Title
-from chatkeep.domain import Chat, IncompleteReason, Message, MessageStatus, Role, Usage
+from chatkeep.domain import Chat, IncompleteReason, Message, MessageStatus, OffBranchMessage, Role, Usage
 
 FORMAT = "chatkeep.export"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # the versions a reader takes
 MAX_ID_CHARS = 100
 
 Line = dict[str, Any]
@@ -63,6 +68,10 @@ def message_line(message: Message) -> Line:
         "incomplete_reason": None if message.incomplete_reason is None else message.incomplete_reason.value,
         "item": message.item,
     }
+
+
+def branch_message_line(kept: OffBranchMessage) -> Line:
+    return message_line(kept.message) | {"type": "branch_message", "parent_id": kept.parent_id, "left_at": kept.left_at}
 
 
 def encoded(line: Line) -> bytes:
@@ -143,4 +152,13 @@ class MessageLine(_Line):
         )
 
 
-AnyLine = Annotated[HeaderLine | ChatLine | MessageLine, Field(discriminator="type")]
+class BranchMessageLine(MessageLine):
+    type: Literal["branch_message"]  # type: ignore[assignment]
+    parent_id: Id | None
+    left_at: PositiveInt
+
+    def off_branch(self) -> OffBranchMessage:
+        return OffBranchMessage(self.message(), self.parent_id, self.left_at)
+
+
+AnyLine = Annotated[HeaderLine | ChatLine | MessageLine | BranchMessageLine, Field(discriminator="type")]

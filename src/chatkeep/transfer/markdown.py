@@ -18,11 +18,20 @@ def when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def chat_markdown(chat: Chat) -> str:
+def chat_markdown(chat: Chat, other_branches: int = 0) -> str:
+    """The chat's heading and facts; with `other_branches` (how many of its messages are off its
+    current branch), a note that what follows is its current branch only."""
     facts = f"Chat `{chat.id}` · created {when(chat.created_at)} · last active {when(chat.updated_at)}"
     if chat.model:
         facts += f" · model {chat.model}"
     lines = [f"# {chat.title or UNTITLED}", "", facts, ""]
+    if other_branches:
+        many = "message" if other_branches == 1 else "messages"
+        lines += [
+            f"_The current branch of this chat. Its other branches ({other_branches} {many}: earlier replies"
+            " and questions, regenerated or edited) are in the JSONL export._",
+            "",
+        ]
     lines += [f"- {key}: {value}" for key, value in chat.metadata.items()]
     if chat.system_prompt:
         lines += ["", "**Instructions**", "", fenced(chat.system_prompt), ""]

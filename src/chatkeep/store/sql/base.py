@@ -40,12 +40,19 @@ from chatkeep.domain import (
     new_id,
     utcnow,
 )
-from chatkeep.errors import ChatNotFoundError, IdTakenError, ResponseNotFoundError
+from chatkeep.errors import (
+    ChatNotFoundError,
+    IdTakenError,
+    MessageNotFoundError,
+    ResponseNotFoundError,
+    TurnLapsedError,
+)
 from chatkeep.search import SearchHit, SearchKey, SearchPage, marked_parts
 from chatkeep.store.blobs import Attachments, BlobStore, appended_as_sent, needs_restoring
 from chatkeep.store.paging import ActivityKey, KeyRange, activity_range, key_range, page_rows
 from chatkeep.store.protocols import Broadcast, TurnTicket
 from chatkeep.store.sql.blobs import SqlBlobs
+from chatkeep.store.sql.branches import path_through, siblings_from_rows
 from chatkeep.store.sql.migrations import Migration, check_schema
 from chatkeep.store.sql.recent import RecentMessages
 from chatkeep.store.sql.rows import (
@@ -56,6 +63,7 @@ from chatkeep.store.sql.rows import (
     chat_from_row,
     check_message,
     claim_from_row,
+    copied_branch_row,
     copied_chat_row,
     copied_message_row,
     could_be_id,
@@ -65,6 +73,7 @@ from chatkeep.store.sql.rows import (
     joined_messages_from_rows,
     joined_summary_from_row,
     message_row,
+    off_branch_from_rows,
     response_from_row,
     response_update_values,
     response_values,
@@ -74,7 +83,7 @@ from chatkeep.store.sql.rows import (
     update_chat_values,
 )
 from chatkeep.store.sql.statements import Plan, execute, execute_each, fetch, fetchrow, only, paged, rowcount
-from chatkeep.store.sql.tickets import TicketRows, Tickets
+from chatkeep.store.sql.tickets import LAPSED_DETAIL, TicketRows, Tickets
 
 
 class Driver(TicketRows, Protocol):
@@ -168,21 +177,35 @@ class SqlStore:
             yield execute_each(self._sql.insert_message, rows)
 
     async def insert_chats(self, owner: str, chats: Sequence[ChatCopy]) -> None:
-        if any(copy.off_branch for copy in chats):
-            raise NotImplementedError("the SQL stores do not keep branches yet")
-        kept = [replace(copy, messages=await self._attachments.kept(copy.messages)) for copy in chats]
+        kept = [await self._kept_copy(copy) for copy in chats]
         try:
             await self._run(self._insert_chats(owner, kept), write=True)
         except self._driver.id_clash as clash:  # an id inserted meanwhile by another writer (PostgreSQL)
             raise IdTakenError(None) from clash
+
+    async def _kept_copy(self, copy: ChatCopy) -> ChatCopy:
+        """`copy` with the attachments of its messages, on every branch, kept in the blob store."""
+        messages = await self._attachments.kept(copy.messages)
+        if not copy.off_branch:
+            return replace(copy, messages=messages)
+        off = await self._attachments.kept([kept.message for kept in copy.off_branch])
+        off_branch = [replace(kept, message=message) for kept, message in zip(copy.off_branch, off, strict=True)]
+        return replace(copy, messages=messages, off_branch=off_branch)
 
     def _insert_chats(self, owner: str, copies: Sequence[ChatCopy]) -> Plan[None]:
         """One write transaction: the ids checked free, then every chat and its messages inserted.
         (On PostgreSQL a concurrent insert of the same id still fails the insert itself, with the
         unique violation `insert_chats` answers as IdTakenError; the transaction rolls back.)"""
         chat_ids = to_json([copy.chat.id for copy in copies])
-        message_ids = to_json([message.id for copy in copies for message in copy.messages])
-        for query, ids in ((self._sql.taken_chat_id, chat_ids), (self._sql.taken_message_id, message_ids)):
+        message_ids = to_json(
+            [message.id for copy in copies for message in copy.messages]
+            + [kept.message.id for copy in copies for kept in copy.off_branch]
+        )
+        for query, ids in (
+            (self._sql.taken_chat_id, chat_ids),
+            (self._sql.taken_message_id, message_ids),
+            (self._sql.taken_branch_message_id, message_ids),
+        ):
             taken = yield fetchrow(query, ids)
             if taken is not None:
                 raise IdTakenError(taken[0])
@@ -191,6 +214,9 @@ class SqlStore:
             if copy.messages:
                 rows = [copied_message_row(message, self._stamp(message.created_at)) for message in copy.messages]
                 yield execute_each(self._sql.insert_message, rows)
+            if copy.off_branch:
+                kept = [copied_branch_row(k, self._stamp(k.message.created_at)) for k in copy.off_branch]
+                yield execute_each(self._sql.insert_branch_message, kept)
 
     async def get_chat(self, owner: str, chat_id: str) -> Chat:
         _check_chat(chat_id)
@@ -374,20 +400,98 @@ class SqlStore:
         return message
 
     async def fork_at(self, owner: str, chat_id: str, seq: int, *, ticket: TurnTicket | None = None) -> None:
-        raise NotImplementedError("the SQL stores do not keep branches yet")
+        _check_chat(chat_id)
+        number = None if ticket is None else ticket.number
+        await self._run(self._fork(owner, chat_id, seq, number), write=True)
+        self._recent.forget(chat_id)
+
+    def _fork(self, owner: str, chat_id: str, seq: int, ticket: int | None) -> Plan[None]:
+        count, changes = yield from self._branching(owner, chat_id, ticket)
+        if not 1 <= seq <= count + 1:
+            raise ValueError(f"seq {seq} is not in 1 to {count + 1}, the chat's last seq + 1")
+        if seq <= count:
+            users = yield from self._take_off(chat_id, seq, changes + 1)
+            yield from self._branch_changed(chat_id, seq, seq - 1, -users)
+
+    def _branching(self, owner: str, chat_id: str, ticket: int | None) -> Plan[tuple[int, int]]:
+        """The chat's message count and count of branch changes, read (and locked) for a branch
+        write: only while `ticket`, when given, heads the chat."""
+        found = yield fetchrow(self._sql.branching_chat, chat_id, owner)
+        if found is None:
+            raise _no_chat(chat_id)
+        if ticket is not None and (yield fetchrow(self._sql.head_ticket, chat_id))[0] != ticket:
+            raise TurnLapsedError(LAPSED_DETAIL)
+        return int(found[0]), int(found[1])
+
+    def _take_off(self, chat_id: str, seq: int, left_at: int) -> Plan[int]:
+        """Move the current branch's messages from `seq` on off it; how many were the user's."""
+        users = (yield fetchrow(self._sql.users_from, chat_id, seq))[0]
+        yield execute(self._sql.take_off, chat_id, seq, left_at)
+        yield execute(self._sql.delete_from, chat_id, seq)
+        return int(users)
+
+    def _branch_changed(self, chat_id: str, parted_at: int, count: int, users: int) -> Plan[Chat]:
+        """The chat's counts once its current branch parted at `parted_at` and holds `count`
+        messages, `users` more of them the user's; its summaries covering `parted_at` dropped."""
+        now = self._stamp(utcnow())
+        found = yield fetchrow(self._sql.branch_changed, chat_id, count, users, now)
+        yield execute(self._sql.drop_summary_from, chat_id, parted_at)
+        yield execute(self._sql.drop_rolling_summary_from, chat_id, parted_at)
+        return chat_from_row(found, self._moment)
 
     async def switch_branch(
         self, owner: str, chat_id: str, message_id: str, *, ticket: TurnTicket | None = None
     ) -> Chat:
-        raise NotImplementedError("the SQL stores do not keep branches yet")
+        _check_chat(chat_id)
+        number = None if ticket is None else ticket.number
+        chat = await self._run(self._switch(owner, chat_id, findable(message_id), number), write=True)
+        if chat is None:
+            raise MessageNotFoundError(f"no message {message_id!r} in chat {chat_id!r}")
+        self._recent.forget(chat_id)
+        return chat
+
+    def _switch(self, owner: str, chat_id: str, message_id: str, ticket: int | None) -> Plan[Chat | None]:
+        count, changes = yield from self._branching(owner, chat_id, ticket)
+        if (yield fetchrow(self._sql.current_message, chat_id, message_id)) is not None:
+            return (yield from self._chat(owner, chat_id))  # on the current branch already
+        path = path_through(message_id, (yield fetch(self._sql.branch_nodes, chat_id)))
+        if path is None:
+            return None
+        parted_at = path[0].seq
+        users = 0
+        if parted_at <= count:
+            users = -(yield from self._take_off(chat_id, parted_at, changes + 1))
+        ids = to_json([node.id for node in path])
+        yield execute(self._sql.bring_on, chat_id, ids)
+        yield execute(self._sql.delete_brought_on, chat_id, ids)
+        users += sum(node.role == Role.USER.value for node in path)
+        return (yield from self._branch_changed(chat_id, parted_at, parted_at - 1 + len(path), users))
 
     async def siblings(self, owner: str, chat_id: str, messages: Sequence[Message]) -> dict[str, Siblings]:
-        await self.get_chat(owner, chat_id)
-        return {}  # no chat of a SQL store has branches yet
+        _check_chat(chat_id)
+        return await self._run(self._siblings(owner, chat_id, messages))
+
+    def _siblings(self, owner: str, chat_id: str, messages: Sequence[Message]) -> Plan[dict[str, Siblings]]:
+        found = yield fetchrow(self._sql.chat_branch_changes, chat_id, owner)
+        if found is None:
+            raise _no_chat(chat_id)
+        if found[0] == 0 or not messages:
+            return {}  # never branched
+        first, last = min(m.seq for m in messages), max(m.seq for m in messages)
+        off_branch = yield fetch(self._sql.off_branch_between, chat_id, first, last)
+        if not off_branch:
+            return {}
+        current = yield fetch(self._sql.current_between, chat_id, first - 1, last)
+        return siblings_from_rows(messages, current, off_branch, self._moment)
 
     async def off_branch_messages(self, owner: str, chat_id: str) -> list[OffBranchMessage]:
-        await self.get_chat(owner, chat_id)
-        return []
+        _check_chat(chat_id)
+        rows = await self._run(only(fetch(self._sql.off_branch_messages, chat_id, owner)))
+        kept = off_branch_from_rows(rows, self._moment, chat_id)
+        if not needs_restoring([k.message for k in kept]):
+            return kept
+        messages = await self._attachments.restored([k.message for k in kept])
+        return [replace(k, message=message) for k, message in zip(kept, messages, strict=True)]
 
     async def search_messages(
         self, owner: str, terms: Sequence[str], *, limit: int, after: SearchKey | None = None

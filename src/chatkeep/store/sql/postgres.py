@@ -88,6 +88,7 @@ DIALECT = Dialect(
     second="interval '1 second'",
     json_elements="json_array_elements_text",
     binary="bytea",
+    lock_row=" FOR NO KEY UPDATE",
     applied_at_default=" DEFAULT now()",
 )
 # The function bodies keep the indentation of their first release: it is their stored source.

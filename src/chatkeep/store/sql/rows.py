@@ -28,6 +28,7 @@ from chatkeep.domain import (
     MessageStats,
     MessageStatus,
     NewMessage,
+    OffBranchMessage,
     Role,
     StoredResponse,
     SummaryText,
@@ -130,8 +131,14 @@ def copied_message_row(message: Message, created_at: object) -> tuple[object, ..
     return (message.id, message.chat_id, message.seq, role, content, created_at, *rest)
 
 
+def copied_branch_row(kept: OffBranchMessage, created_at: object) -> tuple[object, ...]:
+    """The `insert_branch_message` parameters of a message off its chat's current branch, as an export gave it."""
+    return (*copied_message_row(kept.message, created_at), kept.parent_id, kept.left_at)
+
+
 def copied_chat_row(owner: str, copy: ChatCopy, stamp: Callable[[datetime], object]) -> tuple[object, ...]:
-    """The `import_chat` parameters of a chat stored as an export gave it, its counts from its messages."""
+    """The `import_chat` parameters of a chat stored as an export gave it, its counts from its messages
+    (its count of branch changes: the latest its other branches' messages left at)."""
     chat, messages = copy.chat, copy.messages
     users = sum(message.role is Role.USER for message in messages)
     first_at = stamp(messages[0].created_at) if messages else None
@@ -149,6 +156,7 @@ def copied_chat_row(owner: str, copy: ChatCopy, stamp: Callable[[datetime], obje
         first_at,
         last_at,
         chat.model,
+        max((kept.left_at for kept in copy.off_branch), default=0),
     )
 
 
@@ -254,6 +262,15 @@ def message_from_row(row: Row, when: When) -> Message:
     return Message(
         message_id, chat_id, seq, ROLES[role], content, when(created_at), model, usage, STATUSES[status], values, reason
     )
+
+
+def off_branch_from_rows(rows: Sequence[Row], when: When, chat_id: str) -> list[OffBranchMessage]:
+    """The messages among rows of JOINED_MESSAGE_COLUMNS, parent_id and left_at joined to their
+    chat. Raises ChatNotFoundError for no rows."""
+    if not rows:
+        raise ChatNotFoundError(f"no chat {chat_id!r}")
+    found = (tuple(row) for row in rows if row[0] is not None)
+    return [OffBranchMessage(message_from_row(row[:12], when), row[12], row[13]) for row in found]
 
 
 def stats_from_row(row: Row, when: When) -> MessageStats:

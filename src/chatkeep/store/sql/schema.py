@@ -156,6 +156,33 @@ M016_CHAT_MODELS = (
     "ALTER TABLE chats ADD COLUMN model {text}",
     "CREATE INDEX chats_by_activity ON chats (owner, updated_at, id)",
 )
+
+# Branches: a chat's messages off its current branch (`protocols.Branches`), with `messages`'
+# columns, the message before each on its own branch (`parent_id`, NULL at seq 1) and the chat's
+# count of branch changes when it left the current branch (`left_at`); that count on `chats`
+# (0: never branched, so a chat's siblings are answered without reading this table). A message
+# moves between the two tables, so every read of `messages` (and its search index) sees the
+# current branch only; a chat's delete cascades here as to `messages`.
+M017_BRANCHES = (
+    """CREATE TABLE branch_messages (
+    chat_id {text} NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    seq {bigint} NOT NULL,
+    id {text} NOT NULL UNIQUE,
+    role {text} NOT NULL CHECK (role IN ('user', 'assistant')),
+    content {text} NOT NULL,
+    created_at {timestamp} NOT NULL,
+    model {text},
+    prompt_tokens {bigint},
+    completion_tokens {bigint},
+    status {text} NOT NULL CHECK (status IN ('completed', 'incomplete')),
+    item {text},
+    incomplete_reason {text},
+    parent_id {text},
+    left_at {bigint} NOT NULL
+)""",
+    "CREATE INDEX branch_messages_by_seq ON branch_messages (chat_id, seq)",
+    "ALTER TABLE chats ADD COLUMN branch_changes {bigint} NOT NULL DEFAULT 0",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -173,6 +200,7 @@ SHARED_MIGRATIONS = {
     "m014_attachment_blobs": M014_ATTACHMENT_BLOBS,
     "m015_message_search": M015_MESSAGE_SEARCH,
     "m016_chat_models": M016_CHAT_MODELS,
+    "m017_branches": M017_BRANCHES,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

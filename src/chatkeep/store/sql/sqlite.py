@@ -86,6 +86,7 @@ DIALECT = Dialect(
     second="1",
     json_elements="json_each",
     binary="BLOB",
+    lock_row="",
     applied_at_default="",
 )
 MIGRATIONS = migrations_in(DIALECT, extra={"m015_message_search": M015_SQLITE})

@@ -58,6 +58,7 @@ class Dialect:
     second: str  # one second, to add to an expiry
     json_elements: str  # the table function whose `value` column lists a JSON array's elements
     binary: str  # bytes (attachments' blobs)
+    lock_row: str  # after a select of one row: lock it for the transaction (SQLite's writer holds the file)
     applied_at_default: str  # the migrations table's applied_at default, as each dialect first released it
 
 
@@ -83,8 +84,8 @@ class Statements:
     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $9, $10)"""
     # A chat stored as an export gave it (`insert_chats`): its own times and counts.
     import_chat: str = """INSERT INTO chats (id, owner, title, metadata, system_prompt, created_at, updated_at,
-        message_count, user_message_count, first_message_at, last_message_at, model)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
+        message_count, user_message_count, first_message_at, last_message_at, model, branch_changes)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"""
     # $1 is a JSON array of ids; the first of them a chat (of any owner), or a message, holds.
     taken_chat_id: str = "SELECT id FROM chats WHERE id IN (SELECT value FROM {json_elements}($1)) LIMIT 1"
     taken_message_id: str = "SELECT id FROM messages WHERE id IN (SELECT value FROM {json_elements}($1)) LIMIT 1"
@@ -179,6 +180,48 @@ class Statements:
             THEN 1 ELSE 0 END
     FROM responses WHERE id = $1 AND owner = $2"""
     delete_response: str = "DELETE FROM responses WHERE id = $1 AND owner = $2 RETURNING true"
+    # Branches (`protocols.Branches`). A branch write first reads its chat, locked where the
+    # database locks rows: appends and tickets lock that row too, so they wait for the write.
+    branching_chat: str = "SELECT message_count, branch_changes FROM chats WHERE id = $1 AND owner = $2{lock_row}"
+    users_from: str = "SELECT count(*) FROM messages WHERE chat_id = $1 AND seq >= $2 AND role = 'user'"
+    # The current branch's messages from $2 on, off it: each after the message before it, left at $3.
+    take_off: str = """INSERT INTO branch_messages ({message_columns}, parent_id, left_at)
+    SELECT {joined_message_columns},
+        (SELECT p.id FROM messages p WHERE p.chat_id = m.chat_id AND p.seq = m.seq - 1), CAST($3 AS {bigint})
+    FROM messages m WHERE m.chat_id = $1 AND m.seq >= $2"""
+    delete_from: str = "DELETE FROM messages WHERE chat_id = $1 AND seq >= $2"
+    # $2 is a JSON array of the ids of the off-branch messages that come on.
+    bring_on: str = """INSERT INTO messages ({message_columns})
+    SELECT {message_columns} FROM branch_messages
+    WHERE chat_id = $1 AND id IN (SELECT value FROM {json_elements}($2)) ORDER BY seq"""
+    delete_brought_on: str = """DELETE FROM branch_messages
+    WHERE chat_id = $1 AND id IN (SELECT value FROM {json_elements}($2))"""
+    branch_nodes: str = "SELECT id, parent_id, seq, role, left_at, created_at FROM branch_messages WHERE chat_id = $1"
+    current_message: str = "SELECT id FROM messages WHERE chat_id = $1 AND id = $2"
+    # The chat once its current branch holds $2 messages, $3 more of them the user's than before;
+    # its revision bumped, so that no process answers a turn from the messages it kept (recent.py).
+    branch_changed: str = """UPDATE chats SET message_count = $2, user_message_count = user_message_count + $3,
+        first_message_at = (SELECT created_at FROM messages WHERE chat_id = $1 AND seq = 1),
+        last_message_at = (SELECT created_at FROM messages WHERE chat_id = $1 AND seq = $2),
+        branch_changes = branch_changes + 1, revision = revision + 1, updated_at = $4
+    WHERE id = $1
+    RETURNING {chat_columns}"""
+    drop_summary_from: str = "DELETE FROM summaries WHERE chat_id = $1 AND up_to_seq >= $2"
+    # Emptied rather than deleted: the row also holds the rolling summary's hold, if any.
+    drop_rolling_summary_from: str = """UPDATE context_summaries SET summary = '', up_to_seq = 0
+    WHERE chat_id = $1 AND up_to_seq >= $2"""
+    chat_branch_changes: str = "SELECT branch_changes FROM chats WHERE id = $1 AND owner = $2"
+    off_branch_between: str = """SELECT id, parent_id, seq, created_at FROM branch_messages
+    WHERE chat_id = $1 AND seq >= $2 AND seq <= $3"""
+    current_between: str = "SELECT seq, id, created_at FROM messages WHERE chat_id = $1 AND seq >= $2 AND seq <= $3"
+    # No row: no chat; a row of NULLs: nothing off its current branch.
+    off_branch_messages: str = """SELECT {joined_message_columns}, m.parent_id, m.left_at FROM chats c
+    LEFT JOIN branch_messages m ON m.chat_id = c.id WHERE c.id = $1 AND c.owner = $2
+    ORDER BY m.seq, m.created_at, m.id"""
+    insert_branch_message: str = """INSERT INTO branch_messages ({message_columns}, parent_id, left_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"""
+    taken_branch_message_id: str = """SELECT id FROM branch_messages
+    WHERE id IN (SELECT value FROM {json_elements}($1)) LIMIT 1"""
     # Attachments' bytes, one row per content (store/blobs.py): a blob kept already stays as it is.
     insert_blob: str = """INSERT INTO blobs (sha256, size, data, created_at) VALUES ($1, $2, $3, $4)
     ON CONFLICT (sha256) DO NOTHING"""
