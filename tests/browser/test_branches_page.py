@@ -274,3 +274,28 @@ async def test_a_regenerate_in_a_chat_deleted_elsewhere_says_so(tab: Tab, api: h
     await expect(tab.page.get_by_role("link", name="Alps")).to_have_count(0)
     await notice.get_by_role("button", name="Start a new chat").click()
     await expect(tab.page.get_by_role("heading", level=1)).to_have_text("New chat")
+
+
+async def test_a_regenerate_whose_model_fails_is_retried_and_keeps_the_old_reply_as_a_version(
+    tab: Tab, api: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.queue(Scripted(content="Rome"))
+    chat_id = await chat_with(api, "Cities", "A city?")
+    await tab.open(api, f"#{chat_id}")
+    await expect(tab.replies.locator(".message-body")).to_have_text("Rome")
+
+    fake_llm.queue(*[Scripted(status=500, json_body=error_body("the model fell over"))] * 3)  # and both retries
+    await tab.replies.get_by_role("button", name="Regenerate this reply").click()
+    alert = tab.replies.get_by_role("alert")
+    await expect(alert).to_contain_text("The language model answered with an error")
+    await expect(tab.page.locator(".message-user").get_by_role("button", name="Regenerate the reply")).to_be_visible()
+
+    fake_llm.queue(Scripted(content="Kyoto"))
+    await alert.get_by_role("button", name="Retry").click()
+
+    await expect(tab.replies).to_have_count(1)
+    await expect(tab.replies.locator(".message-body")).to_have_text("Kyoto")
+    await expect(tab.replies.locator(".siblings-count")).to_have_text("2/2")
+    assert await contents(api, chat_id) == ["A city?", "Kyoto"]
+    await tab.replies.get_by_role("button", name="Previous version").click()
+    await expect(tab.replies.locator(".message-body")).to_have_text("Rome")
