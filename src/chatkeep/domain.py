@@ -207,6 +207,7 @@ class SummaryText:
     highlights: list[str]
     up_to_seq: int
     created_at: datetime
+    through_id: str | None = field(default=None, compare=False)  # the message at up_to_seq it was written from
 
 
 @dataclass(slots=True, frozen=True)
@@ -215,6 +216,7 @@ class RollingSummary:
 
     text: str
     up_to_seq: int
+    through_id: str | None = field(default=None, compare=False)  # the message at up_to_seq it was written from
 
 
 @dataclass(slots=True, frozen=True)

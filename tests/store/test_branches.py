@@ -541,3 +541,25 @@ async def test_turns_of_two_processes_fork_and_append_in_order(sql_store_url: st
             assert answer.content == f"answer to {question.content}"
         stats = await second.message_stats(ALICE, chat_id)
         assert (stats.message_count, stats.user_message_count) == (len(messages), len(messages) // 2)
+
+
+async def test_a_summary_written_while_its_messages_left_the_branch_is_not_kept(store: ChatStore) -> None:
+    """A summary is written from messages read seconds before (an LLM call in between): when a
+    branch change took them off meanwhile, keeping it would summarize another branch."""
+    chat_id = await new_chat(store)
+    messages = await add(store, chat_id, "q1", "a1", "q2", "a2")
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=10)
+    await store.fork_at(ALICE, chat_id, 3)  # an edit of q2 while the summaries were being written
+    await add(store, chat_id, "q2 edited", "a2 again")
+
+    await store.save_summary(ALICE, chat_id, SummaryText("of q1 to a2", [], 4, utcnow(), through_id=messages[3].id))
+    await store.end_rolling_summary(ALICE, chat_id, RollingSummary("of q1 to a2", 4, through_id=messages[3].id))
+
+    assert await store.get_summary(ALICE, chat_id) is None
+    assert await store.get_rolling_summary(ALICE, chat_id) is None
+    assert await store.claim_rolling_summary(ALICE, chat_id, hold_seconds=10)  # the hold was let go all the same
+    current = (await store.list_messages(ALICE, chat_id, PageRequest())).data
+    await store.save_summary(ALICE, chat_id, SummaryText("of this branch", [], 4, utcnow(), through_id=current[3].id))
+    await store.end_rolling_summary(ALICE, chat_id, RollingSummary("of this branch", 2, through_id=current[1].id))
+    assert (await store.get_summary(ALICE, chat_id)).summary == "of this branch"  # type: ignore[union-attr]
+    assert await store.get_rolling_summary(ALICE, chat_id) == RollingSummary("of this branch", 2)

@@ -288,14 +288,21 @@ class TurnTickets(Protocol):
 
 class Summaries(Protocol):
     """A chat's cached summary (`SummaryText`, for the summary endpoint) and its rolling summary
-    (`RollingSummary`, sent upstream instead of the older messages it covers)."""
+    (`RollingSummary`, sent upstream instead of the older messages it covers).
+
+    A summary names the message it was written through (`through_id`, the one at `up_to_seq`) when
+    it is saved: it is written from messages read before an LLM call, and a branch change in
+    between may have taken them off the current branch. It is then not kept: it would summarize
+    another branch. Without `through_id`, it is kept on its `up_to_seq` alone.
+    """
 
     async def get_summary(self, owner: str, chat_id: str) -> SummaryText | None:
         """The cached summary, or None. Raises ChatNotFoundError."""
         ...
 
     async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
-        """Cache `summary` unless the cached one already covers more messages. Raises ChatNotFoundError."""
+        """Cache `summary` unless the cached one already covers more messages, or `summary.through_id`
+        is no longer the message at its `up_to_seq`. Raises ChatNotFoundError."""
         ...
 
     async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
@@ -310,7 +317,8 @@ class Summaries(Protocol):
         ...
 
     async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
-        """Let go of the hold, keeping `summary` (when given) unless the kept one covers as much.
+        """Let go of the hold, keeping `summary` (when given) unless the kept one covers as much, or
+        `summary.through_id` is no longer the message at its `up_to_seq`.
 
         Does nothing for a chat that is gone or another owner's.
         """

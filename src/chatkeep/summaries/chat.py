@@ -135,7 +135,7 @@ class ChatSummaries:
                 return summary
             self._metrics.summary_made("made")
             previous = text, highlights
-            summary = SummaryText(text, highlights, up_to_seq=chunk[-1].seq, created_at=utcnow())
+            summary = SummaryText(text, highlights, chunk[-1].seq, utcnow(), through_id=chunk[-1].id)
             await self._store.save_summary(owner, chat_id, summary)
         return summary
 

@@ -114,7 +114,7 @@ class RollingSummaries:
                 return False
             previous = summary.text if summary is not None else None
             text = await self._summarizer.condense(previous, batch, max_tokens=self._summary_tokens)
-            updated = RollingSummary(text, batch[-1].seq)
+            updated = RollingSummary(text, batch[-1].seq, through_id=batch[-1].id)
             self._metrics.rolling_summary_updated("updated")
             return True
         finally:

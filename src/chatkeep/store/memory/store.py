@@ -90,6 +90,10 @@ class _ChatRecord:
     waiting: "deque[tuple[int, asyncio.Future[None]]] | None" = None  # the tickets behind it, in order
     branches: "_OffBranch | None" = None  # its messages off the current branch, once it has any
 
+    def holds(self, seq: int, message_id: str | None) -> bool:
+        """Whether the current branch's message `seq` is `message_id` (None: any)."""
+        return message_id is None or (0 < seq <= len(self.messages) and self.messages[seq - 1].id == message_id)
+
     def seq_of(self, message_id: str) -> int | None:
         """The seq of the chat's message `message_id`, which it carries (see `seq_in`) unless the
         caller chose the id."""
@@ -551,7 +555,9 @@ class MemoryStore:
 
     async def save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> None:
         record = self._record(owner, chat_id)
-        if record.summary is None or record.summary.up_to_seq <= summary.up_to_seq:
+        if (record.summary is None or record.summary.up_to_seq <= summary.up_to_seq) and record.holds(
+            summary.up_to_seq, summary.through_id
+        ):
             record.summary = summary
 
     async def get_rolling_summary(self, owner: str, chat_id: str) -> RollingSummary | None:
@@ -571,7 +577,11 @@ class MemoryStore:
             return
         record.summarizing_until = 0.0
         kept = record.rolling_summary
-        if summary is not None and (kept is None or kept.up_to_seq < summary.up_to_seq):
+        if (
+            summary is not None
+            and (kept is None or kept.up_to_seq < summary.up_to_seq)
+            and record.holds(summary.up_to_seq, summary.through_id)
+        ):
             record.rolling_summary = summary
 
     async def get_message(self, owner: str, chat_id: str, message_id: str) -> Message:

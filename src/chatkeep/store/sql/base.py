@@ -517,7 +517,13 @@ class SqlStore:
         await self._run(self._save_summary(owner, chat_id, summary))
 
     def _save_summary(self, owner: str, chat_id: str, summary: SummaryText) -> Plan[None]:
-        values = (summary.summary, to_json(summary.highlights), summary.up_to_seq, self._stamp(summary.created_at))
+        values = (
+            summary.summary,
+            to_json(summary.highlights),
+            summary.up_to_seq,
+            self._stamp(summary.created_at),
+            summary.through_id,
+        )
         if (yield fetchrow(self._sql.save_summary, chat_id, owner, *values)) is None:
             yield from self._chat(owner, chat_id)  # not saved: the chat is missing, or its cached summary covers more
 
@@ -542,8 +548,8 @@ class SqlStore:
     async def end_rolling_summary(self, owner: str, chat_id: str, summary: RollingSummary | None) -> None:
         if not could_be_id(chat_id):
             return  # no chat, no hold to end
-        text, up_to_seq = (summary.text, summary.up_to_seq) if summary is not None else ("", 0)
-        await self._run(only(execute(self._sql.end_rolling_summary, chat_id, owner, up_to_seq, text)))
+        kept = (summary.up_to_seq, summary.text, summary.through_id) if summary is not None else (0, "", None)
+        await self._run(only(execute(self._sql.end_rolling_summary, chat_id, owner, *kept)))
 
     async def claim_key(
         self, owner: str, key: str, fingerprint: str, *, expired_before: datetime, abandoned_before: datetime

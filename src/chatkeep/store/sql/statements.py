@@ -38,6 +38,8 @@ NAMES = {
     "summary_columns": SUMMARY_COLUMNS,
     "joined_summary_columns": JOINED_SUMMARY_COLUMNS,
     "key_columns": KEY_COLUMNS,
+    # the rolling summary ($3 its up_to_seq, $5 the message it was written through) summarizes the current branch
+    "kept_through": "(EXISTS (SELECT 1 FROM messages WHERE chat_id = $1 AND seq = $3 AND id = $5) OR $5 IS NULL)",
     "migrations_table": MIGRATIONS_TABLE,
 }
 
@@ -124,10 +126,12 @@ class Statements:
     select_stats: str = "SELECT {stats_columns} FROM chats WHERE id = $1 AND owner = $2"
     select_summary: str = """SELECT c.id, {joined_summary_columns} FROM chats c
     LEFT JOIN summaries s ON s.chat_id = c.id WHERE c.id = $1 AND c.owner = $2"""
-    # A row back when the summary was written; none when the chat is missing or its cached
-    # summary covers more messages, which the caller tells apart.
+    # A row back when the summary was written; none when the chat is missing, its cached summary
+    # covers more messages, or the message it was written through ($7, when given) left the
+    # current branch, which the caller tells apart.
     save_summary: str = """INSERT INTO summaries (chat_id, {summary_columns})
     SELECT id, $3, $4, $5, $6 FROM chats WHERE id = $1 AND owner = $2
+        AND (EXISTS (SELECT 1 FROM messages WHERE chat_id = $1 AND seq = $5 AND id = $7) OR $7 IS NULL)
     ON CONFLICT (chat_id) DO UPDATE SET summary = excluded.summary, highlights = excluded.highlights,
         up_to_seq = excluded.up_to_seq, created_at = excluded.created_at
     WHERE summaries.up_to_seq <= excluded.up_to_seq
@@ -141,9 +145,11 @@ class Statements:
     ON CONFLICT (chat_id) DO UPDATE SET folding_until = excluded.folding_until
     WHERE context_summaries.folding_until IS NULL OR context_summaries.folding_until <= {now}
     RETURNING true"""
+    # The hold let go; the summary kept when it covers more, through a message ($5, when given)
+    # still on the current branch.
     end_rolling_summary: str = """UPDATE context_summaries SET folding_until = NULL,
-        summary = CASE WHEN up_to_seq < $3 THEN $4 ELSE summary END,
-        up_to_seq = CASE WHEN up_to_seq < $3 THEN $3 ELSE up_to_seq END
+        summary = CASE WHEN up_to_seq < $3 AND {kept_through} THEN $4 ELSE summary END,
+        up_to_seq = CASE WHEN up_to_seq < $3 AND {kept_through} THEN $3 ELSE up_to_seq END
     WHERE chat_id = $1 AND chat_id IN (SELECT id FROM chats WHERE id = $1 AND owner = $2)"""
     select_message: str = """SELECT {joined_message_columns} FROM chats c
     LEFT JOIN messages m ON m.chat_id = c.id AND m.id = $3 WHERE c.id = $1 AND c.owner = $2"""
