@@ -15,6 +15,7 @@ from tests.browser.test_web_page import Tab, browsing
 from tests.support.app import llm_settings, serve
 from tests.support.chats import messages_of
 from tests.support.fake_openai import FakeOpenAI, Scripted, error_body
+from tests.support.images import PNG, data_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -115,6 +116,10 @@ async def test_an_edited_question_is_a_new_branch_and_the_old_one_stays(tab: Tab
     await first.get_by_role("button", name="Cancel").click()  # puts it back as it was
     await expect(first.locator(".message-body")).to_have_text("Plan three days in Rome")
     await expect(first.get_by_role("button", name="Edit this message")).to_be_focused()
+    await first.get_by_role("button", name="Edit this message").press("Enter")
+    await box.fill("Never mind either")
+    await box.press("Escape")  # as Cancel
+    await expect(first.locator(".message-body")).to_have_text("Plan three days in Rome")
 
     await first.get_by_role("button", name="Edit this message").click()
     await box.fill("Plan two days in Florence")
@@ -299,3 +304,22 @@ async def test_a_regenerate_whose_model_fails_is_retried_and_keeps_the_old_reply
     assert await contents(api, chat_id) == ["A city?", "Kyoto"]
     await tab.replies.get_by_role("button", name="Previous version").click()
     await expect(tab.replies.locator(".message-body")).to_have_text("Rome")
+
+
+async def test_an_edited_question_keeps_its_images(tab: Tab, api: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:
+    image = data_url(PNG)
+    chat_id: str = (await api.post("/chats", json={"title": "Picture"})).json()["id"]
+    posted = await api.post(f"/chats/{chat_id}/messages", json={"content": "What is this?", "images": [image]})
+    assert posted.status_code == 201, posted.text
+    await tab.open(api, f"#{chat_id}")
+    question = tab.page.locator(".message-user")
+    await question.get_by_role("button", name="Edit this message").click()
+    await question.get_by_role("textbox", name="Edit your message").fill("What colour is this?")
+    await question.get_by_role("button", name="Save").click()
+
+    await expect(tab.replies).to_have_attribute("data-status", "completed")
+    await expect(question.locator(".message-body")).to_have_text("What colour is this?")
+    await expect(question.get_by_role("img", name="Image 1")).to_be_visible()
+    edited = (await messages_of(api, chat_id))[0]
+    assert (edited["content"], edited["images"]) == ("What colour is this?", [image])
+    assert fake_llm.requests[-1]["messages"][-1]["content"][-1]["image_url"]["url"] == image
