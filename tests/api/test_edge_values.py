@@ -64,6 +64,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "/chats": {"title": "t", "metadata": {"k": "v"}, "system_prompt": "s"},
     "/chats/{chat_id}": {"title": "t"},
     "/chats/{chat_id}/messages": {"content": "hi"},
+    "/chats/{chat_id}/messages/{message_id}/edit": {"content": "hi"},
+    "/chats/{chat_id}/branch": {"message_id": "msg_x"},
     "/v1/conversations": {"metadata": {"k": "v"}, "items": [{"type": "message", "role": "user", "content": "hi"}]},
     "/v1/conversations/{conversation_id}": {"metadata": {"k": "v"}},
     "/v1/conversations/{conversation_id}/items": {"items": [{"type": "message", "role": "user", "content": "hi"}]},
@@ -88,6 +90,7 @@ async def test_no_value_at_the_edges_makes_a_5xx(client: httpx.AsyncClient) -> N
     ids = {
         "chat_id": chat_id,
         "user_message_id": turn["user_message"]["id"],
+        "message_id": turn["user_message"]["id"],
         "conversation_id": conversation,
         "item_id": item,
         "response_id": response["id"],
