@@ -11,10 +11,12 @@ from tests.support.fake_openai import FakeOpenAI
 async def test_concurrent_turns_are_paired_fifo_and_see_every_earlier_turn(
     store_url: str, fake_llm: FakeOpenAI
 ) -> None:
-    fake_llm.latency = 0.05
+    fake_llm.latency = 0.25
     async with serve(llm_settings(fake_llm, store=store_url)) as client:
         chat_id = await new_chat(client, system_prompt="S")
-        responses = await asyncio.gather(*(post_after(client, chat_id, f"q{n}", n * 0.02) for n in range(5)))
+        # 100 ms apart, each arrives while the one before waits or runs (a client can only order
+        # them by time; 20 ms proved too little on a loaded machine)
+        responses = await asyncio.gather(*(post_after(client, chat_id, f"q{n}", n * 0.1) for n in range(5)))
         assert [r.status_code for r in responses] == [201] * 5
         messages = await messages_of(client, chat_id)
     assert [m["seq"] for m in messages] == list(range(1, 11))
