@@ -2,16 +2,42 @@
 
 A moving window: a turn is allowed while fewer than the limit were allowed in the window before
 it. The count is shared by every process that serves the same chats: it lives in the store
-(`ChatStore.take_rate_slot`: this process's memory for the memory store, the database for
+(`ChatStore.renew_rate_lease`: this process's memory for the memory store, the database for
 SQLite and PostgreSQL), or, when `CHATKEEP_REDIS_URL` is set, in Redis through the `limits`
-library's own storage, which also suits several deployments sharing one limit.
+library's own storage (a round trip per turn), which also suits several deployments sharing one limit.
+
+In the store, a process does not count each turn there: it leases slots in blocks. Each process
+holds at most one lease per owner, renewed in one store call that settles the old lease (its
+spent slots kept as taken when they were spent, its unspent ones given back) and takes up to a
+block of new slots, as many as fit under the limit; turns then spend the lease's slots in this
+process, with no store call, for at most `lease_seconds` (a tenth of the window, at most one
+second). A lease's block starts at one slot and doubles each time it is used up, up to a tenth of
+the limit (at most 64), so a busy owner touches the store about once every 64 turns, and a quiet
+one, whose turns each open a lease of one, exactly as before.
+
+The bound: never more than the limit in any window, however many processes share the count, for
+no slot is ever spent uncounted. The store counts a lease's whole block as taken at the lease's
+end, which comes after every slot spent from it, so each of them is counted for at least a whole
+window after it was spent even if its process dies without settling; a settled slot counts from
+when it was spent. (A lease's end is measured on the process's monotonic clock from before the
+store call, so a clock that runs at the store's pace is all it assumes.) The price is the other
+way: an owner may be refused while other processes' leases hold unspent slots, at most P - 1
+blocks (P processes serving the owner) for at most `lease_seconds` while those processes run, as
+each returns what it left unspent when its lease ends; a process that dies holds its block for a
+window. One process alone is exact both ways: its own lease is settled before the count is read.
+A refused turn also spares the store: the refusal stands in this process until a slot frees or
+its lease time passes, whichever comes first.
 """
 
+import asyncio
+import contextlib
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from limits import RateLimitItem, parse
@@ -24,6 +50,9 @@ from chatkeep.store import ChatStore
 
 KEY_PREFIX = "chatkeep:posts:"
 RETRY_SECONDS = 5.0
+MAX_LEASE_SECONDS = 1.0
+MAX_LEASE_SLOTS = 64
+LEASE_SHARE = 10  # a lease takes at most this share of the limit, and of the window
 MAX_TURNS = 2**31 - 1  # the SQL stores count turns in 32-bit integers
 EXAMPLE = "120/minute or 1000 per 2 hours"
 # One rate: turns, then `/` or `per`, then the window: an optional count of units and a unit.
@@ -69,21 +98,85 @@ class RateLimit(Protocol):
         ...
 
 
+@dataclass
+class _Lease:
+    """This process's slots of one owner: granted and not yet spent, usable until `ends`
+    (monotonic); the times they were spent since the lease was last renewed; and, after a
+    refusal, when to ask the store again."""
+
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    slots: int = 0
+    ends: float = 0.0
+    spent: list[float] = field(default_factory=list)
+    refused_until: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def spend(self, now: float) -> bool:
+        if self.slots == 0 or now >= self.ends:
+            return False
+        self.slots -= 1
+        self.spent.append(now)
+        return True
+
+    def idle(self, now: float) -> bool:
+        return now >= max(self.ends, self.refused_until) and not self.lock.locked()
+
+
 class StoreRateLimit:
+    """The limit counted in the store, through leases of slots (see the module)."""
+
     def __init__(self, store: ChatStore, text: str) -> None:
         item = parse_rate_limit(text)
         self._store = store
         self._text = text
         self._limit = item.amount
         self._window = float(item.get_expiry())
+        self.lease_seconds = min(MAX_LEASE_SECONDS, self._window / LEASE_SHARE)
+        self._largest = max(1, min(MAX_LEASE_SLOTS, self._limit // LEASE_SHARE))
+        self._leases: dict[str, _Lease] = {}
 
     async def check(self, owner: str) -> None:
-        wait = await self._store.take_rate_slot(KEY_PREFIX + owner, limit=self._limit, window_seconds=self._window)
-        if wait is not None:
-            raise _limited(self._text, wait)
+        key = KEY_PREFIX + owner
+        lease = self._leases.setdefault(key, _Lease())
+        async with lease.lock:
+            now = time.monotonic()
+            if lease.spend(now):
+                return
+            if now < lease.refused_until:
+                raise _limited(self._text, lease.refused_until - now)
+            wait = await self._renew(key, lease, want=max(1, min(self._largest, 2 * len(lease.spent))))
+            if not lease.spend(time.monotonic()):
+                raise _limited(self._text, wait or 1.0)
 
     async def check_ready(self) -> None:
         return None  # the store's own readiness covers it
+
+    async def settle_idle(self, *, everything: bool = False) -> None:
+        """Give back what the leases that ended (or, with `everything`, all) left unspent, and
+        forget them, so quiet owners hold no slots and take no memory here."""
+        now = time.monotonic()
+        idle = {key: lease for key, lease in self._leases.items() if everything or lease.idle(now)}
+        for key, lease in idle.items():
+            del self._leases[key]
+            if lease.spent or lease.slots:
+                await self._renew(key, lease, want=0)
+
+    async def _renew(self, key: str, lease: _Lease, *, want: int) -> float | None:
+        """Settle `lease` and take up to `want` slots; the seconds until one frees when none came."""
+        started = time.monotonic()
+        granted = await self._store.renew_rate_lease(
+            key,
+            lease.id,
+            spent=[started - spent for spent in lease.spent],
+            want=want,
+            limit=self._limit,
+            window_seconds=self._window,
+            lease_seconds=self.lease_seconds,
+        )
+        lease.slots, lease.ends, lease.spent = granted.slots, started + self.lease_seconds, []
+        if granted.wait is not None:
+            lease.refused_until = started + min(granted.wait, self.lease_seconds)
+        return granted.wait
 
 
 class RedisRateLimit:
@@ -119,10 +212,34 @@ async def _opened(text: str | None, store: ChatStore, redis_url: str | None) -> 
     if text is None:
         yield None
     elif redis_url is None:
-        yield StoreRateLimit(store, text)
+        limit = StoreRateLimit(store, text)
+        sweeper = asyncio.create_task(_settle_leases(limit))
+        try:
+            yield limit
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await _settled(limit, everything=True)
     else:
         storage = RedisStorage("async+" + redis_url, implementation="redispy", wrap_exceptions=True)
         yield RedisRateLimit(storage, text)
+
+
+async def _settle_leases(limit: StoreRateLimit) -> None:
+    """Give back, a lease time after they end, the slots leases left unspent (see the module)."""
+    while True:
+        await asyncio.sleep(limit.lease_seconds)
+        await _settled(limit)
+
+
+async def _settled(limit: StoreRateLimit, *, everything: bool = False) -> None:
+    try:
+        await limit.settle_idle(everything=everything)
+    except StoreUnavailableError as error:  # the store still counts the leases' slots, in the limit's favour
+        log.warning("giving back unspent rate-limit slots failed: %s", error)
+    except Exception:  # the sweeper must outlive one bad settlement
+        log.exception("giving back unspent rate-limit slots failed")
 
 
 def _unreachable(error: StorageError) -> StoreUnavailableError:

@@ -156,6 +156,12 @@ M016_CHAT_MODELS = (
     "ALTER TABLE chats ADD COLUMN model {text}",
     "CREATE INDEX chats_by_activity ON chats (owner, updated_at, id)",
 )
+# Rate slots taken in blocks: a row counts `slots` slots, and a row a process's lease holds names
+# it (`lease`), so that the process can give back what it did not spend (rate_limit.py).
+M018_RATE_LEASES = (
+    "ALTER TABLE rate_slots ADD COLUMN slots {integer} NOT NULL DEFAULT 1",
+    "ALTER TABLE rate_slots ADD COLUMN lease {text}",
+)
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -173,6 +179,7 @@ SHARED_MIGRATIONS = {
     "m014_attachment_blobs": M014_ATTACHMENT_BLOBS,
     "m015_message_search": M015_MESSAGE_SEARCH,
     "m016_chat_models": M016_CHAT_MODELS,
+    "m018_rate_leases": M018_RATE_LEASES,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (
