@@ -102,13 +102,14 @@ class RateLimit(Protocol):
 class _Lease:
     """This process's slots of one owner: granted and not yet spent, usable until `ends`
     (monotonic); the times they were spent since the lease was last renewed; and, after a
-    refusal, when to ask the store again."""
+    refusal, when to ask the store again and when a slot frees."""
 
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     slots: int = 0
     ends: float = 0.0
     spent: list[float] = field(default_factory=list)
     refused_until: float = 0.0
+    frees_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def spend(self, now: float) -> bool:
@@ -143,7 +144,7 @@ class StoreRateLimit:
             if lease.spend(now):
                 return
             if now < lease.refused_until:
-                raise _limited(self._text, lease.refused_until - now)
+                raise _limited(self._text, lease.frees_at - now)
             wait = await self._renew(key, lease, want=max(1, min(self._largest, 2 * len(lease.spent))))
             if not lease.spend(time.monotonic()):
                 raise _limited(self._text, wait or 1.0)
@@ -176,6 +177,7 @@ class StoreRateLimit:
         lease.slots, lease.ends, lease.spent = granted.slots, started + self.lease_seconds, []
         if granted.wait is not None:
             lease.refused_until = started + min(granted.wait, self.lease_seconds)
+            lease.frees_at = started + granted.wait
         return granted.wait
 
 
