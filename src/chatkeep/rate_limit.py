@@ -52,6 +52,7 @@ KEY_PREFIX = "chatkeep:posts:"
 RETRY_SECONDS = 5.0
 MAX_LEASE_SECONDS = 1.0
 MAX_LEASE_SLOTS = 64
+MAX_RENEWALS_A_TURN = 8
 LEASE_SHARE = 10  # a lease takes at most this share of the limit, and of the window
 MAX_TURNS = 2**31 - 1  # the SQL stores count turns in 32-bit integers
 EXAMPLE = "120/minute or 1000 per 2 hours"
@@ -101,16 +102,18 @@ class RateLimit(Protocol):
 @dataclass
 class _Lease:
     """This process's slots of one owner: granted and not yet spent, usable until `ends`
-    (monotonic); the times they were spent since the lease was last renewed; and, after a
-    refusal, when to ask the store again and when a slot frees."""
+    (monotonic); how many the last renewal granted; the times slots were spent since it was
+    sent; the renewal under way; and, after a refusal, when to ask the store again and when a
+    slot frees."""
 
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     slots: int = 0
     ends: float = 0.0
+    block: int = 0
     spent: list[float] = field(default_factory=list)
+    renewal: "asyncio.Task[None] | None" = None
     refused_until: float = 0.0
     frees_at: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def spend(self, now: float) -> bool:
         if self.slots == 0 or now >= self.ends:
@@ -119,8 +122,13 @@ class _Lease:
         self.spent.append(now)
         return True
 
+    def running_low(self, now: float, lease_seconds: float) -> bool:
+        """Half its block spent or half its time gone: time to renew ahead of need (blocks of
+        one are renewed on demand, so that a small limit is never held idle)."""
+        return self.block > 1 and (2 * self.slots <= self.block or now >= self.ends - lease_seconds / 2)
+
     def idle(self, now: float) -> bool:
-        return now >= max(self.ends, self.refused_until) and not self.lock.locked()
+        return now >= max(self.ends, self.refused_until) and self.renewal is None
 
 
 class StoreRateLimit:
@@ -138,16 +146,19 @@ class StoreRateLimit:
 
     async def check(self, owner: str) -> None:
         key = KEY_PREFIX + owner
-        lease = self._leases.setdefault(key, _Lease())
-        async with lease.lock:
+        for _ in range(MAX_RENEWALS_A_TURN):
+            lease = self._leases.setdefault(key, _Lease())
             now = time.monotonic()
             if lease.spend(now):
+                if lease.renewal is None and lease.running_low(now, self.lease_seconds):
+                    lease.renewal = self._renewing(key, lease, ahead=True)
                 return
             if now < lease.refused_until:
                 raise _limited(self._text, lease.frees_at - now)
-            wait = await self._renew(key, lease, want=max(1, min(self._largest, 2 * len(lease.spent))))
-            if not lease.spend(time.monotonic()):
-                raise _limited(self._text, wait or 1.0)
+            if lease.renewal is None:
+                lease.renewal = self._renewing(key, lease, ahead=False)
+            await asyncio.shield(lease.renewal)  # shared by the turns waiting, whichever is cancelled
+        raise _limited(self._text, 1.0)  # renewals came back spent by others or ended: a store this slow is busy
 
     async def check_ready(self) -> None:
         return None  # the store's own readiness covers it
@@ -159,26 +170,55 @@ class StoreRateLimit:
         idle = {key: lease for key, lease in self._leases.items() if everything or lease.idle(now)}
         for key, lease in idle.items():
             del self._leases[key]
+            lease.ends = 0.0  # nothing more is spent from it
             if lease.spent or lease.slots:
                 await self._renew(key, lease, want=0)
 
-    async def _renew(self, key: str, lease: _Lease, *, want: int) -> float | None:
-        """Settle `lease` and take up to `want` slots; the seconds until one frees when none came."""
-        started = time.monotonic()
-        granted = await self._store.renew_rate_lease(
-            key,
-            lease.id,
-            spent=[started - spent for spent in lease.spent],
-            want=want,
-            limit=self._limit,
-            window_seconds=self._window,
-            lease_seconds=self.lease_seconds,
-        )
-        lease.slots, lease.ends, lease.spent = granted.slots, started + self.lease_seconds, []
+    def _renewing(self, key: str, lease: _Lease, *, ahead: bool) -> "asyncio.Task[None]":
+        """A renewal of `lease` keeping what it holds and adding a block: four times what was spent
+        since the last (at least 1, at most the largest block), so a busy owner's blocks grow."""
+        block = max(1, min(self._largest, 4 * len(lease.spent)))
+        task = asyncio.create_task(self._renewed(key, lease, lease.slots + block))
+        if ahead:  # nobody awaits it: its failure is only logged, and the next turn's need renews again
+            task.add_done_callback(_log_failure)
+        return task
+
+    async def _renewed(self, key: str, lease: _Lease, want: int) -> None:
+        try:
+            await self._renew(key, lease, want=want)
+        finally:
+            lease.renewal = None
+
+    async def _renew(self, key: str, lease: _Lease, *, want: int) -> None:
+        """Settle `lease` and take up to `want` slots, the ones it holds among them. Turns may spend
+        its slots meanwhile: they are covered by its old block until the store answers, by the new one
+        after, which always has room for the slots held (they were counted already)."""
+        started, held, spent = time.monotonic(), lease.slots, lease.spent
+        lease.spent = []
+        try:
+            granted = await self._store.renew_rate_lease(
+                key,
+                lease.id,
+                spent=[started - moment for moment in spent],
+                want=want,
+                limit=self._limit,
+                window_seconds=self._window,
+                lease_seconds=self.lease_seconds,
+            )
+        except BaseException:
+            lease.spent = spent + lease.spent  # nothing was settled: send them again next time
+            raise
+        spent_meanwhile = held - lease.slots
+        lease.slots, lease.block = max(0, granted.slots - spent_meanwhile), granted.slots
+        lease.ends = started + self.lease_seconds
         if granted.wait is not None:
             lease.refused_until = started + min(granted.wait, self.lease_seconds)
             lease.frees_at = started + granted.wait
-        return granted.wait
+
+
+def _log_failure(task: "asyncio.Task[None]") -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("renewing a rate-limit lease ahead of need failed: %s", error)
 
 
 class RedisRateLimit:
