@@ -7,26 +7,29 @@ SQLite and PostgreSQL), or, when `CHATKEEP_REDIS_URL` is set, in Redis through t
 library's own storage (a round trip per turn), which also suits several deployments sharing one limit.
 
 In the store, a process does not count each turn there: it leases slots in blocks. Each process
-holds at most one lease per owner, renewed in one store call that settles the old lease (its
-spent slots kept as taken when they were spent, its unspent ones given back) and takes up to a
-block of new slots, as many as fit under the limit; turns then spend the lease's slots in this
+holds at most one lease per owner, renewed in one store call that settles it (its spent slots
+kept as taken when they were spent, its unspent ones given back) and grants it what it still
+holds plus a new block, as many as fit under the limit; turns spend the lease's slots in this
 process, with no store call, for at most `lease_seconds` (a tenth of the window, at most one
-second). A lease's block starts at one slot and doubles each time it is used up, up to a tenth of
-the limit (at most 64), so a busy owner touches the store about once every 64 turns, and a quiet
-one, whose turns each open a lease of one, exactly as before.
+second). A block is four times what was spent since the last renewal, at least 1 and at most a
+tenth of the limit (and 64), and once half a block is spent or half its time gone the lease is
+renewed in the background, so a busy owner's turns reach the store about once in 32 and never
+wait on it; a limit under 20 turns a window takes blocks of one, renewed by the turn that needs
+it, a store call per turn as before.
 
 The bound: never more than the limit in any window, however many processes share the count, for
-no slot is ever spent uncounted. The store counts a lease's whole block as taken at the lease's
+no slot is ever spent uncounted. The store counts a lease's whole grant as taken at the lease's
 end, which comes after every slot spent from it, so each of them is counted for at least a whole
 window after it was spent even if its process dies without settling; a settled slot counts from
-when it was spent. (A lease's end is measured on the process's monotonic clock from before the
-store call, so a clock that runs at the store's pace is all it assumes.) The price is the other
-way: an owner may be refused while other processes' leases hold unspent slots, at most P - 1
-blocks (P processes serving the owner) for at most `lease_seconds` while those processes run, as
-each returns what it left unspent when its lease ends; a process that dies holds its block for a
-window. One process alone is exact both ways: its own lease is settled before the count is read.
-A refused turn also spares the store: the refusal stands in this process until a slot frees or
-its lease time passes, whichever comes first.
+when it was spent. While a renewal is under way, the old grant covers the slots spent meanwhile
+until the new one, which always has room for the slots held, replaces it. (A lease's end is
+measured on the process's monotonic clock from before the store call, so a clock that runs at the
+store's pace is all it assumes.) The price is the other way: an owner may be refused while other
+processes' leases hold unspent slots, fewer than two blocks each (P processes serving the owner:
+at most 2 (P - 1) blocks), until their leases end, within `lease_seconds`, and they give back what
+they left; a process that dies holds its grant for a window. One process alone is exact both ways:
+its own lease is settled before the count is read. A refused turn spares the store too: the
+refusal stands in this process until a slot frees or a lease time passes, whichever comes first.
 """
 
 import asyncio

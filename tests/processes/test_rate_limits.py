@@ -53,7 +53,7 @@ async def test_two_servers_never_admit_more_than_the_limit_in_a_window(tmp_path:
         clients = [server.client for server in servers]
         chats = [await new_chat(clients[n % 2]) for n in range(CHATS)]
         burst = admitted(await posts_at_once(clients, chats, 2 * LIMIT))
-        assert LIMIT - BLOCK <= burst <= LIMIT, "at most one server's block can sit unspent in the other"
+        assert LIMIT - 2 * BLOCK < burst <= LIMIT, "fewer than two blocks can sit unspent in the other server"
         await asyncio.sleep(2.5)  # past a lease time: each server gave back what it left unspent
         rest = admitted(await posts_at_once(clients, chats, LIMIT))
     assert burst + rest == LIMIT, "within a minute, the limit exactly"
