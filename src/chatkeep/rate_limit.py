@@ -174,6 +174,9 @@ class StoreRateLimit:
         for key, lease in idle.items():
             del self._leases[key]
             lease.ends = 0.0  # nothing more is spent from it
+            if lease.renewal is not None:  # at the end, one may be under way: settle after it
+                with contextlib.suppress(Exception):
+                    await lease.renewal
             if lease.spent or lease.slots:
                 await self._renew(key, lease, want=0)
 
