@@ -55,7 +55,6 @@ KEY_PREFIX = "chatkeep:posts:"
 RETRY_SECONDS = 5.0
 MAX_LEASE_SECONDS = 1.0
 MAX_LEASE_SLOTS = 64
-MAX_RENEWALS_A_TURN = 8
 LEASE_SHARE = 10  # a lease takes at most this share of the limit, and of the window
 MAX_TURNS = 2**31 - 1  # the SQL stores count turns in 32-bit integers
 EXAMPLE = "120/minute or 1000 per 2 hours"
@@ -115,6 +114,7 @@ class _Lease:
     block: int = 0
     spent: list[float] = field(default_factory=list)
     renewal: "asyncio.Task[None] | None" = None
+    late: bool = False  # the last renewal's slots came back when its lease had ended
     refused_until: float = 0.0
     frees_at: float = 0.0
 
@@ -149,7 +149,7 @@ class StoreRateLimit:
 
     async def check(self, owner: str) -> None:
         key = KEY_PREFIX + owner
-        for _ in range(MAX_RENEWALS_A_TURN):
+        while True:
             lease = self._leases.setdefault(key, _Lease())
             now = time.monotonic()
             if lease.spend(now):
@@ -161,7 +161,11 @@ class StoreRateLimit:
             if lease.renewal is None:
                 lease.renewal = self._renewing(key, lease, ahead=False)
             await asyncio.shield(lease.renewal)  # shared by the turns waiting, whichever is cancelled
-        raise _limited(self._text, 1.0)  # renewals came back spent by others or ended: a store this slow is busy
+            if lease.late:  # else its slots went to turns waiting before this one: ask again
+                raise StoreUnavailableError(
+                    f"the store took longer than a lease of rate slots ({self.lease_seconds:g} s) to answer",
+                    retry_after=RETRY_SECONDS,
+                )
 
     async def check_ready(self) -> None:
         return None  # the store's own readiness covers it
@@ -217,6 +221,7 @@ class StoreRateLimit:
         spent_meanwhile = held - lease.slots
         lease.slots, lease.block = max(0, granted.slots - spent_meanwhile), granted.slots
         lease.ends = started + self.lease_seconds
+        lease.late = granted.slots > 0 and time.monotonic() >= lease.ends
         if granted.wait is not None:
             lease.refused_until = started + min(granted.wait, self.lease_seconds)
             lease.frees_at = started + granted.wait
