@@ -3,6 +3,7 @@
 The settings' own checks are in tests/unit/test_settings.py, `chatkeep serve` refusing to listen
 beyond loopback without keys and the chat client's key in tests/processes/test_cli.py."""
 
+import asyncio
 import os
 import secrets
 
@@ -77,6 +78,23 @@ async def test_message_posts_past_the_rate_limit_are_429_and_store_nothing() -> 
         bobs = (await client.post("/chats", headers=bob)).json()["id"]
         assert (await client.post(f"/chats/{bobs}/messages", json={"content": "hi"}, headers=bob)).status_code == 201
         assert (await client.get(f"/chats/{chat_id}/messages", headers=alice)).status_code == 200
+
+
+async def test_one_server_admits_exactly_the_limit_however_its_turns_overlap(store_url: str) -> None:
+    settings = Settings(llm_provider="offline", api_keys=KEYS, store=store_url, rate_limit="50/minute")
+    async with serve(settings) as client:
+        alice = as_owner(ALICE_KEY)
+        chats = [(await client.post("/chats", headers=alice)).json()["id"] for _ in range(10)]
+        turns = [
+            client.post(f"/chats/{chats[n % 10]}/messages", json={"content": f"m{n}"}, headers=alice) for n in range(70)
+        ]
+        responses = await asyncio.gather(*turns)
+        assert sorted(response.status_code for response in responses) == [201] * 50 + [429] * 20
+        for refused in (response for response in responses if response.status_code == 429):
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        later = await client.post(f"/chats/{chats[0]}/messages", json={"content": "later"}, headers=alice)
+        assert later.status_code == 429
+        assert 55 <= int(later.headers["retry-after"]) <= 60, "the first of the 50 frees a minute after it was taken"
 
 
 async def test_with_redis_the_rate_limit_is_shared_by_every_server() -> None:

@@ -57,6 +57,7 @@ ALL_MIGRATIONS = [
     "m015_message_search",
     "m016_chat_models",
     "m017_branches",
+    "m018_rate_leases",
 ]
 TABLES = [
     "blobs",
@@ -536,7 +537,9 @@ def every_call(store: ChatStore, chat_id: str, message_id: str) -> dict[str, Cal
         "save_response": lambda: store.save_response(ALICE, response),
         "get_response": lambda: store.get_response(ALICE, "resp_outage"),
         "delete_response": lambda: store.delete_response(ALICE, "resp_outage"),
-        "take_rate_slot": lambda: store.take_rate_slot("k", limit=5, window_seconds=60),
+        "renew_rate_lease": lambda: store.renew_rate_lease(
+            "k", "l", spent=[], want=1, limit=5, window_seconds=60, lease_seconds=1
+        ),
         "turn_lease": lambda: _hold(store, chat_id),
     }
     if broadcast is not None:
@@ -740,10 +743,15 @@ async def test_a_key_kept_alive_outlives_the_lease_and_a_dead_holders_does_not(s
 
 async def test_rate_slots_are_shared_by_processes(sql_store_url: str) -> None:
     async with open_sql_store(sql_store_url) as first, open_sql_store(sql_store_url) as second:
-        answers = await asyncio.gather(
-            *(store.take_rate_slot("posts:alice", limit=4, window_seconds=60) for store in [first, second] * 5)
+        leases = await asyncio.gather(
+            *(
+                store.renew_rate_lease(
+                    "posts:alice", f"l{n}", spent=[], want=n % 3 + 1, limit=4, window_seconds=60, lease_seconds=1
+                )
+                for n, store in enumerate([first, second] * 5)
+            )
         )
-    assert sum(answer is None for answer in answers) == 4
+    assert sum(lease.slots for lease in leases) == 4
 
 
 async def _turn(store: ChatStore, chat_id: str, question: str) -> list[str]:

@@ -1,7 +1,7 @@
 """The ChatStore contract, run against every store in `tests.support.stores.STORES`."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ from chatkeep.errors import (
     ResponseNotFoundError,
     TurnLapsedError,
 )
-from chatkeep.store import ChatStore
+from chatkeep.store import ChatStore, RateLease
 from chatkeep.store.paging import activity_cursor
 from tests.support.stores import STORES, open_test_store
 
@@ -974,20 +974,48 @@ async def test_purge_deletes_the_keys_of_every_owner_created_before_the_cutoff(s
         assert await claim(store, OTHER_REQUEST, key=key, owner=owner) == KeyClaim(claimed=True, previous=None)
 
 
+async def renew(
+    store: ChatStore, lease: str, *, want: int = 1, spent: Sequence[float] = (), key: str = "posts:alice"
+) -> RateLease:
+    """A lease on a limit of 3 in half a second; its slots count as taken 0.1 s ahead."""
+    return await store.renew_rate_lease(
+        key, lease, spent=spent, want=want, limit=3, window_seconds=0.5, lease_seconds=0.1
+    )
+
+
 async def test_rate_slots_are_counted_in_a_moving_window(store: ChatStore) -> None:
-    taken = [await store.take_rate_slot("posts:alice", limit=3, window_seconds=0.5) for _ in range(3)]
-    assert taken == [None, None, None]
-    wait = await store.take_rate_slot("posts:alice", limit=3, window_seconds=0.5)
-    assert wait is not None
-    assert 0 < wait <= 0.5
-    assert await store.take_rate_slot("posts:bob", limit=3, window_seconds=0.5) is None, "keys count apart"
-    await asyncio.sleep(wait + 0.05)
-    assert await store.take_rate_slot("posts:alice", limit=3, window_seconds=0.5) is None
+    assert await renew(store, "a", want=2) == RateLease(2)
+    assert await renew(store, "b", want=5) == RateLease(1), "as many as fit under the limit"
+    refused = await renew(store, "c")
+    assert refused.slots == 0
+    assert refused.wait is not None
+    assert 0.5 < refused.wait <= 0.6, "the leases' slots count from their end, 0.1 s ahead"
+    assert await renew(store, "a", key="posts:bob", want=3) == RateLease(3), "keys count apart"
+    await asyncio.sleep(refused.wait + 0.05)
+    assert await renew(store, "c", want=3) == RateLease(3)
 
 
-async def test_concurrent_takers_never_take_more_slots_than_the_limit(store: ChatStore) -> None:
-    answers = await asyncio.gather(*(store.take_rate_slot("k", limit=5, window_seconds=60) for _ in range(20)))
-    assert sum(answer is None for answer in answers) == 5
+async def test_a_lease_gives_back_what_it_did_not_spend(store: ChatStore) -> None:
+    assert await renew(store, "a", want=3) == RateLease(3)
+    assert await renew(store, "a", want=3, spent=[0.0]) == RateLease(2), "renewed, not added to"
+    assert (await renew(store, "b")).slots == 0
+    assert await renew(store, "a", want=0, spent=[0.0]) == RateLease(0), "settled: two spent in all"
+    assert await renew(store, "b", want=3) == RateLease(1)
+
+
+async def test_a_spent_slot_counts_from_when_it_was_spent(store: ChatStore) -> None:
+    assert await renew(store, "a", want=3) == RateLease(3)
+    assert await renew(store, "a", want=0, spent=[0.4, 0.0, 0.0]) == RateLease(0)
+    refused = await renew(store, "b")
+    assert refused.wait is not None
+    assert refused.wait <= 0.15, "the slot spent 0.4 s ago frees first"
+    await asyncio.sleep(refused.wait + 0.05)
+    assert await renew(store, "b", want=3) == RateLease(1)
+
+
+async def test_concurrent_leases_never_take_more_slots_than_the_limit(store: ChatStore) -> None:
+    leases = await asyncio.gather(*(renew(store, f"l{n}", want=n % 3 + 1) for n in range(20)))
+    assert sum(lease.slots for lease in leases) == 3
 
 
 async def test_a_question_appended_tells_the_chats_system_prompt_as_it_is(store: ChatStore) -> None:

@@ -414,12 +414,39 @@ class ResponseStore(Protocol):
         ...
 
 
-class RateSlots(Protocol):
-    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
-        """Count one event for `key` if fewer than `limit` were counted in the last `window_seconds`.
+@dataclass(frozen=True, slots=True)
+class RateLease:
+    """What `RateSlots.renew_rate_lease` granted: `slots` to spend (0: none), and when none were
+    granted though some were wanted, the seconds until one frees (`wait`)."""
 
-        None when it was counted, else the seconds until one would be. Shared by every process
-        that shares the store; concurrent takers never count more than `limit` in a window.
+    slots: int
+    wait: float | None = None
+
+
+class RateSlots(Protocol):
+    async def renew_rate_lease(
+        self,
+        key: str,
+        lease: str,
+        *,
+        spent: Sequence[float],
+        want: int,
+        limit: int,
+        window_seconds: float,
+        lease_seconds: float,
+    ) -> RateLease:
+        """Settle the lease `lease` on `key`'s count and grant it up to `want` slots anew, in one step.
+
+        A moving window: each slot counts for `window_seconds` from when it was taken, and no more
+        than `limit` count at once. The slots `lease` held before are given back, except the ones
+        its holder `spent`, given as their ages in seconds: each counts from that long ago (never
+        later than the lease's own end). Then up to `want` slots, as many as fit under `limit`,
+        are held by `lease` and count as taken `lease_seconds` from now, so that any spent before
+        that moment is covered for a whole window even if the holder never settles again. With
+        none granted, `wait` says when one frees (None when none was wanted).
+
+        Shared by every process that shares the store, under a lock on `key`: the slots counted at
+        once never exceed `limit`, however many leases take them.
         """
         ...
 

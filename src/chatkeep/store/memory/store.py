@@ -59,7 +59,7 @@ from chatkeep.search import SearchHit, SearchKey, SearchPage, scan_score, scan_s
 from chatkeep.store.blobs import Attachments, BlobStore, MemoryBlobs, appended_as_sent, needs_restoring
 from chatkeep.store.memory.message_rows import MessageRows, moment, moved_rows, now_us, seq_in, stored_message
 from chatkeep.store.paging import EPOCH, MICROSECOND, ActivityKey, KeyRange, activity_range, key_range, page_rows
-from chatkeep.store.protocols import Broadcast, TurnTicket
+from chatkeep.store.protocols import Broadcast, RateLease, TurnTicket
 
 T = TypeVar("T")
 
@@ -242,6 +242,20 @@ class _OwnerChats:
         insort(self.activity, record.activity)  # at the end, but for a clock that stepped back
 
 
+@dataclass
+class _RateCount:
+    """One key's rate slots: those spent, by when (sorted), and those each lease holds (its end, its slots)."""
+
+    spent: list[float] = field(default_factory=list)
+    leased: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def counted(self) -> int:
+        return len(self.spent) + sum(slots for _, slots in self.leased.values())
+
+    def oldest(self) -> float:
+        return min([*self.spent[:1], *(ends for ends, _ in self.leased.values())])
+
+
 class MemoryStore:
     def __init__(self, blobs: BlobStore | None = None) -> None:
         self._attachments = Attachments(blobs or MemoryBlobs())  # attachments' bytes, once per content
@@ -250,7 +264,7 @@ class MemoryStore:
         self._next_rank = 0
         self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()  # oldest first
         self._kept_keys: set[tuple[str, str]] = set()
-        self._rate_slots: dict[str, deque[float]] = {}
+        self._rate_counts: dict[str, _RateCount] = {}
         self._responses: dict[str, _KeptResponse] = {}  # by id
         self._last_ticket = NO_TICKET
 
@@ -737,15 +751,32 @@ class MemoryStore:
         await self.get_response(owner, response_id)
         del self._responses[response_id]
 
-    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
+    async def renew_rate_lease(
+        self,
+        key: str,
+        lease: str,
+        *,
+        spent: Sequence[float],
+        want: int,
+        limit: int,
+        window_seconds: float,
+        lease_seconds: float,
+    ) -> RateLease:
         now = time.monotonic()
-        taken = self._rate_slots.setdefault(key, deque())
-        while taken and taken[0] <= now - window_seconds:
-            taken.popleft()
-        if len(taken) >= limit:
-            return taken[0] + window_seconds - now
-        taken.append(now)
-        return None
+        count = self._rate_counts.setdefault(key, _RateCount())
+        ends, _ = count.leased.pop(lease, (now, 0))
+        for age in spent:
+            insort(count.spent, min(now - age, ends))
+        start = now - window_seconds
+        del count.spent[: bisect_right(count.spent, start)]
+        count.leased = {held: slots for held, slots in count.leased.items() if slots[0] > start}
+        granted = max(0, min(want, limit - count.counted()))
+        if granted:
+            count.leased[lease] = (now + lease_seconds, granted)
+            return RateLease(granted)
+        if not count.spent and not count.leased:
+            del self._rate_counts[key]
+        return RateLease(0, None if want == 0 else count.oldest() + window_seconds - now)
 
     @property
     def broadcast(self) -> Broadcast | None:

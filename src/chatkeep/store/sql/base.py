@@ -50,7 +50,7 @@ from chatkeep.errors import (
 from chatkeep.search import SearchHit, SearchKey, SearchPage, marked_parts
 from chatkeep.store.blobs import Attachments, BlobStore, appended_as_sent, needs_restoring
 from chatkeep.store.paging import ActivityKey, KeyRange, activity_range, key_range, page_rows
-from chatkeep.store.protocols import Broadcast, TurnTicket
+from chatkeep.store.protocols import Broadcast, RateLease, TurnTicket
 from chatkeep.store.sql.blobs import SqlBlobs
 from chatkeep.store.sql.branches import path_through, siblings_from_rows
 from chatkeep.store.sql.migrations import Migration, check_schema
@@ -123,7 +123,19 @@ class Driver(TicketRows, Protocol):
         """`ChatStore.claim_key`, its moments stamped: whether it claimed, and the record (KEY_COLUMNS) as it was."""
         ...
 
-    async def take_rate_slot(self, key: str, limit: int, window_seconds: float) -> float | None: ...
+    async def renew_rate_lease(
+        self,
+        key: str,
+        lease: str,
+        *,
+        spent: Sequence[float],
+        want: int,
+        limit: int,
+        window_seconds: float,
+        lease_seconds: float,
+    ) -> RateLease:
+        """`ChatStore.renew_rate_lease`, in one transaction under the database's lock on `key`."""
+        ...
 
 
 class SqlStore:
@@ -624,8 +636,26 @@ class SqlStore:
         ):
             raise _no_response(response_id)
 
-    async def take_rate_slot(self, key: str, *, limit: int, window_seconds: float) -> float | None:
-        return await self._driver.take_rate_slot(key, limit, window_seconds)
+    async def renew_rate_lease(
+        self,
+        key: str,
+        lease: str,
+        *,
+        spent: Sequence[float],
+        want: int,
+        limit: int,
+        window_seconds: float,
+        lease_seconds: float,
+    ) -> RateLease:
+        return await self._driver.renew_rate_lease(
+            key,
+            lease,
+            spent=spent,
+            want=want,
+            limit=limit,
+            window_seconds=window_seconds,
+            lease_seconds=lease_seconds,
+        )
 
     @property
     def broadcast(self) -> Broadcast | None:

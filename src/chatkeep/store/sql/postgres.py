@@ -33,7 +33,7 @@ import asyncpg.exceptions
 from chatkeep.domain import MessageStatus, Role, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.blobs import BlobStore
-from chatkeep.store.protocols import MAX_BROADCAST_BYTES
+from chatkeep.store.protocols import MAX_BROADCAST_BYTES, RateLease
 from chatkeep.store.sql.base import SqlStore, sql_store
 from chatkeep.store.sql.migrations import Migration
 from chatkeep.store.sql.rows import KEY_COLUMNS, MESSAGE_COLUMNS, Appended, NewRow, Row, message_values
@@ -147,9 +147,40 @@ RATE_SLOT_FUNCTION = """CREATE FUNCTION chatkeep_take_rate_slot(p_key text, p_li
                 INSERT INTO rate_slots (key, taken_at) VALUES (p_key, now());
                 RETURN NULL;
             END $$"""
+# `ChatStore.renew_rate_lease` under a lock on the key, so concurrent leases, from any process,
+# never count more than the limit; like a slot, a lease needs no fsync (a crash forgets some slots,
+# in the limit's favour). A spent slot counts from when it was spent, never later than its lease's end.
+RATE_LEASE_FUNCTION = """CREATE FUNCTION chatkeep_renew_rate_lease(p_key text, p_lease text,
+                p_spent double precision[], p_want integer, p_limit integer, p_window double precision,
+                p_lease_seconds double precision)
+            RETURNS TABLE (granted integer, wait double precision) LANGUAGE plpgsql AS $$
+            DECLARE
+                window_start timestamptz := now() - make_interval(secs => p_window);
+                lease_end timestamptz;
+                counted integer;
+                oldest timestamptz;
+            BEGIN
+                PERFORM set_config('synchronous_commit', 'off', true);
+                PERFORM pg_advisory_xact_lock(hashtextextended(p_key, 0));
+                DELETE FROM rate_slots WHERE rate_slots.key = p_key AND rate_slots.lease = p_lease
+                    RETURNING rate_slots.taken_at INTO lease_end;
+                INSERT INTO rate_slots (key, taken_at)
+                    SELECT p_key, least(now() - make_interval(secs => s.ago), lease_end) FROM unnest(p_spent) AS s(ago);
+                DELETE FROM rate_slots WHERE rate_slots.key = p_key AND rate_slots.taken_at <= window_start;
+                SELECT coalesce(sum(rate_slots.slots), 0), min(rate_slots.taken_at) INTO counted, oldest
+                    FROM rate_slots WHERE rate_slots.key = p_key;
+                granted := greatest(0, least(p_want, p_limit - counted));
+                IF granted > 0 THEN
+                    INSERT INTO rate_slots (key, taken_at, slots, lease)
+                        VALUES (p_key, now() + make_interval(secs => p_lease_seconds), granted, p_lease);
+                ELSIF p_want > 0 THEN
+                    wait := extract(epoch FROM oldest - window_start);
+                END IF;
+                RETURN NEXT;
+            END $$"""
 SQL = Statements.in_dialect(DIALECT)
 GIVE_BACK_TICKET = "SELECT chatkeep_return_ticket($1, $2)"
-TAKE_RATE_SLOT = "SELECT chatkeep_take_rate_slot($1, $2, $3)"
+RENEW_RATE_LEASE = "SELECT granted, wait FROM chatkeep_renew_rate_lease($1, $2, $3, $4, $5, $6, $7)"
 
 
 # The columns m010's functions insert, as released; messages have had more since (MESSAGE_COLUMNS).
@@ -260,6 +291,7 @@ MIGRATIONS = migrations_in(
             APPEND_ENDING_TURN_FUNCTION_M012,
         ),
         "m015_message_search": M015_POSTGRES,
+        "m018_rate_leases": (RATE_LEASE_FUNCTION,),
     },
 )
 TAKE_TICKET = "SELECT * FROM chatkeep_take_ticket($1, $2, $3)"
@@ -506,9 +538,21 @@ class PostgresDriver:
                 return claimed, None if previous[0] is None else previous
             log.debug("a concurrent claim inserted key %r first; claiming again", key)
 
-    async def take_rate_slot(self, key: str, limit: int, window_seconds: float) -> float | None:
-        wait: float | None = await self._db.fetchval(TAKE_RATE_SLOT, key, limit, window_seconds)
-        return wait
+    async def renew_rate_lease(
+        self,
+        key: str,
+        lease: str,
+        *,
+        spent: Sequence[float],
+        want: int,
+        limit: int,
+        window_seconds: float,
+        lease_seconds: float,
+    ) -> RateLease:
+        args = (key, lease, list(spent), want, limit, window_seconds, lease_seconds)
+        row = await self._db.fetchrow(RENEW_RATE_LEASE, *args)
+        assert row is not None  # the function answers one row, always
+        return RateLease(row[0], row[1])
 
 
 class PostgresBroadcast:

@@ -183,6 +183,14 @@ M017_BRANCHES = (
     "CREATE INDEX branch_messages_by_seq ON branch_messages (chat_id, seq)",
     "ALTER TABLE chats ADD COLUMN branch_changes {bigint} NOT NULL DEFAULT 0",
 )
+
+# Rate slots taken in blocks: a row counts `slots` slots, and a row a process's lease holds names
+# it (`lease`), so that the process can give back what it did not spend (rate_limit.py).
+M018_RATE_LEASES = (
+    "ALTER TABLE rate_slots ADD COLUMN slots {integer} NOT NULL DEFAULT 1",
+    "ALTER TABLE rate_slots ADD COLUMN lease {text}",
+)
+
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -201,6 +209,7 @@ SHARED_MIGRATIONS = {
     "m015_message_search": M015_MESSAGE_SEARCH,
     "m016_chat_models": M016_CHAT_MODELS,
     "m017_branches": M017_BRANCHES,
+    "m018_rate_leases": M018_RATE_LEASES,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

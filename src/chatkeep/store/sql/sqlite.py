@@ -25,7 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from chatkeep.domain import Role, utcnow
 from chatkeep.errors import ChatNotFoundError, StoreUnavailableError, TurnLapsedError
 from chatkeep.store.blobs import BlobStore
-from chatkeep.store.protocols import Broadcast
+from chatkeep.store.protocols import Broadcast, RateLease
 from chatkeep.store.sql.base import SqlStore, sql_store
 from chatkeep.store.sql.migrations import Migration
 from chatkeep.store.sql.rows import KEY_COLUMNS, Appended, NewRow, Row, message_row
@@ -123,10 +123,18 @@ GIVE_BACK_TICKET = "DELETE FROM turn_tickets WHERE ticket = ?"
 # Refresh the RUNNING ones among the (owner, key) pairs of a JSON array of {"owner", "key"}.
 TOUCH_KEYS = """UPDATE idempotency_keys SET updated_at = ?2 WHERE state = 'running' AND (owner, key) IN (
     SELECT json_extract(value, '$.owner'), json_extract(value, '$.key') FROM json_each(?1))"""
-# A moving window of rate slots on the machine's clock; the file's single writer orders takers.
+# A moving window of rate slots on the machine's clock; the file's single writer orders the leases.
+LEASE_END = "SELECT taken_at FROM rate_slots WHERE key = ?1 AND lease = ?2"
+DROP_LEASE = "DELETE FROM rate_slots WHERE key = ?1 AND lease = ?2"
+# A spent slot counts from when it was spent ($2 seconds ago), and never later than its lease's end ($3).
+KEEP_SPENT = spelled(
+    "INSERT INTO rate_slots (key, taken_at) VALUES ($1, min({now} - $2, coalesce($3, {now})))", DIALECT
+)
 DROP_OLD_SLOTS = spelled("DELETE FROM rate_slots WHERE key = $1 AND taken_at <= {now} - $2 * {second}", DIALECT)
-COUNT_SLOTS = spelled("SELECT count(*), min(taken_at) + $2 * {second} - {now} FROM rate_slots WHERE key = $1", DIALECT)
-TAKE_SLOT = spelled("INSERT INTO rate_slots (key, taken_at) VALUES ($1, {now})", DIALECT)
+COUNT_SLOTS = spelled(
+    "SELECT coalesce(sum(slots), 0), min(taken_at) + $2 * {second} - {now} FROM rate_slots WHERE key = $1", DIALECT
+)
+HOLD_SLOTS = spelled("INSERT INTO rate_slots (key, taken_at, slots, lease) VALUES ($1, {now} + $2, $3, $4)", DIALECT)
 
 
 def _micros(moment: datetime) -> int:
@@ -265,8 +273,19 @@ class SqliteDriver:
         }
         return await self.run(_claim_key(values), write=True)
 
-    async def take_rate_slot(self, key: str, limit: int, window_seconds: float) -> float | None:
-        return await self.run(_take_rate_slot(key, limit, window_seconds), write=True)
+    async def renew_rate_lease(
+        self,
+        key: str,
+        lease: str,
+        *,
+        spent: Sequence[float],
+        want: int,
+        limit: int,
+        window_seconds: float,
+        lease_seconds: float,
+    ) -> RateLease:
+        renewal = _renew_rate_lease(key, lease, spent, want, limit, window_seconds, lease_seconds)
+        return await self.run(renewal, write=True)
 
 
 def _append(
@@ -317,13 +336,21 @@ def _claim_key(values: dict[str, Any]) -> Plan[tuple[bool, Row | None]]:
     return claimed, previous
 
 
-def _take_rate_slot(key: str, limit: int, window_seconds: float) -> Plan[float | None]:
+def _renew_rate_lease(
+    key: str, lease: str, spent: Sequence[float], want: int, limit: int, window_seconds: float, lease_seconds: float
+) -> Plan[RateLease]:
+    """`ChatStore.renew_rate_lease` in the caller's write transaction."""
+    ends = yield fetchrow(LEASE_END, key, lease)
+    yield execute(DROP_LEASE, key, lease)
+    if spent:
+        yield execute_each(KEEP_SPENT, [(key, age, None if ends is None else ends[0]) for age in spent])
     yield execute(DROP_OLD_SLOTS, key, window_seconds)
     counted, wait = yield fetchrow(COUNT_SLOTS, key, window_seconds)
-    if counted >= limit:
-        return float(wait)
-    yield execute(TAKE_SLOT, key)
-    return None
+    granted = max(0, min(want, limit - counted))
+    if granted:
+        yield execute(HOLD_SLOTS, key, lease_seconds, granted, lease)
+        return RateLease(granted)
+    return RateLease(0, None if want == 0 else float(wait))
 
 
 @asynccontextmanager
