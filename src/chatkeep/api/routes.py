@@ -271,13 +271,7 @@ async def retry_turn(
     """Answer a stored question whose reply was lost (the LLM failed, or the server stopped before
     storing it): the reply is run again, as a turn. 409 `chat-moved-on` when it is no longer the
     chat's last message (it has a reply, or messages came after it)."""
-    body = body or RetryIn()
-    route = f"POST /chats/{chat_id}/messages/{user_message_id}/retry"
-    key = _key(idempotency_key, route, body, exclude={"stream"})
-    answered = await service.answer_again(owner, chat_id, user_message_id, streamed=body.stream, key=key)
-    if isinstance(answered, TurnEvents):
-        return sse.EventStream(answered.follow(), sse.turn_event)
-    return json_response(answered, status=201)
+    return await _answer_again(service, owner, chat_id, user_message_id, idempotency_key, body, regenerate=False)
 
 
 @router.post(
@@ -312,10 +306,7 @@ async def regenerate(
     to it), as a turn in the chat's order. The messages after the question leave the current
     branch and stay as the new reply's sibling (`siblings`, `PUT /chats/{id}/branch`). This also
     answers a question whose reply failed after the chat moved on."""
-    body = body or RetryIn()
-    key = _key(idempotency_key, f"POST /chats/{chat_id}/messages/{message_id}/regenerate", body, exclude={"stream"})
-    answered = await service.answer_again(owner, chat_id, message_id, streamed=body.stream, key=key, regenerate=True)
-    return await _branched_turn(service, owner, chat_id, answered)
+    return await _answer_again(service, owner, chat_id, message_id, idempotency_key, body, regenerate=True)
 
 
 @router.post(
@@ -339,6 +330,30 @@ async def edit_message(request: Request, chat_id: str, message_id: str) -> Respo
         post.owner, chat_id, message_id, body.content, images=body.images, streamed=post.streamed, key=key
     )
     return await _branched_turn(service, post.owner, chat_id, answered)
+
+
+async def _answer_again(
+    service: ChatService,
+    owner: str,
+    chat_id: str,
+    message_id: str,
+    idempotency_key: str | None,
+    body: RetryIn | None,
+    *,
+    regenerate: bool,
+) -> Response:
+    """A stored question answered again, as a retry or a regenerate, keyed by its own route."""
+    body = body or RetryIn()
+    route = f"POST /chats/{chat_id}/messages/{message_id}/{'regenerate' if regenerate else 'retry'}"
+    key = _key(idempotency_key, route, body, exclude={"stream"})
+    answered = await service.answer_again(
+        owner, chat_id, message_id, streamed=body.stream, key=key, regenerate=regenerate
+    )
+    if regenerate:
+        return await _branched_turn(service, owner, chat_id, answered)
+    if isinstance(answered, TurnEvents):
+        return sse.EventStream(answered.follow(), sse.turn_event)
+    return json_response(answered, status=201)
 
 
 async def _branched_turn(
