@@ -2,18 +2,14 @@
 them, and every read giving back the items as sent (including a response's input items)."""
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from chatkeep.attachments import BLOBS_KEY
 from chatkeep.domain import AttachedMessage, NewMessage, PageRequest, Role, StoredResponse, utcnow
 from chatkeep.store import ChatStore, MemoryStore
 from chatkeep.store.blobs import DirectoryBlobs, MemoryBlobs
 from tests.support.images import PDF, PNG, b64, data_url
-from tests.support.stores import STORES, open_test_store
 
 ALICE = "alice"
 DIGEST = hashlib.sha256(PNG).hexdigest()
@@ -30,12 +26,6 @@ def asked(words: str) -> NewMessage:
         ],
     }
     return NewMessage(Role.USER, words, item=item)
-
-
-@pytest.fixture(params=STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
-    async with open_test_store(request.param, tmp_path) as store:
-        yield store
 
 
 async def test_every_read_gives_back_the_items_as_sent(store: ChatStore) -> None:

@@ -3,9 +3,7 @@ sees), and `insert_chats` carrying a chat's other branches, on every store."""
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,16 +35,10 @@ from chatkeep.errors import (
 from chatkeep.store import ChatStore
 from chatkeep.store.protocols import TurnTicket
 from tests.support.images import PNG, data_url
-from tests.support.stores import STORES, open_sql_store, open_test_store
+from tests.support.stores import open_sql_store
 
 ALICE, BOB = "alice", "bob"
 THEN = datetime(2024, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(params=STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
-    async with open_test_store(request.param, tmp_path) as store:
-        yield store
 
 
 async def new_chat(store: ChatStore, owner: str = ALICE) -> str:

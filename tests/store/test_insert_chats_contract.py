@@ -1,9 +1,7 @@
 """The contract of `insert_chats` (whole chats stored as an export gave them), on every store."""
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -21,16 +19,9 @@ from chatkeep.domain import (
 from chatkeep.errors import IdTakenError
 from chatkeep.store import ChatStore
 from tests.support.images import data_url, png
-from tests.support.stores import STORES, open_test_store
 
 ALICE, BOB = "alice", "bob"
 THEN = datetime(2024, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(params=STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
-    async with open_test_store(request.param, tmp_path) as store:
-        yield store
 
 
 def a_copy(chat_id: str = "conv_imported1", prefix: str = "msg_imp") -> ChatCopy:

@@ -15,20 +15,12 @@ from tests.support.stores import (
     OLD_VERSION_CHAT,
     OLD_VERSION_MESSAGE,
     SQL_STORES,
-    STORES,
     execute_sql,
     fresh_database,
     open_sql_store,
-    open_test_store,
 )
 
 ALICE, BOB = "alice", "bob"
-
-
-@pytest.fixture(params=STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
-    async with open_test_store(request.param, tmp_path) as store:
-        yield store
 
 
 async def chat_with(store: ChatStore, *contents: str, owner: str = ALICE, title: str | None = None) -> str:

@@ -1,10 +1,9 @@
 """The ChatStore contract, run against every store in `tests.support.stores.STORES`."""
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -32,19 +31,12 @@ from chatkeep.errors import (
 )
 from chatkeep.store import ChatStore, RateLease
 from chatkeep.store.paging import activity_cursor
-from tests.support.stores import STORES, open_test_store
 
 ALICE, BOB = "alice", "bob"
 KEY, REQUEST, OTHER_REQUEST = "key-1", "fingerprint-1", "fingerprint-2"
 KEEP = timedelta(hours=24)
 ABANDON = timedelta(minutes=1)
 LATER = 0.002  # a pause after which the clock reads later, for tests that compare timestamps
-
-
-@pytest.fixture(params=STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
-    async with open_test_store(request.param, tmp_path) as store:
-        yield store
 
 
 async def new_chat(store: ChatStore, owner: str = ALICE, title: str | None = None) -> str:
