@@ -15,9 +15,10 @@ from tests.support.fake_openai import FakeOpenAI, Scripted
 async def test_concurrent_posts_to_one_chat_are_paired_and_fifo(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI
 ) -> None:
-    fake_llm.latency = 0.1
+    fake_llm.latency = 0.25
     chat_id = await new_chat(client, system_prompt="S")
-    responses = await asyncio.gather(*(post_after(client, chat_id, f"question {n}", n * 0.02) for n in range(6)))
+    # 100 ms apart, each arrives while the one before waits or runs: a client orders them by time alone
+    responses = await asyncio.gather(*(post_after(client, chat_id, f"question {n}", n * 0.1) for n in range(6)))
     assert all(r.status_code == 201 for r in responses)
     messages = await messages_of(client, chat_id)
     assert_paired(messages)
@@ -94,11 +95,11 @@ async def test_too_many_waiting_turns_on_one_chat_is_a_429(fake_llm: FakeOpenAI)
 async def test_a_failed_turn_releases_the_chat_for_those_waiting(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI, failing_turn: int
 ) -> None:
-    fake_llm.latency = 0.05
+    fake_llm.latency = 0.2
     for n in range(4):
         fake_llm.queue(Scripted(status=400) if n == failing_turn else Scripted())
     chat_id = await new_chat(client)
-    responses = await asyncio.gather(*(post_after(client, chat_id, f"q{n}", n * 0.01) for n in range(4)))
+    responses = await asyncio.gather(*(post_after(client, chat_id, f"q{n}", n * 0.05) for n in range(4)))
     assert [r.status_code for r in responses] == [502 if n == failing_turn else 201 for n in range(4)]
     roles = [m["role"] for m in await messages_of(client, chat_id)]
     assert roles.count("user") == 4

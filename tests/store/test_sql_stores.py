@@ -368,7 +368,8 @@ async def test_turns_are_fifo_and_exclusive_across_two_stores(sql_store_url: str
         labels = [f"turn {n}" for n in range(8)]
         stores = [first, second] * 4
         await asyncio.gather(
-            *(turn(s, label, n * 0.02) for n, (s, label) in enumerate(zip(stores, labels, strict=True)))
+            # 50 ms apart: each asks for its ticket well after the one before, even on a loaded machine
+            *(turn(s, label, n * 0.05) for n, (s, label) in enumerate(zip(stores, labels, strict=True)))
         )
         assert entered == labels
 
