@@ -21,6 +21,7 @@ from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
 MAX_DEPTH = 32
 TOOL_CHOICES = ("auto", "none", "required")
 INT64 = 2**63
+NUL_TEXT = "text may not contain NUL characters"
 
 
 def read_items(raw: list[Any], param: str, settings: Settings) -> list[NewMessage]:
@@ -123,7 +124,10 @@ def check_storable(value: Any, param: str, depth: int = 0) -> None:
     where = param or None
     if depth > MAX_DEPTH:
         raise InvalidInputError(f"values may nest at most {MAX_DEPTH} deep", param=where)
-    if isinstance(value, dict):
+    if isinstance(value, str):  # the commonest value (and every key): tested first
+        if "\x00" in value:
+            raise InvalidInputError(NUL_TEXT, param=where)
+    elif isinstance(value, dict):
         for name, inner in value.items():
             check_storable(name, param, depth + 1)
             check_storable(inner, f"{param}.{name}" if param else str(name), depth + 1)
@@ -137,8 +141,6 @@ def check_storable(value: Any, param: str, depth: int = 0) -> None:
 
 
 def _unstorable(value: Any) -> str | None:
-    if isinstance(value, str) and "\x00" in value:
-        return "text may not contain NUL characters"
     if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
         return "integers must fit in 64 bits"
     if isinstance(value, float) and not math.isfinite(value):
