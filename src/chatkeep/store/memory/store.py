@@ -211,7 +211,7 @@ def _left_order(kept: OffBranchMessage) -> tuple[int, datetime, str]:
     return kept.left_at, kept.message.created_at, kept.message.id
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: one is made for every response kept, and frozen init is slow
 class _KeptResponse:
     owner: str
     chat_id: str | None
