@@ -13,7 +13,7 @@ from chatkeep.config import Settings
 from chatkeep.domain import NewMessage, Role
 from chatkeep.errors import InvalidInputError
 from chatkeep.idempotency import IdempotencyKey
-from chatkeep.llm.base import CallOptions
+from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.openai_compat.items import check_attachment_sizes, check_item_sizes, stored_from_item
 from chatkeep.openai_compat.response_objects import ResponseRequest
 from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
@@ -67,19 +67,7 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
     else:
         inputs = read_items(body.input, "input", settings)
     conversation = body.conversation.id if isinstance(body.conversation, ConversationRef) else body.conversation
-    tools = tuple(_tool(tool, f"tools[{n}]") for n, tool in enumerate(body.tools or []))
-    tool_choice = _tool_choice(body.tool_choice)
-    options = CallOptions(
-        # A served model named wins over the conversation's own (the turn engine's `model_for`).
-        model=body.model if body.model in settings.models else None,
-        tools=tools,
-        tool_choice=tool_choice if tools else None,
-        parallel_tool_calls=body.parallel_tool_calls,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        max_tokens=body.max_output_tokens,
-        response_format=_response_format(body.text),
-    )
+    options = _call_options(body, settings)
     echo = {
         "max_output_tokens": body.max_output_tokens,
         "metadata": body.metadata or {},
@@ -102,6 +90,29 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
         echo=echo,
         key=key,
         background=body.background is True,
+    )
+
+
+def _call_options(body: ResponseCreate, settings: Settings) -> CallOptions:
+    """What the request asks of the model beyond its prompt: NO_OPTIONS (as a native turn asks,
+    which the LLM client sends without a look at each knob) when it asks nothing."""
+    tools = tuple(_tool(tool, f"tools[{n}]") for n, tool in enumerate(body.tools or []))
+    tool_choice = _tool_choice(body.tool_choice)
+    # A served model named wins over the conversation's own (the turn engine's `model_for`).
+    model = body.model if body.model in settings.models else None
+    response_format = _response_format(body.text)
+    knobs = (model, body.parallel_tool_calls, body.temperature, body.top_p, body.max_output_tokens, response_format)
+    if not tools and knobs.count(None) == len(knobs):  # every knob left to the model
+        return NO_OPTIONS
+    return CallOptions(
+        model=model,
+        tools=tools,
+        tool_choice=tool_choice if tools else None,
+        parallel_tool_calls=body.parallel_tool_calls,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=body.max_output_tokens,
+        response_format=response_format,
     )
 
 
