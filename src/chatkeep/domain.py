@@ -271,7 +271,7 @@ class KeyClaim:
     previous: IdempotencyRecord | None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: one is made for every response kept or read, and frozen init is slow
 class StoredResponse:
     """A response of OpenAI's Responses API as chatkeep keeps it: the object it answered, and its input."""
 

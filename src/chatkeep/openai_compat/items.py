@@ -142,11 +142,11 @@ def item_from_message(message: Message) -> dict[str, Any]:
         content: dict[str, Any] = {"type": "input_text", "text": message.content}
     else:
         content = {"type": "output_text", "text": message.content, "annotations": [], "logprobs": []}
-    return {
+    return {  # `_value_`: an enum member's value as a plain attribute (`.value` is a property, slower)
         "type": "message",
         "id": message.id,
-        "role": message.role.value,
-        "status": message.status.value,
+        "role": message.role._value_,
+        "status": message.status._value_,
         "content": [content],
     }
 

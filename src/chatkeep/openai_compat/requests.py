@@ -13,7 +13,7 @@ from chatkeep.config import Settings
 from chatkeep.domain import NewMessage, Role
 from chatkeep.errors import InvalidInputError
 from chatkeep.idempotency import IdempotencyKey
-from chatkeep.llm.base import CallOptions
+from chatkeep.llm.base import NO_OPTIONS, CallOptions
 from chatkeep.openai_compat.items import check_attachment_sizes, check_item_sizes, stored_from_item
 from chatkeep.openai_compat.response_objects import ResponseRequest
 from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
@@ -21,6 +21,7 @@ from chatkeep.openai_compat.schemas import ConversationRef, ResponseCreate
 MAX_DEPTH = 32
 TOOL_CHOICES = ("auto", "none", "required")
 INT64 = 2**63
+NUL_TEXT = "text may not contain NUL characters"
 
 
 def read_items(raw: list[Any], param: str, settings: Settings) -> list[NewMessage]:
@@ -66,19 +67,7 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
     else:
         inputs = read_items(body.input, "input", settings)
     conversation = body.conversation.id if isinstance(body.conversation, ConversationRef) else body.conversation
-    tools = tuple(_tool(tool, f"tools[{n}]") for n, tool in enumerate(body.tools or []))
-    tool_choice = _tool_choice(body.tool_choice)
-    options = CallOptions(
-        # A served model named wins over the conversation's own (the turn engine's `model_for`).
-        model=body.model if body.model in settings.models else None,
-        tools=tools,
-        tool_choice=tool_choice if tools else None,
-        parallel_tool_calls=body.parallel_tool_calls,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        max_tokens=body.max_output_tokens,
-        response_format=_response_format(body.text),
-    )
+    options = _call_options(body, settings)
     echo = {
         "max_output_tokens": body.max_output_tokens,
         "metadata": body.metadata or {},
@@ -104,6 +93,29 @@ def read_response_request(body: ResponseCreate, settings: Settings, idempotency_
     )
 
 
+def _call_options(body: ResponseCreate, settings: Settings) -> CallOptions:
+    """What the request asks of the model beyond its prompt: NO_OPTIONS (as a native turn asks,
+    which the LLM client sends without a look at each knob) when it asks nothing."""
+    tools = tuple(_tool(tool, f"tools[{n}]") for n, tool in enumerate(body.tools or []))
+    tool_choice = _tool_choice(body.tool_choice)
+    # A served model named wins over the conversation's own (the turn engine's `model_for`).
+    model = body.model if body.model in settings.models else None
+    response_format = _response_format(body.text)
+    knobs = (model, body.parallel_tool_calls, body.temperature, body.top_p, body.max_output_tokens, response_format)
+    if not tools and knobs.count(None) == len(knobs):  # every knob left to the model
+        return NO_OPTIONS
+    return CallOptions(
+        model=model,
+        tools=tools,
+        tool_choice=tool_choice if tools else None,
+        parallel_tool_calls=body.parallel_tool_calls,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=body.max_output_tokens,
+        response_format=response_format,
+    )
+
+
 # The fields whose values the schema leaves free: JSON of any shape, or text that may hold NUL.
 FREE_FIELDS = ("input", "instructions", "model", "previous_response_id", "user", "tools", "tool_choice", "text")
 
@@ -123,7 +135,10 @@ def check_storable(value: Any, param: str, depth: int = 0) -> None:
     where = param or None
     if depth > MAX_DEPTH:
         raise InvalidInputError(f"values may nest at most {MAX_DEPTH} deep", param=where)
-    if isinstance(value, dict):
+    if isinstance(value, str):  # the commonest value (and every key): tested first
+        if "\x00" in value:
+            raise InvalidInputError(NUL_TEXT, param=where)
+    elif isinstance(value, dict):
         for name, inner in value.items():
             check_storable(name, param, depth + 1)
             check_storable(inner, f"{param}.{name}" if param else str(name), depth + 1)
@@ -137,8 +152,6 @@ def check_storable(value: Any, param: str, depth: int = 0) -> None:
 
 
 def _unstorable(value: Any) -> str | None:
-    if isinstance(value, str) and "\x00" in value:
-        return "text may not contain NUL characters"
     if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
         return "integers must fit in 64 bits"
     if isinstance(value, float) and not math.isfinite(value):

@@ -25,7 +25,7 @@ Item = dict[str, Any]
 NO_OUTCOME = TurnOutcome([], [], None)  # the final event of a turn run elsewhere: its record has the outcome
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: made once a request, and frozen init is slow
 class ResponseRequest:
     """A request of the Responses API, read and checked (the API reads it from HTTP)."""
 

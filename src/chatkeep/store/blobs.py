@@ -34,7 +34,7 @@ from chatkeep.attachments import (
     replace_inline,
     sha256,
 )
-from chatkeep.domain import AttachedMessage, Message, NewMessage, Role
+from chatkeep.domain import AttachedMessage, Message, NewMessage, Role, StoredResponse
 from chatkeep.errors import StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,13 @@ class Attachments:
         if blobs:
             await self._blobs.put(list(blobs.values()))
         return kept
+
+    async def kept_response(self, response: StoredResponse) -> StoredResponse:
+        """A response with its input items as stored (`kept_items`): the response itself, not a
+        copy, when none of them holds an attachment (as almost none do)."""
+        if not any(has_attachments(item) for item in response.input_items):
+            return response
+        return replace(response, input_items=await self.kept_items(response.input_items))
 
     async def restored_items(self, items: list[Item]) -> list[Item]:
         marked = [item for item in items if BLOBS_KEY in item]

@@ -211,7 +211,7 @@ def _left_order(kept: OffBranchMessage) -> tuple[int, datetime, str]:
     return kept.left_at, kept.message.created_at, kept.message.id
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: one is made for every response kept, and frozen init is slow
 class _KeptResponse:
     owner: str
     chat_id: str | None
@@ -711,7 +711,7 @@ class MemoryStore:
         return purged
 
     async def save_response(self, owner: str, response: StoredResponse, *, live_for: float | None = None) -> None:
-        response = replace(response, input_items=await self._attachments.kept_items(response.input_items))
+        response = await self._attachments.kept_response(response)
         self._responses[response.id] = _kept_response(owner, response, response.created_at, live_for)
 
     async def update_response(
@@ -726,7 +726,7 @@ class MemoryStore:
         kept = self._responses.get(response.id)
         if kept is None or kept.owner != owner or kept.status not in expected or (if_lapsed and not kept.lapsed):
             return False
-        response = replace(response, input_items=await self._attachments.kept_items(response.input_items))
+        response = await self._attachments.kept_response(response)
         self._responses[response.id] = _kept_response(owner, response, kept.created_at, live_for)
         return True
 

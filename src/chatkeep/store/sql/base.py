@@ -603,7 +603,7 @@ class SqlStore:
         return purged
 
     async def save_response(self, owner: str, response: StoredResponse, *, live_for: float | None = None) -> None:
-        response = replace(response, input_items=await self._attachments.kept_items(response.input_items))
+        response = await self._attachments.kept_response(response)
         values = response_values(owner, response, self._stamp(response.created_at), live_for)
         await self._run(only(execute(self._sql.insert_response, *values)))
 
@@ -618,7 +618,7 @@ class SqlStore:
     ) -> bool:
         if not could_be_id(response.id):
             return False
-        response = replace(response, input_items=await self._attachments.kept_items(response.input_items))
+        response = await self._attachments.kept_response(response)
         values = response_update_values(owner, response, expected, live_for, if_lapsed)
         return await self._run(only(fetchrow(self._sql.update_response, *values))) is not None
 
