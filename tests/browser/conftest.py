@@ -9,8 +9,9 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser
 
+from tests.browser.test_web_page import Tab, browsing
 from tests.support.app import llm_settings, serve
-from tests.support.browser import CHROMIUM, open_chromium
+from tests.support.browser import BIG_MODEL, CHROMIUM, DEFAULT_MODEL, open_chromium
 from tests.support.fake_openai import FakeOpenAI
 
 
@@ -35,4 +36,18 @@ async def fake_llm() -> AsyncIterator[FakeOpenAI]:
 async def api(fake_llm: FakeOpenAI) -> AsyncIterator[httpx.AsyncClient]:
     """chatkeep without API keys, as `chatkeep serve` runs by default."""
     async with serve(llm_settings(fake_llm)) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def tab(browser: Browser) -> AsyncIterator[Tab]:
+    async with browsing(browser) as tab:
+        yield tab
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def models_api(fake_llm: FakeOpenAI) -> AsyncIterator[httpx.AsyncClient]:
+    """chatkeep serving two models, its upstream answering as the model it was asked for."""
+    fake_llm.reported_model = lambda body: body["model"]
+    async with serve(llm_settings(fake_llm, llm_model=DEFAULT_MODEL, llm_models=BIG_MODEL)) as client:
         yield client

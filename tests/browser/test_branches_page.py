@@ -3,45 +3,21 @@ regenerated reply and an edited question each start a branch, the arrows of `n/m
 versions, search opens a message of the current branch, and an exported chat imports back with
 its branches."""
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 from playwright.async_api import Browser, Locator, expect
 
 from tests.browser.test_web_page import Tab, browsing
-from tests.support.app import llm_settings, serve
-from tests.support.chats import messages_of
+from tests.support.browser import BIG_MODEL, DEFAULT_MODEL
+from tests.support.chats import chat_with, messages_of
 from tests.support.fake_openai import FakeOpenAI, Scripted, error_body
 from tests.support.images import PNG, data_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-DEFAULT, BIG = "fake-model", "big-model"
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def tab(browser: Browser) -> AsyncIterator[Tab]:
-    async with browsing(browser) as tab:
-        yield tab
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def models_api(fake_llm: FakeOpenAI) -> AsyncIterator[httpx.AsyncClient]:
-    """chatkeep serving two models, its upstream answering as the model it was asked for."""
-    fake_llm.reported_model = lambda body: body["model"]
-    async with serve(llm_settings(fake_llm, llm_model=DEFAULT, llm_models=BIG)) as client:
-        yield client
-
-
-async def chat_with(api: httpx.AsyncClient, title: str, *questions: str) -> str:
-    chat_id: str = (await api.post("/chats", json={"title": title})).json()["id"]
-    for question in questions:
-        posted = await api.post(f"/chats/{chat_id}/messages", json={"content": question})
-        assert posted.status_code == 201, posted.text
-    return chat_id
+DEFAULT, BIG = DEFAULT_MODEL, BIG_MODEL
 
 
 def versions(message: Locator) -> Locator:

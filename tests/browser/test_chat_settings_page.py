@@ -15,29 +15,16 @@ from playwright.async_api import Browser, Route, expect
 
 from tests.browser.test_web_page import Tab, browsing
 from tests.support.app import llm_settings, serve
+from tests.support.browser import BIG_MODEL, DEFAULT_MODEL
 from tests.support.chats import messages_of
 from tests.support.fake_openai import FakeOpenAI, Scripted
 from tests.support.stores import execute_sql
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-DEFAULT, BIG = "fake-model", "big-model"
+DEFAULT, BIG = DEFAULT_MODEL, BIG_MODEL
 ZONE = "Pacific/Kiritimati"  # UTC+14: a local day that differs from the UTC one for 14 hours of each
 CODE = "def greet(name):\n    return f\"<hi> & {name!r}\"  # say 'hi'"
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def tab(browser: Browser) -> AsyncIterator[Tab]:
-    async with browsing(browser) as tab:
-        yield tab
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def models_api(fake_llm: FakeOpenAI) -> AsyncIterator[httpx.AsyncClient]:
-    """chatkeep serving two models, its upstream answering as the model it was asked for."""
-    fake_llm.reported_model = lambda body: body["model"]
-    async with serve(llm_settings(fake_llm, llm_model=DEFAULT, llm_models=BIG)) as client:
-        yield client
 
 
 async def test_a_new_chat_asks_the_model_picked_and_an_open_chat_changes_it(

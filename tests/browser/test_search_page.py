@@ -9,6 +9,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.support.browser import PageLog
+from tests.support.chats import chat_with
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -26,14 +27,6 @@ async def browsing(browser: Browser) -> AsyncIterator[tuple[Page, PageLog]]:
     finally:
         await context.close()
     assert log.unexpected() == []
-
-
-async def chat_with(api: httpx.AsyncClient, title: str, *questions: str) -> str:
-    chat_id: str = (await api.post("/chats", json={"title": title})).json()["id"]
-    for question in questions:
-        posted = await api.post(f"/chats/{chat_id}/messages", json={"content": question})
-        assert posted.status_code == 201, posted.text
-    return chat_id
 
 
 async def test_a_search_finds_an_old_message_and_opens_its_chat_there(browser: Browser, api: httpx.AsyncClient) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Dialog, Locator, Page, Request, ViewportSize, expect
 
 from chatkeep.config import Settings
@@ -80,12 +79,6 @@ async def browsing(browser: Browser, *, viewport: ViewportSize = DESKTOP, **opti
     finally:
         await context.close()
     assert log.unexpected() == []
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def tab(browser: Browser) -> AsyncIterator[Tab]:
-    async with browsing(browser) as tab:
-        yield tab
 
 
 async def chat_with(api: httpx.AsyncClient, title: str, *, turns: int = 0) -> str:

@@ -23,6 +23,8 @@ CHROMIUM_ARGS = (
     "--disable-component-update",
     "--disable-sync",
 )
+# The models the `models_api` fixture's chatkeep serves: its default, then one more.
+DEFAULT_MODEL, BIG_MODEL = "fake-model", "big-model"
 # How Chromium's console reports a request that failed (an HTTP error status, or no answer).
 FAILED_REQUEST = re.compile(r"^Failed to load resource: (?:the server responded with a status of (\d+)|net::(\w+))")
 

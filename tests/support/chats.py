@@ -23,12 +23,18 @@ async def post_after(client: httpx.AsyncClient, chat_id: str, content: str, dela
     return await post(client, chat_id, content)
 
 
-async def chat_with_turns(client: httpx.AsyncClient, *questions: str) -> str:
-    """A new chat with each question posted, and answered, in turn."""
-    chat_id = await new_chat(client)
+async def chat_with_turns(client: httpx.AsyncClient, *questions: str, **body: Any) -> str:
+    """A new chat (`body` its fields) with each question posted, and answered, in turn."""
+    chat_id = await new_chat(client, **body)
     for question in questions:
-        assert (await post(client, chat_id, question)).status_code == 201
+        posted = await post(client, chat_id, question)
+        assert posted.status_code == 201, posted.text
     return chat_id
+
+
+async def chat_with(client: httpx.AsyncClient, title: str, *questions: str) -> str:
+    """A new chat titled `title` with each question posted, and answered, in turn."""
+    return await chat_with_turns(client, *questions, title=title)
 
 
 def keyed(key: str) -> dict[str, str]:
