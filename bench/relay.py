@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 MODEL = "bench-model"
-# chatkeep's collector settings (chatkeep.app): requests in flight survive young collections and get
+# chatkeep's collector settings (chatkeep.server.app): requests in flight survive young collections and get
 # promoted, so with CPython's default (700, 10, 10) a busy server runs full collections every second
 # or so; far rarer ones, each in small steps, cost it nothing and keep its pauses short.
 GC_THRESHOLDS = (5_000, 10, 100)

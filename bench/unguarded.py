@@ -1,5 +1,5 @@
 """`python -m bench.unguarded serve ...`: `chatkeep serve` on uvicorn's own httptools protocol,
-without chatkeep's HTTP limits (chatkeep.http_limits), so the bench can measure what they cost.
+without chatkeep's HTTP limits (chatkeep.server.http_limits), so the bench can measure what they cost.
 """
 
 import importlib

@@ -17,8 +17,8 @@ import uvicorn
 from playwright.async_api import ViewportSize, expect
 from tests.support.browser import open_chromium
 
-from chatkeep.app import create_app
 from chatkeep.config import Settings
+from chatkeep.server.app import create_app
 
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 QUESTIONS = (

@@ -14,8 +14,8 @@ import httpx
 import orjson
 
 from chatkeep.api.fast_turn_route import RouteShortcut
-from chatkeep.app import create_app
 from chatkeep.config import Settings
+from chatkeep.server.app import create_app
 from tests.support.app import serve_app
 
 KEY = "parity-key-0123456789"

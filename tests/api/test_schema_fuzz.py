@@ -22,8 +22,8 @@ from schemathesis import Case
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from chatkeep.app import create_app
 from chatkeep.config import Settings
+from chatkeep.server.app import create_app
 
 KEY = "fuzz-key-0123456789abcdef"
 CONTRACTUAL_422 = ("invalid-cursor", "idempotency-key-reused", "model-not-served", "invalid-search", "invalid-import")

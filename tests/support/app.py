@@ -9,9 +9,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from chatkeep.app import create_app
 from chatkeep.config import Settings
-from chatkeep.http_limits import HttpLimitsProtocol, limited_to
+from chatkeep.server.app import create_app
+from chatkeep.server.http_limits import HttpLimitsProtocol, limited_to
 from tests.support.fake_openai import FakeOpenAI
 
 

@@ -65,7 +65,7 @@ def _key(value: str | None, route: str, body: BaseModel, *, exclude: set[str] | 
 
 
 operations = APIRouter(tags=["operations"], responses=_problems(500))
-turns = APIRouter(responses=_problems(401, 500))  # served by fast_turn_route.RouteShortcut (see app.py)
+turns = APIRouter(responses=_problems(401, 500))  # served by fast_turn_route.RouteShortcut (see server/app.py)
 router = APIRouter(responses=_problems(401, 500))
 
 

@@ -17,12 +17,12 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from chatkeep import __version__
-from chatkeep.app import create_app
 from chatkeep.config import Settings, without_userinfo
 from chatkeep.errors import StoreUnavailableError
-from chatkeep.http_limits import HttpLimitsProtocol, limited_to
 from chatkeep.logs import configure_logging
 from chatkeep.metrics import DIRECTORY_VARIABLE as METRICS_DIR_VARIABLE
+from chatkeep.server.app import create_app
+from chatkeep.server.http_limits import HttpLimitsProtocol, limited_to
 from chatkeep.store import open_store
 from chatkeep.store.urls import redacted
 

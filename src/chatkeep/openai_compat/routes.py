@@ -2,7 +2,7 @@
 
 Routes translate HTTP to `Conversations` and `Responses` calls and back, as the native routes
 do for the service; owners, API keys, rate limits and Idempotency-Keys are the native API's.
-`POST /v1/responses` is served by the route shortcut (see app.py), as the native turn is.
+`POST /v1/responses` is served by the route shortcut (see server/app.py), as the native turn is.
 """
 
 from typing import Annotated, Any, Literal

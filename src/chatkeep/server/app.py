@@ -39,8 +39,8 @@ from chatkeep.openai_compat.errors import PREFIX as OPENAI_PREFIX
 from chatkeep.openai_compat.errors import OpenAIErrors
 from chatkeep.openai_compat.responses import Responses
 from chatkeep.rate_limit import open_rate_limit
+from chatkeep.server.shutdown import winding_down_on_exit
 from chatkeep.service import ChatService
-from chatkeep.shutdown import winding_down_on_exit
 from chatkeep.store import open_store
 
 MAX_BODY_BYTES = 1024 * 1024
