@@ -44,7 +44,7 @@ from chatkeep.service import ChatService
 from chatkeep.store import open_store
 
 MAX_BODY_BYTES = 1024 * 1024
-WEB = Path(__file__).with_name("web")  # the chat page at /, its files at /web/...
+WEB = Path(__file__).parent.parent / "web"  # the chat page at /, its files at /web/... (src/chatkeep/web)
 PAGE_HEADERS = {"Cache-Control": "no-cache"}
 
 
