@@ -11,6 +11,7 @@ from chatkeep.domain import NewMessage, Role
 from chatkeep.search import ELLIPSIS, SearchHit, query_terms
 from chatkeep.store import ChatStore
 from chatkeep.store.sql.schema import SHARED_MIGRATIONS
+from chatkeep.store.sql.search import SEARCH_BATCH
 from tests.support.stores import (
     OLD_VERSION_CHAT,
     OLD_VERSION_MESSAGE,
@@ -171,3 +172,53 @@ async def test_sqlite_search_survives_a_vacuum(tmp_path: Path) -> None:
     async with open_sql_store(url) as store:
         assert contents(await search(store, "needle")) == ["the needle"]
         assert contents(await search(store, "haystack")) == ["in a haystack"]
+
+
+def _sqlite_index(path: Path) -> tuple[int, int]:
+    """How many messages SQLite's search index holds, and how many the file stores; raises
+    sqlite3.DatabaseError when FTS5's integrity check finds the index out of step with them."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        indexed = db.execute("SELECT count(*) FROM messages_search_docsize").fetchone()[0]
+        stored = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        if indexed == stored:
+            db.execute("INSERT INTO messages_search (messages_search) VALUES ('integrity-check')")
+        return indexed, stored
+    finally:
+        db.close()
+
+
+async def test_sqlite_indexes_a_turns_messages_later_in_a_batch(tmp_path: Path) -> None:
+    path = tmp_path / "chatkeep.db"
+    async with open_sql_store(f"sqlite:///{path}") as store:
+        await chat_with(store, "a question", "its answer")
+        assert _sqlite_index(path) == (0, 2)  # the turn paid for no indexing
+        assert contents(await search(store, "answer")) == ["its answer"]
+        assert _sqlite_index(path) == (2, 2)
+        await chat_with(store, *[f"filler {n}" for n in range(SEARCH_BATCH)])
+        assert _sqlite_index(path) == (2 + SEARCH_BATCH, 2 + SEARCH_BATCH)  # a batch, with no search
+
+
+async def test_sqlite_index_stays_exact_through_deletes_forgets_and_reused_rowids(tmp_path: Path) -> None:
+    path = tmp_path / "chatkeep.db"
+    async with open_sql_store(f"sqlite:///{path}") as store:
+        indexed = await chat_with(store, "indexed zebra", "indexed giraffe")
+        newest = await chat_with(store, "newest okapi", "newest lemur")
+        assert len(await search(store, "indexed")) == 2  # both chats indexed now
+        await store.delete_chat(ALICE, newest)  # frees the highest rowids, which the next messages take
+        reused = await chat_with(store, "reused tapir", "reused ibex")
+        pending = await chat_with(store, "pending panda", "pending koala")  # past the index
+        giraffe = (await store.recent_messages(ALICE, indexed, limit=1))[0]
+        await store.forget_message(ALICE, indexed, giraffe.id)
+        koala = (await store.recent_messages(ALICE, pending, limit=1))[0]
+        await store.forget_message(ALICE, pending, koala.id)
+        await store.delete_chat(ALICE, reused)
+        await chat_with(store, "after all of it")
+        assert contents(await search(store, "indexed")) == ["indexed zebra"]
+        assert await search(store, "okapi giraffe koala tapir") == []
+        for word in ("okapi", "giraffe", "koala", "tapir", "ibex"):
+            assert await search(store, word) == []
+        assert contents(await search(store, "pending")) == ["pending panda"]
+        assert contents(await search(store, "after")) == ["after all of it"]
+    indexed_count, stored = _sqlite_index(path)
+    assert indexed_count == stored  # and FTS5's own integrity check passed

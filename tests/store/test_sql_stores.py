@@ -58,6 +58,7 @@ ALL_MIGRATIONS = [
     "m016_chat_models",
     "m017_branches",
     "m018_rate_leases",
+    "m019_lazy_search_index",
 ]
 TABLES = [
     "blobs",

@@ -102,6 +102,10 @@ class Driver(TicketRows, Protocol):
     @property
     def broadcast(self) -> Broadcast | None: ...
 
+    async def catch_up_search(self) -> None:
+        """Bring the search index up to every message stored, where the database indexes lazily."""
+        ...
+
     def moment(self, value: Any) -> datetime:
         """A timestamp column's value as a datetime (`stamp` turns one back)."""
         ...
@@ -508,6 +512,7 @@ class SqlStore:
     async def search_messages(
         self, owner: str, terms: Sequence[str], *, limit: int, after: SearchKey | None = None
     ) -> SearchPage:
+        await self._driver.catch_up_search()
         plan = self._driver.search(owner, terms, limit + 1, after)
         found = await self._run(plan, write=self._driver.search_in_transaction)
         hits = [self._hit(row) for row in found[:limit]]

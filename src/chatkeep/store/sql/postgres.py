@@ -468,6 +468,9 @@ class PostgresDriver:
     def moment(self, value: datetime) -> datetime:
         return value
 
+    async def catch_up_search(self) -> None:
+        """Nothing to do: the GIN index is kept in step by each insert (its pending list batches the work)."""
+
     async def applied_migrations(self) -> set[str]:
         try:
             rows = await self._db.call(lambda c: c.fetch(SQL.applied_migrations, timeout=READY_TIMEOUT_SECONDS))

@@ -191,6 +191,9 @@ M018_RATE_LEASES = (
     "ALTER TABLE rate_slots ADD COLUMN lease {text}",
 )
 
+# SQLite's search index kept in step lazily (store/sql/search.py): its steps are SQLite's alone.
+M019_LAZY_SEARCH_INDEX: tuple[str, ...] = ()
+
 SHARED_MIGRATIONS = {
     "m001_initial": M001_INITIAL,
     "m002_turn_tickets": M002_TURN_TICKETS,
@@ -210,6 +213,7 @@ SHARED_MIGRATIONS = {
     "m016_chat_models": M016_CHAT_MODELS,
     "m017_branches": M017_BRANCHES,
     "m018_rate_leases": M018_RATE_LEASES,
+    "m019_lazy_search_index": M019_LAZY_SEARCH_INDEX,
 }
 
 CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations_table} (

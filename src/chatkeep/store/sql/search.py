@@ -1,9 +1,10 @@
 """Search in the SQL stores: each database's own full-text index, kept in step with `messages`.
 
 SQLite: an FTS5 table over `messages.content` with external content (the text is not stored
-twice; `snippet()` reads it from `messages` by rowid), kept in step by triggers on insert,
-delete (a chat's delete cascades to them) and a change of content (a forgotten message is
-emptied), so every write path keeps it without a word of Python. Its tokenizer is unicode61
+twice; `snippet()` reads it from `messages` by rowid). New messages are indexed in batches (m019:
+before each search, and every SEARCH_BATCH appends), and triggers on insert, delete (a chat's
+delete cascades to them) and a change of content (a forgotten message is emptied) keep the
+messages indexed so far in step, so every write path keeps it without a word of Python. Its tokenizer is unicode61
 without diacritics removal, so that both databases and the memory store match the same words
 (case-insensitively, accents kept). Ranked by bm25.
 
@@ -40,6 +41,39 @@ END""",
     INSERT INTO messages_search (rowid, content) VALUES (new.rowid, new.content);
 END""",
     "INSERT INTO messages_search (messages_search) VALUES ('rebuild')",  # the messages stored before
+)
+# m019: SQLite's index kept in step lazily. An FTS5 insert that commits alone writes a segment of
+# its own and merges them: about 35 us a message, twice a turn, where a batch costs 2-4 us a
+# message. So a message is indexed later, in a batch (`SQLITE_CATCH_UP`): before a search reads the
+# index, and every SEARCH_BATCH messages a process appends. The index then holds exactly the
+# messages with a rowid up to `messages_search_progress.indexed_to`, with their current content:
+# the triggers keep that true for those (a rowid a deleted message frees can be given again, and
+# is indexed at once), and leave the others to the catch-up. A chatkeep older than m019 that
+# writes to the file meanwhile (a rolling upgrade) leaves its messages to the newer one's catch-up.
+LAZY_INDEX = "(SELECT indexed_to FROM messages_search_progress)"
+M019_SQLITE = (
+    "DROP TRIGGER messages_search_insert",
+    "DROP TRIGGER messages_search_delete",
+    "DROP TRIGGER messages_search_update",
+    "CREATE TABLE messages_search_progress (one INTEGER PRIMARY KEY CHECK (one = 1), indexed_to INTEGER NOT NULL)",
+    "INSERT INTO messages_search_progress (one, indexed_to) SELECT 1, coalesce(max(rowid), 0) FROM messages",
+    f"""CREATE TRIGGER messages_search_insert AFTER INSERT ON messages WHEN new.rowid <= {LAZY_INDEX} BEGIN
+    INSERT INTO messages_search (rowid, content) VALUES (new.rowid, new.content);
+END""",
+    f"""CREATE TRIGGER messages_search_delete AFTER DELETE ON messages WHEN old.rowid <= {LAZY_INDEX} BEGIN
+    INSERT INTO messages_search (messages_search, rowid, content) VALUES ('delete', old.rowid, old.content);
+END""",
+    f"""CREATE TRIGGER messages_search_update AFTER UPDATE OF content ON messages WHEN old.rowid <= {LAZY_INDEX} BEGIN
+    INSERT INTO messages_search (messages_search, rowid, content) VALUES ('delete', old.rowid, old.content);
+    INSERT INTO messages_search (rowid, content) VALUES (new.rowid, new.content);
+END""",
+)
+SEARCH_BATCH = 256
+# Index the messages past `indexed_to`, then move it to the newest (never back: a rowid at or
+# below it that is given again is indexed by the insert trigger).
+SQLITE_CATCH_UP = (
+    f"INSERT INTO messages_search (rowid, content) SELECT rowid, content FROM messages WHERE rowid > {LAZY_INDEX}",
+    "UPDATE messages_search_progress SET indexed_to = max(indexed_to, (SELECT coalesce(max(rowid), 0) FROM messages))",
 )
 M015_POSTGRES = (
     """ALTER TABLE messages ADD COLUMN search_vector tsvector
@@ -91,6 +125,12 @@ CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 def _cursor(after: SearchKey | None) -> tuple[object, object, object]:
     return (None, None, None) if after is None else (after.score, after.chat_id, after.seq)
+
+
+def sqlite_catch_up() -> Plan[None]:
+    """Index the messages the SQLite index has yet to hold (m019), in the caller's write transaction."""
+    for statement in SQLITE_CATCH_UP:
+        yield execute(statement)
 
 
 def sqlite_search(owner: str, terms: Sequence[str], limit: int, after: SearchKey | None) -> Plan[list[Row]]:

@@ -30,7 +30,7 @@ from chatkeep.store.sql.base import SqlStore, sql_store
 from chatkeep.store.sql.migrations import Migration
 from chatkeep.store.sql.rows import KEY_COLUMNS, Appended, NewRow, Row, message_row
 from chatkeep.store.sql.schema import migrate, migrations_in
-from chatkeep.store.sql.search import M015_SQLITE, sqlite_search
+from chatkeep.store.sql.search import M015_SQLITE, M019_SQLITE, SEARCH_BATCH, sqlite_catch_up, sqlite_search
 from chatkeep.store.sql.statements import (
     Answer,
     Dialect,
@@ -89,7 +89,7 @@ DIALECT = Dialect(
     lock_row="",
     applied_at_default="",
 )
-MIGRATIONS = migrations_in(DIALECT, extra={"m015_message_search": M015_SQLITE})
+MIGRATIONS = migrations_in(DIALECT, extra={"m015_message_search": M015_SQLITE, "m019_lazy_search_index": M019_SQLITE})
 SQL = Statements.in_dialect(DIALECT)
 
 COUNT_MESSAGES = """UPDATE chats SET
@@ -236,6 +236,21 @@ class SqliteDriver:
     def __init__(self, thread: SqliteThread, migrations: Sequence[Migration]) -> None:
         self._thread = thread
         self.migrations = migrations
+        self._unindexed = 0  # messages this process appended since its last catch-up of the search index
+
+    async def catch_up_search(self) -> None:
+        """Index what the search index has yet to hold (search.py, m019), so a search finds every message stored."""
+        await self.run(sqlite_catch_up(), write=True)
+        self._unindexed = 0
+
+    def _catch_up_due(self, appended: int) -> bool:
+        """Whether an append of `appended` messages brings this process's backlog to a batch: the
+        append then indexes it, in its own transaction, so a turn seldom pays for indexing."""
+        self._unindexed += appended
+        if self._unindexed < SEARCH_BATCH:
+            return False
+        self._unindexed = 0
+        return True
 
     async def run(self, plan: Plan[T], *, write: bool = False) -> T:
         return await self._thread.run(_drive, plan, write)
@@ -252,10 +267,14 @@ class SqliteDriver:
     async def append(
         self, owner: str, chat_id: str, messages: Sequence[NewRow], ticket: int | None, *, ends_turn: bool
     ) -> Appended:
-        return await self.run(_append(owner, chat_id, messages, ticket, ends_turn=ends_turn), write=True)
+        catch_up = self._catch_up_due(len(messages))
+        return await self.run(
+            _append(owner, chat_id, messages, ticket, ends_turn=ends_turn, catch_up=catch_up), write=True
+        )
 
     async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float, question: NewRow | None) -> TakenTicket:
-        return await self.run(_take_ticket(owner, chat_id, lease_seconds, question), write=True)
+        catch_up = question is not None and self._catch_up_due(1)
+        return await self.run(_take_ticket(owner, chat_id, lease_seconds, question, catch_up=catch_up), write=True)
 
     async def give_back_ticket(self, chat_id: str, ticket: int) -> None:
         await self.run(only(execute(GIVE_BACK_TICKET, ticket)))
@@ -289,12 +308,15 @@ class SqliteDriver:
 
 
 def _append(
-    owner: str, chat_id: str, messages: Sequence[NewRow], ticket: int | None, *, ends_turn: bool
+    owner: str, chat_id: str, messages: Sequence[NewRow], ticket: int | None, *, ends_turn: bool, catch_up: bool
 ) -> Plan[Appended]:
-    """The append, and with `ends_turn` the ticket given back, in the caller's write transaction."""
+    """The append, with `ends_turn` the ticket given back and with `catch_up` the search index
+    caught up, in the caller's write transaction."""
     appended = yield from _count_and_insert(owner, chat_id, messages, ticket)
     if ends_turn:
         yield execute(GIVE_BACK_TICKET, ticket)
+    if catch_up:
+        yield from sqlite_catch_up()
     return Appended(appended.last_seq, appended.system_prompt, appended.revision, appended.created_at, ends_turn)
 
 
@@ -317,16 +339,22 @@ def _count_and_insert(owner: str, chat_id: str, messages: Sequence[NewRow], tick
     return Appended(last, system_prompt, revision, now)
 
 
-def _take_ticket(owner: str, chat_id: str, lease_seconds: float, question: NewRow | None) -> Plan[TakenTicket]:
-    """A ticket, whether it is the head, and when it is, `question` appended. One writer at a time
-    on the file, so tickets commit in the order of their numbers."""
+def _take_ticket(
+    owner: str, chat_id: str, lease_seconds: float, question: NewRow | None, *, catch_up: bool
+) -> Plan[TakenTicket]:
+    """A ticket, whether it is the head, and when it is, `question` appended (and with `catch_up`
+    the search index caught up). One writer at a time on the file, so tickets commit in the order
+    of their numbers."""
     if (yield fetchrow(SQL.select_chat, chat_id, owner)) is None:
         raise ChatNotFoundError(f"no chat {chat_id!r}")
     ticket: int = (yield fetchrow(TAKE_TICKET, chat_id, lease_seconds))[0]
     head = (yield fetchrow(SQL.head_ticket, chat_id))[0] == ticket
     if question is None or not head:
         return TakenTicket(ticket, head, None)
-    return TakenTicket(ticket, head, (yield from _count_and_insert(owner, chat_id, [question], None)))
+    appended = yield from _count_and_insert(owner, chat_id, [question], None)
+    if catch_up:
+        yield from sqlite_catch_up()
+    return TakenTicket(ticket, head, appended)
 
 
 def _claim_key(values: dict[str, Any]) -> Plan[tuple[bool, Row | None]]:
