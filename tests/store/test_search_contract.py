@@ -215,7 +215,6 @@ async def test_sqlite_index_stays_exact_through_deletes_forgets_and_reused_rowid
         await store.delete_chat(ALICE, reused)
         await chat_with(store, "after all of it")
         assert contents(await search(store, "indexed")) == ["indexed zebra"]
-        assert await search(store, "okapi giraffe koala tapir") == []
         for word in ("okapi", "giraffe", "koala", "tapir", "ibex"):
             assert await search(store, word) == []
         assert contents(await search(store, "pending")) == ["pending panda"]

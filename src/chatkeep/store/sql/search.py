@@ -2,10 +2,10 @@
 
 SQLite: an FTS5 table over `messages.content` with external content (the text is not stored
 twice; `snippet()` reads it from `messages` by rowid). New messages are indexed in batches (m019:
-before each search, and every SEARCH_BATCH appends), and triggers on insert, delete (a chat's
-delete cascades to them) and a change of content (a forgotten message is emptied) keep the
-messages indexed so far in step, so every write path keeps it without a word of Python. Its tokenizer is unicode61
-without diacritics removal, so that both databases and the memory store match the same words
+before each search, and every SEARCH_BATCH appends); triggers on insert, delete (a chat's delete
+cascades to them) and a change of content (a forgotten message is emptied) keep the messages
+indexed so far in step, whatever path writes them. Its tokenizer is unicode61 without diacritics
+removal, so that both databases and the memory store match the same words
 (case-insensitively, accents kept). Ranked by bm25.
 
 PostgreSQL: a stored generated column `search_vector`, `to_tsvector('simple', content)`, under a
