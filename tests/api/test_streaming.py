@@ -184,11 +184,13 @@ async def test_a_broken_upstream_stream_ends_with_an_error_and_stores_no_reply(
 async def test_streamed_and_plain_turns_mixed_on_one_chat_stay_paired(
     client: httpx.AsyncClient, fake_llm: FakeOpenAI
 ) -> None:
-    fake_llm.latency = 0.25
+    fake_llm.latency = 0.5
     chat_id = await new_chat(client)
 
     async def turn(n: int) -> None:
-        await asyncio.sleep(n * 0.1)  # each arrives while the one before waits or runs
+        # each arrives while the one before waits or runs; 200 ms apart, so that a loaded
+        # machine's client scheduling cannot send them out of order (100 ms once did, under CI)
+        await asyncio.sleep(n * 0.2)
         if n % 2:
             events = await stream_turn(client, chat_id, f"q{n}")
             assert events[-1]["event"] == "assistant_message"
