@@ -15,7 +15,7 @@ from playwright.async_api import Browser, Route, expect
 
 from tests.browser.test_web_page import Tab, browsing
 from tests.support.app import llm_settings, serve
-from tests.support.browser import BIG_MODEL, DEFAULT_MODEL
+from tests.support.browser import BIG_MODEL, DEFAULT_MODEL, hold_close_event
 from tests.support.chats import messages_of
 from tests.support.fake_openai import FakeOpenAI, Scripted
 from tests.support.stores import execute_sql
@@ -79,13 +79,40 @@ async def test_the_system_prompt_is_edited_and_sent_first(
     assert (await api.get(f"/chats/{chat_id}")).json()["system_prompt"] == "Answer in French."
     await tab.send("Hello")
     await expect(tab.replies).to_have_attribute("data-status", "completed")
-    assert fake_llm.requests[-1]["messages"][0] == {"role": "system", "content": "Answer in French."}
+    assert fake_llm.requests[-1]["messages"] == [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "Hello"},
+    ]
 
     await tab.page.get_by_role("button", name="Instructions").click()
     await editor.fill("")
     await tab.page.get_by_role("button", name="Save").click()
     await expect(tab.page.locator("#prompt-dialog")).not_to_be_visible()
+    await expect(tab.page.get_by_role("button", name="Instructions")).to_be_focused()  # where the dialog was opened
     assert (await api.get(f"/chats/{chat_id}")).json()["system_prompt"] is None  # the server's default
+
+
+async def test_the_message_box_keeps_the_keys_typed_before_the_prompt_dialog_s_close_event(
+    tab: Tab, api: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    """The dialog's close event comes a frame after Save hides it: a reader already typing in the
+    message box by then keeps typing there (in CI it came between the test's click in the box and
+    its first key, so every key went to the Instructions button and nothing was sent)."""
+    chat_id = (await api.post("/chats", json={"title": "Prompted"})).json()["id"]
+    await tab.open(api, f"#{chat_id}")
+    release_close_event = await hold_close_event(tab.page, "prompt-dialog")
+    await tab.page.get_by_role("button", name="Instructions").click()
+    await tab.page.get_by_label("System prompt").fill("Answer in French.")
+    await tab.page.get_by_role("button", name="Save").click()
+    await expect(tab.page.locator("#prompt-dialog")).not_to_be_visible()
+    box = tab.page.get_by_label("Message", exact=True)
+    await box.click()
+    await release_close_event()
+    await expect(box).to_be_focused()
+    await tab.page.keyboard.type("Hello")
+    await tab.page.keyboard.press("Enter")
+    await expect(tab.replies).to_have_attribute("data-status", "completed")
+    assert fake_llm.requests[-1]["messages"][1:] == [{"role": "user", "content": "Hello"}]
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -3,11 +3,12 @@
 No browser is ever downloaded: Playwright drives `/usr/bin/chromium`, headless, in a fresh
 temporary profile that it makes for each launch, with the flags that keep Chromium from calling
 hosts it cannot reach (these machines have no outside network). `PageLog` keeps what a page
-reported as an error, so a test can assert its page had none.
+reported as an error, so a test can assert its page had none; `hold_close_event` lets a test
+choose when a dialog's close event comes, which Chromium leaves to its next frame.
 """
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,6 +28,14 @@ CHROMIUM_ARGS = (
 DEFAULT_MODEL, BIG_MODEL = "fake-model", "big-model"
 # How Chromium's console reports a request that failed (an HTTP error status, or no answer).
 FAILED_REQUEST = re.compile(r"^Failed to load resource: (?:the server responded with a status of (\d+)|net::(\w+))")
+# Stops the dialog's own close event before it reaches the dialog, and keeps one to send it later.
+HOLD_CLOSE_EVENT = """(id) => {
+    document.addEventListener("close", (event) => {
+        if (event.target.id !== id || !event.isTrusted) return;
+        event.stopImmediatePropagation();
+        window.releaseCloseEvent = () => event.target.dispatchEvent(new Event("close"));
+    }, true);
+}"""
 
 
 @asynccontextmanager
@@ -37,6 +46,20 @@ async def open_chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+async def hold_close_event(page: Page, dialog_id: str) -> Callable[[], Awaitable[None]]:
+    """Hold back the close event of the dialog `dialog_id` until the function answered is awaited.
+
+    Chromium hides a closed dialog at once but fires its close event at the next frame, which a
+    loaded machine delays by tens of milliseconds and more: long enough for a click, or a test's
+    typing, to come first. Holding the event makes that order happen every time."""
+    await page.evaluate(HOLD_CLOSE_EVENT, dialog_id)
+
+    async def release() -> None:
+        await page.evaluate("window.releaseCloseEvent()")
+
+    return release
 
 
 class PageLog:

@@ -30,6 +30,13 @@ export function byId(id) {
   return document.getElementById(id);
 }
 
+/** Give focus to `element` as a dialog closes, unless focus is already somewhere. Chromium fires a
+ * dialog's close event at its next frame, after it has put focus back where it was when the dialog
+ * opened; a busy machine delays that frame, and by then the reader may be typing in the message box. */
+export function returnFocus(element) {
+  if (document.activeElement === null || document.activeElement === document.body) element.focus();
+}
+
 const TIME = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
 const DAY = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
 const FULL = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });

@@ -1,7 +1,7 @@
 // The chat's system prompt, edited in a dialog from the chat's header: what its turns send the
 // model first. Empty, the chat uses the server's default (CHATKEEP_SYSTEM_PROMPT).
 
-import { byId, h } from "./dom.js";
+import { byId, h, returnFocus } from "./dom.js";
 import { problemNotice } from "./problems.js";
 
 const MAX_CHARS = 32_000; // as the server takes
@@ -46,7 +46,7 @@ export class PromptEditor {
         ),
       ),
     );
-    this.dialog.addEventListener("close", () => this.button.focus());
+    this.dialog.addEventListener("close", () => returnFocus(this.button));
     document.body.append(this.dialog);
   }
 
