@@ -19,7 +19,7 @@ from playwright.async_api import Browser, BrowserContext, Dialog, Locator, Page,
 
 from chatkeep.config import Settings
 from tests.support.app import llm_settings, serve
-from tests.support.browser import PageLog
+from tests.support.browser import PageLog, hold_close_event
 from tests.support.chats import messages_of
 from tests.support.fake_openai import FakeOpenAI, Scripted, error_body
 
@@ -233,6 +233,7 @@ async def test_a_chat_is_renamed_and_deleted_after_confirmation(tab: Tab, api: h
     await expect(dialog).to_contain_text("“Italy trip” and all its messages will be deleted for good.")
     await dialog.get_by_role("button", name="Cancel").click()
     await expect(dialog).to_be_hidden()
+    await expect(page.get_by_role("button", name="Delete")).to_be_focused()
     assert (await api.get(f"/chats/{chat_id}")).status_code == 200
 
     await page.get_by_role("button", name="Delete").click()
@@ -248,6 +249,25 @@ async def test_a_chat_is_renamed_and_deleted_after_confirmation(tab: Tab, api: h
     await expect(page.get_by_role("alert")).to_contain_text("This chat no longer exists")
     await page.get_by_role("button", name="Start a new chat").click()
     await expect(page.get_by_role("heading", level=1)).to_have_text("New chat")
+
+
+async def test_a_delete_cancelled_leaves_the_focus_where_the_reader_has_gone_since(
+    tab: Tab, api: httpx.AsyncClient
+) -> None:
+    """The delete dialog's close event comes a frame after Cancel hides it: a reader who has
+    clicked in the message box by then keeps typing there, not on the Delete button."""
+    chat_id = await chat_with(api, "Keep")
+    await tab.open(api, f"#{chat_id}")
+    release_close_event = await hold_close_event(tab.page, "delete-dialog")
+    await tab.page.get_by_role("button", name="Delete").click()
+    dialog = tab.page.get_by_role("dialog", name="Delete this chat?")
+    await dialog.get_by_role("button", name="Cancel").click()
+    await expect(dialog).to_be_hidden()
+    box = tab.page.get_by_label("Message", exact=True)
+    await box.click()
+    await release_close_event()
+    await expect(box).to_be_focused()
+    assert (await api.get(f"/chats/{chat_id}")).status_code == 200
 
 
 async def test_an_api_key_is_asked_for_and_kept(tab: Tab, fake_llm: FakeOpenAI) -> None:

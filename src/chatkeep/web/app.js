@@ -13,7 +13,7 @@ import { openEditor } from "./branches.js";
 import { ChatList, UNTITLED } from "./chat-list.js";
 import { Composer } from "./composer.js";
 import { Conversation } from "./conversation.js";
-import { announce, byId } from "./dom.js";
+import { announce, byId, returnFocus } from "./dom.js";
 import { KeyDialog } from "./key-dialog.js";
 import {
   ReplyView,
@@ -586,7 +586,7 @@ class ChatPage {
 
   async deleteConfirmed() {
     if (byId("delete-dialog").returnValue !== "delete") {
-      byId("delete-button").focus();
+      returnFocus(byId("delete-button"));
       return;
     }
     const chat = this.chat;
