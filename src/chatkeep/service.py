@@ -8,7 +8,7 @@ the same admission and engine (openai_compat/).
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -322,7 +322,7 @@ class ChatService:
 
     async def turn_events(
         self, owner: str, chat_id: str, user_message_id: str, last_event_id: str | None
-    ) -> AsyncIterator[list[TurnEvent]]:
+    ) -> AsyncGenerator[list[TurnEvent], None]:
         """Resume a streamed turn after `last_event_id` (see `TurnLocator.events_after`)."""
         return await self.locator.events_after(owner, chat_id, user_message_id, last_event_id)
 

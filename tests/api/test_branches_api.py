@@ -136,7 +136,29 @@ async def test_a_streamed_regenerate_sends_the_turns_events(client: httpx.AsyncC
     assert kinds[-1] == "assistant_message"
     assert "delta" in kinds
     assert events[-1]["data"]["content"] == "streamed again"
-    assert contents(await messages_of(client, chat_id)) == ["one", "streamed again"]
+    listed = await messages_of(client, chat_id)
+    assert contents(listed) == ["one", "streamed again"]
+    assert events[-1]["data"]["siblings"] == listed[1]["siblings"] == {"ids": [reply_id, listed[1]["id"]], "index": 1}
+    assert "siblings" not in events[0]["data"]  # the question stays where it was: it has none
+
+    resumed = await client.get(f"/chats/{chat_id}/messages/{listed[0]['id']}/events", headers={"Last-Event-ID": "0"})
+    assert (await events_of(resumed.aiter_lines()))[-1]["data"]["siblings"] == listed[1]["siblings"]
+
+
+async def test_a_streamed_edit_sends_its_question_with_its_siblings(
+    client: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    chat_id = await chat_with_turns(client, "one")
+    question_id = (await messages_of(client, chat_id))[0]["id"]
+    async with client.stream(
+        "POST", f"/chats/{chat_id}/messages/{question_id}/edit", json={"content": "one, again", "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        events = await events_of(response.aiter_lines())
+    listed = await messages_of(client, chat_id)
+    assert contents(listed) == ["one, again", "echo: one, again"]
+    assert events[0]["data"]["siblings"] == listed[0]["siblings"] == {"ids": [question_id, listed[0]["id"]], "index": 1}
+    assert "siblings" not in events[-1]["data"]  # the new question's reply is the first at its place
 
 
 async def test_a_regenerate_with_a_key_is_answered_once(client: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:

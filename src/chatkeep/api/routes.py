@@ -5,6 +5,8 @@ is declared, so the OpenAPI document tells clients the whole contract.
 """
 
 import hmac
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
@@ -38,13 +40,13 @@ from chatkeep.api.schemas import (
     SummaryOut,
     TurnOut,
 )
-from chatkeep.domain import ChatChanges
-from chatkeep.errors import InvalidSearchError, ModelNotServedError, UnauthorizedError
+from chatkeep.domain import ChatChanges, Siblings
+from chatkeep.errors import ChatkeepError, InvalidSearchError, ModelNotServedError, UnauthorizedError
 from chatkeep.idempotency import IdempotencyKey
 from chatkeep.metrics import CONTENT_TYPE
 from chatkeep.search import MAX_QUERY_CHARS
 from chatkeep.service import AnsweredTurn, ChatService
-from chatkeep.turns.events import TurnEvents
+from chatkeep.turns.events import TurnEvent, TurnEvents
 
 PROBLEM = "application/problem+json"
 
@@ -250,7 +252,7 @@ async def resume_turn_events(
 ) -> Response:
     """Resume a streamed turn after `Last-Event-ID`: live while it runs, else its final event."""
     events = await service.turn_events(owner, chat_id, user_message_id, last_event_id)
-    return sse.EventStream(events, sse.turn_event)
+    return sse.EventStream(_with_siblings(service, owner, chat_id, events), sse.turn_event)
 
 
 @router.post(
@@ -361,11 +363,32 @@ async def _branched_turn(
 ) -> Response:
     """A turn on a new branch, answered as a message post is, its messages with their siblings."""
     if isinstance(answered, TurnEvents):
-        return sse.EventStream(answered.follow(), sse.turn_event)
+        return sse.EventStream(_with_siblings(service, owner, chat_id, answered.follow()), sse.turn_event)
     question, reply = answered.user_message, answered.assistant_message
     siblings = await service.siblings(owner, chat_id, [question, reply])
     body = {"user_message": with_siblings(question, siblings), "assistant_message": with_siblings(reply, siblings)}
     return json_response(body, status=201)
+
+
+async def _with_siblings(
+    service: ChatService, owner: str, chat_id: str, batches: AsyncGenerator[list[TurnEvent], None]
+) -> AsyncGenerator[list[TurnEvent | sse.WithSiblings], None]:
+    """A turn's events with its messages' `siblings`, as its JSON answer has them: for a turn that
+    made a branch, and for one followed again (a branch may have been made at it since). A new
+    turn at the end of its branch has none, so a message post streams without asking."""
+    async with aclosing(batches):
+        async for batch in batches:
+            messages = [event.message for event in batch if event.message is not None]
+            try:
+                found = await service.siblings(owner, chat_id, messages) if messages else {}
+            except ChatkeepError:  # the chat was deleted meanwhile: the stream ends as the turn did
+                found = {}
+            yield [_with_siblings_of(event, found) for event in batch]
+
+
+def _with_siblings_of(event: TurnEvent, siblings: dict[str, Siblings]) -> TurnEvent | sse.WithSiblings:
+    found = None if event.message is None else siblings.get(event.message.id)
+    return event if found is None else sse.WithSiblings(event, found)
 
 
 @router.put("/chats/{chat_id}/branch", response_model=ChatOut, tags=["branches"], responses=_problems(404, 422))

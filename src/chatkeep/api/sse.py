@@ -9,6 +9,7 @@ written in one chunk; a comment line keeps idle streams alive.
 """
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -17,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from chatkeep.api import bodies
 from chatkeep.api.problems import problem_body
+from chatkeep.domain import Siblings
 from chatkeep.turns.events import END_ID, TurnEvent
 
 MEDIA_TYPE = "text/event-stream"
@@ -76,14 +78,29 @@ class EventStream(Response, Generic[E]):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def turn_event(event: TurnEvent) -> bytes:
+@dataclass(slots=True, frozen=True)
+class WithSiblings:
+    """A turn's message event with the message's `siblings` on the chat's other branches, as a JSON
+    answer shows them. The turn's log keeps its events bare: most turns end their branch and have none."""
+
+    event: TurnEvent
+    siblings: Siblings
+
+
+def turn_event(event: TurnEvent | WithSiblings) -> bytes:
     """A streamed turn's event on the wire (nothing for a piece of a tool call: the final message has the calls)."""
+    siblings = None
+    if isinstance(event, WithSiblings):
+        siblings = event.siblings
+        event = event.event
     if event.kind == "call_delta":
         return b""
     if event.kind == "delta":
         data = orjson.dumps({"content": event.text})
     elif event.message is not None:
-        data = orjson.dumps(event.message, option=bodies.OPTIONS)  # a MessageOut, as in bodies.py
+        message = event.message
+        body = message if siblings is None else bodies.with_siblings(message, {message.id: siblings})
+        data = orjson.dumps(body, option=bodies.OPTIONS)  # a MessageOut, as in bodies.py
     else:
         assert event.error is not None
         data = orjson.dumps(problem_body(event.error))

@@ -9,7 +9,7 @@ own (a background response's id) is found the same way, by that name, even befor
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from chatkeep.domain import Message
 from chatkeep.errors import TurnNotRunningError
@@ -27,7 +27,7 @@ class TurnLocator:
 
     async def events_after(
         self, owner: str, chat_id: str, question_id: str, last_event_id: str | None
-    ) -> AsyncIterator[list[TurnEvent]]:
+    ) -> AsyncGenerator[list[TurnEvent], None]:
         """The events of the turn answering `question_id` after `last_event_id`: live while it runs,
         ending with its final event whatever id the client last saw.
 
@@ -90,6 +90,6 @@ class TurnLocator:
         return self._relay is not None and await self._relay.stop(owner, None, name, cancel=True)
 
 
-async def _once(event: TurnEvent, last_event_id: str | None) -> AsyncIterator[list[TurnEvent]]:
+async def _once(event: TurnEvent, last_event_id: str | None) -> AsyncGenerator[list[TurnEvent], None]:
     if last_event_id != END_ID:
         yield [event]

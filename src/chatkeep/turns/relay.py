@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,7 @@ class TurnRelay:
 
     async def follow(
         self, owner: str, chat_id: str | None, user_message_id: str, last_event_id: str | None
-    ) -> AsyncIterator[list[TurnEvent]]:
+    ) -> AsyncGenerator[list[TurnEvent], None]:
         """The turn's events after `last_event_id`, from whichever process runs it. With no
         `chat_id` (a turn followed by another name), its message events carry no message, and when
         no process answers the events just stop, with no final one."""
