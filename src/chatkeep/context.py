@@ -20,6 +20,12 @@ from chatkeep.store import ChatStore, TurnTicket
 # Chat Completions frames every message with a few tokens (role, separators): OpenAI's cookbook
 # counts 3 per message plus the reply primer; 4 is a safe round figure.
 MESSAGE_OVERHEAD_TOKENS = 4
+# An image at "low" detail costs 85 tokens; at "high" or "auto" (the API's default) a GPT-4o-class
+# model counts 85 plus 170 for each 512-pixel tile of the image scaled to fit 2048x2048 and then to
+# 768 pixels on its shorter side: at most 8 tiles, 1,445 tokens. The estimate counts that most, as
+# it errs generous on text, rather than read each image's size on every turn.
+LOW_DETAIL_IMAGE_TOKENS = 85
+IMAGE_TOKENS = 1_445
 FIRST_BATCH = 32
 MAX_BATCH = 1024
 
@@ -41,18 +47,42 @@ def message_tokens(content: str) -> int:
     return estimate_tokens(content) + MESSAGE_OVERHEAD_TOKENS
 
 
+def image_tokens(detail: object) -> int:
+    """What an image at `detail` takes of the budget (see IMAGE_TOKENS)."""
+    return LOW_DETAIL_IMAGE_TOKENS if detail == "low" else IMAGE_TOKENS
+
+
+def attachment_tokens(item: dict[str, Any] | None) -> int:
+    """What a stored message's images add to its text's tokens: none unless it is an item with images."""
+    content = item.get("content") if item is not None else None
+    if not isinstance(content, list):
+        return 0
+    return sum(
+        image_tokens(part.get("detail"))
+        for part in content
+        if isinstance(part, dict) and part.get("type") == "input_image"
+    )
+
+
 def prompt_tokens(prompt: Sequence[PromptMessage]) -> int:
     """The tokens of a prompt as the context builder prices its messages: the text of each (a tool
-    call as `name(arguments)`, the words it is stored with), and each message's framing."""
+    call as `name(arguments)`, the words it is stored with), its images, and each message's framing."""
     total = 0
     for message in prompt:
         content: Any = message.get("content")
-        if isinstance(content, list):  # content parts: their text counts
-            content = "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        if isinstance(content, list):  # content parts: their text counts, and their images
+            parts = [part for part in content if isinstance(part, dict)]
+            total += sum(image_tokens(_detail(part)) for part in parts if part.get("type") == "image_url")
+            content = "\n".join(str(part.get("text", "")) for part in parts)
         calls = [call["function"] for call in message.get("tool_calls", [])]
         text = "\n".join([content or "", *(f"{call['name']}({call['arguments']})" for call in calls)])
         total += message_tokens(text)
     return total
+
+
+def _detail(part: dict[str, Any]) -> object:
+    image = part.get("image_url")
+    return image.get("detail") if isinstance(image, dict) else None
 
 
 class AnyMessage(Protocol):
@@ -124,6 +154,8 @@ async def _newest_that_fit(
             text = message.content
             # estimate_tokens inlined for ASCII: this runs for every message of every turn's window
             cost = (len(text) // 4 + 1 if text.isascii() else estimate_tokens(text)) + MESSAGE_OVERHEAD_TOKENS
+            if message.item is not None:
+                cost += attachment_tokens(message.item)
             if cost > remaining and newest_first:
                 return newest_first, remaining
             newest_first.append(message)
@@ -145,7 +177,7 @@ def _window_after_summary(
     room = available - (message_tokens(summary_note(summary)) if summary is not None else 0)
     window: list[Message] = []
     for message in newest_first:
-        cost = message_tokens(message.content)
+        cost = message_tokens(message.content) + attachment_tokens(message.item)
         if message.seq <= summarized_to or (window and cost > room):
             break
         window.append(message)

@@ -6,10 +6,13 @@ from typing import Any
 import httpx
 
 from chatkeep.config import DEFAULT_SYSTEM_PROMPT
-from chatkeep.context import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from chatkeep.context import IMAGE_TOKENS, MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 from tests.support.app import llm_settings, serve
 from tests.support.chats import new_chat, post
 from tests.support.fake_openai import FakeOpenAI, roles_and_contents
+from tests.support.images import PNG, data_url
+
+PNG_URL = data_url(PNG)
 
 
 async def test_follow_up_carries_every_earlier_turn(client: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:
@@ -108,3 +111,26 @@ async def test_newest_message_is_sent_whole_even_over_budget(fake_llm: FakeOpenA
         await post(client, chat_id, "short one")
         await post(client, chat_id, huge)
     assert fake_llm.prompts[-1] == [{"role": "system", "content": "S"}, {"role": "user", "content": huge}]
+
+
+async def test_images_take_their_place_in_the_token_budget(fake_llm: FakeOpenAI) -> None:
+    """An image costs what the most a model of the GPT-4o kind counts for one: older messages give
+    way to it as to text, so the prompt stays within the budget however many images a chat holds."""
+    settings = llm_settings(fake_llm, context_tokens=2_000, system_prompt="S", rolling_summaries=False)
+    async with serve(settings) as client:
+        chat_id = await new_chat(client)
+        await post(client, chat_id, "first")
+        for words in ("second", "third"):
+            posted = await client.post(f"/chats/{chat_id}/messages", json={"content": words, "images": [PNG_URL]})
+            assert posted.status_code == 201, posted.text
+    sent = fake_llm.prompts[-1]
+    assert [(m["role"], text_of(m)[:6]) for m in sent] == [("system", "S"), ("assistant", "echo: "), ("user", "third")]
+    images = sum(isinstance(m["content"], list) and len(m["content"]) - 1 for m in sent)
+    text = sum(estimate_tokens(text_of(m)) + MESSAGE_OVERHEAD_TOKENS for m in sent)
+    assert (images, text + images * IMAGE_TOKENS) == (1, text + IMAGE_TOKENS)
+    assert text + IMAGE_TOKENS <= 2_000
+
+
+def text_of(message: dict[str, Any]) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else content[0]["text"]

@@ -1,8 +1,17 @@
 """The context builder on its own, over the memory store: how little of a chat it reads, what it sends
 (verbatim, or the rolling summary and the messages after it), and when a chat is due a summary."""
 
-from chatkeep.context import build_context, estimate_tokens
-from chatkeep.domain import Message, NewMessage, Role, RollingSummary
+from typing import Any
+
+from chatkeep.context import (
+    IMAGE_TOKENS,
+    LOW_DETAIL_IMAGE_TOKENS,
+    MESSAGE_OVERHEAD_TOKENS,
+    build_context,
+    estimate_tokens,
+    prompt_tokens,
+)
+from chatkeep.domain import Message, NewMessage, PromptMessage, Role, RollingSummary
 from chatkeep.store import MemoryStore, TurnTicket
 
 OWNER = "default"
@@ -97,3 +106,21 @@ async def test_estimate_counts_non_ascii_text_generously() -> None:
     assert estimate_tokens("hello world, this is plain text") == 8
     assert estimate_tokens("日本語のテキスト") >= len("日本語のテキスト")
     assert estimate_tokens("") == 1
+
+
+def test_a_prompt_prices_its_images_by_their_detail() -> None:
+    image = "data:image/png;base64,AAAA"
+    asked: list[PromptMessage] = [
+        {"role": "user", "content": [{"type": "text", "text": "look"}, *image_parts(image, "low", "high", None)]}
+    ]
+    text = estimate_tokens("look") + MESSAGE_OVERHEAD_TOKENS
+    assert prompt_tokens(asked) == text + LOW_DETAIL_IMAGE_TOKENS + 2 * IMAGE_TOKENS
+    assert prompt_tokens([{"role": "user", "content": "look"}]) == text
+
+
+def image_parts(url: str, *details: str | None) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for detail in details:
+        image = {"url": url} if detail is None else {"url": url, "detail": detail}
+        parts.append({"type": "image_url", "image_url": image})
+    return parts
