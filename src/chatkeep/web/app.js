@@ -305,7 +305,6 @@ class ChatPage {
     return {
       question: (message) => {
         if (running.question) confirmQuestion(running.question, message, this.actions);
-        if (running.branched) this.showVersions(chatId);
         this.chats.touched({ ...(this.chat?.id === chatId ? this.chat : {}), id: chatId }, message.created_at);
       },
       progress: (text) => running.reply.show(text),
@@ -314,7 +313,6 @@ class ChatPage {
         running.reply.finish(message);
         this.chats.touched({ id: chatId }, message.created_at);
         this.turnEnded(chatId);
-        if (running.branched) this.showVersions(chatId);
         this.conversation.noticeMessage(message);
         if (message.status !== "incomplete") return;
         announce(message.incomplete_reason === "stopped" ? "Reply stopped." : "Reply cut short.");
@@ -516,8 +514,8 @@ class ChatPage {
     if (siblings) announce(`Version ${siblings.index + 1} of ${siblings.ids.length}.`);
   }
 
-  /** Draw the newest messages of `chatId` again with their versions, as a turn on a new branch
-   * stores its question and its reply: the events of a streamed turn do not carry them. */
+  /** Draw the newest messages of `chatId` again with their versions, after a turn on a new branch
+   * failed: its events drew the question (with its `siblings`, as they carry them) but no reply. */
   async showVersions(chatId) {
     let page;
     try {
