@@ -209,6 +209,32 @@ async def test_search_opens_a_message_of_the_branch_made_current(
     await expect(tab.page.locator(".message-user").first.locator(".siblings-count")).to_have_text("2/2")
 
 
+async def test_a_search_result_that_left_the_current_branch_offers_to_show_its_branch(
+    tab: Tab, api: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.queue(Scripted(content="The aqueduct of Segovia"))
+    chat_id = await chat_with(api, "Spain", "One sight in Spain?")
+    first = (await messages_of(api, chat_id))[0]
+    await tab.open(api, "")
+    await tab.page.get_by_label("Search your chats").press_sequentially("segovia")
+    hits = tab.page.get_by_role("list", name="Messages found").get_by_role("link")
+    await expect(hits).to_have_count(1)
+
+    fake_llm.queue(Scripted(content="The Alhambra of Granada"))  # the found reply leaves the branch meanwhile
+    edited = await api.post(f"/chats/{chat_id}/messages/{first['id']}/edit", json={"content": "A palace in Spain?"})
+    assert edited.status_code == 201, edited.text
+    await hits.click()
+
+    notice = tab.page.locator("#chat-notice")
+    await expect(notice).to_contain_text("not on the chat's current branch")
+    await notice.get_by_role("button", name="Show its branch").click()
+    target = tab.replies.filter(has_text="The aqueduct of Segovia")
+    await expect(target).to_be_in_viewport()
+    await expect(tab.page.locator(".message-user").first.locator(".siblings-count")).to_have_text("1/2")
+    assert (await messages_of(api, chat_id))[1]["content"] == "The aqueduct of Segovia"  # the branch made current
+    await expect(notice).to_be_empty()
+
+
 async def test_a_chat_exported_with_its_branches_imports_back_with_them(
     browser: Browser, api: httpx.AsyncClient, fake_llm: FakeOpenAI, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ import { openEditor } from "./branches.js";
 import { ChatList, UNTITLED } from "./chat-list.js";
 import { Composer } from "./composer.js";
 import { Conversation } from "./conversation.js";
-import { announce, byId, returnFocus } from "./dom.js";
+import { announce, byId, h, returnFocus } from "./dom.js";
 import { KeyDialog } from "./key-dialog.js";
 import {
   ReplyView,
@@ -59,7 +59,12 @@ class ChatPage {
     this.conversation.actions = this.actions;
     this.composer = new Composer({ onSend: (text, images) => this.send(text, images), onStop: () => this.stop() });
     this.summary = new SummaryPanel(this.api, { onError, onClose: () => this.toggleSummary(false) });
-    this.search = new Search(this.api, { conversation: this.conversation, openChat: (id) => this.openAt(id), onError });
+    this.search = new Search(this.api, {
+      conversation: this.conversation,
+      openChat: (id) => this.openAt(id),
+      offBranch: (chatId, messageId) => this.offerBranchOf(chatId, messageId),
+      onError,
+    });
     this.keys = new KeyDialog(this.api, { onChange: () => this.restart(), onClose: () => this.composer.refocus() });
     this.models = new ModelPicker(this.api, { onChange: (chat) => this.changed(chat), onError });
     this.prompt = new PromptEditor(this.api, { onChange: (chat) => this.changed(chat), onError });
@@ -512,6 +517,23 @@ class ChatPage {
     (focus ?? arrows.find((button) => !button.disabled))?.focus();
     const siblings = messageOf(shown)?.siblings;
     if (siblings) announce(`Version ${siblings.index + 1} of ${siblings.ids.length}.`);
+  }
+
+  /** A message of `chatId` that is not on its current branch (a search found it before a branch was
+   * made there): offer to make the branch it is on current. If it was deleted, the switch says so. */
+  offerBranchOf(chatId, messageId) {
+    if (this.chat?.id !== chatId) return;
+    const run = () => this.switchBranch(null, messageId);
+    const show = h("button", { type: "button", className: "button", text: "Show its branch", on: { click: run } });
+    byId("chat-notice").replaceChildren(
+      h(
+        "div",
+        { className: "notice notice-info", attrs: { role: "status" } },
+        h("p", { text: "That message is not on the chat's current branch." }),
+        h("div", { className: "notice-actions" }, show),
+      ),
+    );
+    show.focus();
   }
 
   /** Draw the newest messages of `chatId` again with their versions, after a turn on a new branch

@@ -17,12 +17,14 @@ const UNTITLED = "Untitled chat";
 export class Search {
   /**
    * `openChat(chatId)` opens a chat and settles once its newest messages are drawn;
-   * `conversation` is the open chat's Conversation, which fetches older pages.
+   * `conversation` is the open chat's Conversation, which fetches older pages; `offBranch(chatId,
+   * messageId)` is told of a result whose message is no longer on its chat's current branch.
    */
-  constructor(api, { conversation, openChat, onError }) {
+  constructor(api, { conversation, openChat, offBranch, onError }) {
     this.api = api;
     this.conversation = conversation;
     this.openChat = openChat;
+    this.offBranch = offBranch;
     this.onError = onError;
     this.input = byId("search-input");
     this.results = byId("search-results");
@@ -118,7 +120,9 @@ export class Search {
     await this.openChat(hit.chat_id);
     const article = await this.conversation.reveal(hit.chat_id, hit.message_id);
     if (article === null) {
-      announce("That message is no longer in the chat.");
+      // Found on the branch that was current then: a regenerate or an edit has made another one
+      // current since, or the message was deleted.
+      this.offBranch(hit.chat_id, hit.message_id);
       return;
     }
     article.scrollIntoView({ block: "center" });
