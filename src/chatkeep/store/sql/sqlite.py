@@ -243,14 +243,14 @@ class SqliteDriver:
         await self.run(sqlite_catch_up(), write=True)
         self._unindexed = 0
 
-    def _catch_up_due(self, appended: int) -> bool:
-        """Whether an append of `appended` messages brings this process's backlog to a batch: the
+    def _catch_up_due(self, appending: int) -> bool:
+        """Whether appending `appending` messages brings this process's backlog to a batch: the
         append then indexes it, in its own transaction, so a turn seldom pays for indexing."""
-        self._unindexed += appended
-        if self._unindexed < SEARCH_BATCH:
-            return False
-        self._unindexed = 0
-        return True
+        return self._unindexed + appending >= SEARCH_BATCH
+
+    def _appended(self, count: int, *, caught_up: bool) -> None:
+        """Count `count` messages stored, by an append that caught the index up or not."""
+        self._unindexed = 0 if caught_up else self._unindexed + count
 
     async def run(self, plan: Plan[T], *, write: bool = False) -> T:
         return await self._thread.run(_drive, plan, write)
@@ -268,13 +268,18 @@ class SqliteDriver:
         self, owner: str, chat_id: str, messages: Sequence[NewRow], ticket: int | None, *, ends_turn: bool
     ) -> Appended:
         catch_up = self._catch_up_due(len(messages))
-        return await self.run(
+        appended = await self.run(
             _append(owner, chat_id, messages, ticket, ends_turn=ends_turn, catch_up=catch_up), write=True
         )
+        self._appended(len(messages), caught_up=catch_up)
+        return appended
 
     async def take_ticket(self, owner: str, chat_id: str, lease_seconds: float, question: NewRow | None) -> TakenTicket:
         catch_up = question is not None and self._catch_up_due(1)
-        return await self.run(_take_ticket(owner, chat_id, lease_seconds, question, catch_up=catch_up), write=True)
+        taken = await self.run(_take_ticket(owner, chat_id, lease_seconds, question, catch_up=catch_up), write=True)
+        if taken.question is not None:  # stored (and the index caught up) only when the ticket headed the chat
+            self._appended(1, caught_up=catch_up)
+        return taken
 
     async def give_back_ticket(self, chat_id: str, ticket: int) -> None:
         await self.run(only(execute(GIVE_BACK_TICKET, ticket)))
