@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chatkeep.logs import RequestIdFilter
 from tests.support.app import llm_settings, serve
 from tests.support.chats import messages_of, new_chat, post
 from tests.support.fake_openai import FakeOpenAI, Scripted
@@ -98,6 +99,26 @@ async def test_a_reply_that_never_begins_is_a_timeout_with_the_question_kept(fak
             assert (problem["status"], problem["type"].rsplit(":", 1)[-1]) == (504, "llm-timeout")
             assert "did not begin its reply within 1s" in problem["detail"]
         assert [m["role"] for m in await messages_of(client, chat_id)] == ["user", "user"]
+
+
+async def test_a_reply_that_never_begins_is_in_the_server_log_under_its_request(
+    fake_llm: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A streamed turn answers 200 whatever happens upstream: the operator learns of the timeout
+    from the log alone, as of every other failure of the upstream."""
+    caplog.handler.addFilter(RequestIdFilter())
+    fake_llm.queue(Scripted(hang=True))
+    async with serve(llm_settings(fake_llm, **QUICK)) as client:
+        chat_id = await new_chat(client)
+        body = {"content": "hello?", "stream": True}
+        async with client.stream("POST", f"/chats/{chat_id}/messages", json=body) as response:
+            assert response.status_code == 200
+            await response.aread()
+    logged = [r for r in caplog.records if "did not begin its reply within 1s" in r.getMessage()]
+    assert [(r.levelname, getattr(r, "request_id", None)) for r in logged] == [
+        ("WARNING", response.headers["x-request-id"])
+    ]
+    assert fake_llm.url.split("/v1")[0] in logged[0].getMessage()
 
 
 async def test_slow_streams_never_open_the_breaker_while_a_dead_upstream_does(fake_llm: FakeOpenAI) -> None:

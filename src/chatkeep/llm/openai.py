@@ -186,7 +186,7 @@ class OpenAICompatibleLLM:
             async with asyncio.timeout_at(min(call.end, call.loop.time() + call.deadlines.idle)):
                 payload = await self._read(response)
         except TimeoutError:
-            raise call.timed_out(begun=True) from None
+            raise self._timed_out(call, begun=True) from None
         return _parse_completion(payload)
 
     async def stream(
@@ -216,7 +216,7 @@ class OpenAICompatibleLLM:
                     break
         except _Silence:
             response.close()  # the upstream stops writing a reply nobody reads
-            raise call.timed_out(chunks.begun) from None
+            raise self._timed_out(call, begun=chunks.begun) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._failure(exc) from exc
         finally:
@@ -264,7 +264,7 @@ class OpenAICompatibleLLM:
             except _Retryable as failure:
                 error, wait = failure.error, failure.wait
             except TimeoutError:
-                raise call.timed_out(begun=False) from None
+                raise self._timed_out(call, begun=False) from None
             delay = _backoff(attempt, wait)
             if attempt == self._max_retries or loop.time() + delay >= call.end:
                 break
@@ -317,6 +317,13 @@ class OpenAICompatibleLLM:
             raise self._failure(exc) from exc
         finally:
             response.release()
+
+    def _timed_out(self, call: _Call, *, begun: bool) -> LLMTimeoutError:
+        """The call's expired deadline as its error, logged: a streamed turn has answered 200 by
+        then, so the log is where an operator learns of it."""
+        error = call.timed_out(begun)
+        log.warning("the LLM at %s timed out: %s", self._shown_url, error.detail)
+        return error
 
     def _failure(self, exc: BaseException) -> LLMError:
         """The HTTP client's failure as one of chatkeep's LLM errors: translated here and nowhere else."""
