@@ -2,15 +2,11 @@
 answered at once and made on; read back at every stage; their events replayed and followed
 after any sequence number; cancelled, queued or running; refused as OpenAI refuses them."""
 
-import asyncio
-from collections.abc import Callable
-from typing import Any
-
 import openai
 import pytest
 
 from tests.support.fake_openai import Scripted
-from tests.support.openai_sdk import Served, all_items
+from tests.support.openai_sdk import Served, all_items, until_response
 
 SLOW_WORDS = " ".join(f"w{n}" for n in range(40))
 
@@ -19,27 +15,17 @@ def slow_reply(served: Served, *, chunk_delay: float = 0.05) -> None:
     served.fake.queue(Scripted(content=SLOW_WORDS, chunk_delay=chunk_delay))
 
 
-async def until(sdk: Any, response_id: str, done: Callable[[Any], bool], *, seconds: float = 10) -> Any:
-    """The response once `done` says so, read back every 20 ms."""
-    for _ in range(int(seconds / 0.02)):
-        response = await sdk.responses.retrieve(response_id)
-        if done(response):
-            return response
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"response {response_id} never got there: {response.status}, {response.output_text!r}")
-
-
 async def test_a_background_response_answers_at_once_and_is_read_at_every_stage(served: Served) -> None:
     sdk = served.sdk
     conversation = await sdk.conversations.create()
     slow_reply(served)
     started = await sdk.responses.create(model="fake-model", input="go", conversation=conversation.id, background=True)
     assert (started.status, started.background, started.output) == ("queued", True, [])
-    midway = await until(sdk, started.id, lambda r: r.status == "in_progress" and r.output_text)
+    midway = await until_response(sdk, started.id, lambda r: r.status == "in_progress" and r.output_text)
     assert SLOW_WORDS.startswith(midway.output_text)
     assert len(midway.output_text) < len(SLOW_WORDS)
     assert midway.output[0].status == "in_progress"
-    final = await until(sdk, started.id, lambda r: r.status != "in_progress")
+    final = await until_response(sdk, started.id, lambda r: r.status != "in_progress")
     assert (final.status, final.background, final.output_text) == ("completed", True, SLOW_WORDS)
     assert final.output[0].id == midway.output[0].id
     assert final.usage is not None
@@ -51,9 +37,9 @@ async def test_a_background_response_answers_at_once_and_is_read_at_every_stage(
 async def test_a_chained_background_response_is_made_on_no_chat(served: Served) -> None:
     sdk = served.sdk
     first = await sdk.responses.create(model="fake-model", input="one", background=True)
-    first = await until(sdk, first.id, lambda r: r.status == "completed")
+    first = await until_response(sdk, first.id, lambda r: r.status == "completed")
     second = await sdk.responses.create(model="fake-model", input="two", previous_response_id=first.id, background=True)
-    second = await until(sdk, second.id, lambda r: r.status == "completed")
+    second = await until_response(sdk, second.id, lambda r: r.status == "completed")
     assert (first.output_text, second.output_text) == ("echo: one", "echo: two")
     assert [message["content"] for message in served.fake.prompts[1]] == ["one", "echo: one", "two"]
 
@@ -84,7 +70,7 @@ async def test_a_running_response_is_followed_from_the_start_or_after_n(served: 
     sdk = served.sdk
     slow_reply(served)
     started = await sdk.responses.create(model="fake-model", input="go", background=True)
-    await until(sdk, started.id, lambda r: r.output_text)
+    await until_response(sdk, started.id, lambda r: r.output_text)
     followers = [
         sdk.responses.retrieve(started.id, stream=True),
         sdk.responses.retrieve(started.id, stream=True, starting_after=5),
@@ -106,7 +92,7 @@ async def test_a_dropped_stream_leaves_the_response_to_finish(served: Served) ->
         if event.type == "response.output_text.delta":
             break
     await stream.close()
-    final = await until(sdk, seen[0].response.id, lambda r: r.status == "completed")
+    final = await until_response(sdk, seen[0].response.id, lambda r: r.status == "completed")
     assert final.output_text == SLOW_WORDS
 
 
@@ -115,7 +101,7 @@ async def test_cancelling_a_running_response_keeps_what_it_wrote(served: Served)
     conversation = await sdk.conversations.create()
     slow_reply(served)
     started = await sdk.responses.create(model="fake-model", input="go", conversation=conversation.id, background=True)
-    await until(sdk, started.id, lambda r: len(r.output_text) > 10)
+    await until_response(sdk, started.id, lambda r: len(r.output_text) > 10)
     cancelled = await sdk.responses.cancel(started.id)
     assert (cancelled.status, cancelled.background, cancelled.incomplete_details) == ("cancelled", True, None)
     assert 10 < len(cancelled.output_text) < len(SLOW_WORDS)
@@ -136,11 +122,11 @@ async def test_cancelling_a_queued_response_runs_nothing_of_it(served: Served) -
     ask = {"model": "fake-model", "conversation": conversation.id, "background": True}
     first = await sdk.responses.create(input="first", **ask)
     queued = await sdk.responses.create(input="second", **ask)
-    await until(sdk, first.id, lambda r: r.output_text)
+    await until_response(sdk, first.id, lambda r: r.output_text)
     assert (await sdk.responses.retrieve(queued.id)).status == "queued"
     cancelled = await sdk.responses.cancel(queued.id)
     assert (cancelled.status, cancelled.output) == ("cancelled", [])
-    await until(sdk, first.id, lambda r: r.status == "completed")
+    await until_response(sdk, first.id, lambda r: r.status == "completed")
     assert (await sdk.responses.retrieve(queued.id)).status == "cancelled"
     items = await all_items(sdk, conversation.id, order="asc")
     assert [item.content[0].text for item in items] == ["first", SLOW_WORDS]

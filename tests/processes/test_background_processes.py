@@ -2,7 +2,6 @@
 followed and cancelled from another; lost with a process killed mid-reply, and then failed."""
 
 import asyncio
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from tests.support.fake_openai import FakeOpenAI, Scripted
+from tests.support.openai_sdk import until_response
 from tests.support.servers import Server, chatkeep_server
 from tests.support.stores import fresh_database
 
@@ -22,15 +22,6 @@ def llm_env(url: str, fake_llm: FakeOpenAI, **more: str) -> dict[str, str]:
 
 def sdk_of(server: Server) -> Any:  # an AsyncOpenAI, typed loosely as in tests/openai
     return AsyncOpenAI(base_url=f"{server.client.base_url}/v1", api_key="sk-anything", max_retries=0)
-
-
-async def until(sdk: Any, response_id: str, done: Callable[[Any], bool], *, seconds: float = 20) -> Any:
-    for _ in range(int(seconds / 0.05)):
-        response = await sdk.responses.retrieve(response_id)
-        if done(response):
-            return response
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"response {response_id} never got there: {response.status}, {response.output_text!r}")
 
 
 async def test_a_background_response_is_followed_and_cancelled_from_another_server(
@@ -85,12 +76,12 @@ async def test_a_background_response_lost_with_its_killed_server_ends_failed(
     env = llm_env(sql_store_url, fake_llm, CHATKEEP_TURN_LEASE="1")
     async with chatkeep_server(env, tmp_path / "killed.log") as killed, sdk_of(killed) as sdk:
         started = await sdk.responses.create(model="fake-model", input="tell me", background=True)
-        midway = await until(sdk, started.id, lambda r: r.status == "in_progress" and r.output_text)
+        midway = await until_response(sdk, started.id, lambda r: r.status == "in_progress" and r.output_text)
         await asyncio.sleep(0.5)  # its record refreshed with the text so far
         killed.process.kill()  # SIGKILL, mid-reply
         await killed.process.wait()
     async with chatkeep_server(env, tmp_path / "restarted.log") as restarted, sdk_of(restarted) as sdk:
-        failed = await until(sdk, started.id, lambda r: r.status != "in_progress", seconds=10)
+        failed = await until_response(sdk, started.id, lambda r: r.status != "in_progress", seconds=10)
         events = [event async for event in await sdk.responses.retrieve(started.id, stream=True)]
         again = await sdk.responses.cancel(started.id)
     assert midway.output_text
