@@ -31,7 +31,7 @@ async def all_items(sdk: Any, conversation_id: str, **params: Any) -> list[Any]:
 async def until_response(sdk: Any, response_id: str, done: Callable[[Any], bool], *, seconds: float = 30) -> Any:
     """The response once `done` says so, read back every 20 ms for up to `seconds`. The wait is
     what a loaded machine may need, not what a response takes; and it outlasts the turn lease
-    (15 s), after which a response whose record nobody ends is answered `failed`, so a lost
+    (15 s), after which a response that nobody keeps alive is answered `failed`, so a lost
     record ends the wait saying so, not `in_progress`."""
     started = time.monotonic()
     while True:
