@@ -204,6 +204,40 @@ async def test_a_failed_stream_tells_the_client_nothing_of_the_upstream(
     assert "127.0.0.1" not in text
 
 
+ROLE_ONLY = b'data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n'  # and then the stream ends, no [DONE]
+
+
+@pytest.mark.parametrize(
+    ("answer", "streamed", "said"),
+    [
+        (Scripted(content="a b c d", garbage_after=1), True, "holds a chunk that is not a completion chunk"),
+        (Scripted(raw=ROLE_ONLY), True, "ended before it was complete"),
+        (Scripted(json_body={"object": "not a completion"}), False, "is not a chat completion"),
+        (Scripted(json_body=completion(None)), False, "has no text content"),
+    ],
+)
+async def test_an_answer_that_cannot_be_used_is_in_the_server_log_under_its_request(
+    client: httpx.AsyncClient,
+    fake_llm: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
+    answer: Scripted,
+    streamed: bool,
+    said: str,
+) -> None:
+    """What the client is told of an answer it cannot use, the operator reads in the log, under the
+    request's id (a stream garbled after its text began is stored cut short instead)."""
+    caplog.handler.addFilter(RequestIdFilter())
+    fake_llm.queue(answer)
+    chat_id = await new_chat(client)
+    response = await client.post(f"/chats/{chat_id}/messages", json={"content": "hello", "stream": streamed})
+    assert response.status_code == (200 if streamed else 502)
+    assert said in response.text
+    logged = [r for r in caplog.records if said in r.getMessage()]
+    assert [(r.levelname, getattr(r, "request_id", None)) for r in logged] == [
+        ("WARNING", response.headers["x-request-id"])
+    ]
+
+
 @pytest.mark.parametrize("value", ["inf", "nan", "1e308", "-5", "Fri, 31 Dec 9999 23:59:59 GMT"])
 async def test_an_upstream_retry_after_of_any_size_is_passed_on_bounded(fake_llm: FakeOpenAI, value: str) -> None:
     """`inf` was a 500 (NaN or infinity to int) and `1e308` a 309-digit header."""

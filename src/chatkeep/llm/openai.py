@@ -382,7 +382,7 @@ class _ChunkReader:
             if changes.get("tool_calls"):
                 self._add_calls(changes["tool_calls"], pieces)
         except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
-            raise LLMBadResponseError("the LLM's stream holds a chunk that is not a completion chunk") from exc
+            raise _unusable("the LLM's stream holds a chunk that is not a completion chunk") from exc
         if self._model is None:
             self._model = _model(chunk.get("model"))
         if chunk.get("usage") is not None:
@@ -409,7 +409,7 @@ class _ChunkReader:
 
     def reply(self) -> Reply:
         if not self.done:
-            raise LLMBadResponseError("the LLM's stream ended before it was complete")
+            raise _unusable("the LLM's stream ended before it was complete")
         calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(self._calls.items()))
         reason = _cut_by(self._finish_reason)
         return Reply(
@@ -420,6 +420,13 @@ class _ChunkReader:
             tool_calls=calls,
             incomplete_reason=reason,
         )
+
+
+def _unusable(detail: str) -> LLMBadResponseError:
+    """An answer chatkeep cannot use, as the client is told of it, and logged: a streamed turn has
+    answered 200 by then, and the log is where the operator looks."""
+    log.warning("the LLM's answer cannot be used: %s", detail)
+    return LLMBadResponseError(detail)
 
 
 def _join(pieces: list[str | ToolCallDelta], piece: str | ToolCallDelta) -> None:
@@ -464,9 +471,9 @@ def _parse_completion(payload: bytes) -> Reply:
             for call in message.get("tool_calls") or ()
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise LLMBadResponseError("the LLM's answer is not a chat completion") from exc
+        raise _unusable("the LLM's answer is not a chat completion") from exc
     if not isinstance(content, str) and not (content is None and calls):
-        raise LLMBadResponseError("the LLM's answer has no text content")
+        raise _unusable("the LLM's answer has no text content")
     text = _storable(content) if content else ""
     reason = _cut_by(choice.get("finish_reason"))
     return Reply(
