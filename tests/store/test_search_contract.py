@@ -1,6 +1,7 @@
 """The search contract (`ChatStore.search_messages`), run against every store, and the SQL stores'
 index built over messages stored before it existed."""
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from chatkeep.search import ELLIPSIS, SearchHit, query_terms
 from chatkeep.store import ChatStore
 from chatkeep.store.sql.schema import SHARED_MIGRATIONS
 from chatkeep.store.sql.search import SEARCH_BATCH
+from tests.support.conditions import until
 from tests.support.stores import (
     OLD_VERSION_CHAT,
     OLD_VERSION_MESSAGE,
@@ -197,6 +199,35 @@ async def test_sqlite_indexes_a_turns_messages_later_in_a_batch(tmp_path: Path) 
         assert _sqlite_index(path) == (2, 2)
         await chat_with(store, *[f"filler {n}" for n in range(SEARCH_BATCH)])
         assert _sqlite_index(path) == (2 + SEARCH_BATCH, 2 + SEARCH_BATCH)  # a batch, with no search
+
+
+async def test_sqlite_indexes_the_batch_a_waiting_turns_question_completes(tmp_path: Path) -> None:
+    """A turn whose ticket waits behind another's stores its question only once it heads the chat:
+    the batch it completes is indexed then (it was skipped, its count taken with the ticket)."""
+    path = tmp_path / "chatkeep.db"
+    async with open_sql_store(f"sqlite:///{path}") as store:
+        chat_id = await chat_with(store, *[f"filler {n}" for n in range(SEARCH_BATCH - 1)])
+
+        async def ask(question: str) -> None:  # as a turn does: its question stored with its ticket, or after
+            async with store.turn_lease(ALICE, chat_id, question=question) as ticket:
+                if ticket.question is None:
+                    await store.append_question(ALICE, chat_id, question, ticket=ticket)
+
+        async with store.turn_lease(ALICE, chat_id):
+            waiting = asyncio.create_task(ask("the last of the batch"))
+            await until(lambda: _sqlite_tickets(path) == 2)  # its ticket is taken, behind this one
+            assert _sqlite_index(path) == (0, SEARCH_BATCH - 1)
+        await waiting
+        assert _sqlite_index(path) == (SEARCH_BATCH, SEARCH_BATCH)
+
+
+def _sqlite_tickets(path: Path) -> int:
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        tickets: int = db.execute("SELECT count(*) FROM turn_tickets").fetchone()[0]
+        return tickets
+    finally:
+        db.close()
 
 
 async def test_sqlite_index_stays_exact_through_deletes_forgets_and_reused_rowids(tmp_path: Path) -> None:
